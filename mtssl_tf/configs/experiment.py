@@ -1,0 +1,133 @@
+"""Config classes for the trunk, lasso mixing, the runtime and the whole experiment.
+
+Defaults follow Doersch & Zisserman 2017 (§3.1, §3.2): ResNet-101 v2 kept to the end
+of block 3 (units 3, 4, 23), every block-3 unit at one resolution so that lasso can mix
+them (output stride 16, or 8 with atrous convolution).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Tuple
+
+from mtssl_tf.configs.base import Config, ConfigError
+
+OUTPUT_STRIDES = (8, 16, 32)
+PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
+LASSO_INITS = ('last', 'uniform')
+
+
+@dataclasses.dataclass
+class TrunkConfig(Config):
+  """ResNet-v2 (pre-activation bottleneck) trunk, blocks 1-3.
+
+  Attributes:
+    units_per_block: residual units in blocks 1, 2, 3. (3, 4, 23) is ResNet-101;
+      (1, 1, 2) is the tiny trunk used by tests.
+    width: bottleneck width of block 1 (64 in ResNet-101; blocks 2 and 3 double it
+      each time, outputs are 4x the bottleneck). Tests shrink it.
+    output_stride: 32 strides in the last unit of block 3 (tf.keras.applications
+      layout, so block-3 units differ in size); 16 keeps all block-3 units at 1/16;
+      8 also drops block 2's stride and dilates block 3 by 2 (atrous).
+    final_activation: apply a BatchNorm + ReLU to the block-3 output to make the
+      `final` endpoint. Pre-activation units leave their output un-normalised, so a
+      head reading it directly would see unbounded activations.
+    batch_norm_momentum: moving-average momentum (Keras convention).
+    batch_norm_epsilon: 1.001e-5 as in tf.keras.applications' ResNetV2.
+  """
+
+  units_per_block: Tuple[int, ...] = (3, 4, 23)
+  width: int = 64
+  output_stride: int = 16
+  final_activation: bool = True
+  batch_norm_momentum: float = 0.99
+  batch_norm_epsilon: float = 1.001e-5
+
+  def validate(self) -> None:
+    if len(self.units_per_block) != 3 or any(u < 1 for u in self.units_per_block):
+      raise ConfigError(
+          f'trunk.units_per_block: need three positive unit counts (blocks 1-3), got {list(self.units_per_block)}'
+      )
+    if self.output_stride not in OUTPUT_STRIDES:
+      raise ConfigError(f'trunk.output_stride: must be one of {OUTPUT_STRIDES}, got {self.output_stride}')
+    if self.width < 1:
+      raise ConfigError(f'trunk.width: must be positive, got {self.width}')
+    if not 0.0 <= self.batch_norm_momentum < 1.0:
+      raise ConfigError(f'trunk.batch_norm_momentum: must be in [0, 1), got {self.batch_norm_momentum}')
+    if self.batch_norm_epsilon <= 0:
+      raise ConfigError(f'trunk.batch_norm_epsilon: must be positive, got {self.batch_norm_epsilon}')
+
+
+@dataclasses.dataclass
+class LassoConfig(Config):
+  """Lasso mixing of block-3 units (Doersch §3.2).
+
+  Attributes:
+    enabled: heads read a learned mix of all block-3 units instead of the final one.
+    l1_weight: weight of the L1 penalty on alpha added to each consumer's loss.
+    init: 'last' starts each row on the final unit (the no-lasso network);
+      'uniform' spreads it evenly over all units.
+  """
+
+  enabled: bool = False
+  l1_weight: float = 1e-3
+  init: str = 'last'
+
+  def validate(self) -> None:
+    if self.l1_weight < 0:
+      raise ConfigError(f'lasso.l1_weight: must be >= 0, got {self.l1_weight}')
+    if self.init not in LASSO_INITS:
+      raise ConfigError(f'lasso.init: must be one of {LASSO_INITS}, got {self.init!r}')
+
+
+@dataclasses.dataclass
+class RuntimeConfig(Config):
+  """Numerics and determinism.
+
+  Attributes:
+    precision: Keras dtype policy of the trunk and heads; variables stay float32.
+    seed: global seed for initialisers and data order.
+  """
+
+  precision: str = 'float32'
+  seed: int = 0
+
+  def validate(self) -> None:
+    if self.precision not in PRECISIONS:
+      raise ConfigError(f'runtime.precision: must be one of {PRECISIONS}, got {self.precision!r}')
+
+
+@dataclasses.dataclass
+class DemoConfig(Config):
+  """The generated input of the `mtssl-summary` forward pass.
+
+  Attributes:
+    batch_size: images per forward pass.
+    image_size: square side of the generated images, in pixels.
+  """
+
+  batch_size: int = 2
+  image_size: int = 224
+
+  def validate(self) -> None:
+    if self.batch_size < 1:
+      raise ConfigError(f'demo.batch_size: must be positive, got {self.batch_size}')
+    if self.image_size < 32:
+      raise ConfigError(f'demo.image_size: must be at least 32 pixels, got {self.image_size}')
+
+
+@dataclasses.dataclass
+class ExperimentConfig(Config):
+  """The root config every binary loads."""
+
+  trunk: TrunkConfig = dataclasses.field(default_factory=TrunkConfig)
+  lasso: LassoConfig = dataclasses.field(default_factory=LassoConfig)
+  runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+  demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
+
+  def validate(self) -> None:
+    if self.lasso.enabled and self.trunk.output_stride == 32:
+      raise ConfigError(
+          'trunk.output_stride: lasso.enabled needs every block-3 unit at one resolution, '
+          'so the output stride must be 8 or 16, not 32'
+      )

@@ -1,0 +1,92 @@
+"""A forward pass of the trunk on generated images, and a readable report of it."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Dict, Tuple
+
+import tensorflow as tf
+
+from mtssl_tf.configs.experiment import ExperimentConfig
+from mtssl_tf.trunk.lasso import LassoMix
+from mtssl_tf.trunk.resnet_v2 import build_trunk
+
+
+@dataclasses.dataclass
+class TrunkSummary:
+  """What `summarize_trunk` measured."""
+
+  units_per_block: Tuple[int, ...]
+  output_stride: int
+  precision: str
+  input_shape: Tuple[int, ...]
+  endpoint_shapes: Dict[str, Tuple[int, ...]]
+  endpoint_dtypes: Dict[str, str]
+  trainable_params: int
+  total_params: int
+  build_seconds: float
+  forward_seconds: float
+  lasso_params: int = 0
+
+  def report(self) -> str:
+    """Human-readable multi-line report."""
+    lines = [
+        f'ResNet-v2 trunk, units per block {tuple(self.units_per_block)}, '
+        f'output stride {self.output_stride}, precision {self.precision}',
+        f'input {self.input_shape}',
+        'endpoints:',
+    ]
+    units = [k for k in self.endpoint_shapes if k.startswith('block3/unit_')]
+    for name, shape in self.endpoint_shapes.items():
+      if name in units[1:-1]:
+        continue  # Identical to the first and last unit; listed as a range.
+      lines.append(f'  {name:<16} {str(shape):<22} {self.endpoint_dtypes[name]}')
+      if len(units) > 2 and name == units[0]:
+        lines.append(f'  ... {len(units) - 2} more block-3 units ...')
+    lines += [
+        f'parameters: {self.total_params:,} ({self.trainable_params:,} trainable)'
+        + (f', lasso alpha {self.lasso_params}' if self.lasso_params else ''),
+        f'build {self.build_seconds:.1f} s, forward pass {self.forward_seconds:.2f} s',
+    ]
+    return '\n'.join(lines)
+
+
+def summarize_trunk(cfg: ExperimentConfig) -> TrunkSummary:
+  """Builds the configured trunk, runs it on seeded random images and measures it.
+
+  Args:
+    cfg: a validated experiment config (its `demo` section sets the input).
+
+  Returns:
+    A `TrunkSummary`.
+  """
+  tf.random.set_seed(cfg.runtime.seed)
+  start = time.perf_counter()
+  trunk = build_trunk(cfg.trunk, precision=cfg.runtime.precision)
+  build_seconds = time.perf_counter() - start
+  shape = (cfg.demo.batch_size, cfg.demo.image_size, cfg.demo.image_size, 3)
+  images = tf.random.uniform(shape, -1.0, 1.0, seed=cfg.runtime.seed)
+  forward = tf.function(lambda x: trunk(x, training=False))
+  forward(images)  # Trace once so the timing below is the steady-state pass.
+  start = time.perf_counter()
+  endpoints = forward(images)
+  forward_seconds = time.perf_counter() - start
+  lasso_params = 0
+  if cfg.lasso.enabled:
+    lasso = LassoMix(1, trunk.num_units, cfg.lasso.l1_weight, cfg.lasso.init)
+    lasso(trunk.block3_units(endpoints), consumer=0)
+    lasso_params = int(lasso.raw_alpha.shape.num_elements())
+  return TrunkSummary(
+      units_per_block=tuple(cfg.trunk.units_per_block),
+      output_stride=cfg.trunk.output_stride,
+      precision=cfg.runtime.precision,
+      input_shape=shape,
+      endpoint_shapes={k: tuple(v.shape) for k, v in endpoints.items()},
+      endpoint_dtypes={k: v.dtype.name for k, v in endpoints.items()},
+      trainable_params=int(sum(v.shape.num_elements() for v in trunk.trainable_variables)),
+      total_params=int(trunk.count_params()),
+      build_seconds=build_seconds,
+      forward_seconds=forward_seconds,
+      lasso_params=lasso_params,
+  )
