@@ -59,6 +59,9 @@ class LassoMix(tf.keras.layers.Layer):
       consumer_names: optional names of the rows (task names), for lookups and figures.
       **kwargs: passed to `tf.keras.layers.Layer`.
     """
+    # autocast=False: the mix takes the units' dtype (bfloat16 under mixed precision)
+    # whatever this layer's policy; alpha itself stays float32.
+    kwargs.setdefault('autocast', False)
     super().__init__(**kwargs)
     if consumer_names is not None and len(consumer_names) != num_consumers:
       raise ValueError(f'{len(consumer_names)} consumer_names for {num_consumers} consumers')
