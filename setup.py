@@ -9,32 +9,32 @@ resolution that is known to import (TF 2.15.1 with addons, io and Model Garden).
 import setuptools
 
 setuptools.setup(
-    name='mtssl_tf',
-    version='0.1.0',
-    description='Multi-task self-supervised visual learning (Doersch & Zisserman 2017; '
-    'Noroozi et al. 2018) in TensorFlow 2 / Keras.',
-    long_description=open('README.md', encoding='utf-8').read(),
-    long_description_content_type='text/markdown',
-    python_requires='>=3.9,<3.12',
-    packages=setuptools.find_packages(include=['mtssl_tf', 'mtssl_tf.*']),
-    install_requires=[
-        'tensorflow==2.15.1',
-        # Keras 2 is required by ParameterServerStrategy; TF 2.15 pins it.
-        'tf-models-official==2.15.0',
-        'tensorflow-addons==0.23.0',
-        'tensorflow-io==0.36.0',
-        # 1.21 needs protobuf >= 5.26 and breaks `import tensorflow_datasets` (BUILD.md).
-        'tensorflow-metadata==1.16.1',
-        'numpy>=1.23,<2',
-        'absl-py',
-        'pyyaml',
+  name='mtssl_tf',
+  version='0.1.0',
+  description='Multi-task self-supervised visual learning (Doersch & Zisserman 2017; '
+  'Noroozi et al. 2018) in TensorFlow 2 / Keras.',
+  long_description=open('README.md', encoding='utf-8').read(),
+  long_description_content_type='text/markdown',
+  python_requires='>=3.9,<3.12',
+  packages=setuptools.find_packages(include=['mtssl_tf', 'mtssl_tf.*']),
+  install_requires=[
+    'tensorflow==2.15.1',
+    # Keras 2 is required by ParameterServerStrategy; TF 2.15 pins it.
+    'tf-models-official==2.15.0',
+    'tensorflow-addons==0.23.0',
+    'tensorflow-io==0.36.0',
+    # 1.21 needs protobuf >= 5.26 and breaks `import tensorflow_datasets` (BUILD.md).
+    'tensorflow-metadata==1.16.1',
+    'numpy>=1.23,<2',
+    'absl-py',
+    'pyyaml',
+  ],
+  extras_require={
+    'dev': ['pytest', 'pytest-xdist', 'ruff'],
+  },
+  entry_points={
+    'console_scripts': [
+      'mtssl-summary=mtssl_tf.bin.summary:run',
     ],
-    extras_require={
-        'dev': ['pytest', 'pytest-xdist', 'ruff'],
-    },
-    entry_points={
-        'console_scripts': [
-            'mtssl-summary=mtssl_tf.bin.summary:run',
-        ],
-    },
+  },
 )

@@ -8,8 +8,6 @@ import pytest  # noqa: E402
 
 from mtssl_tf.configs import TrunkConfig  # noqa: E402
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture
 def tiny_trunk_config() -> TrunkConfig:

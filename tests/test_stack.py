@@ -6,8 +6,8 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    'module',
-    ['tensorflow', 'tensorflow_addons', 'tensorflow_io', 'tensorflow_datasets', 'official.vision', 'cv2'],
+  'module',
+  ['tensorflow', 'tensorflow_addons', 'tensorflow_io', 'tensorflow_datasets', 'official.vision', 'cv2'],
 )
 def test_imports(module):
   assert importlib.import_module(module) is not None

@@ -15,7 +15,8 @@ def define_config_flags() -> None:
   """Defines --config (repeatable YAML files), --override (repeatable) and --model_dir."""
   flags.DEFINE_multi_string('config', [], 'YAML config file(s), applied in order over the built-in defaults.')
   flags.DEFINE_multi_string(
-      'override', [], 'key.path=value (YAML value), applied after the files, e.g. --override=trunk.output_stride=8.')
+    'override', [], 'key.path=value (YAML value), applied after the files, e.g. --override=trunk.output_stride=8.'
+  )
   flags.DEFINE_string('model_dir', None, 'Directory for outputs; the resolved config is written there as config.yaml.')
 
 

@@ -1,7 +1,7 @@
 """mtssl-summary: build the trunk from a config, run it on generated images, report it.
 
-    mtssl-summary                                   # ResNet-101 block 3, output stride 16
-    mtssl-summary --config=configs/trunk/tiny.yaml --override=trunk.output_stride=8
+mtssl-summary                                   # ResNet-101 block 3, output stride 16
+mtssl-summary --config=configs/trunk/tiny.yaml --override=trunk.output_stride=8
 """
 
 from __future__ import annotations

@@ -198,9 +198,9 @@ def read_yaml(path: str) -> dict[str, Any]:
 
 
 def load_config(
-    config_cls: Type[C],
-    yaml_paths: Iterable[str] = (),
-    overrides: Iterable[str] = (),
+  config_cls: Type[C],
+  yaml_paths: Iterable[str] = (),
+  overrides: Iterable[str] = (),
 ) -> C:
   """Builds a validated config: defaults, then each YAML file, then each override.
 

@@ -46,7 +46,7 @@ class TrunkConfig(Config):
   def validate(self) -> None:
     if len(self.units_per_block) != 3 or any(u < 1 for u in self.units_per_block):
       raise ConfigError(
-          f'trunk.units_per_block: need three positive unit counts (blocks 1-3), got {list(self.units_per_block)}'
+        f'trunk.units_per_block: need three positive unit counts (blocks 1-3), got {list(self.units_per_block)}'
       )
     if self.output_stride not in OUTPUT_STRIDES:
       raise ConfigError(f'trunk.output_stride: must be one of {OUTPUT_STRIDES}, got {self.output_stride}')
@@ -128,6 +128,6 @@ class ExperimentConfig(Config):
   def validate(self) -> None:
     if self.lasso.enabled and self.trunk.output_stride == 32:
       raise ConfigError(
-          'trunk.output_stride: lasso.enabled needs every block-3 unit at one resolution, '
-          'so the output stride must be 8 or 16, not 32'
+        'trunk.output_stride: lasso.enabled needs every block-3 unit at one resolution, '
+        'so the output stride must be 8 or 16, not 32'
       )

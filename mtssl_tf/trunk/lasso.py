@@ -41,13 +41,13 @@ class LassoMix(tf.keras.layers.Layer):
   """
 
   def __init__(
-      self,
-      num_consumers: int,
-      num_units: int,
-      l1_weight: float = 1e-3,
-      init: str = 'last',
-      consumer_names: Optional[Sequence[str]] = None,
-      **kwargs,
+    self,
+    num_consumers: int,
+    num_units: int,
+    l1_weight: float = 1e-3,
+    init: str = 'last',
+    consumer_names: Optional[Sequence[str]] = None,
+    **kwargs,
   ):
     """Creates the layer.
 
@@ -71,12 +71,12 @@ class LassoMix(tf.keras.layers.Layer):
     self.consumer_names = list(consumer_names) if consumer_names else None
     # Variables stay float32 under mixed precision; the mix is cast to the units' dtype.
     self.raw_alpha = self.add_weight(
-        'alpha',
-        shape=(num_consumers, num_units),
-        dtype=tf.float32,
-        initializer=tf.constant_initializer(initial_alpha(num_consumers, num_units, init)),
-        trainable=True,
-        experimental_autocast=False,
+      'alpha',
+      shape=(num_consumers, num_units),
+      dtype=tf.float32,
+      initializer=tf.constant_initializer(initial_alpha(num_consumers, num_units, init)),
+      trainable=True,
+      experimental_autocast=False,
     )
 
   def consumer_index(self, consumer) -> int:
@@ -127,8 +127,12 @@ class LassoMix(tf.keras.layers.Layer):
 
   def get_config(self):
     config = super().get_config()
-    config.update(num_consumers=self.num_consumers, num_units=self.num_units,
-                  l1_weight=self.l1_weight, consumer_names=self.consumer_names)
+    config.update(
+      num_consumers=self.num_consumers,
+      num_units=self.num_units,
+      l1_weight=self.l1_weight,
+      consumer_names=self.consumer_names,
+    )
     return config
 
 

@@ -87,10 +87,10 @@ class AtrousConv2D(tf.keras.layers.Layer):
 
   def build(self, input_shape):
     self.kernel = self.add_weight(
-        'kernel',
-        shape=(self.kernel_size, self.kernel_size, int(input_shape[-1]), self.filters),
-        initializer='glorot_uniform',
-        trainable=True,
+      'kernel',
+      shape=(self.kernel_size, self.kernel_size, int(input_shape[-1]), self.filters),
+      initializer='glorot_uniform',
+      trainable=True,
     )
     super().build(input_shape)
 
@@ -114,12 +114,10 @@ class PreactBottleneck(tf.keras.layers.Layer):
     policy = self.dtype_policy
 
     def bn(name):
-      return tf.keras.layers.BatchNormalization(
-          momentum=bn_momentum, epsilon=bn_epsilon, name=name, dtype=policy)
+      return tf.keras.layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=name, dtype=policy)
 
     self.preact_bn = bn('preact_bn')
-    self.shortcut_conv = (
-        tf.keras.layers.Conv2D(4 * width, 1, name='0_conv', dtype=policy) if projection else None)
+    self.shortcut_conv = tf.keras.layers.Conv2D(4 * width, 1, name='0_conv', dtype=policy) if projection else None
     self.conv1 = tf.keras.layers.Conv2D(width, 1, use_bias=False, name='1_conv', dtype=policy)
     self.bn1 = bn('1_bn')
     self.conv2 = AtrousConv2D(width, 3, name='2_conv', dtype=policy)
@@ -154,25 +152,29 @@ class ResNetV2Trunk(tf.keras.Model):
     self.config = config
     policy = self.dtype_policy
     self.stem_conv = tf.keras.layers.Conv2D(
-        config.width, 7, strides=2, padding='valid', name='conv1_conv', dtype=policy)
+      config.width, 7, strides=2, padding='valid', name='conv1_conv', dtype=policy
+    )
     self.blocks: List[List[PreactBottleneck]] = []
     for b, units in enumerate(config.units_per_block):
       width = config.width * 2**b
-      self.blocks.append([
+      self.blocks.append(
+        [
           PreactBottleneck(
-              width,
-              projection=(u == 0),
-              bn_momentum=config.batch_norm_momentum,
-              bn_epsilon=config.batch_norm_epsilon,
-              name=f'conv{b + 2}_block{u + 1}',
-              dtype=policy,
-          ) for u in range(units)
-      ])
+            width,
+            projection=(u == 0),
+            bn_momentum=config.batch_norm_momentum,
+            bn_epsilon=config.batch_norm_epsilon,
+            name=f'conv{b + 2}_block{u + 1}',
+            dtype=policy,
+          )
+          for u in range(units)
+        ]
+      )
     self.post_bn = None
     if config.final_activation:
       self.post_bn = tf.keras.layers.BatchNormalization(
-          momentum=config.batch_norm_momentum, epsilon=config.batch_norm_epsilon,
-          name='block3_post_bn', dtype=policy)
+        momentum=config.batch_norm_momentum, epsilon=config.batch_norm_epsilon, name='block3_post_bn', dtype=policy
+      )
 
   @property
   def output_channels(self) -> int:

@@ -32,10 +32,10 @@ class TrunkSummary:
   def report(self) -> str:
     """Human-readable multi-line report."""
     lines = [
-        f'ResNet-v2 trunk, units per block {tuple(self.units_per_block)}, '
-        f'output stride {self.output_stride}, precision {self.precision}',
-        f'input {self.input_shape}',
-        'endpoints:',
+      f'ResNet-v2 trunk, units per block {tuple(self.units_per_block)}, '
+      f'output stride {self.output_stride}, precision {self.precision}',
+      f'input {self.input_shape}',
+      'endpoints:',
     ]
     units = [k for k in self.endpoint_shapes if k.startswith('block3/unit_')]
     for name, shape in self.endpoint_shapes.items():
@@ -45,9 +45,9 @@ class TrunkSummary:
       if len(units) > 2 and name == units[0]:
         lines.append(f'  ... {len(units) - 2} more block-3 units ...')
     lines += [
-        f'parameters: {self.total_params:,} ({self.trainable_params:,} trainable)'
-        + (f', lasso alpha {self.lasso_params}' if self.lasso_params else ''),
-        f'build {self.build_seconds:.1f} s, forward pass {self.forward_seconds:.2f} s',
+      f'parameters: {self.total_params:,} ({self.trainable_params:,} trainable)'
+      + (f', lasso alpha {self.lasso_params}' if self.lasso_params else ''),
+      f'build {self.build_seconds:.1f} s, forward pass {self.forward_seconds:.2f} s',
     ]
     return '\n'.join(lines)
 
@@ -78,15 +78,15 @@ def summarize_trunk(cfg: ExperimentConfig) -> TrunkSummary:
     lasso(trunk.block3_units(endpoints), consumer=0)
     lasso_params = int(lasso.raw_alpha.shape.num_elements())
   return TrunkSummary(
-      units_per_block=tuple(cfg.trunk.units_per_block),
-      output_stride=cfg.trunk.output_stride,
-      precision=cfg.runtime.precision,
-      input_shape=shape,
-      endpoint_shapes={k: tuple(v.shape) for k, v in endpoints.items()},
-      endpoint_dtypes={k: v.dtype.name for k, v in endpoints.items()},
-      trainable_params=int(sum(v.shape.num_elements() for v in trunk.trainable_variables)),
-      total_params=int(trunk.count_params()),
-      build_seconds=build_seconds,
-      forward_seconds=forward_seconds,
-      lasso_params=lasso_params,
+    units_per_block=tuple(cfg.trunk.units_per_block),
+    output_stride=cfg.trunk.output_stride,
+    precision=cfg.runtime.precision,
+    input_shape=shape,
+    endpoint_shapes={k: tuple(v.shape) for k, v in endpoints.items()},
+    endpoint_dtypes={k: v.dtype.name for k, v in endpoints.items()},
+    trainable_params=int(sum(v.shape.num_elements() for v in trunk.trainable_variables)),
+    total_params=int(trunk.count_params()),
+    build_seconds=build_seconds,
+    forward_seconds=forward_seconds,
+    lasso_params=lasso_params,
   )

@@ -6,14 +6,14 @@ import sys
 
 import yaml
 
-from conftest import REPO_ROOT  # noqa: F401  (tests/ is on sys.path via rootdir conftest)
-
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def _run(*args):
   return subprocess.run(
-      [sys.executable, '-m', 'mtssl_tf.bin.summary', *args],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
+    [sys.executable, '-m', 'mtssl_tf.bin.summary', *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+  )
+
 
 def test_summary_prints_endpoints_and_writes_resolved_config(tmp_path):
   result = _run('--config=configs/trunk/tiny.yaml', '--override=trunk.output_stride=8', f'--model_dir={tmp_path}')
@@ -24,6 +24,7 @@ def test_summary_prints_endpoints_and_writes_resolved_config(tmp_path):
   assert 'parameters: 199,808' in out
   saved = yaml.safe_load((tmp_path / 'config.yaml').read_text())
   assert saved['trunk']['output_stride'] == 8 and saved['trunk']['units_per_block'] == [1, 1, 2]
+
 
 def test_summary_rejects_a_bad_key_before_building():
   result = _run('--config=configs/trunk/tiny.yaml', '--override=trunk.output_strid=8')

@@ -7,13 +7,13 @@ import pytest
 import yaml
 
 from mtssl_tf.configs import (
-    ConfigError,
-    ExperimentConfig,
-    load_config,
-    override,
-    parse_override,
-    save_config,
-    to_plain,
+  ConfigError,
+  ExperimentConfig,
+  load_config,
+  override,
+  parse_override,
+  save_config,
+  to_plain,
 )
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,7 +28,8 @@ def test_defaults_are_the_papers_trunk():
 
 def test_override_sets_nested_values_and_coerces():
   cfg = load_config(
-      ExperimentConfig, overrides=['trunk.units_per_block=[1, 1, 2]', 'lasso.l1_weight=1', 'trunk.output_stride=8'])
+    ExperimentConfig, overrides=['trunk.units_per_block=[1, 1, 2]', 'lasso.l1_weight=1', 'trunk.output_stride=8']
+  )
   assert cfg.trunk.units_per_block == (1, 1, 2)
   assert isinstance(cfg.trunk.units_per_block, tuple)
   assert cfg.lasso.l1_weight == 1.0 and isinstance(cfg.lasso.l1_weight, float)
@@ -36,23 +37,23 @@ def test_override_sets_nested_values_and_coerces():
 
 
 @pytest.mark.parametrize(
-    'text, fragment',
-    [
-        ('trunk.outputstride=8', "'trunk.outputstride'; did you mean 'trunk.output_stride'"),
-        ('trunks.output_stride=8', "'trunks'; did you mean 'trunk'"),
-        ('trunk.output_stride=eight', 'trunk.output_stride: expected an integer'),
-        ('trunk.output_stride=16.0', 'trunk.output_stride: expected an integer'),
-        ('trunk.output_stride=true', 'trunk.output_stride: expected an integer'),
-        ('lasso.enabled=1', 'lasso.enabled: expected true/false'),
-        ('trunk.units_per_block=3', 'trunk.units_per_block: expected a list'),
-        ('trunk.units_per_block=[1, x, 2]', 'trunk.units_per_block[1]: expected an integer'),
-        ('trunk.output_stride=12', 'trunk.output_stride: must be one of (8, 16, 32), got 12'),
-        ('trunk.units_per_block=[3, 4]', 'trunk.units_per_block: need three positive unit counts'),
-        ('runtime.precision=float16', "runtime.precision: must be one of"),
-        ('lasso.l1_weight=-1', 'lasso.l1_weight: must be >= 0'),
-        ('lasso.init=first', 'lasso.init: must be one of'),
-        ('trunk=8', 'trunk: expected a mapping'),
-    ],
+  'text, fragment',
+  [
+    ('trunk.outputstride=8', "'trunk.outputstride'; did you mean 'trunk.output_stride'"),
+    ('trunks.output_stride=8', "'trunks'; did you mean 'trunk'"),
+    ('trunk.output_stride=eight', 'trunk.output_stride: expected an integer'),
+    ('trunk.output_stride=16.0', 'trunk.output_stride: expected an integer'),
+    ('trunk.output_stride=true', 'trunk.output_stride: expected an integer'),
+    ('lasso.enabled=1', 'lasso.enabled: expected true/false'),
+    ('trunk.units_per_block=3', 'trunk.units_per_block: expected a list'),
+    ('trunk.units_per_block=[1, x, 2]', 'trunk.units_per_block[1]: expected an integer'),
+    ('trunk.output_stride=12', 'trunk.output_stride: must be one of (8, 16, 32), got 12'),
+    ('trunk.units_per_block=[3, 4]', 'trunk.units_per_block: need three positive unit counts'),
+    ('runtime.precision=float16', 'runtime.precision: must be one of'),
+    ('lasso.l1_weight=-1', 'lasso.l1_weight: must be >= 0'),
+    ('lasso.init=first', 'lasso.init: must be one of'),
+    ('trunk=8', 'trunk: expected a mapping'),
+  ],
 )
 def test_bad_overrides_name_the_key(text, fragment):
   with pytest.raises(ConfigError) as e:

@@ -7,11 +7,11 @@ import tensorflow as tf
 
 from mtssl_tf.configs import TrunkConfig
 from mtssl_tf.trunk.resnet_v2 import (
-    ResNetV2Trunk,
-    build_trunk,
-    copy_keras_weights,
-    unit_endpoint_name,
-    unit_schedule,
+  ResNetV2Trunk,
+  build_trunk,
+  copy_keras_weights,
+  unit_endpoint_name,
+  unit_schedule,
 )
 
 
@@ -25,9 +25,14 @@ def _randomize_batch_norms(model, seed=0):
   for layer in model.submodules:
     if isinstance(layer, tf.keras.layers.BatchNormalization):
       gamma, beta, mean, var = layer.get_weights()
-      layer.set_weights([
-          rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
-          rng.normal(0, 0.2, mean.shape), rng.uniform(0.5, 1.5, var.shape)])
+      layer.set_weights(
+        [
+          rng.uniform(0.5, 1.5, gamma.shape),
+          rng.normal(0, 0.2, beta.shape),
+          rng.normal(0, 0.2, mean.shape),
+          rng.uniform(0.5, 1.5, var.shape),
+        ]
+      )
 
 
 def test_unit_schedule_places_strides_and_dilations():
@@ -85,7 +90,8 @@ def test_matches_keras_resnet101v2_conv4_block23_out():
   # The same weights at output stride 16 agree with Keras' conv4_block22_out too.
   keras_22 = tf.keras.Model(keras_full.input, keras_full.get_layer('conv4_block22_out').output)
   np.testing.assert_allclose(
-      trunk(images, output_stride=16)[unit_endpoint_name(22)].numpy(), keras_22(images).numpy(), atol=1e-4, rtol=1e-4)
+    trunk(images, output_stride=16)[unit_endpoint_name(22)].numpy(), keras_22(images).numpy(), atol=1e-4, rtol=1e-4
+  )
 
 
 def test_copy_keras_weights_rejects_a_smaller_model(tiny_trunk_config):
@@ -143,7 +149,8 @@ def test_mixed_bfloat16_outputs_and_float32_variables(tiny_trunk_config):
 
 def test_runs_inside_tf_function_with_unknown_spatial_size(tiny_trunk_config):
   trunk = ResNetV2Trunk(tiny_trunk_config)
-  fn = tf.function(lambda x: trunk(x, training=False)['final'],
-                   input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+  fn = tf.function(
+    lambda x: trunk(x, training=False)['final'], input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)]
+  )
   assert fn(_images(size=64)).shape == (2, 4, 4, 256)
   assert fn(_images(n=1, size=96)).shape == (1, 6, 6, 256)

@@ -1,0 +1,91 @@
+"""Forward+backward throughput of our trunk vs Keras' ResNet101V2 cut at conv4_block23_out.
+
+Both networks get the same input batch and the same loss; runs alternate between them
+so machine noise hits both alike, and the result is reported as a ratio measured in
+this run (ours / Keras, higher is better). Run on demand, never in tests:
+
+    .venv/bin/python benchmarks/trunk_step.py                 # fp32 and mixed_bfloat16
+    .venv/bin/python benchmarks/trunk_step.py --image_size=224 --batch_size=8 --rounds=5
+"""
+
+import os
+import statistics
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from mtssl_tf.configs import TrunkConfig  # noqa: E402
+from mtssl_tf.trunk.resnet_v2 import build_trunk, copy_keras_weights  # noqa: E402
+
+flags.DEFINE_integer('batch_size', 8, 'Images per step.')
+flags.DEFINE_integer('image_size', 128, 'Square input side.')
+flags.DEFINE_integer('steps', 3, 'Timed steps per round.')
+flags.DEFINE_integer('rounds', 5, 'Alternating rounds (ours, Keras); the median is reported.')
+flags.DEFINE_list('precisions', ['float32', 'mixed_bfloat16'], 'Dtype policies to compare.')
+flags.DEFINE_integer('output_stride', 32, "Our trunk's output stride (32 = the same computation as Keras).")
+FLAGS = flags.FLAGS
+
+
+def _train_step(model, read_output):
+  variables = model.trainable_variables
+
+  @tf.function
+  def step(images):
+    with tf.GradientTape() as tape:
+      out = tf.cast(read_output(model(images, training=True)), tf.float32)
+      loss = tf.reduce_mean(tf.square(out))
+    return tape.gradient(loss, variables)
+
+  return step
+
+
+def _time(step, images, steps):
+  start = time.perf_counter()
+  for _ in range(steps):
+    grads = step(images)
+  _ = [g.numpy() for g in grads[:1]]  # Wait for the last step.
+  return time.perf_counter() - start
+
+
+def _compare(precision):
+  tf.keras.mixed_precision.set_global_policy(precision)  # Keras applications read the global policy.
+  try:
+    keras_full = tf.keras.applications.ResNet101V2(weights=None, include_top=False, input_shape=(None, None, 3))
+    keras_cut = tf.keras.Model(keras_full.input, keras_full.get_layer('conv4_block23_out').output)
+  finally:
+    tf.keras.mixed_precision.set_global_policy('float32')
+  cfg = TrunkConfig()
+  cfg.output_stride = FLAGS.output_stride
+  cfg.final_activation = False
+  ours = build_trunk(cfg, precision=precision)
+  copy_keras_weights(ours, keras_full)
+  images = tf.random.uniform([FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, 3], -1, 1, seed=0)
+  steps = {'ours': _train_step(ours, lambda e: e['block3']), 'keras': _train_step(keras_cut, lambda x: x)}
+  for step in steps.values():
+    _time(step, images, 1)  # Trace and warm up.
+  times = {name: [] for name in steps}
+  for _ in range(FLAGS.rounds):
+    for name, step in steps.items():
+      times[name].append(_time(step, images, FLAGS.steps))
+  rate = {name: FLAGS.batch_size * FLAGS.steps / statistics.median(t) for name, t in times.items()}
+  ratios = [k / o for o, k in zip(times['ours'], times['keras'])]
+  return rate, statistics.median(ratios), min(ratios), max(ratios)
+
+
+def main(argv):
+  del argv
+  print(
+    f'forward+backward, batch {FLAGS.batch_size}, {FLAGS.image_size} px, our output stride '
+    f'{FLAGS.output_stride}, {FLAGS.rounds} rounds x {FLAGS.steps} steps, {os.cpu_count()} CPUs'
+  )
+  print(f'{"precision":<16}{"ours img/s":>12}{"keras img/s":>13}{"ratio":>8}  (min-max over rounds)')
+  for precision in FLAGS.precisions:
+    rate, ratio, low, high = _compare(precision)
+    print(f'{precision:<16}{rate["ours"]:>12.2f}{rate["keras"]:>13.2f}{ratio:>8.2f}  ({low:.2f}-{high:.2f})')
+
+
+if __name__ == '__main__':
+  app.run(main)
