@@ -100,6 +100,15 @@ class AtrousConv2D(tf.keras.layers.Layer):
     return tf.nn.conv2d(x, self.kernel, strides=stride, dilations=rate, padding='VALID')
 
 
+def _subsample(x, stride: int):
+  """Keeps every `stride`-th pixel, as Keras ResNetV2's 1x1 max-pool shortcut does.
+
+  A 1x1 max-pool rather than a strided slice: the same values, and the training graph
+  then matches Keras' op for op, which keeps benchmarks/trunk_step.py a fair comparison.
+  """
+  return tf.nn.max_pool2d(x, 1, strides=stride, padding='VALID') if stride > 1 else x
+
+
 class PreactBottleneck(tf.keras.layers.Layer):
   """A ResNet-v2 bottleneck unit: BN-ReLU, 1x1, BN-ReLU, 3x3, BN-ReLU, 1x1, + shortcut.
 
@@ -127,10 +136,9 @@ class PreactBottleneck(tf.keras.layers.Layer):
   def call(self, inputs, training=None, stride: int = 1, rate: int = 1):
     preact = tf.nn.relu(self.preact_bn(inputs, training=training))
     if self.shortcut_conv is not None:
-      shortcut = self.shortcut_conv(preact[:, ::stride, ::stride, :] if stride > 1 else preact)
+      shortcut = self.shortcut_conv(_subsample(preact, stride))
     else:
-      # Keras ResNetV2 subsamples with a 1x1 max-pool of stride 2: the same as slicing.
-      shortcut = inputs[:, ::stride, ::stride, :] if stride > 1 else inputs
+      shortcut = _subsample(inputs, stride)
     x = tf.nn.relu(self.bn1(self.conv1(preact), training=training))
     x = tf.nn.relu(self.bn2(self.conv2(x, stride=stride, rate=rate), training=training))
     return shortcut + self.conv3(x)
