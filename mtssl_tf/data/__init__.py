@@ -1,0 +1,1 @@
+"""Data layer: readers for images, video-derived motion masks, detection and depth."""

@@ -1,0 +1,1 @@
+"""The synthetic world: seeded procedural scenes and clips, written in the real formats."""
