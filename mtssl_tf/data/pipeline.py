@@ -51,7 +51,7 @@ def file_dataset(
 
   def read(path):
     # A truncated shard raises DataLossError at its end; keep what was readable.
-    return reader(path).apply(tf.data.experimental.ignore_errors(log_warning=True))
+    return reader(path).ignore_errors(log_warning=True)
 
   ds = ds.interleave(
     read,
@@ -85,7 +85,7 @@ def robust_map(
   """
   ds = dataset.enumerate()
   ds = ds.map(lambda i, x: (i, fn(x)), num_parallel_calls=num_parallel_calls, deterministic=True)
-  ds = ds.apply(tf.data.experimental.ignore_errors())
+  ds = ds.ignore_errors()
 
   def count(kept, item):
     index, element = item

@@ -1,0 +1,229 @@
+"""Image readers: Model Garden TFRecords, tensorflow-datasets by name, plain folders.
+
+Every reader yields dicts {'image': uint8 [H, W, 3], 'label': int64 (-1 if none),
+'num_skipped': int64} unless a `process` function says otherwise. Records are read
+and decoded in parallel with pure TF ops; undecodable records are skipped and counted
+(`num_skipped`, see `pipeline.robust_map`); a missing path or empty glob raises a
+`DataError` when the dataset is built.
+
+A task that crops passes `process`, which receives {'encoded': string, 'label': int64}
+and may call `decode.decode_and_crop_rgb` so only the crop of a JPEG is decoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Dict, List, Optional, Tuple
+
+import tensorflow as tf
+
+from mtssl_tf.data import decode, pipeline
+from mtssl_tf.data.sources import DataError, list_files, parse_source, require_dir
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+ENCODED_KEY = 'image/encoded'
+LABEL_KEY = 'image/class/label'
+
+Process = Callable[[Dict[str, tf.Tensor]], Dict[str, tf.Tensor]]
+
+
+@dataclasses.dataclass
+class ReadOptions:
+  """How a reader shards, orders and post-processes a source.
+
+  Attributes:
+    shard_index: this input pipeline's index among `num_shards` (a PSS worker's index
+      within its task's pool).
+    num_shards: pipelines reading the same source.
+    shuffle_files: shuffle file order each epoch.
+    seed: seed for file shuffling; with `deterministic` the order is reproducible.
+    deterministic: keep a reproducible element order.
+    data_dir: tensorflow-datasets data directory (nothing is ever downloaded).
+    label_offset: subtracted from labels (1 for Model Garden ImageNet, whose label 0
+      is background).
+    min_side: decoded images whose shorter side is below this are upscaled to it, so
+      tasks that crop never see an image smaller than they need. 0 disables.
+  """
+
+  shard_index: int = 0
+  num_shards: int = 1
+  shuffle_files: bool = False
+  seed: Optional[int] = None
+  deterministic: bool = True
+  data_dir: Optional[str] = None
+  label_offset: int = 0
+  min_side: int = 0
+
+
+def ensure_min_side(image: tf.Tensor, min_side: int) -> tf.Tensor:
+  """Upscales (bilinear) an image whose shorter side is below `min_side`, keeping aspect."""
+  if min_side <= 0:
+    return image
+  shape = tf.shape(image)[:2]
+  short = tf.reduce_min(shape)
+
+  def grow():
+    scale = tf.cast(min_side, tf.float32) / tf.cast(short, tf.float32)
+    size = tf.cast(tf.math.ceil(tf.cast(shape, tf.float32) * scale), tf.int32)
+    resized = tf.image.resize(image, size, method='bilinear')
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+  return tf.cond(short < min_side, grow, lambda: image)
+
+
+def default_process(options: ReadOptions) -> Process:
+  """The standard `process`: full decode to RGB, then `ensure_min_side`."""
+
+  def process(record):
+    image = ensure_min_side(decode.decode_rgb(record['encoded']), options.min_side)
+    return {'image': image, 'label': record['label']}
+
+  return process
+
+
+def tfrecord_images(pattern: str, options: Optional[ReadOptions] = None, process: Optional[Process] = None):
+  """Reads Model Garden-style image TFRecords (`image/encoded`, `image/class/label`).
+
+  A record without `image/encoded` decodes as empty bytes and is skipped and counted;
+  a missing label reads as -1 (minus `label_offset` is not applied to it).
+  """
+  options = options or ReadOptions()
+  files = list_files(pattern, 'image TFRecord files')
+  records = pipeline.file_dataset(
+    files,
+    tf.data.TFRecordDataset,
+    shard_index=options.shard_index,
+    num_shards=options.num_shards,
+    shuffle_files=options.shuffle_files,
+    seed=options.seed,
+    deterministic=options.deterministic,
+  )
+  features = {
+    ENCODED_KEY: tf.io.FixedLenFeature([], tf.string, default_value=''),
+    LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+  }
+  process = process or default_process(options)
+
+  def parse_and_process(serialized):
+    # Parsing inside the robust map: a record that is not an Example is skipped too.
+    parsed = tf.io.parse_single_example(serialized, features)
+    label = parsed[LABEL_KEY]
+    label = tf.where(label >= 0, label - options.label_offset, label)
+    return process({'encoded': parsed[ENCODED_KEY], 'label': label})
+
+  return pipeline.robust_map(records, parse_and_process)
+
+
+def list_image_folder(root: str) -> Tuple[List[str], List[int], List[str]]:
+  """Image files under `root` (recursive, sorted) and labels from sub-folder names.
+
+  Labels are the index of the first-level sub-folder in sorted order when every
+  image sits in one; if any image is directly in `root`, all labels are -1.
+
+  Returns:
+    (paths, labels, class_names).
+
+  Raises:
+    DataError: the folder is missing or holds no images.
+  """
+  require_dir(root, 'image folder')
+  paths = []
+  for dirpath, dirnames, filenames in tf.io.gfile.walk(root):
+    dirnames.sort()
+    paths += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
+  if not paths:
+    raise DataError(f'image folder {root!r} holds no {"/".join(IMAGE_EXTENSIONS)} files')
+  tops = [os.path.relpath(p, root).split(os.sep) for p in paths]
+  if any(len(t) == 1 for t in tops):
+    return paths, [-1] * len(paths), []
+  class_names = sorted({t[0] for t in tops})
+  index = {name: i for i, name in enumerate(class_names)}
+  return paths, [index[t[0]] for t in tops], class_names
+
+
+def folder_images(root: str, options: Optional[ReadOptions] = None, process: Optional[Process] = None):
+  """Reads a folder of JPEG/PNG/BMP/GIF files; labels from sub-folder names if present."""
+  options = options or ReadOptions()
+  paths, labels, _ = list_image_folder(root)
+  ds = tf.data.Dataset.from_tensor_slices((paths, tf.constant(labels, tf.int64)))
+  if options.shuffle_files:
+    ds = ds.shuffle(len(paths), seed=options.seed, reshuffle_each_iteration=True)
+  if options.num_shards > 1:
+    ds = ds.shard(options.num_shards, options.shard_index)
+  process = process or default_process(options)
+
+  def read_and_process(item):
+    # Reading inside the robust map: a file deleted since listing is skipped, not fatal.
+    path, label = item
+    return process({'encoded': tf.io.read_file(path), 'label': label})
+
+  return pipeline.robust_map(ds, read_and_process)
+
+
+def tfds_images(
+  name: str, split: str, options: Optional[ReadOptions] = None, process: Optional[Process] = None
+) -> tf.data.Dataset:
+  """Reads an image dataset prepared with tensorflow-datasets (never downloads).
+
+  The image feature is read undecoded so that decoding (and cropping) goes through
+  the same robust path as the other readers.
+  """
+  options = options or ReadOptions()
+  import tensorflow_datasets as tfds  # Imported here: it is slow to import and optional per run.
+
+  read_config = tfds.ReadConfig(
+    shuffle_seed=options.seed,
+    input_context=tf.distribute.InputContext(
+      num_input_pipelines=options.num_shards, input_pipeline_id=options.shard_index
+    ),
+  )
+  try:
+    ds = tfds.load(
+      name,
+      split=split,
+      data_dir=options.data_dir,
+      download=False,
+      shuffle_files=options.shuffle_files,
+      decoders={'image': tfds.decode.SkipDecoding()},
+      read_config=read_config,
+    )
+  except Exception as e:  # tfds raises several types (AssertionError, DatasetNotFoundError...).
+    raise DataError(
+      f'tensorflow-datasets {name!r} split {split!r} is not available in data_dir {options.data_dir!r}: '
+      f'{type(e).__name__}: {e}. Prepare it offline with `tfds build` (see BUILD.md).'
+    ) from None
+  spec = ds.element_spec
+  if 'image' not in spec:
+    raise DataError(f'tensorflow-datasets {name!r} has no "image" feature (features: {sorted(spec)})')
+  has_label = 'label' in spec
+  process = process or default_process(options)
+
+  def convert(example):
+    label = tf.cast(example['label'], tf.int64) - options.label_offset if has_label else tf.constant(-1, tf.int64)
+    return process({'encoded': example['image'], 'label': label})
+
+  return pipeline.robust_map(ds, convert)
+
+
+def image_dataset(spec: str, options: Optional[ReadOptions] = None, process: Optional[Process] = None):
+  """Reads images from a source spec: `tfrecord:<glob>`, `folder:<dir>` or `tfds:<name>:<split>`.
+
+  Args:
+    spec: the source (see `sources.parse_source`).
+    options: sharding, order, data_dir, label offset, minimum side.
+    process: optional {'encoded', 'label'} -> dict function (default: full decode).
+
+  Returns:
+    A dataset of dicts (see the module docstring), not batched, not repeated.
+
+  Raises:
+    DataError: bad spec, missing folder, empty glob, unavailable tfds dataset.
+  """
+  options = options or ReadOptions()
+  source = parse_source(spec)
+  if source.kind == 'tfrecord':
+    return tfrecord_images(source.location, options, process)
+  if source.kind == 'folder':
+    return folder_images(source.location, options, process)
+  return tfds_images(source.location, source.split, options, process)
