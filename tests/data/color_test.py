@@ -32,11 +32,11 @@ def test_matches_numpy_formula_and_tensorflow_io():
 
   rgb = _random_rgb()
   ours = color.rgb_to_lab(tf.constant(rgb)).numpy()
-  np.testing.assert_allclose(ours, color.rgb_to_lab_np(rgb / 255.0), atol=2e-4)
+  np.testing.assert_allclose(ours, color.rgb_to_lab_np(rgb / 255.0), atol=1e-3)
   theirs = tfio.experimental.color.rgb_to_lab(tf.constant(rgb / 255.0, tf.float32)).numpy()
   np.testing.assert_allclose(ours, theirs, atol=0.01)
   # Float input takes the formula path instead of the table; same result.
-  np.testing.assert_allclose(color.rgb_to_lab(tf.constant(rgb / 255.0, tf.float32)).numpy(), ours, atol=2e-4)
+  np.testing.assert_allclose(color.rgb_to_lab(tf.constant(rgb / 255.0, tf.float32)).numpy(), ours, atol=1e-3)
 
 
 def test_round_trip_and_lightness_only():
