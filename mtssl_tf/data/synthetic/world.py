@@ -1,0 +1,122 @@
+"""The synthetic world: every dataset the project reads, generated in its real format.
+
+`make_world(root, preset)` writes, under `root`:
+
+* `images/train-*`, `images/validation-*`: Model Garden classification TFRecords;
+* `folder/<class>/*.jpg|png`: the same kind of images as a plain folder;
+
+and a `world.json` manifest with the sources to put in configs (`tfrecord:...`).
+A world whose manifest matches the requested preset and seed is reused, so binaries
+can call `make_world` on every start and pay for generation only once.
+Further parts (detection as a VOCdevkit folder, depth as an NYU .mat file, videos
+with motion masks) are listed explicitly in `_PARTS`; each format's writer lives in
+its own module next to the reader it feeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable, Dict
+
+import tensorflow as tf
+from absl import logging
+
+from mtssl_tf.data.synthetic.classification import write_image_folder, write_image_tfrecords
+
+MANIFEST = 'world.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """Sizes of one world.
+
+  Attributes:
+    train_images: classification training images.
+    validation_images: classification validation images.
+    folder_images: images in the plain-folder copy.
+    image_size: side of classification images.
+    num_shards: TFRecord shards per split.
+    detection_images: VOCdevkit images (trainval + test).
+    depth_images: NYU-style images.
+    videos: clips for motion segmentation.
+    video_frames: frames per clip.
+  """
+
+  train_images: int
+  validation_images: int
+  folder_images: int
+  image_size: int
+  num_shards: int
+  detection_images: int
+  depth_images: int
+  videos: int
+  video_frames: int
+
+
+PRESETS = {
+  'tiny': Preset(40, 20, 20, 64, 2, 16, 8, 2, 16),
+  'small': Preset(2000, 500, 200, 128, 8, 400, 200, 12, 40),
+  'large': Preset(20000, 2000, 1000, 224, 32, 2000, 1449, 60, 60),
+}
+
+
+def _image_parts(root: str, preset: Preset, seed: int) -> Dict[str, str]:
+  images = os.path.join(root, 'images')
+  write_image_tfrecords(images, preset.train_images, preset.num_shards, preset.image_size, seed=seed, prefix='train')
+  write_image_tfrecords(
+    images, preset.validation_images, max(1, preset.num_shards // 4), preset.image_size, seed=seed + 1,
+    prefix='validation',
+  )  # fmt: skip
+  folder = os.path.join(root, 'folder')
+  write_image_folder(folder, preset.folder_images, preset.image_size, seed=seed + 2)
+  return {
+    'images_train': f'tfrecord:{images}/train-*',
+    'images_validation': f'tfrecord:{images}/validation-*',
+    'images_folder': f'folder:{folder}',
+  }
+
+
+# name -> writer(root, preset, seed) -> manifest entries. Written after the image parts.
+_PARTS: Dict[str, Callable[[str, Preset, int], Dict[str, str]]] = {}
+
+
+def make_world(root: str, preset: str = 'small', seed: int = 0, force: bool = False) -> Dict[str, object]:
+  """Writes (or reuses) a synthetic world and returns its manifest.
+
+  Args:
+    root: output directory.
+    preset: 'tiny' (tests), 'small' (the default local run) or 'large' (benchmarks).
+    seed: generation seed.
+    force: regenerate even if a matching world exists.
+
+  Returns:
+    The manifest: preset, seed, sizes and source specs per part.
+
+  Raises:
+    ValueError: unknown preset.
+  """
+  if preset not in PRESETS:
+    raise ValueError(f'unknown synthetic world preset {preset!r}; choose one of {sorted(PRESETS)}')
+  path = os.path.join(root, MANIFEST)
+  wanted = {'preset': preset, 'seed': seed, 'parts': ['images', *sorted(_PARTS)]}
+  if not force and tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      manifest = json.load(f)
+    if all(manifest.get(k) == v for k, v in wanted.items()):
+      return manifest
+  start = time.time()
+  sizes = PRESETS[preset]
+  sources = _image_parts(root, sizes, seed)
+  for name in sorted(_PARTS):
+    logging.info('synthetic world: writing %s', name)
+    sources.update(_PARTS[name](root, sizes, seed))
+  manifest = dict(wanted, sizes=dataclasses.asdict(sizes), sources=sources, seconds=round(time.time() - start, 1))
+  # Written last and atomically: an interrupted run leaves no manifest, so it reruns.
+  tmp = path + '.tmp'
+  with tf.io.gfile.GFile(tmp, 'w') as f:
+    json.dump(manifest, f, indent=2)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+  return manifest
