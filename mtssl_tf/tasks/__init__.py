@@ -1,0 +1,7 @@
+"""Self-supervised tasks. `TASKS` is the explicit registry: name -> Task class."""
+
+from mtssl_tf.tasks.relative_position import RelativePositionTask
+
+TASKS = {
+  RelativePositionTask.name: RelativePositionTask,
+}

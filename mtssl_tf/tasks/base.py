@@ -1,0 +1,185 @@
+"""The interface every self-supervised task implements, and its shared config.
+
+A task owns everything that is specific to it (Doersch & Zisserman 2017, §3):
+its tf.data preprocessing (pure TF, so it runs on ParameterServerStrategy workers),
+how its examples become a trunk batch, its subclassed Keras head, its loss, its
+metrics and its TensorBoard images. The multi-task model and the trainers only call
+this interface, so adding a task is one module, its test, an entry in
+`mtssl_tf.tasks.TASKS` and a config field: never a trainer change.
+
+Randomness in preprocessing is stateless and seeded per example (`seed` is an
+int32 [2] tensor), so the same example gets the same augmentation eagerly and inside
+tf.data, and a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import ClassVar, Dict, List, Type
+
+import tensorflow as tf
+
+from mtssl_tf.configs.base import Config, ConfigError
+from mtssl_tf.data import images, pipeline
+
+
+@dataclasses.dataclass
+class DataConfig(Config):
+  """Where a task reads its examples.
+
+  Attributes:
+    source: a source spec (`tfrecord:<glob>`, `folder:<dir>`, `tfds:<name>:<split>`);
+      empty means the synthetic world's default for the task.
+    data_dir: tensorflow-datasets directory (nothing is downloaded).
+    label_offset: subtracted from stored labels (1 for Model Garden ImageNet).
+    shuffle_buffer: examples in the shuffle buffer; 0 disables shuffling.
+  """
+
+  source: str = ''
+  data_dir: str = ''
+  label_offset: int = 0
+  shuffle_buffer: int = 256
+
+  def validate(self) -> None:
+    if self.shuffle_buffer < 0:
+      raise ConfigError(f'data.shuffle_buffer: must be >= 0, got {self.shuffle_buffer}')
+
+
+@dataclasses.dataclass
+class TaskConfig(Config):
+  """Fields every task has. Task configs subclass this and add their own.
+
+  Attributes:
+    enabled: train this task.
+    batch_size: examples per step for one worker (a relative-position example is a
+      pair of patches, a jigsaw example nine tiles).
+    harmonize: feed the trunk colorization's input (Lab, a and b dropped, L
+      replicated to three channels; Doersch §3.3) instead of the task's own colour
+      handling.
+    data: the task's input source.
+  """
+
+  enabled: bool = False
+  batch_size: int = 16
+  harmonize: bool = False
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+
+  def validate(self) -> None:
+    if self.batch_size < 1:
+      raise ConfigError(f'batch_size: must be positive, got {self.batch_size}')
+
+
+class Task(abc.ABC):
+  """A self-supervised task. Subclasses set `name` and `config_class`."""
+
+  name: ClassVar[str]
+  config_class: ClassVar[Type[TaskConfig]]
+
+  def __init__(self, config: TaskConfig, trunk_output_stride: int = 16):
+    """Creates the task.
+
+    Args:
+      config: the task's config (an instance of `config_class`).
+      trunk_output_stride: the trunk's configured output stride.
+    """
+    self.config = config
+    self.trunk_output_stride = trunk_output_stride
+
+  @property
+  def output_stride(self) -> int:
+    """The output stride this task runs the shared trunk at (colorization: 8)."""
+    return self.trunk_output_stride
+
+  # ----- input pipeline (workers) -----
+
+  def read(self, read_options: images.ReadOptions, default_source: str) -> tf.data.Dataset:
+    """Raw examples for this task. Default: decoded images from `config.data.source`."""
+    return images.image_dataset(self.config.data.source or default_source, read_options)
+
+  @abc.abstractmethod
+  def preprocess(self, example: Dict[str, tf.Tensor], seed: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """One raw example -> one training example (fixed shapes, ready to batch).
+
+    Args:
+      example: a reader's dict (e.g. {'image': uint8 [H, W, 3], 'label': int64}).
+      seed: int32 [2] stateless seed for this example.
+
+    Returns:
+      Dict of tensors with static shapes.
+    """
+
+  def dataset(
+    self, read_options: images.ReadOptions, default_source: str = '', seed: int = 0, repeat: bool = True
+  ) -> tf.data.Dataset:
+    """The batched training dataset of this task (pure TF; safe on PSS workers).
+
+    Args:
+      read_options: sharding and reader options.
+      default_source: source used when the config leaves `data.source` empty.
+      seed: base seed; example i is preprocessed with seed (seed, i).
+      repeat: repeat forever (training) or read one epoch.
+
+    Returns:
+      Batches of `preprocess` outputs plus `num_skipped`, `config.batch_size` each.
+    """
+    ds = self.read(read_options, default_source)
+    if repeat:
+      ds = ds.repeat()
+    if self.config.data.shuffle_buffer:
+      ds = ds.shuffle(self.config.data.shuffle_buffer, seed=seed)
+
+    def prepare(index, example):
+      out = self.preprocess(example, tf.stack([tf.constant(seed, tf.int64), index]))
+      out[pipeline.SKIPPED_KEY] = example[pipeline.SKIPPED_KEY]
+      return out
+
+    ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=read_options.deterministic)
+    return ds.batch(self.config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+  # ----- model side (trainers call these) -----
+
+  def trunk_images(self, batch: Dict[str, tf.Tensor]) -> tf.Tensor:
+    """The images this batch sends through the trunk, [N, H, W, 3] float."""
+    return batch['image']
+
+  @abc.abstractmethod
+  def build_head(self, dtype: str = 'float32') -> tf.keras.layers.Layer:
+    """The task's head: a Keras layer mapping trunk features [N, h, w, C] to outputs.
+
+    Args:
+      dtype: Keras dtype policy name ('mixed_bfloat16' for mixed precision); the head
+        passes it to its sub-layers.
+    """
+
+  @abc.abstractmethod
+  def loss(self, outputs, batch: Dict[str, tf.Tensor]) -> tf.Tensor:
+    """Scalar float32 loss of a batch (mean over examples)."""
+
+  def metrics(self) -> Dict[str, tf.keras.metrics.Metric]:
+    """Fresh metric objects, keyed by the name after `<task>/` in TensorBoard."""
+    return {'loss': tf.keras.metrics.Mean()}
+
+  def update_metrics(self, metrics: Dict[str, tf.keras.metrics.Metric], outputs, batch, loss) -> None:
+    """Accumulates a batch into `metrics` (from `metrics()`)."""
+    metrics['loss'].update_state(loss)
+
+  def image_summaries(self, outputs, batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """uint8 [N, H, W, 3] images to show in TensorBoard under `<task>/<name>`."""
+    del outputs, batch
+    return {}
+
+
+def stateless_seeds(seed: tf.Tensor, count: int) -> List[tf.Tensor]:
+  """`count` independent [2] seeds derived from one, as a list (one per random draw)."""
+  return tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), count), num=count)
+
+
+def accuracy_metric() -> tf.keras.metrics.Metric:
+  """Top-1 accuracy over integer labels and logits."""
+  return tf.keras.metrics.SparseCategoricalAccuracy()
+
+
+def cast_logits(logits: tf.Tensor) -> tf.Tensor:
+  """Logits in float32: losses and softmax stay in full precision under mixed precision."""
+  return tf.cast(logits, tf.float32)

@@ -1,0 +1,107 @@
+"""The multi-task model: one trunk, a head per task, optional lasso mixing.
+
+`MultiTaskModel.task_step_outputs(name, batch)` runs one task end to end (trunk at
+the task's output stride, lasso mix or final features, head, loss + the task's lasso
+penalty); `compute_gradients` wraps it in a tape. Only one head is active per step,
+as in Doersch & Zisserman §3.1; summing gradients over steps of different tasks
+optimises the sum of the task losses.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Tuple
+
+import tensorflow as tf
+
+from mtssl_tf.configs.experiment import LassoConfig, TrunkConfig
+from mtssl_tf.tasks.base import Task
+from mtssl_tf.trunk.lasso import LassoMix
+from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
+
+
+class MultiTaskModel(tf.keras.Model):
+  """Trunk + heads (+ lasso). Variables are created by `build_all`."""
+
+  def __init__(
+    self,
+    trunk_config: TrunkConfig,
+    tasks: Mapping[str, Task],
+    lasso_config: LassoConfig,
+    precision: str = 'float32',
+    **kwargs,
+  ):
+    """Creates the model.
+
+    Args:
+      trunk_config: the shared trunk.
+      tasks: task name -> Task, in a fixed order (the lasso rows follow it).
+      lasso_config: whether heads read a lasso mix of block-3 units.
+      precision: Keras dtype policy for trunk and heads.
+      **kwargs: passed to tf.keras.Model.
+    """
+    super().__init__(**kwargs)
+    self.tasks = dict(tasks)
+    self.task_names: List[str] = list(tasks)
+    self.trunk = ResNetV2Trunk(trunk_config, precision=precision)
+    self.heads = {name: task.build_head(dtype=precision) for name, task in self.tasks.items()}
+    self.lasso = None
+    self.lasso_norms = {}
+    if lasso_config.enabled:
+      self.lasso = LassoMix(
+        len(tasks), trunk_config.units_per_block[2], lasso_config.l1_weight, lasso_config.init,
+        consumer_names=self.task_names, name='lasso',
+      )  # fmt: skip
+      # Unit outputs are pre-activation sums; each consumer normalises its own mix.
+      self.lasso_norms = {
+        name: tf.keras.layers.BatchNormalization(name=f'{name}_lasso_bn', dtype=precision) for name in tasks
+      }
+
+  def features(self, name: str, images: tf.Tensor, training: bool) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Trunk features for task `name` and its lasso penalty (0 without lasso)."""
+    endpoints = self.trunk(images, training=training, output_stride=self.tasks[name].output_stride)
+    if self.lasso is None:
+      return endpoints['final'], tf.constant(0.0)
+    mixed = self.lasso(self.trunk.block3_units(endpoints), consumer=name)
+    features = tf.nn.relu(self.lasso_norms[name](mixed, training=training))
+    return features, self.lasso.penalty(name)
+
+  def task_step_outputs(self, name: str, batch: Dict[str, tf.Tensor], training: bool = True):
+    """Runs task `name` on a batch.
+
+    Returns:
+      (total loss = task loss + lasso penalty, task loss, head outputs).
+    """
+    task = self.tasks[name]
+    features, penalty = self.features(name, task.trunk_images(batch), training)
+    outputs = self.heads[name](features, training=training)
+    task_loss = task.loss(outputs, batch)
+    return task_loss + penalty, task_loss, outputs
+
+  def task_variables(self, name: str) -> List[tf.Variable]:
+    """Trainable variables a step of task `name` updates: trunk, its head, lasso."""
+    variables = list(self.trunk.trainable_variables) + list(self.heads[name].trainable_variables)
+    if self.lasso is not None:
+      variables += list(self.lasso.trainable_variables) + list(self.lasso_norms[name].trainable_variables)
+    return variables
+
+  def compute_gradients(self, name: str, batch: Dict[str, tf.Tensor]):
+    """One task's loss and gradients on one batch.
+
+    Returns:
+      (total loss, task loss, outputs, gradients, variables), gradients aligned with variables.
+    """
+    variables = self.task_variables(name)
+    with tf.GradientTape() as tape:
+      total, task_loss, outputs = self.task_step_outputs(name, batch, training=True)
+    grads = tape.gradient(total, variables)
+    return total, task_loss, outputs, grads, variables
+
+  def build_all(self, batches: Mapping[str, Dict[str, tf.Tensor]]) -> None:
+    """Creates every variable by running each task once in inference mode."""
+    for name, batch in batches.items():
+      self.task_step_outputs(name, batch, training=False)
+
+  def call(self, inputs, training=None):
+    """Runs the trunk only: {'image': [N, H, W, 3]} -> endpoints (for export and probes)."""
+    images = inputs['image'] if isinstance(inputs, dict) else inputs
+    return self.trunk(images, training=training)
