@@ -1,0 +1,207 @@
+"""Exemplar (Dosovitskiy et al. 2014), with the triplet loss of Doersch & Zisserman 2017.
+
+Each image gives one patch; augmented copies of it (translation, scaling, rotation,
+colour shifts) form a pseudo-class. The embedding f (trunk + a small head) is trained
+with the triplet loss max(D(f(x1), f(x2)) - D(f(x1), f(x3)) + M, 0), where D is the
+cosine distance, M = 0.5, x1 and x2 are copies of one patch and x3 a copy of a patch
+from another image.
+
+Within a batch of B images with V copies each, every copy v >= 1 of image i is a
+positive for copy 0 of image i (the anchor), and copy v of image i + 1 (mod B) is its
+negative, giving B * (V - 1) triplets per step.
+
+The geometric augmentation is one projective transform per copy (rotation, scale and
+shift composed), so a copy costs one resampling of the image region, not three.
+google/revisiting-self-supervised's re-implementation makes 8 copies and turns them
+grayscale with probability 0.66; both are options (`num_views`, `grayscale_prob`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Dict, Tuple
+
+import tensorflow as tf
+
+from mtssl_tf.configs.base import ConfigError
+from mtssl_tf.data import color
+from mtssl_tf.tasks import base
+
+
+@dataclasses.dataclass
+class ExemplarConfig(base.TaskConfig):
+  """Exemplar task.
+
+  Attributes:
+    patch_size: side of each copy fed to the trunk.
+    region_fraction: side of the source region as a fraction of the shorter image side.
+    num_views: copies per image (revisiting-self-supervised: 8; at least 2).
+    max_rotation: maximum rotation in degrees (Dosovitskiy: 20).
+    scale_range: (min, max) zoom of a copy relative to the region (Dosovitskiy: 0.7-1.4).
+    max_shift: maximum translation as a fraction of the patch (Dosovitskiy: 0.2).
+    brightness: maximum brightness delta (images in [0, 1]).
+    contrast_range: (min, max) contrast factor.
+    saturation_range: (min, max) saturation factor.
+    max_hue: maximum hue delta (fraction of the colour circle; Dosovitskiy: 0.1).
+    grayscale_prob: probability a copy is made gray (paper: 0; revisiting code: 0.66).
+    margin: triplet margin M (paper: 0.5).
+    embedding_size: output size of the head (revisiting code: 1000).
+    hidden_units: the head's hidden layer.
+  """
+
+  patch_size: int = 96
+  region_fraction: float = 0.6
+  num_views: int = 8
+  max_rotation: float = 20.0
+  scale_range: Tuple[float, ...] = (0.7, 1.4)
+  max_shift: float = 0.2
+  brightness: float = 0.2
+  contrast_range: Tuple[float, ...] = (0.6, 1.4)
+  saturation_range: Tuple[float, ...] = (0.5, 1.5)
+  max_hue: float = 0.1
+  grayscale_prob: float = 0.0
+  margin: float = 0.5
+  embedding_size: int = 1000
+  hidden_units: int = 1024
+  batch_size: int = 8
+
+  def validate(self) -> None:
+    super().validate()
+    if self.num_views < 2:
+      raise ConfigError(f'exemplar.num_views: need at least 2 copies per image, got {self.num_views}')
+    if not 0 < self.region_fraction <= 1:
+      raise ConfigError(f'exemplar.region_fraction: must be in (0, 1], got {self.region_fraction}')
+    for key in ('scale_range', 'contrast_range', 'saturation_range'):
+      low, high = getattr(self, key)
+      if not 0 < low <= high:
+        raise ConfigError(f'exemplar.{key}: need 0 < min <= max, got {[low, high]}')
+    if not 0 <= self.grayscale_prob <= 1:
+      raise ConfigError(f'exemplar.grayscale_prob: must be in [0, 1], got {self.grayscale_prob}')
+    if self.margin < 0:
+      raise ConfigError(f'exemplar.margin: must be >= 0, got {self.margin}')
+
+
+def cosine_distance(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+  """1 - cos(x, y) along the last axis, in float32."""
+  x = tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1)
+  y = tf.math.l2_normalize(tf.cast(y, tf.float32), axis=-1)
+  return 1.0 - tf.reduce_sum(x * y, axis=-1)
+
+
+def triplet_loss(anchor: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor, margin: float) -> tf.Tensor:
+  """Mean over triplets of max(D(a, p) - D(a, n) + margin, 0), D the cosine distance."""
+  return tf.reduce_mean(tf.nn.relu(cosine_distance(anchor, positive) - cosine_distance(anchor, negative) + margin))
+
+
+def make_triplets(embeddings: tf.Tensor, num_views: int):
+  """Splits [B * V, E] embeddings (image-major) into anchor, positive, negative [B * (V-1), E]."""
+  views = tf.reshape(embeddings, [-1, num_views, embeddings.shape[-1]])
+  anchor = tf.repeat(views[:, :1], num_views - 1, axis=1)
+  positive = views[:, 1:]
+  negative = tf.roll(views, shift=-1, axis=0)[:, 1:]  # Same copy index, next image.
+  flat = lambda t: tf.reshape(t, [-1, embeddings.shape[-1]])  # noqa: E731
+  return flat(anchor), flat(positive), flat(negative)
+
+
+class ExemplarTask(base.Task):
+  """Pseudo-classes of augmented copies, trained with a cosine triplet loss."""
+
+  name = 'exemplar'
+  config_class = ExemplarConfig
+
+  def _transform(self, region_size: tf.Tensor, offset: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Projective transform (8 params) mapping output pixels to image pixels for one copy."""
+    c = self.config
+    seeds = base.stateless_seeds(seed, 3)
+    angle = tf.random.stateless_uniform([], seeds[0], -c.max_rotation, c.max_rotation) * (math.pi / 180.0)
+    zoom = tf.exp(tf.random.stateless_uniform([], seeds[1], math.log(c.scale_range[0]), math.log(c.scale_range[1])))
+    shift = tf.random.stateless_uniform([2], seeds[2], -c.max_shift, c.max_shift) * region_size
+    # Output pixel (x, y) -> centred, scaled to the region, rotated, zoomed, shifted.
+    scale = region_size / (c.patch_size * zoom)
+    cos, sin = tf.cos(angle) * scale, tf.sin(angle) * scale
+    half_out = c.patch_size / 2.0
+    centre = offset + region_size / 2.0 + shift  # (y, x)
+    tx = centre[1] - cos * half_out + sin * half_out
+    ty = centre[0] - sin * half_out - cos * half_out
+    return tf.stack([cos, -sin, tx, sin, cos, ty, 0.0, 0.0])
+
+  def _color(self, view: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    c = self.config
+    seeds = base.stateless_seeds(seed, 5)
+    # Each jitter is skipped when its range is empty (tf.image rejects lower == upper).
+    if c.brightness > 0:
+      view = tf.image.stateless_random_brightness(view, c.brightness, seeds[0])
+    if c.contrast_range[0] < c.contrast_range[1]:
+      view = tf.image.stateless_random_contrast(view, c.contrast_range[0], c.contrast_range[1], seeds[1])
+    if c.saturation_range[0] < c.saturation_range[1]:
+      view = tf.image.stateless_random_saturation(view, c.saturation_range[0], c.saturation_range[1], seeds[2])
+    if c.max_hue > 0:
+      view = tf.image.stateless_random_hue(view, c.max_hue, seeds[3])
+    gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(view))
+    view = tf.where(tf.random.stateless_uniform([], seeds[4]) < c.grayscale_prob, gray, view)
+    return tf.clip_by_value(view, 0.0, 1.0)
+
+  def preprocess(self, example: Dict[str, tf.Tensor], seed: tf.Tensor) -> Dict[str, tf.Tensor]:
+    c = self.config
+    image = tf.cast(example['image'], tf.float32) / 255.0
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    seeds = base.stateless_seeds(seed, 2 * c.num_views + 1)
+    region = tf.reduce_min(shape) * c.region_fraction
+    offset = tf.random.stateless_uniform([2], seeds[0]) * (shape - region)
+    transforms = tf.stack([self._transform(region, offset, s) for s in seeds[1 : c.num_views + 1]])
+    views = tf.raw_ops.ImageProjectiveTransformV3(
+      images=tf.repeat(image[None], c.num_views, axis=0),
+      transforms=transforms,
+      output_shape=[c.patch_size, c.patch_size],
+      fill_value=0.5,
+      interpolation='BILINEAR',
+      fill_mode='REFLECT',
+    )
+    views = tf.stack([self._color(views[v], seeds[c.num_views + 1 + v]) for v in range(c.num_views)])
+    if c.harmonize:
+      views = color.harmonize(views)
+    else:
+      views = views * 2.0 - 1.0
+    views.set_shape([c.num_views, c.patch_size, c.patch_size, 3])
+    return {'views': views}
+
+  def trunk_images(self, batch: Dict[str, tf.Tensor]) -> tf.Tensor:
+    p = self.config.patch_size
+    return tf.reshape(batch['views'], [-1, p, p, 3])
+
+  def build_head(self, dtype: str = 'float32') -> tf.keras.layers.Layer:
+    c = self.config
+    return ExemplarHead(c.hidden_units, c.embedding_size, name=f'{self.name}_head', dtype=dtype)
+
+  def loss(self, outputs, batch):
+    return triplet_loss(*make_triplets(outputs, self.config.num_views), self.config.margin)
+
+  def metrics(self):
+    return {'loss': tf.keras.metrics.Mean(), 'triplet_accuracy': tf.keras.metrics.Mean()}
+
+  def update_metrics(self, metrics, outputs, batch, loss):
+    anchor, positive, negative = make_triplets(outputs, self.config.num_views)
+    metrics['loss'].update_state(loss)
+    # A triplet is solved when the positive is nearer than the negative.
+    solved = cosine_distance(anchor, positive) < cosine_distance(anchor, negative)
+    metrics['triplet_accuracy'].update_state(tf.cast(solved, tf.float32))
+
+  def image_summaries(self, outputs, batch):
+    views = batch['views'][:4]  # [4, V, P, P, 3] in [-1, 1] (or harmonized).
+    shown = tf.cast(tf.clip_by_value((views + 1.0) * 127.5, 0, 255), tf.uint8)
+    return {'copies': tf.concat(tf.unstack(shown, axis=1), axis=2)}
+
+
+class ExemplarHead(tf.keras.layers.Layer):
+  """Global average pool, a hidden layer, and the embedding (compared by cosine)."""
+
+  def __init__(self, hidden_units: int, embedding_size: int, **kwargs):
+    """Creates the head."""
+    super().__init__(**kwargs)
+    self.pool = tf.keras.layers.GlobalAveragePooling2D(dtype=self.dtype_policy)
+    self.hidden = tf.keras.layers.Dense(hidden_units, activation='relu', dtype=self.dtype_policy)
+    self.embed = tf.keras.layers.Dense(embedding_size, dtype=self.dtype_policy)
+
+  def call(self, features, training=None):
+    return self.embed(self.hidden(self.pool(features)))
