@@ -154,8 +154,21 @@ def validate_all(cfg: Config, prefix: str = '') -> None:
   try:
     cfg.validate()
   except ConfigError as e:
-    msg = str(e)
-    raise ConfigError(f'{prefix}.{msg}' if prefix and not msg.startswith(prefix) else msg) from None
+    raise ConfigError(_qualify(str(e), prefix)) from None
+
+
+def _qualify(msg: str, prefix: str) -> str:
+  """Gives a validate() message the full dotted path of its config.
+
+  Messages name keys relative to their config ('batch_size: ...') or starting with
+  the config's own name ('trunk.output_stride: ...', 'exemplar.margin: ...').
+  """
+  if not prefix or msg.startswith(prefix + '.'):
+    return msg
+  last = prefix.rsplit('.', 1)[-1]
+  if msg.startswith(last + '.'):
+    return f'{prefix}{msg[len(last) :]}'
+  return f'{prefix}.{msg}'
 
 
 def parse_override(text: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Tuple
 
 from mtssl_tf.configs.base import Config, ConfigError
+from mtssl_tf.tasks import TasksConfig
 
 OUTPUT_STRIDES = (8, 16, 32)
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
@@ -124,6 +125,7 @@ class ExperimentConfig(Config):
   lasso: LassoConfig = dataclasses.field(default_factory=LassoConfig)
   runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
   demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
+  tasks: TasksConfig = dataclasses.field(default_factory=TasksConfig)
 
   def validate(self) -> None:
     if self.lasso.enabled and self.trunk.output_stride == 32:

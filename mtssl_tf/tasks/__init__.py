@@ -1,9 +1,37 @@
-"""Self-supervised tasks. `TASKS` is the explicit registry: name -> Task class."""
+"""Self-supervised tasks: the explicit registry and the config holding one entry per task.
 
-from mtssl_tf.tasks.exemplar import ExemplarTask
-from mtssl_tf.tasks.relative_position import RelativePositionTask
+Adding a task: its module (config, preprocessing, head, loss, metrics), its test, an
+entry in `TASKS` and a field in `TasksConfig`. Trainers only use `build_tasks`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict
+
+from mtssl_tf.configs.base import Config
+from mtssl_tf.tasks.base import Task
+from mtssl_tf.tasks.exemplar import ExemplarConfig, ExemplarTask
+from mtssl_tf.tasks.relative_position import RelativePositionConfig, RelativePositionTask
 
 TASKS = {
   RelativePositionTask.name: RelativePositionTask,
   ExemplarTask.name: ExemplarTask,
 }
+
+
+@dataclasses.dataclass
+class TasksConfig(Config):
+  """One config per task; `enabled` selects the tasks a run trains."""
+
+  relative_position: RelativePositionConfig = dataclasses.field(default_factory=RelativePositionConfig)
+  exemplar: ExemplarConfig = dataclasses.field(default_factory=ExemplarConfig)
+
+
+def build_tasks(tasks_config: TasksConfig, trunk_output_stride: int) -> Dict[str, Task]:
+  """The enabled tasks, in registry order (which fixes their lasso rows)."""
+  return {
+    name: cls(getattr(tasks_config, name), trunk_output_stride)
+    for name, cls in TASKS.items()
+    if getattr(tasks_config, name).enabled
+  }
