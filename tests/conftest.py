@@ -7,6 +7,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import pytest  # noqa: E402
 
 from mtssl_tf.configs import TrunkConfig  # noqa: E402
+from mtssl_tf.data.synthetic.world import make_world  # noqa: E402
 
 
 @pytest.fixture
@@ -16,3 +17,18 @@ def tiny_trunk_config() -> TrunkConfig:
   cfg.units_per_block = (1, 1, 2)
   cfg.width = 16
   return cfg
+
+
+@pytest.fixture
+def tiny_trunk() -> TrunkConfig:
+  """An even smaller trunk (width 8) for task and trainer tests."""
+  cfg = TrunkConfig()
+  cfg.units_per_block = (1, 1, 2)
+  cfg.width = 8
+  return cfg
+
+
+@pytest.fixture(scope='session')
+def tiny_world(tmp_path_factory):
+  """The 'tiny' synthetic world, written once per test session (per xdist worker)."""
+  return make_world(str(tmp_path_factory.mktemp('world')), 'tiny', seed=0)

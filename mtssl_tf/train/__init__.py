@@ -1,0 +1,1 @@
+"""Trainers: one-process multi-task training and, for clusters, ParameterServerStrategy."""
