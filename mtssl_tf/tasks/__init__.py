@@ -12,11 +12,13 @@ from typing import Dict
 from mtssl_tf.configs.base import Config
 from mtssl_tf.tasks.base import Task
 from mtssl_tf.tasks.exemplar import ExemplarConfig, ExemplarTask
+from mtssl_tf.tasks.motion_segmentation import MotionSegmentationConfig, MotionSegmentationTask
 from mtssl_tf.tasks.relative_position import RelativePositionConfig, RelativePositionTask
 
 TASKS = {
   RelativePositionTask.name: RelativePositionTask,
   ExemplarTask.name: ExemplarTask,
+  MotionSegmentationTask.name: MotionSegmentationTask,
 }
 
 
@@ -26,6 +28,7 @@ class TasksConfig(Config):
 
   relative_position: RelativePositionConfig = dataclasses.field(default_factory=RelativePositionConfig)
   exemplar: ExemplarConfig = dataclasses.field(default_factory=ExemplarConfig)
+  motion_segmentation: MotionSegmentationConfig = dataclasses.field(default_factory=MotionSegmentationConfig)
 
 
 def build_tasks(tasks_config: TasksConfig, trunk_output_stride: int) -> Dict[str, Task]:
