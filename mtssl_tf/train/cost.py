@@ -1,0 +1,68 @@
+"""Compute accounting (Doersch & Zisserman 2017, §4): cost = sum over tasks of steps x cost per step.
+
+Tasks run at different speeds, so the paper compares networks at equal compute, not
+equal steps: each task's step count is weighted by its cost per step (GPU-hours in
+the paper), and a snapshot is taken whenever the total crosses the next tick (the
+paper's ticks are ~2.4K GPU-hours). The counters are variables tracked by this
+`tf.Module`, so they live in the checkpoint and survive restarts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Mapping
+
+import tensorflow as tf
+
+
+class CostTracker(tf.Module):
+  """Per-task step counters, their weighted total, and compute ticks."""
+
+  def __init__(self, cost_per_step: Mapping[str, float], tick: float, name: str = 'cost'):
+    """Creates the counters.
+
+    Args:
+      cost_per_step: task -> cost of one of its steps (any unit, e.g. GPU-hours).
+      tick: a checkpoint is due each time the total cost crosses a multiple of this.
+      name: module name.
+
+    Raises:
+      ValueError: a negative cost or a non-positive tick.
+    """
+    super().__init__(name=name)
+    if tick <= 0:
+      raise ValueError(f'cost tick must be positive, got {tick}')
+    bad = {t: c for t, c in cost_per_step.items() if c < 0}
+    if bad:
+      raise ValueError(f'cost per step must be >= 0, got {bad}')
+    self.cost_per_step = dict(cost_per_step)
+    self.tick = float(tick)
+    self.steps = {task: tf.Variable(0, dtype=tf.int64, trainable=False, name=f'{task}_steps') for task in cost_per_step}
+    # The last tick index already checkpointed; restored with the counters.
+    self.last_tick = tf.Variable(0, dtype=tf.int64, trainable=False, name='last_tick')
+
+  def add(self, task: str, steps: int = 1) -> None:
+    """Counts `steps` more steps of `task`."""
+    self.steps[task].assign_add(steps)
+
+  def task_steps(self) -> Dict[str, int]:
+    """Steps per task so far."""
+    return {task: int(v.numpy()) for task, v in self.steps.items()}
+
+  def total(self) -> float:
+    """Sum over tasks of steps x cost per step."""
+    return sum(self.cost_per_step[t] * int(v.numpy()) for t, v in self.steps.items())
+
+  def due_ticks(self) -> List[int]:
+    """Ticks crossed since the last call that marked one; marks them taken.
+
+    Returns:
+      Tick indices (1-based) now due, usually none or one; the caller checkpoints
+      once per call that returns any.
+    """
+    current = int(math.floor(self.total() / self.tick + 1e-9))
+    last = int(self.last_tick.numpy())
+    if current <= last:
+      return []
+    self.last_tick.assign(current)
+    return list(range(last + 1, current + 1))
