@@ -1,0 +1,1 @@
+"""Export: SavedModels of the trunk for downstream teams."""

@@ -1,0 +1,95 @@
+"""SavedModel export of the trunk from named endpoints (never from graph names).
+
+Signatures (all take `images`: uint8 [batch, height, width, 3], any size):
+* `final`: {'final': [B, h, w, C]}, the representation heads read without lasso;
+* `block3_units`: {'unit_01': ..., 'unit_NN': ...}, every block-3 unit;
+* `lasso` (when the model has lasso): {<task>: mix}, each task's normalised lasso mix.
+`serving_default` is `final`. Preprocessing is inside the model, so a downstream user
+needs nothing from mtssl_tf: 'rgb' scales to [-1, 1]; 'harmonized' feeds Lab's L
+replicated to three channels (Doersch §3.3), for trunks pre-trained that way.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import tensorflow as tf
+
+from mtssl_tf.data import color
+from mtssl_tf.tasks.multitask import MultiTaskModel
+from mtssl_tf.trunk.resnet_v2 import unit_endpoint_name
+
+PREPROCESSING = ('rgb', 'harmonized')
+_IMAGES = tf.TensorSpec([None, None, None, 3], tf.uint8, name='images')
+
+
+def preprocess(images: tf.Tensor, mode: str) -> tf.Tensor:
+  """uint8 images -> the trunk's float input."""
+  if mode == 'harmonized':
+    return color.harmonize(images)
+  return tf.cast(images, tf.float32) / 127.5 - 1.0
+
+
+class TrunkExport(tf.Module):
+  """The exported module: the trunk (and lasso), with one tf.function per signature."""
+
+  def __init__(self, model: MultiTaskModel, preprocessing: str = 'rgb', output_stride: int = 16):
+    """Wraps a built model.
+
+    Args:
+      model: a MultiTaskModel whose trunk (and lasso) variables exist.
+      preprocessing: 'rgb' or 'harmonized'.
+      output_stride: output stride the exported trunk runs at.
+
+    Raises:
+      ValueError: unknown preprocessing.
+    """
+    super().__init__(name='mtssl_trunk')
+    if preprocessing not in PREPROCESSING:
+      raise ValueError(f'preprocessing must be one of {PREPROCESSING}, got {preprocessing!r}')
+    self.model = model
+    self.preprocessing = preprocessing
+    self.output_stride = output_stride
+    self.num_units = model.trunk.num_units
+    if model.lasso is not None:
+      # Only a model with lasso gets the function: saving traces every tf.function.
+      self.lasso = tf.function(self._lasso, input_signature=[_IMAGES])
+
+  def _endpoints(self, images):
+    return self.model.trunk(preprocess(images, self.preprocessing), training=False, output_stride=self.output_stride)
+
+  @tf.function(input_signature=[_IMAGES])
+  def final(self, images) -> Dict[str, tf.Tensor]:
+    """The final representation."""
+    return {'final': tf.cast(self._endpoints(images)['final'], tf.float32)}
+
+  @tf.function(input_signature=[_IMAGES])
+  def block3_units(self, images) -> Dict[str, tf.Tensor]:
+    """Every block-3 unit output, keyed unit_01 ... unit_NN."""
+    endpoints = self._endpoints(images)
+    return {
+      unit_endpoint_name(i + 1).split('/')[1]: tf.cast(endpoints[unit_endpoint_name(i + 1)], tf.float32)
+      for i in range(self.num_units)
+    }
+
+  def _lasso(self, images) -> Dict[str, tf.Tensor]:
+    """Each task's normalised lasso mix of the block-3 units."""
+    inputs = preprocess(images, self.preprocessing)
+    model = self.model
+    outputs = {}
+    endpoints = model.trunk(inputs, training=False, output_stride=self.output_stride)
+    units = model.trunk.block3_units(endpoints)
+    for name in model.task_names:
+      mixed = model.lasso(units, consumer=name)
+      outputs[name] = tf.cast(tf.nn.relu(model.lasso_norms[name](mixed, training=False)), tf.float32)
+    return outputs
+
+
+def export(model: MultiTaskModel, export_dir: str, preprocessing: str = 'rgb', output_stride: int = 16) -> str:
+  """Writes the SavedModel; returns `export_dir`."""
+  module = TrunkExport(model, preprocessing, output_stride)
+  signatures = {'serving_default': module.final, 'final': module.final, 'block3_units': module.block3_units}
+  if model.lasso is not None:
+    signatures['lasso'] = module.lasso
+  tf.saved_model.save(module, export_dir, signatures=signatures)
+  return export_dir
