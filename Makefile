@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Two test processes: one per core of the reference machine (TF ops also use both).
 TEST_WORKERS ?= 2
 
-.PHONY: install demo test lint format benchmark clean
+.PHONY: install demo summary test lint format benchmark clean
 
 install: $(STAMP)
 
@@ -16,12 +16,16 @@ $(STAMP): setup.py constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(not (3, 9) <= sys.version_info[:2] <= (3, 11))' || \
 	  { echo "mtssl_tf needs Python 3.9-3.11 (TensorFlow 2.15); $(PYTHON) is $$($(PYTHON) --version 2>&1). Set PYTHON=/path/to/python3.11." >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt pip setuptools wheel
+	$(BIN)/python -m pip install -q -c constraints.txt pip setuptools setuptools-scm wheel
 	$(BIN)/python -m pip install -q --no-build-isolation -c constraints.txt -e ".[dev]"
 	$(BIN)/python -m pip check
 	@touch $(STAMP)
 
+# The main job on its built-in default: local cluster, synthetic world, export.
 demo: $(STAMP)
+	$(BIN)/mtssl-train --model_dir=runs/demo
+
+summary: $(STAMP)
 	$(BIN)/mtssl-summary
 
 test: lint

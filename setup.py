@@ -17,6 +17,8 @@ setuptools.setup(
   long_description_content_type='text/markdown',
   python_requires='>=3.9,<3.12',
   packages=setuptools.find_packages(include=['mtssl_tf', 'mtssl_tf.*']),
+  # Shipped data (colour bins and prior, permutation sets), each with a PROVENANCE.md.
+  package_data={'mtssl_tf': ['assets/*/*', 'configs/*.yaml']},
   install_requires=[
     'tensorflow==2.15.1',
     # Keras 2 is required by ParameterServerStrategy; TF 2.15 pins it.
@@ -26,6 +28,11 @@ setuptools.setup(
     # 1.21 needs protobuf >= 5.26 and breaks `import tensorflow_datasets` (BUILD.md).
     'tensorflow-metadata==1.16.1',
     'numpy>=1.23,<2',
+    # Video decoding and dense optical flow for motion masks (tools/make_motion_masks.py);
+    # 4.12+ needs numpy 2.
+    'opencv-python-headless==4.11.0.86',
+    # NYU Depth v2's labeled .mat file is HDF5.
+    'h5py',
     'absl-py',
     'pyyaml',
   ],
@@ -35,6 +42,8 @@ setuptools.setup(
   entry_points={
     'console_scripts': [
       'mtssl-summary=mtssl_tf.bin.summary:run',
+      'mtssl-train=mtssl_tf.bin.train:run',
+      'mtssl-export=mtssl_tf.bin.export:run',
     ],
   },
 )

@@ -7,7 +7,16 @@ import pytest
 
 @pytest.mark.parametrize(
   'module',
-  ['tensorflow', 'tensorflow_addons', 'tensorflow_io', 'tensorflow_datasets', 'official.vision', 'cv2'],
+  [
+    'tensorflow',
+    'tensorflow_addons',
+    'tensorflow_io',
+    'tensorflow_datasets',
+    'official.vision',
+    'cv2',
+    'h5py',
+    'tensorboard.main',
+  ],
 )
 def test_imports(module):
   assert importlib.import_module(module) is not None

@@ -117,6 +117,60 @@ class DemoConfig(Config):
       raise ConfigError(f'demo.image_size: must be at least 32 pixels, got {self.image_size}')
 
 
+TRAIN_MODES = ('hybrid', 'async', 'sync')
+
+
+@dataclasses.dataclass
+class TrainConfig(Config):
+  """Distributed pre-training (Doersch & Zisserman §4).
+
+  Attributes:
+    mode: 'hybrid' (each task averages `aggregate_steps` worker steps per update and
+      never waits for other tasks: the paper's scheme), 'async' (every step applied
+      at once) or 'sync' (all tasks in lock step: a round of one step per worker,
+      then every task's update).
+    total_steps: worker steps over all tasks.
+    learning_rate: RMSProp learning rate.
+    rmsprop_variant: 'tf1' (mean square starts at 1) or 'keras' (starts at 0).
+    rmsprop_decay: decay of the mean square.
+    rmsprop_momentum: momentum.
+    rmsprop_epsilon: epsilon (inside the square root).
+    num_ps: parameter servers of the local cluster.
+    cost_tick: a checkpoint is kept each time total compute crosses a multiple of it
+      (same unit as the tasks' cost_per_step; the paper used ~2.4K GPU-hours).
+    checkpoint_every_seconds: time-based checkpoints besides the ticks.
+    log_every_seconds: console progress and scalar summaries.
+    world_preset: synthetic world used for tasks whose data source is empty.
+    world_dir: where that world lives (empty: ~/.cache/mtssl_tf/world_<preset>).
+    export: write a SavedModel of the trunk at the end.
+  """
+
+  mode: str = 'hybrid'
+  total_steps: int = 600
+  learning_rate: float = 1e-3
+  rmsprop_variant: str = 'tf1'
+  rmsprop_decay: float = 0.9
+  rmsprop_momentum: float = 0.9
+  rmsprop_epsilon: float = 1.0
+  num_ps: int = 1
+  cost_tick: float = 100.0
+  checkpoint_every_seconds: float = 600.0
+  log_every_seconds: float = 10.0
+  world_preset: str = 'small'
+  world_dir: str = ''
+  export: bool = True
+
+  def validate(self) -> None:
+    if self.mode not in TRAIN_MODES:
+      raise ConfigError(f'train.mode: must be one of {TRAIN_MODES}, got {self.mode!r}')
+    if self.total_steps < 1 or self.num_ps < 1:
+      raise ConfigError('train.total_steps and train.num_ps: must be positive')
+    if self.rmsprop_variant not in ('tf1', 'keras'):
+      raise ConfigError(f"train.rmsprop_variant: must be 'tf1' or 'keras', got {self.rmsprop_variant!r}")
+    if self.learning_rate <= 0 or self.cost_tick <= 0:
+      raise ConfigError('train.learning_rate and train.cost_tick: must be positive')
+
+
 @dataclasses.dataclass
 class ExperimentConfig(Config):
   """The root config every binary loads."""
@@ -126,6 +180,7 @@ class ExperimentConfig(Config):
   runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
   demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
   tasks: TasksConfig = dataclasses.field(default_factory=TasksConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
   def validate(self) -> None:
     if self.lasso.enabled and self.trunk.output_stride == 32:

@@ -82,15 +82,9 @@ def default_process(options: ReadOptions) -> Process:
   return process
 
 
-def tfrecord_images(pattern: str, options: Optional[ReadOptions] = None, process: Optional[Process] = None):
-  """Reads Model Garden-style image TFRecords (`image/encoded`, `image/class/label`).
-
-  A record without `image/encoded` decodes as empty bytes and is skipped and counted;
-  a missing label reads as -1 (minus `label_offset` is not applied to it).
-  """
-  options = options or ReadOptions()
-  files = list_files(pattern, 'image TFRecord files')
-  records = pipeline.file_dataset(
+def tfrecord_records(files: List[str], options: ReadOptions) -> tf.data.Dataset:
+  """Serialized records of TFRecord `files`, sharded, shuffled and ordered as `options` say."""
+  return pipeline.file_dataset(
     files,
     tf.data.TFRecordDataset,
     shard_index=options.shard_index,
@@ -99,6 +93,17 @@ def tfrecord_images(pattern: str, options: Optional[ReadOptions] = None, process
     seed=options.seed,
     deterministic=options.deterministic,
   )
+
+
+def tfrecord_images(pattern: str, options: Optional[ReadOptions] = None, process: Optional[Process] = None):
+  """Reads Model Garden-style image TFRecords (`image/encoded`, `image/class/label`).
+
+  A record without `image/encoded` decodes as empty bytes and is skipped and counted;
+  a missing label reads as -1 (minus `label_offset` is not applied to it).
+  """
+  options = options or ReadOptions()
+  files = list_files(pattern, 'image TFRecord files')
+  records = tfrecord_records(files, options)
   features = {
     ENCODED_KEY: tf.io.FixedLenFeature([], tf.string, default_value=''),
     LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1),

@@ -11,14 +11,18 @@ from typing import Dict
 
 from mtssl_tf.configs.base import Config
 from mtssl_tf.tasks.base import Task
+from mtssl_tf.tasks.colorization import ColorizationConfig, ColorizationTask
 from mtssl_tf.tasks.exemplar import ExemplarConfig, ExemplarTask
+from mtssl_tf.tasks.jigsaw import JigsawConfig, JigsawTask
 from mtssl_tf.tasks.motion_segmentation import MotionSegmentationConfig, MotionSegmentationTask
 from mtssl_tf.tasks.relative_position import RelativePositionConfig, RelativePositionTask
 
 TASKS = {
   RelativePositionTask.name: RelativePositionTask,
+  ColorizationTask.name: ColorizationTask,
   ExemplarTask.name: ExemplarTask,
   MotionSegmentationTask.name: MotionSegmentationTask,
+  JigsawTask.name: JigsawTask,
 }
 
 
@@ -27,8 +31,10 @@ class TasksConfig(Config):
   """One config per task; `enabled` selects the tasks a run trains."""
 
   relative_position: RelativePositionConfig = dataclasses.field(default_factory=RelativePositionConfig)
+  colorization: ColorizationConfig = dataclasses.field(default_factory=ColorizationConfig)
   exemplar: ExemplarConfig = dataclasses.field(default_factory=ExemplarConfig)
   motion_segmentation: MotionSegmentationConfig = dataclasses.field(default_factory=MotionSegmentationConfig)
+  jigsaw: JigsawConfig = dataclasses.field(default_factory=JigsawConfig)
 
 
 def build_tasks(tasks_config: TasksConfig, trunk_output_stride: int) -> Dict[str, Task]:

@@ -58,16 +58,29 @@ class TaskConfig(Config):
       replicated to three channels; Doersch §3.3) instead of the task's own colour
       handling.
     data: the task's input source.
+    workers: size of this task's worker pool in distributed training.
+    aggregate_steps: K_t, worker steps whose gradients are averaged into one update
+      of this task (the paper's hybrid scheme; 1 = asynchronous).
+    cost_per_step: compute cost of one step (e.g. GPU-hours), for compute accounting.
   """
 
   enabled: bool = False
   batch_size: int = 16
   harmonize: bool = False
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  workers: int = 1
+  aggregate_steps: int = 1
+  cost_per_step: float = 1.0
 
   def validate(self) -> None:
     if self.batch_size < 1:
       raise ConfigError(f'batch_size: must be positive, got {self.batch_size}')
+    if self.workers < 1:
+      raise ConfigError(f'workers: an enabled task needs at least one worker, got {self.workers}')
+    if self.aggregate_steps < 1:
+      raise ConfigError(f'aggregate_steps: must be >= 1, got {self.aggregate_steps}')
+    if self.cost_per_step < 0:
+      raise ConfigError(f'cost_per_step: must be >= 0, got {self.cost_per_step}')
 
 
 class Task(abc.ABC):
@@ -90,6 +103,11 @@ class Task(abc.ABC):
   def output_stride(self) -> int:
     """The output stride this task runs the shared trunk at (colorization: 8)."""
     return self.trunk_output_stride
+
+  @property
+  def harmonized_input(self) -> bool:
+    """The trunk sees colorization's input (Lab L replicated) rather than RGB."""
+    return self.config.harmonize
 
   # ----- input pipeline (workers) -----
 
@@ -128,6 +146,7 @@ class Task(abc.ABC):
       ds = ds.repeat()
     if self.config.data.shuffle_buffer:
       ds = ds.shuffle(self.config.data.shuffle_buffer, seed=seed)
+    ds = self.combine(ds)
 
     def prepare(index, example):
       out = self.preprocess(example, tf.stack([tf.constant(seed, tf.int64), index]))
@@ -136,6 +155,13 @@ class Task(abc.ABC):
 
     ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=read_options.deterministic)
     return ds.batch(self.config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+  def combine(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Hook between shuffling and `preprocess`, for tasks whose example needs several images.
+
+    Default: unchanged. Jigsaw++ pairs each image with the previous one (its occluders).
+    """
+    return ds
 
   # ----- model side (trainers call these) -----
 
@@ -164,6 +190,15 @@ class Task(abc.ABC):
     """Accumulates a batch into `metrics` (from `metrics()`)."""
     metrics['loss'].update_state(loss)
 
+  def batch_metrics(self, outputs, batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Stateless float32 scalars of one batch (e.g. accuracy), keyed like `metrics()`.
+
+    The distributed trainer computes these on the workers (where stateful Keras metrics
+    cannot live) and averages them per logging window on the coordinator.
+    """
+    del outputs, batch
+    return {}
+
   def image_summaries(self, outputs, batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     """uint8 [N, H, W, 3] images to show in TensorBoard under `<task>/<name>`."""
     del outputs, batch
@@ -173,6 +208,12 @@ class Task(abc.ABC):
 def stateless_seeds(seed: tf.Tensor, count: int) -> List[tf.Tensor]:
   """`count` independent [2] seeds derived from one, as a list (one per random draw)."""
   return tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), count), num=count)
+
+
+def batch_accuracy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+  """Top-1 accuracy of integer labels against logits (any leading shape), float32."""
+  predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+  return tf.reduce_mean(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32))
 
 
 def accuracy_metric() -> tf.keras.metrics.Metric:

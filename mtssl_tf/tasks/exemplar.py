@@ -181,11 +181,14 @@ class ExemplarTask(base.Task):
     return {'loss': tf.keras.metrics.Mean(), 'triplet_accuracy': tf.keras.metrics.Mean()}
 
   def update_metrics(self, metrics, outputs, batch, loss):
-    anchor, positive, negative = make_triplets(outputs, self.config.num_views)
     metrics['loss'].update_state(loss)
+    metrics['triplet_accuracy'].update_state(self.batch_metrics(outputs, batch)['triplet_accuracy'])
+
+  def batch_metrics(self, outputs, batch):
+    anchor, positive, negative = make_triplets(outputs, self.config.num_views)
     # A triplet is solved when the positive is nearer than the negative.
     solved = cosine_distance(anchor, positive) < cosine_distance(anchor, negative)
-    metrics['triplet_accuracy'].update_state(tf.cast(solved, tf.float32))
+    return {'triplet_accuracy': tf.reduce_mean(tf.cast(solved, tf.float32))}
 
   def image_summaries(self, outputs, batch):
     views = batch['views'][:4]  # [4, V, P, P, 3] in [-1, 1] (or harmonized).

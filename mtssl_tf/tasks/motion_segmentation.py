@@ -121,6 +121,9 @@ class MotionSegmentationTask(base.Task):
     metrics['pixel_accuracy'].update_state(batch['labels'], logits)
     metrics['foreground_iou'].update_state(batch['labels'], tf.argmax(logits, axis=-1))
 
+  def batch_metrics(self, outputs, batch):
+    return {'pixel_accuracy': base.batch_accuracy(batch['labels'], base.cast_logits(outputs))}
+
   def image_summaries(self, outputs, batch):
     frames = tf.cast((batch['image'][:4] + 1.0) * 127.5, tf.uint8)
     size = tf.shape(frames)[1:3]

@@ -180,6 +180,9 @@ class RelativePositionTask(base.Task):
     metrics['loss'].update_state(loss)
     metrics['accuracy'].update_state(batch['label'], base.cast_logits(outputs))
 
+  def batch_metrics(self, outputs, batch):
+    return {'accuracy': base.batch_accuracy(batch['label'], base.cast_logits(outputs))}
+
   def image_summaries(self, outputs, batch):
     patches = batch['patches'][:4]
     lo = tf.reduce_min(patches, axis=[2, 3, 4], keepdims=True)

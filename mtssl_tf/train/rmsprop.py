@@ -75,8 +75,11 @@ class PerTaskRMSProp(tf.Module):
     for task, variables in task_variables.items():
       ms, mom = [], []
       for v in variables:
-        ms.append(tf.Variable(tf.fill(v.shape, init), trainable=False, name=f'{task}/{_slot_name(v)}/ms'))
-        mom.append(tf.Variable(tf.zeros(v.shape), trainable=False, name=f'{task}/{_slot_name(v)}/mom'))
+        # ResourceApplyRMSProp needs a variable and its slots on one device; with several
+        # parameter servers, round-robin placement would otherwise split them.
+        with tf.distribute.get_strategy().extended.colocate_vars_with(v):
+          ms.append(tf.Variable(tf.fill(v.shape, init), trainable=False, name=f'{task}/{_slot_name(v)}/ms'))
+          mom.append(tf.Variable(tf.zeros(v.shape), trainable=False, name=f'{task}/{_slot_name(v)}/mom'))
       self.mean_square[task] = ms
       self.moment[task] = mom
       self.iterations[task] = tf.Variable(0, dtype=tf.int64, trainable=False, name=f'{task}/iterations')

@@ -97,7 +97,13 @@ class AtrousConv2D(tf.keras.layers.Layer):
   def call(self, inputs, stride: int = 1, rate: int = 1):
     pad = rate * (self.kernel_size - 1) // 2
     x = tf.pad(inputs, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-    return tf.nn.conv2d(x, self.kernel, strides=stride, dilations=rate, padding='VALID')
+    if rate > 1:
+      # Dilated conv2d has no CPU gradient kernel ("dilation rates larger than 1" in
+      # Conv2DBackpropInput); space-to-batch atrous convolution computes the same
+      # values and differentiates everywhere. The schedule never strides and dilates
+      # in one unit.
+      return tf.nn.atrous_conv2d(x, self.kernel, rate, padding='VALID')
+    return tf.nn.conv2d(x, self.kernel, strides=stride, padding='VALID')
 
 
 def _subsample(x, stride: int):

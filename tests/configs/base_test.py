@@ -122,7 +122,11 @@ def test_override_returns_config_for_chaining():
   assert cfg.demo.batch_size == 4
 
 
-@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(REPO_ROOT, 'configs', '**', '*.yaml'), recursive=True)))
+@pytest.mark.parametrize(
+  'path',
+  sorted(glob.glob(os.path.join(REPO_ROOT, 'configs', '**', '*.yaml'), recursive=True))
+  + sorted(glob.glob(os.path.join(REPO_ROOT, 'mtssl_tf', 'configs', '*.yaml'))),
+)
 def test_shipped_yaml_files_load_and_open_with_their_purpose(path):
   with open(path, encoding='utf-8') as f:
     header = f.read().split('\n', 6)[:6]

@@ -25,6 +25,9 @@ import tensorflow as tf
 from absl import logging
 
 from mtssl_tf.data.synthetic.classification import write_image_folder, write_image_tfrecords
+from mtssl_tf.data.synthetic.depth import write_depth_part
+from mtssl_tf.data.synthetic.detection import write_detection_part
+from mtssl_tf.data.synthetic.video import write_video_part
 
 MANIFEST = 'world.json'
 
@@ -80,7 +83,11 @@ def _image_parts(root: str, preset: Preset, seed: int) -> Dict[str, str]:
 
 
 # name -> writer(root, preset, seed) -> manifest entries. Written after the image parts.
-_PARTS: Dict[str, Callable[[str, Preset, int], Dict[str, str]]] = {}
+_PARTS: Dict[str, Callable[[str, Preset, int], Dict[str, str]]] = {
+  'detection': write_detection_part,
+  'depth': write_depth_part,
+  'video': write_video_part,
+}
 
 
 def make_world(root: str, preset: str = 'small', seed: int = 0, force: bool = False) -> Dict[str, object]:

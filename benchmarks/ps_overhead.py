@@ -1,0 +1,109 @@
+"""Overhead of ParameterServerStrategy: the PS trainer's steps/s against the bare step.
+
+One task (relative position), one worker, one parameter server, all on this machine.
+The baseline is the same step without any strategy in this process (trunk + head +
+loss + gradients + per-task RMSProp update, one tf.function). The PS figure includes
+everything the real trainer does per step: the closure on the worker, the gradient
+slot write on the PS, the coordinator's apply (K = 1) and its bookkeeping. Baseline,
+PS, baseline again; ratio = PS steps/s / mean baseline steps/s (goal >= 0.9).
+
+    .venv/bin/python benchmarks/ps_overhead.py                 # ~2 min on 2 cores
+    .venv/bin/python benchmarks/ps_overhead.py --steps=100 --width=32
+"""
+
+import os
+import tempfile
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from mtssl_tf.configs import ExperimentConfig, override, validate_all  # noqa: E402
+from mtssl_tf.data.images import ReadOptions  # noqa: E402
+from mtssl_tf.data.synthetic.world import make_world  # noqa: E402
+from mtssl_tf.tasks import build_tasks  # noqa: E402
+from mtssl_tf.tasks.multitask import MultiTaskModel  # noqa: E402
+from mtssl_tf.train.rmsprop import PerTaskRMSProp  # noqa: E402
+
+flags.DEFINE_integer('steps', 60, 'Timed steps per measurement.')
+flags.DEFINE_integer('warmup', 10, 'Untimed steps first (tracing, pipeline start).')
+flags.DEFINE_integer('width', 32, 'Trunk width (block 1 bottleneck; 64 is ResNet-101).')
+flags.DEFINE_integer('batch_size', 16, 'Relative-position pairs per step.')
+flags.DEFINE_integer('aggregate_steps', 1, 'K: steps averaged per update in the PS trainer (1 = the bare step).')
+FLAGS = flags.FLAGS
+
+
+def _config(world_dir):
+  cfg = ExperimentConfig()
+  override(cfg, {
+    'trunk': {'units_per_block': [1, 1, 2], 'width': FLAGS.width},
+    'tasks': {'relative_position': dict(enabled=True, batch_size=FLAGS.batch_size, patch_size=64, gap=16, jitter=4,
+                                        min_area=65536, max_area=65536, min_downsample=16, hidden_units=256,
+                                        data={'shuffle_buffer': 0}, aggregate_steps=FLAGS.aggregate_steps)},
+    'train': dict(mode='hybrid', world_dir=world_dir, world_preset='small', checkpoint_every_seconds=1e9,
+                  log_every_seconds=1e9, cost_tick=1e9),
+  })  # fmt: skip
+  validate_all(cfg)
+  return cfg
+
+
+def baseline_rate(cfg, source):
+  tasks = build_tasks(cfg.tasks, cfg.trunk.output_stride)
+  model = MultiTaskModel(cfg.trunk, tasks, cfg.lasso)
+  it = iter(tasks['relative_position'].dataset(ReadOptions(), source))
+  model.build_all({'relative_position': next(it)})
+  variables = model.task_variables('relative_position')
+  optimizer = PerTaskRMSProp({'relative_position': variables})
+
+  @tf.function
+  def step(batch):
+    _, loss, _, grads, variables = model.compute_gradients('relative_position', batch)
+    optimizer.apply('relative_position', zip(grads, variables))
+    return loss
+
+  for _ in range(FLAGS.warmup):
+    step(next(it)).numpy()
+  start = time.perf_counter()
+  for _ in range(FLAGS.steps):
+    step(next(it)).numpy()
+  return FLAGS.steps / (time.perf_counter() - start)
+
+
+def ps_rate(cfg, source, model_dir):
+  from mtssl_tf.distribute.cluster import LocalCluster
+  from mtssl_tf.train.distributed import DistributedTrainer
+
+  cluster = LocalCluster(num_workers=1, num_ps=1, log_dir=os.path.join(model_dir, 'logs'))
+  try:
+    trainer = DistributedTrainer(cfg, model_dir, cluster.resolver(), {'relative_position': source})
+    cfg.train.total_steps = FLAGS.warmup
+    trainer.run()
+    cfg.train.total_steps = FLAGS.warmup + FLAGS.steps
+    start = time.perf_counter()
+    trainer.run()  # Includes one final checkpoint save of the small model.
+    return FLAGS.steps / (time.perf_counter() - start)
+  finally:
+    cluster.stop()
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  with tempfile.TemporaryDirectory() as tmp:
+    world = make_world(os.path.join(tmp, 'world'), 'small')
+    cfg = _config(os.path.join(tmp, 'world'))
+    source = world['sources']['images_train']
+    first = baseline_rate(cfg, source)
+    ps = ps_rate(cfg, source, os.path.join(tmp, 'run'))
+    second = baseline_rate(cfg, source)
+  base = (first + second) / 2
+  print(f'trunk (1, 1, 2) width {FLAGS.width}, relative position batch {FLAGS.batch_size} pairs of 64 px')
+  print(f'no strategy:            {first:.2f} / {second:.2f} steps/s (before / after)')
+  print(f'PS trainer, 1 PS + 1 w: {ps:.2f} steps/s')
+  print(f'ratio PS / no strategy: {ps / base:.2f}  (goal >= 0.9)')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Motion masks from video: the mask algorithm, its TFRecord writer and reader."""

@@ -1,0 +1,1 @@
+"""Cluster plumbing for ParameterServerStrategy training."""

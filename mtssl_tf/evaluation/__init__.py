@@ -1,0 +1,1 @@
+"""Transfer evaluations: frozen linear, Faster R-CNN on VOC07, NYU depth, supervised baseline."""

@@ -1,0 +1,131 @@
+"""Where an evaluation's trunk comes from: random init, a checkpoint, or a SavedModel.
+
+Every evaluation starts from one of:
+
+* `random`: fresh initialisation (the paper's control row);
+* a pre-training checkpoint: a file prefix (`.../checkpoints/ckpt-12`), a checkpoint
+  folder (its latest checkpoint), or a run's `model_dir` (its `checkpoints/` latest);
+* an exported SavedModel folder (`mtssl-export`, or a run's `saved_model/`).
+
+Only the trunk's variables are read (pre-training heads, optimizer slots and the
+lasso alphas are ignored), by object path, so the same code reads both: a checkpoint
+holds `model.trunk`, a SavedModel's `variables/` holds the exported module's
+`model.trunk`. A trunk config that does not match the stored one is a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Dict, Tuple
+
+import tensorflow as tf
+
+from mtssl_tf.configs import TrunkConfig
+from mtssl_tf.configs.base import read_yaml
+from mtssl_tf.export.saved_model import PREPROCESSING, preprocess
+from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk, build_trunk
+
+RANDOM = 'random'
+
+
+def resolve_source(source: str) -> Tuple[str, str]:
+  """Classifies an init source: ('random', ''), ('checkpoint', prefix) or ('saved_model', dir).
+
+  Raises:
+    FileNotFoundError: the path holds neither a checkpoint nor a SavedModel (named).
+  """
+  if not source or source == RANDOM:
+    return RANDOM, ''
+  if tf.io.gfile.isdir(source):
+    if tf.io.gfile.exists(os.path.join(source, 'saved_model.pb')):
+      return 'saved_model', source
+    for folder in (source, os.path.join(source, 'checkpoints')):
+      latest = tf.train.latest_checkpoint(folder) if tf.io.gfile.isdir(folder) else None
+      if latest:
+        return 'checkpoint', latest
+    if tf.io.gfile.exists(os.path.join(source, 'saved_model', 'saved_model.pb')):
+      return 'saved_model', os.path.join(source, 'saved_model')
+  elif tf.io.gfile.exists(source + '.index'):
+    return 'checkpoint', source
+  raise FileNotFoundError(
+    f'init source {source!r}: no checkpoint (prefix, folder or run dir with checkpoints/) and no SavedModel found'
+  )
+
+
+def run_trunk_config(source: str) -> Dict[str, Any]:
+  """The `trunk` section of the run config stored beside a checkpoint or SavedModel, or {}.
+
+  Lets `mtssl-eval --init=<run dir>` pick up the pre-training trunk shape without the
+  user repeating it. Looks for `config.yaml` in the source folder and its parents
+  (two levels: run/checkpoints/ckpt-N, run/saved_model).
+  """
+  kind, path = resolve_source(source)
+  if kind == RANDOM:
+    return {}
+  folder = path if tf.io.gfile.isdir(path) else os.path.dirname(path)
+  for _ in range(3):
+    candidate = os.path.join(folder, 'config.yaml')
+    if tf.io.gfile.exists(candidate):
+      return dict(read_yaml(candidate).get('trunk') or {})
+    folder = os.path.dirname(folder)
+  return {}
+
+
+def load_trunk(source: str, config: TrunkConfig, precision: str = 'float32') -> ResNetV2Trunk:
+  """Builds a trunk and fills it from `source` (see the module docstring).
+
+  Args:
+    source: 'random', a checkpoint prefix/folder/run dir, or a SavedModel folder.
+    config: the trunk's shape; must match the stored one.
+    precision: Keras dtype policy of the new trunk.
+
+  Returns:
+    A built `ResNetV2Trunk` (trainable; evaluations freeze it when their protocol says so).
+
+  Raises:
+    FileNotFoundError: nothing usable at `source`.
+    ValueError: the stored trunk does not match `config` (the message says which).
+  """
+  kind, path = resolve_source(source)
+  trunk = build_trunk(config, precision=precision, image_size=64)
+  if kind == RANDOM:
+    return trunk
+  prefix = path if kind == 'checkpoint' else os.path.join(path, 'variables', 'variables')
+  # Both stores hold the trunk at model/trunk: MultiTaskModel in a checkpoint, the
+  # exported TrunkExport module's `model` attribute in a SavedModel.
+  reader = tf.train.Checkpoint(model=tf.train.Checkpoint(trunk=trunk))
+  try:
+    status = reader.read(prefix)
+    status.expect_partial()
+    status.assert_existing_objects_matched()
+  except (AssertionError, ValueError, tf.errors.OpError) as e:
+    raise ValueError(
+      f'init source {source!r} ({kind}) does not hold a trunk of shape units_per_block='
+      f'{tuple(config.units_per_block)}, width={config.width}: {str(e).splitlines()[0][:300]}'
+    ) from None
+  return trunk
+
+
+def input_fn(mode: str) -> Callable[[tf.Tensor], tf.Tensor]:
+  """uint8 images -> trunk input, as the trunk was pre-trained ('rgb' or 'harmonized')."""
+  if mode not in PREPROCESSING:
+    raise ValueError(f'preprocessing must be one of {PREPROCESSING}, got {mode!r}')
+  return lambda images: preprocess(images, mode)
+
+
+def eval_dir(model_dir: str, name: str) -> str:
+  """`<model_dir>/eval/<name>`: an evaluation's summaries, checkpoints and results."""
+  path = os.path.join(model_dir, 'eval', name)
+  tf.io.gfile.makedirs(path)
+  return path
+
+
+def write_results(model_dir: str, name: str, results: Dict[str, Any]) -> str:
+  """Writes `<model_dir>/eval/<name>/results.json` atomically; returns its path."""
+  path = os.path.join(eval_dir(model_dir, name), 'results.json')
+  tmp = path + '.tmp'
+  with tf.io.gfile.GFile(tmp, 'w') as f:
+    json.dump(results, f, indent=2, sort_keys=True, default=float)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+  return path

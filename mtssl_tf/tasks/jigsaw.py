@@ -1,0 +1,302 @@
+"""Jigsaw++ (Noroozi et al. 2018, §4), on the jigsaw puzzle of Noroozi & Favaro 2016.
+
+A crop is cut into a 3x3 grid of cells and one tile is taken from each; the tiles
+are shuffled by one permutation of a fixed set (default: the authors' 701, any two
+at least 3 apart in Hamming distance), and the head, seeing all nine through the
+shared trunk, names the permutation. In Jigsaw++ 0, 1 or 2 of the tiles (uniformly)
+are replaced by tiles of another image, which the network must recognise as
+foreign to solve the puzzle.
+
+Defaults follow MehdiNoroozi/JigsawPuzzleSolver: a 255 px crop, 85 px cells, a 64 px
+tile at a random position in each cell, each colour channel shifted by a further
+0-2 px (against chromatic aberration), and each tile normalised to zero mean and
+unit standard deviation. The image is first resized to a shorter side of 256
+(Noroozi & Favaro 2016 resize to 256x256; the aspect ratio is kept here). Tiles are gray with
+probability 0.7 as in the paper (the code uses 0.5). With `harmonize`, colour
+handling is replaced by colorization's input (Doersch & Zisserman §3.3).
+
+Each example needs a second image for the occluding tiles: `dataset` pairs every
+example with the previous one of the shuffled stream (pure TF), so `preprocess`
+takes {'image', 'other_image'} and is the same eagerly and inside tf.data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from mtssl_tf.configs.base import ConfigError
+from mtssl_tf.data import color
+from mtssl_tf.tasks import base, permutations
+
+GRID = 3
+NUM_TILES = GRID * GRID
+
+
+@dataclasses.dataclass
+class JigsawConfig(base.TaskConfig):
+  """Jigsaw++ task.
+
+  Attributes:
+    resize_side: the image's shorter side is resized to this before cropping.
+    crop_size: side of the square crop cut into 3x3 cells (authors: 255, cells of 85).
+    tile_size: side of the tile taken from each cell (authors: 64).
+    tile_jitter: place each tile at a random position in its cell (else centred).
+    color_jitter_px: each colour channel of a tile is shifted by a further 0 to this
+      many pixels in each axis (authors: 2).
+    occlusion_probs: probability of replacing 0, 1, 2, ... tiles by tiles of another
+      image (Jigsaw++: 0, 1 or 2 uniformly; (1.0,) is the original Jigsaw).
+    grayscale_prob: probability an example's tiles are made gray (paper: 0.7; the
+      authors' code: 0.5).
+    permutation_set: 'noroozi701' (Jigsaw++), 'noroozi100' (original Jigsaw) or
+      'generated'.
+    num_permutations: classes; a shipped set's first `num_permutations` rows.
+    min_hamming: minimum pairwise Hamming distance of a generated set.
+    permutation_seed: seed of a generated set.
+    tile_channels: 1x1 convolution width before each tile's features are flattened.
+    tile_units: per-tile fully connected layer (authors' fc6: 512).
+    hidden_units: layer over the nine concatenated tiles (authors' fc7: 4096).
+    dropout: dropout rate after both layers (authors: 0.5).
+  """
+
+  resize_side: int = 256
+  crop_size: int = 255
+  tile_size: int = 64
+  tile_jitter: bool = True
+  color_jitter_px: int = 2
+  occlusion_probs: Tuple[float, ...] = (1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0)
+  grayscale_prob: float = 0.7  # Noroozi et al. 2018 §4; JigsawPuzzleSolver's code uses 0.5.
+  permutation_set: str = 'noroozi701'
+  num_permutations: int = 701
+  min_hamming: int = 3
+  permutation_seed: int = 0
+  tile_channels: int = 64
+  tile_units: int = 512
+  hidden_units: int = 4096
+  dropout: float = 0.5
+  batch_size: int = 16
+
+  @property
+  def cell_size(self) -> int:
+    """Side of a grid cell (crop_size // 3)."""
+    return self.crop_size // GRID
+
+  def validate(self) -> None:
+    super().validate()
+    if self.tile_size < 1 or self.color_jitter_px < 0:
+      raise ConfigError('jigsaw.tile_size: need tile_size >= 1 and color_jitter_px >= 0')
+    if self.tile_size + self.color_jitter_px > self.cell_size:
+      raise ConfigError(
+        f'jigsaw.crop_size: cells of {self.cell_size} px cannot hold a {self.tile_size} px tile '
+        f'shifted by {self.color_jitter_px} px'
+      )
+    if self.resize_side < self.crop_size:
+      raise ConfigError(f'jigsaw.resize_side: must be >= crop_size {self.crop_size}, got {self.resize_side}')
+    probs = self.occlusion_probs
+    if not 1 <= len(probs) <= NUM_TILES + 1 or min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-3:
+      raise ConfigError(f'jigsaw.occlusion_probs: need 1 to 10 non-negative values summing to 1, got {probs}')
+    if not 0.0 <= self.grayscale_prob <= 1.0:
+      raise ConfigError(f'jigsaw.grayscale_prob: must be in [0, 1], got {self.grayscale_prob}')
+    sets = (*permutations.SHIPPED_SETS, permutations.GENERATED)
+    if self.permutation_set not in sets:
+      raise ConfigError(f'jigsaw.permutation_set: must be one of {sets}, got {self.permutation_set!r}')
+    available = permutations.SHIPPED_SIZES.get(self.permutation_set, 9 * 8 * 7 * 6 * 5 * 4 * 3 * 2)
+    if not 2 <= self.num_permutations <= available:
+      raise ConfigError(
+        f'jigsaw.num_permutations: the {self.permutation_set} set allows 2 to {available}, got {self.num_permutations}'
+      )
+    if not 1 <= self.min_hamming <= NUM_TILES:
+      raise ConfigError(f'jigsaw.min_hamming: must be in [1, 9], got {self.min_hamming}')
+    if not 0.0 <= self.dropout < 1.0:
+      raise ConfigError(f'jigsaw.dropout: must be in [0, 1), got {self.dropout}')
+
+
+def normalize_tiles(tiles: tf.Tensor) -> tf.Tensor:
+  """Each tile of [N, T, T, 3] to zero mean and unit standard deviation (constant tiles -> 0)."""
+  tiles = tiles - tf.reduce_mean(tiles, axis=[1, 2, 3], keepdims=True)
+  return tiles / tf.maximum(tf.sqrt(tf.reduce_mean(tf.square(tiles), axis=[1, 2, 3], keepdims=True)), 1e-3)
+
+
+def mosaic(tiles: tf.Tensor) -> tf.Tensor:
+  """[N, 9, T, T, C] tiles in slot order -> [N, 3T, 3T, C] images (slot i at row i // 3, column i % 3)."""
+  n, t, c = tf.shape(tiles)[0], tiles.shape[2], tiles.shape[4]
+  grid = tf.transpose(tf.reshape(tiles, [n, GRID, GRID, t, t, c]), [0, 1, 3, 2, 4, 5])
+  return tf.reshape(grid, [n, GRID * t, GRID * t, c])
+
+
+def pair_with_previous(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """Adds 'other_image' to each example: the previous example's image (the first is dropped)."""
+
+  def step(previous, example):
+    paired = dict(example)
+    paired['other_image'] = previous
+    return example['image'], paired
+
+  # The state's shape is relaxed by scan to the images' [None, None, 3].
+  initial = tf.zeros([1, 1, 3], ds.element_spec['image'].dtype)
+  return ds.scan(initial, step).skip(1)
+
+
+class JigsawTask(base.Task):
+  """Name the permutation of nine shuffled tiles, some of them from another image."""
+
+  name = 'jigsaw'
+  config_class = JigsawConfig
+
+  def __init__(self, config: JigsawConfig, trunk_output_stride: int = 16):
+    super().__init__(config, trunk_output_stride)
+    c = config
+    self.permutations = permutations.get_permutations(
+      c.permutation_set, c.num_permutations, c.min_hamming, c.permutation_seed
+    )
+    self.inverse_permutations = np.argsort(self.permutations, axis=1).astype(np.int32)
+
+  def combine(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Pairs each example with the previous one after shuffling: its occluding image."""
+    return pair_with_previous(ds)
+
+  def _crop(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Resizes (shorter side `resize_side`) and randomly crops; float32 [S, S, 3] in [0, 1]."""
+    c = self.config
+    image = tf.cast(image, tf.float32) / 255.0
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    size = tf.cast(tf.math.ceil(shape * (c.resize_side / tf.reduce_min(shape)) - 1e-4), tf.int32)
+    image = tf.image.resize(image, tf.maximum(size, c.resize_side), antialias=True)
+    return tf.image.stateless_random_crop(image, [c.crop_size, c.crop_size, 3], seed)
+
+  def _occluded_cells(self, seed: tf.Tensor) -> tf.Tensor:
+    """[9] bool: the cells whose tile comes from the other image."""
+    seeds = base.stateless_seeds(seed, 2)
+    probs = np.asarray(self.config.occlusion_probs, np.float64)
+    bounds = tf.constant(np.cumsum(probs / probs.sum())[:-1], tf.float32)
+    count = tf.reduce_sum(tf.cast(tf.random.stateless_uniform([], seeds[0]) >= bounds, tf.int32))
+    # A uniformly random subset of `count` cells: those with the smallest random keys.
+    ranks = tf.argsort(tf.argsort(tf.random.stateless_uniform([NUM_TILES], seeds[1])))
+    return ranks < count
+
+  def cut_tiles(self, crops: tf.Tensor, perm: tf.Tensor, occluded: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Tiles in slot order: slot i from cell perm[i] of crops[1] if occluded[i], else of crops[0].
+
+    Args:
+      crops: float [2, S, S, 3], the image's crop and the other image's.
+      perm: int32 [9], the source cell of each slot.
+      occluded: bool [9], per slot.
+      seed: [2] seed of the tile and colour-channel jitter.
+
+    Returns:
+      float [9, T, T, 3].
+    """
+    c = self.config
+    seeds = base.stateless_seeds(seed, 2)
+    room = c.cell_size - c.tile_size - c.color_jitter_px
+    if c.tile_jitter:
+      corner = tf.random.stateless_uniform([NUM_TILES, 2], seeds[0], 0, room + 1, dtype=tf.int32)
+    else:
+      corner = tf.fill([NUM_TILES, 2], room // 2)
+    shift = tf.random.stateless_uniform([NUM_TILES, 3, 2], seeds[1], 0, c.color_jitter_px + 1, dtype=tf.int32)
+    origin = tf.stack([perm // GRID, perm % GRID], axis=-1) * c.cell_size + corner  # [9, 2]
+    start = origin[:, None, :] + shift  # [9 slots, 3 channels, (y, x)]
+    t = tf.range(c.tile_size)
+    shape = [NUM_TILES, c.tile_size, c.tile_size, 3]
+    # gather_nd indices (which crop, y, x, channel) of every output value.
+    parts = (
+      tf.cast(occluded, tf.int32)[:, None, None, None],
+      start[:, None, None, :, 0] + t[None, :, None, None],
+      start[:, None, None, :, 1] + t[None, None, :, None],
+      tf.range(3),
+    )
+    return tf.gather_nd(crops, tf.stack([tf.broadcast_to(p, shape) for p in parts], axis=-1))
+
+  def preprocess(self, example: Dict[str, tf.Tensor], seed: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """{'image', 'other_image'} -> {'tiles' [9, T, T, 3], 'label' int32, 'occluded' bool [9] per slot}."""
+    c = self.config
+    seeds = base.stateless_seeds(seed, 6)
+    crops = tf.stack([self._crop(example['image'], seeds[0]), self._crop(example['other_image'], seeds[1])])
+    label = tf.random.stateless_uniform([], seeds[2], 0, len(self.permutations), dtype=tf.int32)
+    perm = tf.gather(tf.constant(self.permutations), label)
+    occluded = tf.gather(self._occluded_cells(seeds[3]), perm)
+    tiles = self.cut_tiles(crops, perm, occluded, seeds[4])
+    if c.harmonize:
+      tiles = color.harmonize(tiles)
+    elif c.grayscale_prob > 0:
+      gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(tiles))
+      tiles = tf.where(tf.random.stateless_uniform([], seeds[5]) < c.grayscale_prob, gray, tiles)
+    tiles = normalize_tiles(tiles)
+    tiles.set_shape([NUM_TILES, c.tile_size, c.tile_size, 3])
+    return {'tiles': tiles, 'label': label, 'occluded': occluded}
+
+  def trunk_images(self, batch: Dict[str, tf.Tensor]) -> tf.Tensor:
+    t = self.config.tile_size
+    # All tiles through the trunk as one batch: 9B images, an example's slots consecutive.
+    return tf.reshape(batch['tiles'], [-1, t, t, 3])
+
+  def build_head(self, dtype: str = 'float32') -> tf.keras.layers.Layer:
+    c = self.config
+    return JigsawHead(
+      len(self.permutations), c.tile_channels, c.tile_units, c.hidden_units, c.dropout,
+      name=f'{self.name}_head', dtype=dtype,
+    )  # fmt: skip
+
+  def loss(self, outputs, batch):
+    return tf.reduce_mean(
+      tf.keras.losses.sparse_categorical_crossentropy(batch['label'], base.cast_logits(outputs), from_logits=True)
+    )
+
+  @property
+  def _top_k(self) -> int:
+    return min(5, len(self.permutations))
+
+  def metrics(self):
+    return {
+      'loss': tf.keras.metrics.Mean(),
+      'accuracy': base.accuracy_metric(),
+      'top5_accuracy': tf.keras.metrics.SparseTopKCategoricalAccuracy(k=self._top_k),
+    }
+
+  def update_metrics(self, metrics, outputs, batch, loss):
+    logits = base.cast_logits(outputs)
+    metrics['loss'].update_state(loss)
+    metrics['accuracy'].update_state(batch['label'], logits)
+    metrics['top5_accuracy'].update_state(batch['label'], logits)
+
+  def batch_metrics(self, outputs, batch):
+    logits = base.cast_logits(outputs)
+    in_top = tf.math.in_top_k(tf.cast(batch['label'], tf.int32), logits, self._top_k)
+    return {
+      'accuracy': base.batch_accuracy(batch['label'], logits),
+      'top5_accuracy': tf.reduce_mean(tf.cast(in_top, tf.float32)),
+    }
+
+  def image_summaries(self, outputs, batch):
+    tiles = batch['tiles'][:4]  # [N, 9, T, T, 3], each tile normalised.
+    lo = tf.reduce_min(tiles, axis=[2, 3, 4], keepdims=True)
+    hi = tf.reduce_max(tiles, axis=[2, 3, 4], keepdims=True)
+    shown = tf.cast((tiles - lo) / tf.maximum(hi - lo, 1e-6) * 255.0, tf.uint8)
+    # The puzzle as the network sees it, and solved: source cell j is slot inverse[j].
+    inverse = tf.gather(tf.constant(self.inverse_permutations), batch['label'][:4])
+    return {'puzzles': mosaic(shown), 'solved': mosaic(tf.gather(shown, inverse, batch_dims=1))}
+
+
+class JigsawHead(tf.keras.layers.Layer):
+  """Context-free network head: shared per-tile layers, then the nine tiles classified together."""
+
+  def __init__(
+    self, num_permutations: int, tile_channels: int, tile_units: int, hidden_units: int, dropout: float, **kwargs
+  ):
+    """Creates the head; its outputs are logits over `num_permutations` classes."""
+    super().__init__(**kwargs)
+    policy = self.dtype_policy
+    self.reduce = tf.keras.layers.Conv2D(tile_channels, 1, activation='relu', dtype=policy)
+    self.flatten = tf.keras.layers.Flatten(dtype=policy)  # Keeps each tile's spatial layout.
+    self.tile_fc = tf.keras.layers.Dense(tile_units, activation='relu', dtype=policy)
+    self.hidden = tf.keras.layers.Dense(hidden_units, activation='relu', dtype=policy)
+    self.dropout = tf.keras.layers.Dropout(dropout, dtype=policy)
+    self.classify = tf.keras.layers.Dense(num_permutations, dtype=policy)
+
+  def call(self, features, training=None):
+    per_tile = self.dropout(self.tile_fc(self.flatten(self.reduce(features))), training=training)  # [9B, U]
+    puzzles = tf.reshape(per_tile, [-1, NUM_TILES * per_tile.shape[-1]])  # Slot order within an example.
+    return self.classify(self.dropout(self.hidden(puzzles), training=training))

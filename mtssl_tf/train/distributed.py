@@ -1,0 +1,350 @@
+"""Multi-task pre-training under ParameterServerStrategy (Doersch & Zisserman 2017, §4).
+
+How a step flows:
+1. Worker pools. Worker w serves one task (`TaskConfig.workers` consecutive workers per
+   task, in registry order). Every worker's dataset is built from one function, so all
+   share one element structure: the union of every task's batch (other tasks' fields
+   are constant zeros) plus a task id, and `choose_from_datasets` keyed by the worker's
+   index makes each worker read only its own task's pipeline. (`schedule` cannot pin a
+   closure to a worker; the worker's dataset decides what it trains.)
+2. Compute closures. The coordinator schedules one generic closure per step, each with
+   a gradient slot of its own. On the worker it switches on the task id, computes that
+   task's loss and gradients and assigns them into its slot on the parameter servers
+   (`GradientSlots`; assignment makes re-run closures harmless).
+3. Per-task aggregation. When K_t (`aggregate_steps`) steps of task t have finished,
+   the coordinator averages exactly their slots and applies the result with t's own
+   RMSProp slots (`PerTaskRMSProp`). The apply runs from the coordinator, which is
+   never re-run, with every op on the parameter servers; tasks never wait for each
+   other ('hybrid'); 'async' is K_t = 1; 'sync' runs rounds of one closure per worker,
+   then updates every task, then the next round.
+4. Accounting. Each finished step adds the task's cost; crossing a cost tick keeps a
+   checkpoint (besides time-based ones); counters live in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from typing import Dict, List
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from mtssl_tf.configs.experiment import ExperimentConfig
+from mtssl_tf.data import pipeline
+from mtssl_tf.data.images import ReadOptions
+from mtssl_tf.tasks import build_tasks
+from mtssl_tf.tasks.base import Task
+from mtssl_tf.tasks.multitask import MultiTaskModel
+from mtssl_tf.train.cost import CostTracker
+from mtssl_tf.train.grad_slots import GradientSlots
+from mtssl_tf.train.rmsprop import PerTaskRMSProp
+from mtssl_tf.trunk.lasso import alpha_image
+
+# Metrics a task may report per batch (padded to this many in the closure's result).
+MAX_BATCH_METRICS = 4
+
+
+def worker_pools(tasks: Dict[str, Task]) -> List[int]:
+  """Task index served by each worker: `workers` consecutive workers per task."""
+  pools = []
+  for index, task in enumerate(tasks.values()):
+    pools += [index] * task.config.workers
+  return pools
+
+
+def _union_dataset(name: str, ds: tf.data.Dataset, dummies: Dict[str, tf.Tensor], index: int):
+  """Task batches in the union structure: own fields filled, the others zeros."""
+  others = {k: v for k, v in dummies.items() if not k.startswith(name + '/')}
+
+  def merge(batch):
+    merged = dict(others)  # Constants, folded into the map (a single-task run has none).
+    merged.update({f'{name}/{k}': v for k, v in batch.items()})
+    merged['task'] = tf.constant(index, tf.int32)
+    return merged
+
+  return ds.map(merge)
+
+
+def unique_variables(groups) -> List[tf.Variable]:
+  """Variables of several lists, each once, in first-seen order."""
+  seen, out = set(), []
+  for variables in groups:
+    for v in variables:
+      if id(v) not in seen:
+        seen.add(id(v))
+        out.append(v)
+  return out
+
+
+class DistributedTrainer:
+  """Builds everything on the coordinator, then trains with `run()`."""
+
+  def __init__(self, cfg: ExperimentConfig, model_dir: str, resolver, sources: Dict[str, str]):
+    """Creates the strategy, model, optimizer, gradient slots, datasets and checkpoints.
+
+    Args:
+      cfg: validated experiment config.
+      model_dir: checkpoints, summaries and export go here.
+      resolver: cluster resolver (workers and PS).
+      sources: task name -> default data source (used where a task's config has none).
+    """
+    self.cfg = cfg
+    self.model_dir = model_dir
+    self.tasks = build_tasks(cfg.tasks, cfg.trunk.output_stride)
+    self.names = list(self.tasks)
+    self.pools = worker_pools(self.tasks)
+    self.sources = sources
+    t = cfg.train
+    self.num_workers = len(self.pools)
+    self.window = 2 * self.num_workers
+    aggregate = {n: 1 if t.mode == 'async' else task.config.aggregate_steps for n, task in self.tasks.items()}
+    self.aggregate = aggregate
+    num_slots = max(self.window + sum(k - 1 for k in aggregate.values()), self.num_workers)
+    # Sample batches (coordinator-side) give the union structure, build variables and
+    # feed the image summaries.
+    self.samples = {n: next(iter(task.dataset(ReadOptions(), sources[n], seed=0))) for n, task in self.tasks.items()}
+    self.strategy = tf.distribute.experimental.ParameterServerStrategy(resolver)
+    self.coordinator = tf.distribute.coordinator.ClusterCoordinator(self.strategy)
+    with self.strategy.scope():
+      self.model = MultiTaskModel(cfg.trunk, self.tasks, cfg.lasso, cfg.runtime.precision)
+      self.model.build_all(self.samples)
+      self.variables = {n: self.model.task_variables(n) for n in self.names}
+      self.slots = GradientSlots(unique_variables(self.variables.values()), num_slots)
+      self.optimizer = PerTaskRMSProp(
+        self.variables, t.learning_rate, t.rmsprop_decay, t.rmsprop_momentum, t.rmsprop_epsilon, t.rmsprop_variant
+      )
+      self.cost = CostTracker({n: task.config.cost_per_step for n, task in self.tasks.items()}, t.cost_tick)
+    self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, cost=self.cost)
+    self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(model_dir, 'checkpoints'), max_to_keep=3)
+    self.tick_manager = tf.train.CheckpointManager(
+      self.checkpoint, os.path.join(model_dir, 'ticks'), max_to_keep=None, checkpoint_name='tick'
+    )
+    if self.manager.latest_checkpoint:
+      # Resume order: weights, optimizer slots and counters together, before any step.
+      self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+      logging.info('resumed from %s at cost %.2f', self.manager.latest_checkpoint, self.cost.total())
+    self.free_slots = list(range(num_slots))
+    self.touched: Dict[str, List[tf.Variable]] = {}  # Filled when the worker step is traced.
+    self.metric_names: Dict[str, List[str]] = {}
+    self.iterator = iter(self.coordinator.create_per_worker_dataset(self._per_worker_dataset_fn()))
+    self.worker_step = self._make_worker_step()
+    self.apply_fns = {}
+    self.last_logged: Dict[str, Dict[str, float]] = {}  # Per task: the last window's means.
+    self.writer = tf.summary.create_file_writer(os.path.join(model_dir, 'train'))
+
+  # ----- worker side -----
+
+  def _per_worker_dataset_fn(self):
+    dummies = {f'{n}/{k}': tf.zeros(v.shape, v.dtype) for n, batch in self.samples.items() for k, v in batch.items()}
+    starts = np.cumsum([0] + [self.tasks[n].config.workers for n in self.names])[:-1].tolist()
+    seed = self.cfg.runtime.seed
+
+    def dataset_fn(_):
+      worker = tf.distribute.coordinator.experimental_get_current_worker_index()
+      datasets = []
+      for i, (name, task) in enumerate(self.tasks.items()):
+        size = task.config.workers
+        shard = tf.clip_by_value(tf.cast(worker, tf.int64) - starts[i], 0, size - 1)
+        options = ReadOptions(shard_index=shard, num_shards=size, seed=seed)
+        datasets.append(_union_dataset(name, task.dataset(options, self.sources[name], seed=seed), dummies, i))
+      choice = tf.gather(tf.constant(self.pools, tf.int64), worker)
+      return tf.data.Dataset.choose_from_datasets(datasets, tf.data.Dataset.from_tensors(choice).repeat())
+
+    @tf.function
+    def per_worker():
+      return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    return per_worker
+
+  def _make_worker_step(self):
+    model, names = self.model, self.names
+
+    def branch(name, x, slot):
+      batch = {k.split('/', 1)[1]: v for k, v in x.items() if k.startswith(name + '/')}
+      _, task_loss, outputs, grads, variables = model.compute_gradients(name, batch)
+      # Which variables this task's loss reaches (e.g. not the unused final BN under lasso).
+      self.touched[name] = [v for g, v in zip(grads, variables) if g is not None]
+      metrics = model.tasks[name].batch_metrics(outputs, batch)
+      self.metric_names[name] = sorted(metrics)[:MAX_BATCH_METRICS]
+      values = [tf.cast(metrics[k], tf.float32) for k in self.metric_names[name]]
+      values += [tf.constant(0.0)] * (MAX_BATCH_METRICS - len(values))
+      with tf.control_dependencies(self.slots.write(slot, zip(grads, variables))):
+        return (
+          tf.identity(tf.cast(task_loss, tf.float32)),
+          tf.stack(values),
+          tf.reduce_max(batch[pipeline.SKIPPED_KEY]),
+        )
+
+    @tf.function
+    def worker_step(iterator, slot):
+      def replica(x, slot):
+        branches = [lambda n=n: branch(n, x, slot) for n in names]
+        loss, metrics, skipped = tf.switch_case(x['task'], branches)
+        return x['task'], loss, metrics, skipped
+
+      return self.strategy.run(replica, args=(next(iterator), slot))
+
+    return worker_step
+
+  def _apply_fn(self, name: str):
+    """Coordinator-side update of task `name` from the mean of some of its slots."""
+    if name not in self.apply_fns:
+      variables = self.touched[name]
+
+      @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
+      def apply(slots):
+        return self.optimizer.apply(name, [(self.slots.mean(v, slots), v) for v in variables])
+
+      self.apply_fns[name] = apply
+    return self.apply_fns[name]
+
+  def _update(self, name: str, slots: List[int]) -> None:
+    self._apply_fn(name)(tf.constant(slots, tf.int32))
+    self.free_slots.extend(slots)
+
+  # ----- coordinator loop -----
+
+  def _schedule(self):
+    slot = self.free_slots.pop()
+    return self.coordinator.schedule(self.worker_step, args=(self.iterator, tf.constant(slot, tf.int32))), slot
+
+  def run(self) -> Dict[str, Dict[str, int]]:
+    """Trains until `train.total_steps` worker steps are done (counting resumed ones).
+
+    Returns:
+      Per task: steps and optimizer updates so far, and the last logged window's loss
+      and batch metrics.
+
+    Raises:
+      FloatingPointError: a non-finite loss, naming the task and its step; no
+        checkpoint is written after it, so the last one on disk is good.
+    """
+    t = self.cfg.train
+    done = scheduled = sum(self.cost.task_steps().values())
+    in_flight = collections.deque()
+    pending = {n: [] for n in self.names}
+    window = _Window(self.names)
+    last_log = last_ckpt = start = time.time()
+    start_done = done
+    while done < t.total_steps:
+      if t.mode == 'sync':
+        round_size = min(self.num_workers, t.total_steps - done)
+        in_flight.extend(self._schedule() for _ in range(round_size))
+        scheduled += round_size
+      else:
+        while scheduled < t.total_steps and len(in_flight) < self.window:
+          in_flight.append(self._schedule())
+          scheduled += 1
+      finished = [in_flight.popleft() for _ in range(len(in_flight) if t.mode == 'sync' else 1)]
+      for remote, slot in finished:
+        task_index, loss, metrics, skipped = remote.fetch()
+        name = self.names[int(task_index)]
+        if not np.isfinite(loss):
+          raise FloatingPointError(
+            f'{name}: non-finite loss {loss} at task step {self.cost.task_steps()[name] + 1}; '
+            f'the last checkpoint in {self.manager.directory} is kept'
+          )
+        self.cost.add(name)
+        done += 1
+        window.add(name, float(loss), metrics, int(skipped))
+        pending[name].append(slot)
+        if t.mode != 'sync' and len(pending[name]) >= self.aggregate[name]:
+          self._update(name, pending[name])
+          pending[name] = []
+      if t.mode == 'sync':
+        for name in self.names:
+          if pending[name]:
+            self._update(name, pending[name])
+            pending[name] = []
+      if self.cost.due_ticks():
+        self._save(self.tick_manager, done)
+      now = time.time()
+      if now - last_ckpt >= t.checkpoint_every_seconds:
+        self._save(self.manager, done)
+        last_ckpt = now
+      if now - last_log >= t.log_every_seconds or done >= t.total_steps:
+        self._log(done, window, (done - start_done) / max(now - start, 1e-6), now - start)
+        window = _Window(self.names, window)
+        last_log = now
+    # Steps that did not fill an aggregate are applied rather than dropped.
+    for name in self.names:
+      if pending[name]:
+        self._update(name, pending[name])
+    self._save(self.manager, done)
+    steps = self.cost.task_steps()
+    return {
+      n: {'steps': steps[n], 'updates': int(self.optimizer.iterations[n].numpy()), **self.last_logged.get(n, {})}
+      for n in self.names
+    }
+
+  def _save(self, manager: tf.train.CheckpointManager, done: int) -> None:
+    # A step whose loss is not yet fetched may already have written non-finite batch-norm
+    # statistics; never let such weights replace the last good checkpoint.
+    if not bool(self._all_finite()):
+      raise FloatingPointError(f'non-finite weights before the checkpoint at step {done}; last checkpoint kept')
+    manager.save(checkpoint_number=done)
+
+  @tf.function
+  def _all_finite(self):
+    checks = []
+    for v in self.model.variables:
+      with tf.device(v.device):  # Reduce on the parameter server; ship one bool.
+        checks.append(tf.reduce_all(tf.math.is_finite(v)))
+    return tf.reduce_all(checks)
+
+  def _log(self, done: int, window: _Window, rate: float, elapsed: float) -> None:
+    t = self.cfg.train
+    eta = (t.total_steps - done) / max(rate, 1e-9)
+    parts = []
+    for name in self.names:
+      if window.losses[name]:
+        values = {'loss': float(np.mean(window.losses[name]))}
+        means = np.mean(window.metrics[name], axis=0)
+        values.update({k: float(v) for k, v in zip(self.metric_names.get(name, []), means)})
+        self.last_logged[name] = values
+        parts.append(f'{name} ' + ' '.join(f'{k} {v:.4f}' for k, v in values.items()))
+    logging.info(
+      'step %d/%d, %.2f steps/s, cost %.2f, ETA %.0f s | %s',
+      done, t.total_steps, rate, self.cost.total(), eta, ', '.join(parts),
+    )  # fmt: skip
+    with self.writer.as_default(step=done):
+      tf.summary.scalar('train/cost', self.cost.total())
+      tf.summary.scalar('train/steps_per_second', rate)
+      for name in self.names:
+        if window.losses[name]:
+          for key, value in self.last_logged[name].items():
+            tf.summary.scalar(f'{name}/{key}', value)
+        tf.summary.scalar(f'{name}/steps_per_second', window.total_steps[name] / max(elapsed, 1e-6))
+        tf.summary.scalar(f'{name}/skipped_examples', window.skipped[name])
+      if self.model.lasso is not None:
+        tf.summary.image('lasso/abs_alpha', alpha_image(self.model.lasso.alpha()))
+    self.writer.flush()
+
+  def write_image_summaries(self, step: int) -> None:
+    """Sample visualisations of every task on its sample batch (run from the coordinator)."""
+    with self.writer.as_default(step=step):
+      for name, task in self.tasks.items():
+        _, _, outputs = self.model.task_step_outputs(name, self.samples[name], training=False)
+        for key, images in task.image_summaries(outputs, self.samples[name]).items():
+          tf.summary.image(f'{name}/{key}', images, max_outputs=4)
+    self.writer.flush()
+
+
+class _Window:
+  """Per-task values of one logging window (and total steps since start)."""
+
+  def __init__(self, names, previous: _Window = None):
+    self.losses = {n: [] for n in names}
+    self.metrics = {n: [] for n in names}
+    # Running totals carry over from the previous window.
+    self.skipped = dict(previous.skipped) if previous else {n: 0 for n in names}
+    self.total_steps = dict(previous.total_steps) if previous else {n: 0 for n in names}
+
+  def add(self, name, loss, metrics, skipped):
+    self.losses[name].append(loss)
+    self.metrics[name].append(np.asarray(metrics))
+    self.skipped[name] = max(self.skipped[name], skipped)
+    self.total_steps[name] += 1

@@ -1,0 +1,236 @@
+"""Running pre-training: data checks, the coordinator, the local supervisor, export.
+
+Roles (the same code on one machine and on a cluster):
+* ps / worker: a `tf.distribute.Server` that waits (`distribute.cluster.run_server`).
+* coordinator (the chief): builds the model under ParameterServerStrategy and trains
+  (`run_coordinator`). When a parameter server dies, its schedule/join calls fail and
+  the strategy cannot be rebuilt in the same process (its eager context keeps the
+  dead channel: measured), so the coordinator exits with `EXIT_CLUSTER_FAILURE` and is
+  restarted from the last checkpoint, by Kubernetes/your scheduler on a cluster, by
+  `supervise_local` on one machine.
+* local supervisor (`supervise_local`): starts the servers as subprocesses on
+  127.0.0.1, runs the coordinator as a subprocess, restarts servers and coordinator
+  after a cluster failure (bounded), tears everything down on exit, Ctrl-C or SIGTERM.
+
+Everything that can be wrong with a config or its data is checked by `prepare` before
+any server starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict, List, Optional, Sequence
+
+from absl import logging
+
+from mtssl_tf.configs.base import ConfigError, save_config
+from mtssl_tf.configs.experiment import ExperimentConfig
+
+# TF start-up probes and gRPC teardown chatter: kept in the log file, not shown.
+_NOISE = re.compile(rb'cuda|cuDNN|cuFFT|cuBLAS|TensorRT|grpc|GRPC|remote target|Failed to (remove|register) function')
+
+# The coordinator's exit code for "the cluster failed; restart me from the checkpoint".
+EXIT_CLUSTER_FAILURE = 75
+
+
+@dataclasses.dataclass
+class Prepared:
+  """What `prepare` resolved: a data source per task and the synthetic world used, if any."""
+
+  sources: Dict[str, str]
+  world: Optional[dict]
+
+
+def default_world_dir(preset: str) -> str:
+  """~/.cache/mtssl_tf/world_<preset> (or $XDG_CACHE_HOME)."""
+  cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(cache, 'mtssl_tf', f'world_{preset}')
+
+
+def prepare(cfg: ExperimentConfig) -> Prepared:
+  """Resolves every enabled task's data source and reads one batch of each.
+
+  Tasks whose `data.source` is empty read the synthetic world (generated on first use).
+  Reading a batch here turns a missing path, an empty glob or a malformed record
+  into an error now, on the coordinator, before any server is started.
+
+  Raises:
+    ConfigError: no task is enabled.
+    DataError: a task's data cannot be read (the message names the source).
+  """
+  from mtssl_tf.data.images import ReadOptions  # Local: TF import is slow; config errors come first.
+  from mtssl_tf.data.synthetic.world import make_world
+  from mtssl_tf.tasks import build_tasks
+
+  tasks = build_tasks(cfg.tasks, cfg.trunk.output_stride)
+  if not tasks:
+    raise ConfigError('tasks: no task is enabled (set tasks.<name>.enabled=true)')
+  world = None
+  if any(not t.config.data.source for t in tasks.values()):
+    world = make_world(cfg.train.world_dir or default_world_dir(cfg.train.world_preset), cfg.train.world_preset)
+  sources = {}
+  for name, task in tasks.items():
+    sources[name] = task.config.data.source or world['sources'].get(f'{name}_train', world['sources']['images_train'])
+    next(iter(task.dataset(ReadOptions(data_dir=task.config.data.data_dir or None), sources[name], repeat=False)))
+  return Prepared(sources, world)
+
+
+def check_cluster(cfg: ExperimentConfig, cluster_spec: Dict[str, List[str]]) -> None:
+  """The cluster must have one worker per configured pool seat and the configured PS count.
+
+  Raises:
+    ConfigError: naming the keys whose counts disagree with the cluster.
+  """
+  from mtssl_tf.tasks import build_tasks
+
+  pools = {n: t.config.workers for n, t in build_tasks(cfg.tasks, cfg.trunk.output_stride).items()}
+  workers = len(cluster_spec.get('worker', []))
+  if sum(pools.values()) != workers:
+    seats = ' + '.join(f'tasks.{n}.workers={w}' for n, w in pools.items())
+    raise ConfigError(f'worker pools do not add up: {seats} = {sum(pools.values())}, but the cluster has {workers}')
+  if len(cluster_spec.get('ps', [])) < 1:
+    raise ConfigError('the cluster has no parameter server (job "ps")')
+
+
+def run_coordinator(cfg: ExperimentConfig, model_dir: str, resolver, sources: Dict[str, str]) -> Dict[str, dict]:
+  """Trains to `train.total_steps` under ParameterServerStrategy and writes sample images."""
+  from mtssl_tf.train.distributed import DistributedTrainer
+
+  trainer = DistributedTrainer(cfg, model_dir, resolver, sources)
+  result = trainer.run()
+  trainer.write_image_summaries(sum(r['steps'] for r in result.values()))
+  return result
+
+
+def coordinator_main(cfg: ExperimentConfig, model_dir: str, cluster_spec: Dict[str, List[str]]) -> int:
+  """Entry of a coordinator process: trains, returns its exit code (see `EXIT_CLUSTER_FAILURE`)."""
+  import tensorflow as tf
+
+  from mtssl_tf.distribute.cluster import resolver_for
+
+  prepared = prepare(cfg)
+  try:
+    result = run_coordinator(cfg, model_dir, resolver_for(cluster_spec), prepared.sources)
+  except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError) as e:
+    logging.error('cluster failure (%s): %s', type(e).__name__, str(e).splitlines()[0])
+    return EXIT_CLUSTER_FAILURE
+  with open(os.path.join(model_dir, 'train_result.json'), 'w', encoding='utf-8') as f:
+    json.dump(result, f, indent=2)
+  return 0
+
+
+def supervise_local(
+  cfg: ExperimentConfig,
+  model_dir: str,
+  config_argv: Sequence[str],
+  max_restarts: int = 3,
+  on_cluster=None,
+) -> Dict[str, dict]:
+  """Trains on a cluster of local subprocesses, restarting after cluster failures.
+
+  Args:
+    cfg: the validated config (for pool sizes and PS count).
+    model_dir: run directory.
+    config_argv: the `--config`/`--override` flags that reproduce `cfg` in the child.
+    max_restarts: coordinator restarts allowed after cluster failures.
+    on_cluster: optional callback(LocalCluster, coordinator Popen) called after each
+      start (tests use it to inject faults).
+
+  Returns:
+    The per-task steps and updates the coordinator wrote to `train_result.json`.
+
+  Raises:
+    RuntimeError: the coordinator failed for another reason, or too many restarts.
+  """
+  from mtssl_tf.distribute.cluster import LocalCluster
+  from mtssl_tf.tasks import build_tasks
+
+  num_workers = sum(t.config.workers for t in build_tasks(cfg.tasks, cfg.trunk.output_stride).values())
+  logs = os.path.join(model_dir, 'logs')
+  cluster = LocalCluster(num_workers, cfg.train.num_ps, log_dir=logs)
+  try:
+    for attempt in range(max_restarts + 1):
+      cmd = [sys.executable, '-m', 'mtssl_tf.bin.train', f'--model_dir={model_dir}', '--export=false',
+             f'--cluster_spec={json.dumps(cluster.spec)}', *config_argv]  # fmt: skip
+      start = time.time()
+      child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+      # The coordinator's progress lines reach the console and coordinator.log.
+      pump = threading.Thread(target=_tee, args=(child.stdout, os.path.join(logs, 'coordinator.log')), daemon=True)
+      pump.start()
+      if on_cluster:
+        on_cluster(cluster, child)
+      code = _wait(child)
+      pump.join(timeout=10)
+      if code == 0:
+        with open(os.path.join(model_dir, 'train_result.json'), encoding='utf-8') as f:
+          return json.load(f)
+      if code != EXIT_CLUSTER_FAILURE:
+        raise RuntimeError(f'coordinator exited with code {code}; see {logs}/coordinator.log')
+      logging.warning(
+        'cluster failure after %.0f s (attempt %d of %d); restarting servers, resuming from the last checkpoint',
+        time.time() - start, attempt + 1, max_restarts + 1,
+      )  # fmt: skip
+      cluster.restart_all()
+    raise RuntimeError(f'the cluster failed {max_restarts + 1} times; giving up (logs in {logs})')
+  finally:
+    cluster.stop()
+
+
+def _tee(stream, path: str) -> None:
+  with open(path, 'ab') as log:
+    for line in iter(stream.readline, b''):
+      log.write(line)
+      if not _NOISE.search(line):
+        sys.stdout.buffer.write(line)
+        sys.stdout.flush()
+
+
+def _wait(child: subprocess.Popen) -> int:
+  try:
+    return child.wait()
+  except KeyboardInterrupt:
+    child.kill()
+    child.wait()
+    raise
+
+
+def export_latest(cfg: ExperimentConfig, model_dir: str, sources: Dict[str, str], export_dir: str = '') -> str:
+  """Exports the latest checkpoint of a run as a SavedModel (no cluster needed).
+
+  Returns:
+    The SavedModel directory (default `<model_dir>/saved_model`).
+
+  Raises:
+    FileNotFoundError: the run has no checkpoint.
+  """
+  import tensorflow as tf
+
+  from mtssl_tf.data.images import ReadOptions
+  from mtssl_tf.export.saved_model import export
+  from mtssl_tf.tasks import build_tasks
+  from mtssl_tf.tasks.multitask import MultiTaskModel
+
+  checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
+  if not checkpoint:
+    raise FileNotFoundError(f'no checkpoint under {model_dir}/checkpoints to export')
+  tasks = build_tasks(cfg.tasks, cfg.trunk.output_stride)
+  model = MultiTaskModel(cfg.trunk, tasks, cfg.lasso, cfg.runtime.precision)
+  model.build_all({n: next(iter(t.dataset(ReadOptions(), sources[n], repeat=False))) for n, t in tasks.items()})
+  tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
+  # The export preprocesses as the trunk was trained: harmonized only if every task was.
+  harmonized = all(t.harmonized_input for t in tasks.values())
+  export_dir = export_dir or os.path.join(model_dir, 'saved_model')
+  export(model, export_dir, 'harmonized' if harmonized else 'rgb', cfg.trunk.output_stride)
+  return export_dir
+
+
+def write_run_config(cfg: ExperimentConfig, model_dir: str) -> str:
+  """Writes the resolved config next to the run's outputs."""
+  return save_config(cfg, model_dir)

@@ -1,0 +1,53 @@
+"""Fixtures for evaluation tests: a tiny pre-training run's checkpoint and SavedModel."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mtssl_tf.configs import LassoConfig, TrunkConfig, save_config
+from mtssl_tf.configs.experiment import ExperimentConfig
+from mtssl_tf.export.saved_model import export
+from mtssl_tf.tasks.multitask import MultiTaskModel
+from mtssl_tf.tasks.relative_position import RelativePositionConfig, RelativePositionTask
+
+
+def tiny_trunk_config() -> TrunkConfig:
+  """Units (1, 1, 2), width 8: the evaluations' test trunk."""
+  cfg = TrunkConfig()
+  cfg.units_per_block = (1, 1, 2)
+  cfg.width = 8
+  return cfg
+
+
+@pytest.fixture(scope='session')
+def pretrained(tmp_path_factory):
+  """A 'pre-trained' run dir: config.yaml, checkpoints/ckpt-1, saved_model/.
+
+  The trunk's weights are random but distinctive (seeded); tests compare them with
+  what an evaluation loads. Returns a dict: run_dir, checkpoint, saved_model,
+  trunk_config, and `weights` (the trunk variables by name).
+  """
+  run_dir = str(tmp_path_factory.mktemp('pretrained'))
+  trunk_config = tiny_trunk_config()
+  cfg = ExperimentConfig()
+  cfg.trunk = trunk_config
+  save_config(cfg, run_dir)
+  task_config = RelativePositionConfig()
+  task_config.hidden_units = 16
+  tasks = {'relative_position': RelativePositionTask(task_config)}
+  model = MultiTaskModel(trunk_config, tasks, LassoConfig())
+  model.trunk(tf.zeros([1, 64, 64, 3]))
+  rng = np.random.default_rng(7)
+  for v in model.trunk.variables:
+    v.assign(rng.normal(0, 0.1, v.shape).astype(np.float32) + (1.0 if 'gamma' in v.name or 'variance' in v.name else 0))
+  checkpoint = tf.train.Checkpoint(model=model).save(os.path.join(run_dir, 'checkpoints', 'ckpt'))
+  saved_model = export(model, os.path.join(run_dir, 'saved_model'))
+  return {
+    'run_dir': run_dir,
+    'checkpoint': checkpoint,
+    'saved_model': saved_model,
+    'trunk_config': trunk_config,
+    'weights': {v.name: v.numpy() for v in model.trunk.variables},
+  }
