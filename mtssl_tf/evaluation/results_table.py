@@ -1,0 +1,115 @@
+"""Gathers evaluation results JSONs into the papers' table layout (markdown and CSV).
+
+Doersch & Zisserman 2017 Table 2 has one row per pre-training and three columns:
+ImageNet frozen linear top-5 recall, PASCAL VOC07 detection mAP, NYU depth % of
+pixels with delta < 1.25. We add top-1, the mAP at IoU 0.75, the conventions, and the
+paper's number beside ours where the row names a paper row.
+
+Each run is a folder holding `eval/<name>/results.json` (what `mtssl-eval` writes);
+a missing evaluation leaves its cell empty.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import tensorflow as tf
+
+# Doersch Table 2 (ImageNet R@5 / PASCAL mAP / NYU % < 1.25), keyed by row name.
+PAPER_TABLE2 = {
+  'RP': (59.21, 66.75, 80.54),
+  'RP+Col': (66.64, 68.75, 79.87),
+  'RP+Ex': (65.24, 69.44, 78.70),
+  'RP+MS': (63.73, 68.81, 78.72),
+  'RP+Col+Ex': (68.65, 69.48, 80.17),
+  'RP+Col+Ex+MS': (69.30, 70.53, 79.25),
+  'ImageNet labels': (85.10, 74.17, 80.06),
+}
+
+# (column title, evaluation, result key, scale to percent, index into the paper triple)
+COLUMNS: List[Tuple[str, str, str, float, Optional[int]]] = [
+  ('ImageNet top-5 (%)', 'linear', 'top5', 100.0, 0),
+  ('ImageNet top-1 (%)', 'linear', 'top1', 100.0, None),
+  ('VOC07 mAP@0.5 11-pt (%)', 'detection', 'PascalBoxes_Precision/mAP@0.5IOU_VOC07_11point', 100.0, 1),
+  ('VOC07 mAP@0.5 (%)', 'detection', 'PascalBoxes_Precision/mAP@0.5IOU', 100.0, None),
+  ('VOC07 mAP@0.75 (%)', 'detection', 'PascalBoxes_Precision/mAP@0.75IOU', 100.0, None),
+  ('NYU delta<1.25 (%)', 'depth', 'delta1', 100.0, 2),
+  ('NYU abs rel', 'depth', 'abs_rel', 1.0, None),
+  ('NYU rms (m)', 'depth', 'rms', 1.0, None),
+]
+
+
+def read_run(run_dir: str) -> Dict[str, Dict]:
+  """{evaluation name: results dict} for every `eval/*/results.json` under `run_dir`."""
+  found = {}
+  for path in sorted(tf.io.gfile.glob(os.path.join(run_dir, 'eval', '*', 'results.json'))):
+    with tf.io.gfile.GFile(path) as f:
+      try:
+        found[os.path.basename(os.path.dirname(path))] = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'results file {path!r} is not valid JSON: {e}') from None
+  return found
+
+
+def lookup(results: Dict, key: str) -> Optional[float]:
+  """A metric by key, also inside a nested 'metrics' dict; None if absent."""
+  for source in (results, results.get('metrics') or {}):
+    if isinstance(source, dict) and isinstance(source.get(key), (int, float)):
+      return float(source[key])
+  return None
+
+
+def build_rows(runs: Sequence[Tuple[str, str]]) -> Tuple[List[str], List[List[str]]]:
+  """Header and rows: one row per (label, run_dir); paper numbers in [brackets]."""
+  header = ['Pre-training'] + [c[0] for c in COLUMNS]
+  rows = []
+  for label, run_dir in runs:
+    evaluations = read_run(run_dir)
+    paper = PAPER_TABLE2.get(label)
+    row = [label]
+    for _, evaluation, key, scale, paper_index in COLUMNS:
+      value = lookup(evaluations.get(evaluation, {}), key)
+      cell = '' if value is None else f'{value * scale:.2f}'
+      if paper is not None and paper_index is not None:
+        cell = f'{cell} [{paper[paper_index]:.2f}]'.strip()
+      row.append(cell)
+    rows.append(row)
+  return header, rows
+
+
+def to_markdown(header: List[str], rows: List[List[str]]) -> str:
+  """A GitHub-flavoured markdown table."""
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
+  note = (
+    "\n\n[brackets]: the paper's number (Doersch & Zisserman 2017, Table 2)."
+    if any('[' in c for r in rows for c in r)
+    else ''
+  )
+  return '\n'.join(lines) + note + '\n'
+
+
+def to_csv(header: List[str], rows: List[List[str]]) -> str:
+  """CSV text of the same table."""
+  out = io.StringIO()
+  writer = csv.writer(out)
+  writer.writerow(header)
+  writer.writerows(rows)
+  return out.getvalue()
+
+
+def parse_run_args(items: Sequence[str]) -> List[Tuple[str, str]]:
+  """'label=dir' or 'dir' (label = folder name) -> [(label, dir)]; missing dirs are errors."""
+  runs = []
+  for item in items:
+    label, sep, path = item.partition('=')
+    if not sep:
+      label, path = os.path.basename(os.path.normpath(item)), item
+    if not tf.io.gfile.isdir(path):
+      raise ValueError(f'run folder {path!r} (from {item!r}) does not exist')
+    runs.append((label, path))
+  return runs
