@@ -19,8 +19,13 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from mtssl_tf.data import color, decode, images  # noqa: E402
+from mtssl_tf.data import color, decode, depth, detection, images  # noqa: E402
+from mtssl_tf.data.motion import reader as motion_reader  # noqa: E402
 from mtssl_tf.data.synthetic.classification import write_image_folder, write_image_tfrecords  # noqa: E402
+from mtssl_tf.data.synthetic.depth import write_depth_part  # noqa: E402
+from mtssl_tf.data.synthetic.detection import write_detection_part  # noqa: E402
+from mtssl_tf.data.synthetic.video import write_video_part  # noqa: E402
+from mtssl_tf.data.synthetic.world import Preset  # noqa: E402
 
 flags.DEFINE_integer('num_images', 1000, 'Synthetic images written for the run.')
 flags.DEFINE_integer('image_size', 256, 'Side of the written images.')
@@ -59,6 +64,11 @@ def _reader(spec, convert=None):
   return images.image_dataset(spec, process=process)
 
 
+def _resized(ds):
+  """A task-format reader's output, resized like every other pipeline."""
+  return ds.map(lambda e: _resize(e['image']), num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def _tfio_lab(image):
   import tensorflow_io as tfio
 
@@ -80,6 +90,11 @@ def main(argv):
   write_image_tfrecords(os.path.join(root, 'tfr'), n, num_shards=8, size=FLAGS.image_size)
   write_image_folder(os.path.join(root, 'folder'), n, size=FLAGS.image_size)
   pattern = os.path.join(root, 'tfr', 'train-*')
+  # The task readers' formats, from the synthetic world's writers at the same image size.
+  # Videos: n / 20 clips of 20 frames (-3 end frames without a full horizon each).
+  sizes = Preset(0, 0, 0, FLAGS.image_size, 8, n, n, max(2, n // 20), 20)
+  sources = {**write_detection_part(root, sizes, 0), **write_depth_part(root, sizes, 0)}
+  sources.update(write_video_part(root, sizes, 0))
   pipelines = {
     'baseline decode+resize (TFRecord)': lambda: _baseline(pattern),
     'reader tfrecord': lambda: _reader(f'tfrecord:{pattern}'),
@@ -87,6 +102,12 @@ def main(argv):
     'reader tfrecord + Lab (ours)': lambda: _reader(f'tfrecord:{pattern}', color.rgb_to_lab),
     'reader tfrecord + L only (ours)': lambda: _reader(f'tfrecord:{pattern}', color.rgb_to_lightness),
     'reader tfrecord + Lab (tfio)': lambda: _reader(f'tfrecord:{pattern}', _tfio_lab),
+    'reader VOCdevkit (JPEG + XML)': lambda: _resized(detection.detection_dataset(sources['detection_trainval'])),
+    'reader NYU TFRecord (PNG + depth)': lambda: _resized(depth.depth_dataset(sources['depth_train'])),
+    'reader NYU .mat (h5py)': lambda: _resized(depth.depth_dataset(sources['depth_test_mat'])),
+    'reader motion (JPEG + mask PNG)': lambda: _resized(
+      motion_reader.motion_dataset(sources['motion_segmentation_train'])
+    ),
   }
   rates = {name: [] for name in pipelines}
   for make in pipelines.values():
