@@ -28,7 +28,7 @@ from absl import logging
 
 from mtssl_tf.configs.base import Config, ConfigError, to_plain, validate_all
 from mtssl_tf.configs.experiment import TrunkConfig
-from mtssl_tf.evaluation import backbone, linear
+from mtssl_tf.evaluation import backbone, classification
 from mtssl_tf.trunk.block4 import Block4
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
 
@@ -87,7 +87,7 @@ class SupervisedConfig(Config):
   checkpoint_every_steps: int = 5000
 
   def validate(self) -> None:
-    linear.check_training_fields(self, NAME)
+    classification.check_training_fields(self, NAME)
     if self.epoch_size < 0:
       raise ConfigError(f'supervised.epoch_size: must be >= 0 (0 counts the images), got {self.epoch_size}')
     if not 0 < self.lr_decay_factor <= 1:
@@ -160,12 +160,12 @@ def run_supervised(
   validate_all(trunk_config)
   if precision not in ('float32', 'mixed_bfloat16'):
     raise ValueError(f"supervised baseline: precision must be 'float32' or 'mixed_bfloat16', got {precision!r}")
-  train_spec, validation_spec = linear.resolve_sources(cfg, train_spec, validation_spec, NAME)
+  train_spec, validation_spec = classification.resolve_sources(cfg, train_spec, validation_spec, NAME)
   out_dir = backbone.eval_dir(model_dir, NAME)
   to_input = backbone.input_fn(preprocessing)
   epoch_size, num_classes = cfg.epoch_size, cfg.num_classes
   if not epoch_size or not num_classes:
-    counted, labels = linear.count_labels(train_spec, cfg.label_offset, cfg.data_dir)
+    counted, labels = classification.count_labels(train_spec, cfg.label_offset, cfg.data_dir)
     epoch_size, num_classes = epoch_size or counted, num_classes or labels
   with tf.io.gfile.GFile(os.path.join(out_dir, 'config.yaml'), 'w') as f:
     yaml.safe_dump({'trunk': to_plain(trunk_config), NAME: to_plain(cfg)}, f, sort_keys=False)
@@ -178,7 +178,7 @@ def run_supervised(
   optimizer.build(model.trainable_variables)
   kernels = [v for v in model.trainable_variables if 'kernel' in v.name]
   checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-  manager = linear.restore_or_start(checkpoint, os.path.join(out_dir, 'checkpoints'), 'supervised baseline')
+  manager = classification.restore_or_start(checkpoint, os.path.join(out_dir, 'checkpoints'), 'supervised baseline')
   start = int(optimizer.iterations.numpy())
 
   @tf.function
@@ -194,7 +194,7 @@ def run_supervised(
     optimizer.apply_gradients([(g, v) for g, v in zip(grads, model.trainable_variables) if g is not None])
     return total, {
       'loss': loss,
-      'train_top1': tf.reduce_mean(tf.cast(linear.correct_at_k(logits, labels, 1), tf.float32)),
+      'train_top1': tf.reduce_mean(tf.cast(classification.correct_at_k(logits, labels, 1), tf.float32)),
     }
 
   @tf.function(reduce_retracing=True)
@@ -204,20 +204,20 @@ def run_supervised(
   writer = tf.summary.create_file_writer(out_dir)
   train_skipped = 0
   if start < cfg.steps:
-    data = linear.classification_dataset(
+    data = classification.classification_dataset(
       train_spec, image_size=cfg.image_size, crop_size=cfg.crop_size, batch_size=cfg.batch_size, training=True,
       seed=cfg.seed, flip=cfg.flip, label_offset=cfg.label_offset, data_dir=cfg.data_dir,
       shuffle_buffer=cfg.shuffle_buffer, start=start * cfg.batch_size,
     )  # fmt: skip
-    train_skipped = linear.train_loop(
+    train_skipped = classification.train_loop(
       NAME, train_step, data, cfg, start=start, schedule=schedule, manager=manager, writer=writer, progress=progress
     )
 
-  validation = linear.classification_dataset(
+  validation = classification.classification_dataset(
     validation_spec, image_size=cfg.image_size, crop_size=cfg.crop_size, batch_size=cfg.eval_batch_size,
     training=False, label_offset=cfg.label_offset, data_dir=cfg.data_dir,
   )  # fmt: skip
-  scores, validation_count, validation_skipped = linear.evaluate(validation, predict, num_classes)
+  scores, validation_count, validation_skipped = classification.evaluate(validation, predict, num_classes)
   step = int(optimizer.iterations.numpy())
   with writer.as_default(step=step):
     for metric, value in scores[NAME].items():

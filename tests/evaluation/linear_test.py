@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from mtssl_tf.configs import ConfigError, override, validate_all
-from mtssl_tf.evaluation import backbone, linear
+from mtssl_tf.evaluation import backbone, classification, linear
 
 
 def tiny_cfg(**values) -> linear.LinearEvalConfig:
@@ -70,12 +70,12 @@ def test_recall_at_k_on_hand_made_logits():
     [0.0, 0.9, 0.8, 0.1, 0.2, 0.3, 0.4],  # label 2: rank 2
   ]
   labels = [3, 4, 5, 2]
-  assert linear.recall_at_k(logits, labels, 1) == 0.25
-  assert linear.recall_at_k(logits, labels, 5) == 0.75
+  assert classification.recall_at_k(logits, labels, 1) == 0.25
+  assert classification.recall_at_k(logits, labels, 5) == 0.75
   # Fewer classes than k: every label is among the top min(k, classes).
-  assert linear.recall_at_k([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]], [0, 0], 5) == 1.0
+  assert classification.recall_at_k([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]], [0, 0], 5) == 1.0
   # Ties go to the lower class, so a constant classifier is right only for class 0.
-  assert linear.recall_at_k(np.zeros([4, 10]), [0, 1, 2, 3], 1) == 0.25
+  assert classification.recall_at_k(np.zeros([4, 10]), [0, 1, 2, 3], 1) == 0.25
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,310 @@
+"""Shared by the classification evaluations (linear probes, supervised baseline).
+
+Data (resize, crops, colour jitter, the labelled-image pipeline), recall@k metrics,
+the checkpointed training loop and config checks common to both protocols.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+
+import tensorflow as tf
+from absl import logging
+
+from mtssl_tf.configs.base import ConfigError
+from mtssl_tf.data import decode, pipeline
+from mtssl_tf.data.images import ReadOptions, image_dataset
+
+TOP_K = 5
+
+
+def check_training_fields(cfg, section: str) -> None:
+  """Checks the fields `LinearEvalConfig` and `SupervisedConfig` share, naming `<section>.<key>`."""
+  for key in ('steps', 'batch_size', 'eval_batch_size', 'shuffle_buffer', 'log_every_steps', 'checkpoint_every_steps'):
+    if getattr(cfg, key) < 1:
+      raise ConfigError(f'{section}.{key}: must be positive, got {getattr(cfg, key)}')
+  for key in ('num_classes', 'label_offset'):
+    if getattr(cfg, key) < 0:
+      raise ConfigError(f'{section}.{key}: must be >= 0, got {getattr(cfg, key)}')
+  if cfg.crop_size < 32:
+    raise ConfigError(f'{section}.crop_size: must be at least 32 pixels, got {cfg.crop_size}')
+  if cfg.image_size < cfg.crop_size:
+    raise ConfigError(f'{section}.image_size: must be >= crop_size ({cfg.crop_size}), got {cfg.image_size}')
+  if cfg.learning_rate <= 0:
+    raise ConfigError(f'{section}.learning_rate: must be positive, got {cfg.learning_rate}')
+  if not 0 <= cfg.momentum < 1:
+    raise ConfigError(f'{section}.momentum: must be in [0, 1), got {cfg.momentum}')
+  if cfg.weight_decay < 0:
+    raise ConfigError(f'{section}.weight_decay: must be >= 0, got {cfg.weight_decay}')
+
+
+# ----------------------------------------------------------------------------- pooling and metrics
+
+
+def correct_at_k(logits: tf.Tensor, labels: tf.Tensor, k: int) -> tf.Tensor:
+  """Whether each label is among the min(k, classes) highest scores (ties: lower class first), bool [B].
+
+  With fewer than k classes every label is (recall@5 is 1 for 3 classes). Ties are broken
+  as `tf.math.top_k` does, so a constant classifier is not credited with every class.
+  """
+  k = min(k, int(logits.shape[-1]))
+  top = tf.math.top_k(logits, k=k).indices
+  return tf.reduce_any(tf.equal(top, tf.cast(labels, tf.int32)[:, None]), axis=-1)
+
+
+def recall_at_k(logits, labels, k: int) -> float:
+  """Fraction of examples whose label is among the k highest scores (see `correct_at_k`)."""
+  hits = correct_at_k(tf.convert_to_tensor(logits, tf.float32), tf.convert_to_tensor(labels), k)
+  return float(tf.reduce_mean(tf.cast(hits, tf.float32)))
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class ColorJitter(NamedTuple):
+  """Colour augmentation on [0, 1] images; an empty range skips that jitter."""
+
+  brightness: float
+  contrast: Tuple[float, float]
+  saturation: Tuple[float, float]
+  hue: float
+
+
+def resize_shorter_side(image: tf.Tensor, size: int) -> tf.Tensor:
+  """uint8 [H, W, 3] -> uint8 with shorter side `size`, aspect kept (antialiased bilinear)."""
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = size / tf.reduce_min(shape)
+  new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
+  resized = tf.image.resize(image, new, method='bilinear', antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def centre_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+  """The central size x size crop of an image at least that large."""
+  shape = tf.shape(image)
+  crop = tf.image.crop_to_bounding_box(image, (shape[0] - size) // 2, (shape[1] - size) // 2, size, size)
+  crop.set_shape([size, size, 3])
+  return crop
+
+
+def augment(
+  image: tf.Tensor, seed: tf.Tensor, crop_size: int, color: Optional[ColorJitter] = None, flip: bool = False
+) -> tf.Tensor:
+  """Training view: random crop (translation), optional flip and colour jitter; uint8 in and out."""
+  seeds = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 6), num=6)
+  image = tf.image.stateless_random_crop(image, [crop_size, crop_size, 3], seeds[0])
+  if flip:
+    image = tf.image.stateless_random_flip_left_right(image, seeds[1])
+  if color is None:
+    return image
+  x = tf.image.convert_image_dtype(image, tf.float32)
+  # tf.image rejects an empty range (lower == upper), so each jitter is skipped then.
+  if color.brightness > 0:
+    x = tf.image.stateless_random_brightness(x, color.brightness, seeds[2])
+  if color.contrast[0] < color.contrast[1]:
+    x = tf.image.stateless_random_contrast(x, color.contrast[0], color.contrast[1], seeds[3])
+  if color.saturation[0] < color.saturation[1]:
+    x = tf.image.stateless_random_saturation(x, color.saturation[0], color.saturation[1], seeds[4])
+  if color.hue > 0:
+    x = tf.image.stateless_random_hue(x, color.hue, seeds[5])
+  return tf.image.convert_image_dtype(tf.clip_by_value(x, 0.0, 1.0), tf.uint8, saturate=True)
+
+
+def classification_dataset(
+  spec: str,
+  *,
+  image_size: int,
+  crop_size: int,
+  batch_size: int,
+  training: bool,
+  seed: int = 0,
+  color: Optional[ColorJitter] = None,
+  flip: bool = False,
+  label_offset: int = 0,
+  data_dir: str = '',
+  shuffle_buffer: int = 1000,
+  start: int = 0,
+) -> tf.data.Dataset:
+  """Labelled images for classification: batches {'image' uint8, 'label', 'num_skipped'}.
+
+  Unlabelled images (label -1) are dropped. Training: shuffled, repeated, augmented
+  (`augment`, seeded by (seed, element index) so a run is reproducible), full
+  batches only. Test: one centre crop each, in order, one pass, last batch partial.
+
+  Args:
+    spec: image source spec.
+    image_size: shorter side images are resized to.
+    crop_size: side of the crop.
+    batch_size: batch size.
+    training: training or test pipeline.
+    seed: data-order and augmentation seed.
+    color: colour jitter (training only); None for none.
+    flip: random horizontal flips (training only).
+    label_offset: subtracted from labels.
+    data_dir: tensorflow-datasets data directory.
+    shuffle_buffer: shuffle buffer of decoded images.
+    start: index of the first training element (a resumed run starts at step * batch).
+  """
+  options = ReadOptions(shuffle_files=training, seed=seed + start, label_offset=label_offset, data_dir=data_dir or None)
+
+  def process(record):
+    image = resize_shorter_side(decode.decode_rgb(record['encoded']), image_size)
+    return {'image': image if training else centre_crop(image, crop_size), 'label': record['label']}
+
+  ds = image_dataset(spec, options, process).filter(lambda x: x['label'] >= 0)
+  if not training:
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+  # A resumed run reshuffles differently rather than replaying the first run's order.
+  ds = ds.shuffle(shuffle_buffer, seed=seed + start, reshuffle_each_iteration=True).repeat().enumerate(start)
+
+  def view(index, x):
+    image = augment(x['image'], tf.stack([tf.constant(seed, tf.int64), index]), crop_size, color, flip)
+    return dict(x, image=image)
+
+  ds = ds.map(view, num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def count_labels(spec: str, label_offset: int = 0, data_dir: str = '') -> Tuple[int, int]:
+  """(labelled images, max label + 1) of a source, reading labels only (images are not decoded).
+
+  Raises:
+    ValueError: the source holds no labelled image.
+  """
+  options = ReadOptions(label_offset=label_offset, data_dir=data_dir or None)
+  labels = image_dataset(spec, options, lambda r: {'label': r['label']}).map(lambda x: x['label'])
+  count, top = labels.filter(lambda y: y >= 0).reduce(
+    (tf.constant(0, tf.int64), tf.constant(-1, tf.int64)), lambda s, y: (s[0] + 1, tf.maximum(s[1], y))
+  )
+  if int(count) == 0:
+    raise ValueError(f'{spec!r} holds no labelled images')
+  return int(count), int(top) + 1
+
+
+def evaluate(
+  dataset: tf.data.Dataset, predict: Callable[[tf.Tensor], Dict[str, tf.Tensor]], num_classes: int
+) -> Tuple[Dict[str, Dict[str, float]], int, int]:
+  """Recall@1 and @5 of every classifier `predict` returns, over the whole dataset.
+
+  Args:
+    dataset: test batches from `classification_dataset`.
+    predict: uint8 images -> {name: logits [B, num_classes]} (a tf.function).
+    num_classes: classes; a larger label is an error, not a miss.
+
+  Returns:
+    ({name: {'top1', 'top5'}}, examples, skipped undecodable records).
+
+  Raises:
+    ValueError: empty dataset, or a label >= num_classes.
+  """
+  hits: Dict[str, List[int]] = {}
+  total, skipped = 0, 0
+  for batch in dataset:
+    labels = batch['label']
+    if int(tf.reduce_max(labels)) >= num_classes:
+      raise ValueError(f'validation label {int(tf.reduce_max(labels))} >= num_classes {num_classes}')
+    for name, logits in predict(batch['image']).items():
+      counts = hits.setdefault(name, [0, 0])
+      counts[0] += int(tf.reduce_sum(tf.cast(correct_at_k(logits, labels, 1), tf.int32)))
+      counts[1] += int(tf.reduce_sum(tf.cast(correct_at_k(logits, labels, TOP_K), tf.int32)))
+    total += int(tf.shape(labels)[0])
+    skipped = max(skipped, int(tf.reduce_max(batch[pipeline.SKIPPED_KEY])))
+  if total == 0:
+    raise ValueError('the validation set holds no labelled images')
+  return {name: {'top1': c[0] / total, 'top5': c[1] / total} for name, c in hits.items()}, total, skipped
+
+
+# ----------------------------------------------------------------------------- the classifiers
+
+
+def resolve_sources(cfg, train_spec: str, validation_spec: str, section: str) -> Tuple[str, str]:
+  """The (train, validation) specs: arguments first, then the config; a missing one is a ConfigError."""
+  train, validation = train_spec or cfg.train_source, validation_spec or cfg.validation_source
+  if not train or not validation:
+    missing = 'train_source' if not train else 'validation_source'
+    raise ConfigError(f'{section}.{missing}: no data source given (config or argument)')
+  return train, validation
+
+
+def restore_or_start(checkpoint: tf.train.Checkpoint, directory: str, what: str) -> tf.train.CheckpointManager:
+  """A manager over `directory`, with `checkpoint` restored from its latest save if any.
+
+  Raises:
+    ValueError: the saved objects do not fit the ones built from this config.
+  """
+  manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2)
+  if manager.latest_checkpoint:
+    try:
+      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+      raise ValueError(
+        f'{what} checkpoint {manager.latest_checkpoint} does not fit this config (use a fresh model_dir or delete '
+        f'{directory}): {str(e).splitlines()[0][:300]}'
+      ) from None
+    logging.info('%s: resuming from %s', what, manager.latest_checkpoint)
+  return manager
+
+
+def train_loop(
+  name: str,
+  step_fn: Callable,
+  data: tf.data.Dataset,
+  cfg,
+  *,
+  start: int,
+  schedule: Callable[[int], tf.Tensor],
+  manager: tf.train.CheckpointManager,
+  writer,
+  progress: bool = True,
+  extra_summaries: Optional[Callable[[], Dict[str, float]]] = None,
+) -> int:
+  """Steps start+1 .. cfg.steps: NaN check, progress lines, `<name>/<tag>` summaries, checkpoints.
+
+  Args:
+    name: summary prefix and log name ('linear', 'supervised').
+    step_fn: batch -> (total loss, {tag: value}), the tags including 'loss' and 'train_top1'.
+    data: training batches.
+    cfg: a config with steps, log_every_steps, checkpoint_every_steps.
+    start: the step already done (restored).
+    schedule: the learning rate schedule (logged).
+    manager: saves every `checkpoint_every_steps` and at the end.
+    writer: summary writer; each log window writes the tags' means, learning_rate,
+      steps_per_second and `extra_summaries()`.
+    progress: log a line per window.
+    extra_summaries: more scalars per window.
+
+  Returns:
+    Undecodable training records skipped.
+
+  Raises:
+    FloatingPointError: a non-finite loss, naming the step (the last checkpoint is kept).
+  """
+  skips = pipeline.SkipCounter(f'{name}/train')
+  sums: Dict[str, float] = {}
+  count, tick = 0, time.perf_counter()
+  for step, batch in zip(range(start + 1, cfg.steps + 1), data):
+    total, metrics = step_fn(batch)
+    if not math.isfinite(float(total)):
+      raise FloatingPointError(
+        f'{name}: non-finite loss ({float(total)}) at step {step}; last checkpoint: {manager.latest_checkpoint}'
+      )
+    skips.update(batch[pipeline.SKIPPED_KEY])
+    for tag, value in metrics.items():
+      sums[tag] = sums.get(tag, 0.0) + float(value)
+    count += 1
+    if step % cfg.log_every_steps == 0 or step == cfg.steps:
+      means = {tag: value / count for tag, value in sums.items()}
+      means.update(learning_rate=float(schedule(step - 1)), steps_per_second=count / (time.perf_counter() - tick))
+      means.update(extra_summaries() if extra_summaries else {})
+      if progress:
+        logging.info('%s step %d/%d: loss %.4f, train top1 %.3f, lr %.3g, %.2f steps/s', name, step, cfg.steps,
+                     means['loss'], means['train_top1'], means['learning_rate'], means['steps_per_second'])  # fmt: skip
+      with writer.as_default(step=step):
+        for tag, value in means.items():
+          tf.summary.scalar(f'{name}/{tag}', value)
+      sums, count, tick = {}, 0, time.perf_counter()
+    if step % cfg.checkpoint_every_steps == 0 or step == cfg.steps:
+      manager.save(checkpoint_number=step)
+  return skips.count
