@@ -1,0 +1,349 @@
+"""Faster R-CNN on the self-supervised trunk, assembled from Model Garden's `official.vision`.
+
+Doersch & Zisserman (2017, §5) evaluate on PASCAL VOC 2007 detection with Faster R-CNN:
+the trunk (blocks 1-3, stride 16) is the backbone, ResNet block 4 is the per-proposal
+head applied to ROI-pooled features (randomly initialised for self-supervised trunks),
+and everything is fine-tuned. This is the ResNet "C4" Faster R-CNN of He et al. (2016).
+
+`official.vision.modeling.maskrcnn_model.MaskRCNNModel` (no mask head) runs exactly
+that graph when given a backbone returning one pyramid level and a detection head that
+runs block 4, so the detector is that model with our parts plugged in:
+
+* backbone: `DetectionBackbone`, the trunk at stride 16 (or its lasso mix, §3.2)
+  returned as `{'4': features}`, level 4 being log2 of the stride, the key the
+  official layers use;
+* RPN: `heads.dense_prediction_heads.RPNHead` at level 4 only;
+* proposals, sampling, ROI crops and post-processing: `layers.MultilevelROIGenerator`,
+  `layers.ROISampler`, `layers.MultilevelROIAligner` (14x14 crops) and
+  `layers.DetectionGenerator` (per-class NMS);
+* box head: `Block4BoxHead`, our `Block4` (stride 2: 14x14 -> 7x7) then average pooling
+  then `heads.instance_heads.DetectionHead` with no extra convs or fcs (its class and
+  box layers with the Fast R-CNN initialisers);
+* anchors: `ops.anchor_generator.AnchorGenerator` (explicit sizes: Faster R-CNN's
+  128/256/512 are octaves apart, which `ops.anchor.Anchor`'s 2^(i/n) scales cannot
+  express); RPN targets: `ops.anchor.RpnAnchorLabeler`; losses:
+  `losses.maskrcnn_losses`.
+
+RPN targets are assigned in the train step rather than the input pipeline: the
+labeler needs static anchor counts, and multi-scale training gives each batch its
+own canvas size, which only a traced step knows statically.
+
+All boxes inside the model are pixel [ymin, xmin, ymax, xmax] of the resized image.
+Classes are 1-based (0 is background); the trunk variables stay the trunk's own
+(`model.backbone.trunk`), so `backbone.load_trunk` fills them before the model is
+built.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict, List, Mapping, Tuple
+
+import tensorflow as tf
+from official.vision.losses import maskrcnn_losses
+from official.vision.modeling import maskrcnn_model
+from official.vision.modeling.heads import dense_prediction_heads, instance_heads
+from official.vision.modeling.layers import detection_generator, roi_aligner, roi_generator, roi_sampler
+from official.vision.ops import anchor, anchor_generator
+
+from mtssl_tf.trunk.block4 import Block4
+from mtssl_tf.trunk.lasso import LassoMix
+from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
+
+if TYPE_CHECKING:  # The config lives with the evaluation, which imports this module.
+  from mtssl_tf.evaluation.detection import DetectionEvalConfig
+
+STRIDE = 16
+LEVEL = '4'  # log2(STRIDE): the one feature level, keyed as official.vision keys pyramid levels.
+LOSS_NAMES = ('rpn_score_loss', 'rpn_box_loss', 'frcnn_class_loss', 'frcnn_box_loss')
+
+
+class DetectionBackbone(tf.keras.Model):
+  """The trunk at output stride 16 as a one-level feature pyramid `{'4': features}`.
+
+  Without lasso the features are the trunk's `final` endpoint (block 3 after BN-ReLU).
+  With lasso they are a new, learned lasso row mixing every block-3 unit, then BN-ReLU,
+  as the pre-training heads read it (`MultiTaskModel.features`); the pre-training
+  alphas are not loaded because detection is a new consumer.
+  """
+
+  def __init__(
+    self,
+    trunk: ResNetV2Trunk,
+    use_lasso: bool = False,
+    lasso_l1_weight: float = 1e-3,
+    lasso_init: str = 'last',
+    freeze_batch_norm: bool = True,
+    name: str = 'backbone',
+  ):
+    """Wraps a built trunk.
+
+    Args:
+      trunk: the (loaded) trunk; it stays reachable as `self.trunk`.
+      use_lasso: read a lasso mix of the block-3 units instead of `final`.
+      lasso_l1_weight: L1 weight on the new alpha row.
+      lasso_init: 'last' or 'uniform' (see `lasso.initial_alpha`).
+      freeze_batch_norm: run the trunk's BatchNorm layers in inference mode with
+        fixed scale and offset, as ResNet Faster R-CNN implementations do (one or two
+        images per step give poor batch statistics). New layers keep training theirs.
+      name: model name.
+    """
+    super().__init__(name=name)
+    self.trunk = trunk
+    self.freeze_batch_norm = freeze_batch_norm
+    if freeze_batch_norm:
+      for layer in trunk.submodules:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+          layer.trainable = False
+    self.lasso = None
+    self.lasso_norm = None
+    if use_lasso:
+      self.lasso = LassoMix(1, trunk.num_units, lasso_l1_weight, lasso_init, consumer_names=['detection'], name='lasso')
+      self.lasso_norm = tf.keras.layers.BatchNormalization(name='lasso_bn')
+
+  @property
+  def output_channels(self) -> int:
+    """Channels of the level-4 features (the trunk's block-3 width)."""
+    return self.trunk.output_channels
+
+  def call(self, images, training=None) -> Dict[str, tf.Tensor]:
+    """Preprocessed images [B, H, W, 3] -> {'4': float32 [B, ceil(H/16), ceil(W/16), C]}."""
+    endpoints = self.trunk(images, training=False if self.freeze_batch_norm else training, output_stride=STRIDE)
+    if self.lasso is None:
+      features = endpoints['final']
+    else:
+      mixed = self.lasso(self.trunk.block3_units(endpoints), consumer=0)
+      features = tf.nn.relu(self.lasso_norm(tf.cast(mixed, tf.float32), training=training))
+    # The heads run in float32 whatever the trunk's precision policy.
+    return {LEVEL: tf.cast(features, tf.float32)}
+
+  def lasso_penalty(self) -> tf.Tensor:
+    """The L1 penalty of the detection alpha row (0 without lasso)."""
+    return self.lasso.penalty(0) if self.lasso is not None else tf.constant(0.0)
+
+
+class Block4BoxHead(tf.keras.layers.Layer):
+  """Per-ROI head: ResNet block 4 on the ROI crops, global average pool, class + box layers.
+
+  Block 4's first unit strides by 2, so the 14x14 crops become 7x7, as in the ResNet
+  Faster R-CNN; the pooled vector feeds `instance_heads.DetectionHead` (no convs, no
+  fcs), which holds the (num_classes + 1)-way classifier and the per-class box
+  regressor with Fast R-CNN's N(0, 0.01) / N(0, 0.001) initialisers.
+  """
+
+  def __init__(self, trunk: ResNetV2Trunk, num_classes: int, block4_units: int = 3, **kwargs):
+    """Creates the layers.
+
+    Args:
+      trunk: the trunk, for block 4's width and BatchNorm settings.
+      num_classes: object classes, without background.
+      block4_units: residual units of block 4 (3 in ResNet-50/101).
+      **kwargs: passed to `tf.keras.layers.Layer`.
+    """
+    kwargs.setdefault('name', 'block4_head')
+    super().__init__(**kwargs)
+    self.block4 = Block4(trunk.config, units=block4_units, stride=2, name='block4')
+    self.box_head = instance_heads.DetectionHead(num_classes=num_classes + 1, num_convs=0, num_fcs=0, name='box_head')
+
+  def call(self, roi_features, training=None) -> Tuple[tf.Tensor, tf.Tensor]:
+    """[B, N, S, S, C] ROI crops -> class logits [B, N, K + 1], box deltas [B, N, 4 (K + 1)]."""
+    _, num_rois, height, width, channels = roi_features.shape.as_list()
+    x = self.block4(tf.reshape(roi_features, [-1, height, width, channels]), training=training)
+    x = tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2])
+    # DetectionHead flattens [B, N, h, w, C]; a 1x1 "crop" makes that the pooled vector.
+    x = tf.reshape(x, [-1, num_rois, 1, 1, x.shape[-1]])
+    return self.box_head(x, training=training)
+
+
+class FasterRCNN(maskrcnn_model.MaskRCNNModel):
+  """MaskRCNNModel without masks, plus the anchor, target and loss plumbing of a train step.
+
+  Call it as the parent: `model(images, image_shape, anchor_boxes, gt_boxes, gt_classes,
+  training)`; `train_losses(batch)` and `detect(images, image_shape)` wrap that.
+  """
+
+  def __init__(self, cfg: DetectionEvalConfig, trunk: ResNetV2Trunk, **kwargs):
+    """Builds the components from the config (variables are created on the first call).
+
+    Args:
+      cfg: the detection config (RPN, ROI and detection settings are read).
+      trunk: the loaded trunk.
+      **kwargs: passed to `MaskRCNNModel`.
+    """
+    backbone = DetectionBackbone(
+      trunk,
+      use_lasso=cfg.use_lasso,
+      lasso_l1_weight=cfg.lasso_l1_weight,
+      lasso_init=cfg.lasso_init,
+      freeze_batch_norm=cfg.freeze_batch_norm,
+    )
+    num_anchors = len(cfg.anchor_sizes) * len(cfg.anchor_aspect_ratios)
+    super().__init__(
+      backbone=backbone,
+      decoder=None,
+      rpn_head=dense_prediction_heads.RPNHead(
+        min_level=int(LEVEL),
+        max_level=int(LEVEL),
+        num_anchors_per_location=num_anchors,
+        num_convs=1,
+        num_filters=cfg.rpn_filters,
+        name='rpn_head',
+      ),
+      detection_head=Block4BoxHead(trunk, cfg.num_classes, cfg.block4_units),
+      roi_generator=roi_generator.MultilevelROIGenerator(
+        pre_nms_top_k=cfg.rpn_pre_nms_top_k,
+        pre_nms_min_size_threshold=cfg.rpn_min_size,
+        nms_iou_threshold=cfg.rpn_nms_iou,
+        num_proposals=cfg.rpn_post_nms_top_k,
+        test_pre_nms_top_k=cfg.rpn_test_pre_nms_top_k,
+        test_pre_nms_min_size_threshold=cfg.rpn_min_size,
+        test_nms_iou_threshold=cfg.rpn_nms_iou,
+        test_num_proposals=cfg.rpn_test_post_nms_top_k,
+      ),
+      roi_sampler=roi_sampler.ROISampler(
+        mix_gt_boxes=True,
+        num_sampled_rois=cfg.roi_batch_size,
+        foreground_fraction=cfg.roi_fg_fraction,
+        foreground_iou_threshold=cfg.roi_fg_iou,
+        background_iou_high_threshold=cfg.roi_bg_iou_high,
+        background_iou_low_threshold=cfg.roi_bg_iou_low,
+      ),
+      roi_aligner=roi_aligner.MultilevelROIAligner(crop_size=cfg.roi_crop_size, sample_offset=0.5),
+      detection_generator=detection_generator.DetectionGenerator(
+        apply_nms=True,
+        pre_nms_score_threshold=cfg.detection_score_threshold,
+        nms_iou_threshold=cfg.detection_nms_iou,
+        max_num_detections=cfg.max_detections,
+        # Per-class NMS as Fast/Faster R-CNN test, in one op (combined_non_max_suppression):
+        # 'v1' unrolls a graph per class and image, slow to trace.
+        nms_version='batched',
+      ),
+      min_level=int(LEVEL),
+      max_level=int(LEVEL),
+      **kwargs,
+    )
+    self.num_classes = cfg.num_classes
+    self.rpn_batch_size = cfg.rpn_batch_size
+    self.anchor_generator = anchor_generator.AnchorGenerator(
+      anchor_sizes={LEVEL: float(cfg.anchor_sizes[0])},
+      scales=[float(s) / cfg.anchor_sizes[0] for s in cfg.anchor_sizes],
+      aspect_ratios=[float(r) for r in cfg.anchor_aspect_ratios],
+      strides={LEVEL: STRIDE},
+    )
+    self.rpn_labeler = anchor.RpnAnchorLabeler(
+      match_threshold=cfg.rpn_positive_iou,
+      unmatched_threshold=cfg.rpn_negative_iou,
+      rpn_batch_size_per_im=cfg.rpn_batch_size,
+      rpn_fg_fraction=cfg.rpn_fg_fraction,
+    )
+    self.rpn_score_loss = maskrcnn_losses.RpnScoreLoss(cfg.rpn_batch_size)
+    self.rpn_box_loss = maskrcnn_losses.RpnBoxLoss(cfg.rpn_huber_delta)
+    self.frcnn_class_loss = maskrcnn_losses.FastrcnnClassLoss()
+    self.frcnn_box_loss = maskrcnn_losses.FastrcnnBoxLoss(cfg.frcnn_huber_delta)
+    self.weight_decay = cfg.weight_decay
+
+  def anchors(self, height: int, width: int) -> Dict[str, tf.Tensor]:
+    """Anchors of a [height, width] canvas: {'4': [ceil(h/16), ceil(w/16), A * 4]} pixel boxes."""
+    return self.anchor_generator([height, width])
+
+  def rpn_targets(self, anchors: Mapping[str, tf.Tensor], gt_boxes: tf.Tensor, gt_classes: tf.Tensor):
+    """RPN score and box targets per image, by `RpnAnchorLabeler` (IoU 0.7 / 0.3, 256 sampled).
+
+    Args:
+      anchors: `anchors()` of the batch's canvas.
+      gt_boxes: [B, M, 4] pixel boxes, padded with -1.
+      gt_classes: [B, M] classes, padded with -1 (entries <= 0 are ignored).
+
+    Returns:
+      ({'4': int [B, h, w, A]} scores: 1 positive, 0 negative, -1 ignored;
+       {'4': float [B, h, w, 4 A]} box targets).
+    """
+    scores, boxes = [], []
+    # The batch is static (1-2 images); the labeler works on one image's boxes.
+    for i in range(gt_boxes.shape[0]):
+      valid = gt_classes[i] > 0
+      score, box = self.rpn_labeler.label_anchors(
+        anchors,
+        tf.boolean_mask(gt_boxes[i], valid),
+        tf.cast(tf.boolean_mask(gt_classes[i], valid)[:, None], tf.float32),
+      )
+      scores.append(score[LEVEL])
+      boxes.append(box[LEVEL])
+    return {LEVEL: tf.stack(scores)}, {LEVEL: tf.stack(boxes)}
+
+  def _batch_anchors(self, images: tf.Tensor) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
+    _, height, width, _ = images.shape.as_list()
+    anchors = self.anchors(height, width)
+    batch = tf.shape(images)[0]
+    return anchors, {k: tf.tile(v[None], [batch, 1, 1, 1]) for k, v in anchors.items()}
+
+  def train_losses(self, batch: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """One training forward pass: the four Faster R-CNN losses, regularisers and the total.
+
+    Args:
+      batch: {'image': [B, H, W, 3] preprocessed (H, W static), 'image_shape': [B, 2]
+        resized (unpadded) sizes, 'gt_boxes': [B, M, 4] pixel, 'gt_classes': [B, M]
+        1-based, both padded with -1}.
+
+    Returns:
+      Scalars: the `LOSS_NAMES`, 'weight_decay', 'lasso_penalty' and 'total_loss'.
+    """
+    anchors, batch_anchors = self._batch_anchors(batch['image'])
+    score_targets, box_targets = self.rpn_targets(anchors, batch['gt_boxes'], batch['gt_classes'])
+    outputs = self(
+      batch['image'],
+      image_shape=batch['image_shape'],
+      anchor_boxes=batch_anchors,
+      gt_boxes=batch['gt_boxes'],
+      gt_classes=batch['gt_classes'],
+      training=True,
+    )
+    losses = {
+      'rpn_score_loss': self.rpn_score_loss(outputs['rpn_scores'], score_targets),
+      'rpn_box_loss': self.rpn_box_loss(outputs['rpn_boxes'], box_targets),
+      'frcnn_class_loss': self.frcnn_class_loss(outputs['class_outputs'], outputs['class_targets']),
+      'frcnn_box_loss': self.frcnn_box_loss(outputs['box_outputs'], outputs['class_targets'], outputs['box_targets']),
+    }
+    # Caffe-style weight decay (wd * w added to the gradient) on conv and dense kernels only.
+    kernels = [v for v in self.trainable_variables if 'kernel' in v.name]
+    losses['weight_decay'] = self.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in kernels])
+    losses['lasso_penalty'] = self.backbone.lasso_penalty()
+    losses['total_loss'] = tf.add_n([losses[k] for k in (*LOSS_NAMES, 'weight_decay', 'lasso_penalty')])
+    return losses
+
+  def detect(self, images: tf.Tensor, image_shape: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """Inference: images [B, H, W, 3] (H, W static), image_shape [B, 2] -> detections.
+
+    Returns:
+      {'detection_boxes': [B, D, 4] pixel boxes of the resized image,
+       'detection_scores': [B, D], 'detection_classes': int [B, D] 1-based,
+       'num_detections': int [B]}, D = max_detections.
+    """
+    _, batch_anchors = self._batch_anchors(images)
+    outputs = self(images, image_shape=image_shape, anchor_boxes=batch_anchors, training=False)
+    keys = ('detection_boxes', 'detection_scores', 'detection_classes', 'num_detections')
+    return {k: outputs[k] for k in keys}
+
+  def variable_groups(self) -> Dict[str, List[tf.Variable]]:
+    """Trainable variables by part: trunk, lasso, rpn, block4, box_head."""
+    head = self.detection_head[0]
+    return {
+      'trunk': list(self.backbone.trunk.trainable_variables),
+      'lasso': list(self.backbone.lasso.trainable_variables) + list(self.backbone.lasso_norm.trainable_variables)
+      if self.backbone.lasso is not None
+      else [],
+      'rpn': list(self.rpn_head.trainable_variables),
+      'block4': list(head.block4.trainable_variables),
+      'box_head': list(head.box_head.trainable_variables),
+    }
+
+
+def build_detector(cfg: DetectionEvalConfig, trunk: ResNetV2Trunk) -> FasterRCNN:
+  """The Faster R-CNN with all variables created (one small inference pass).
+
+  Variables exist before any step is traced, so optimizer slots can be built and a
+  checkpoint restored eagerly.
+  """
+  model = FasterRCNN(cfg, trunk)
+  size = 2 * STRIDE
+  model.detect(tf.zeros([1, size, size, 3]), tf.constant([[size, size]], tf.float32))
+  return model
