@@ -44,6 +44,7 @@ setuptools.setup(
       'mtssl-summary=mtssl_tf.bin.summary:run',
       'mtssl-train=mtssl_tf.bin.train:run',
       'mtssl-export=mtssl_tf.bin.export:run',
+      'mtssl-eval=mtssl_tf.bin.evaluate:run',
     ],
   },
 )

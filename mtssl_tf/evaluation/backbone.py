@@ -53,12 +53,11 @@ def resolve_source(source: str) -> Tuple[str, str]:
   )
 
 
-def run_trunk_config(source: str) -> Dict[str, Any]:
-  """The `trunk` section of the run config stored beside a checkpoint or SavedModel, or {}.
+def run_config_section(source: str, section: str) -> Dict[str, Any]:
+  """A section of the run config stored beside a checkpoint or SavedModel, or {}.
 
-  Lets `mtssl-eval --init=<run dir>` pick up the pre-training trunk shape without the
-  user repeating it. Looks for `config.yaml` in the source folder and its parents
-  (two levels: run/checkpoints/ckpt-N, run/saved_model).
+  Looks for `config.yaml` in the source's folder and its parents (two levels:
+  run/checkpoints/ckpt-N, run/saved_model), where `mtssl-train` writes it.
   """
   kind, path = resolve_source(source)
   if kind == RANDOM:
@@ -67,9 +66,14 @@ def run_trunk_config(source: str) -> Dict[str, Any]:
   for _ in range(3):
     candidate = os.path.join(folder, 'config.yaml')
     if tf.io.gfile.exists(candidate):
-      return dict(read_yaml(candidate).get('trunk') or {})
+      return dict(read_yaml(candidate).get(section) or {})
     folder = os.path.dirname(folder)
   return {}
+
+
+def run_trunk_config(source: str) -> Dict[str, Any]:
+  """The pre-training run's `trunk` section, so `--init=<run>` needs no trunk flags."""
+  return run_config_section(source, 'trunk')
 
 
 def load_trunk(source: str, config: TrunkConfig, precision: str = 'float32') -> ResNetV2Trunk:
