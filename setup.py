@@ -38,6 +38,9 @@ setuptools.setup(
   ],
   extras_require={
     'dev': ['pytest', 'pytest-xdist', 'ruff'],
+    # Optional: benchmarks/kmeans.py compares against faiss; the default engine is TF's
+    # (as fast on CPU at paper dimensions within noise, and no extra dependency).
+    'faiss': ['faiss-cpu'],
   },
   entry_points={
     'console_scripts': [

@@ -1,0 +1,548 @@
+"""K-means of network features into pseudo-labels (Noroozi et al. 2018, §4), TF on CPU or GPU.
+
+The knowledge-transfer step clusters a pre-trained network's features of ~1.3M images
+into k clusters (2000 in the paper, 500-10000 swept); an image's cluster is its
+pseudo-label. This is Euclidean k-means with Lloyd iterations, shaped for that size:
+
+* Fitting runs on a seeded uniform sample of at most `k * max_points_per_centroid`
+  points (faiss's convention: 256 per centroid, 512K of 1.3M at k=2000), drawn in one
+  pass from an array or from a stream of chunks larger than memory. Every row gets a
+  random key in stream order and the sample is the rows with the smallest keys, kept
+  in stream order, so the same rows give the same sample however they are chunked:
+  a fit from chunks equals a fit from their concatenation.
+* Initial centroids: k-means++ (D^2 sampling, on at most 64 sample points per centroid)
+  or k distinct random sample points (faiss's init).
+* An iteration assigns the sample in batches with one TF matmul
+  (||x||^2 - 2 x.c + ||c||^2, argmin) and moves each centroid to the mean of its
+  points (segment sums and counts, accumulated in float64).
+* A cluster left empty is re-seeded with the point farthest from the centroid of the
+  largest cluster. The next objective is bounded by the old labels scored against the
+  new means, which never use the empty cluster, so re-seeding cannot raise it:
+  `objective_history` is non-increasing, up to float32 rounding of the distances
+  (about 1e-7 * ||x||^2 per point).
+* Optional DeepCluster-style PCA-whitening (fitted on the sample) and L2
+  normalisation; the centroids live in that transformed space and `assign` applies it.
+* `assign` streams over any number of chunks; the labels do not depend on the chunking
+  (up to exact float ties).
+
+Memory: the sample (float32, n x D: 512K x 8192 is 17 GB; lower `max_points_per_centroid`
+or use `pca_dims` to shrink the clustered copy), plus per batch the batch itself and two
+[batch_size, k] float32 score matrices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import time
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from mtssl_tf.configs.base import Config, ConfigError, override, to_plain
+
+INITS = ('kmeans++', 'random')
+# k-means++ is sequential and memory-bound: one pass over its points per centroid, k passes in all.
+# On a 512K x 8192 sample at k=2000 that measured ~1.4 h on 2 cores, as long as 20 Lloyd iterations,
+# so it runs on a subsample of this many points per centroid (D^2 sampling needs coverage, not density).
+INIT_POINTS_PER_CENTROID = 64
+# Whitening divides by sqrt(eigenvalue + eps): eps, relative to the top eigenvalue (scale-free), keeps
+# zero-variance directions (dead units) finite and leaves the others whitened to within 1e-6 * top / value.
+PCA_EPSILON = 1e-6
+# Fewer points per centroid than this gives noisy centroids (faiss warns below 39).
+MIN_POINTS_PER_CENTROID = 39
+_FORMAT_VERSION = 1
+
+Features = Union[np.ndarray, Iterable[np.ndarray], Callable[[], Iterable[np.ndarray]]]
+
+
+@dataclasses.dataclass
+class KMeansConfig(Config):
+  """K-means of the extracted features (the `cluster` section of `TransferConfig`).
+
+  Attributes:
+    num_clusters: k, the number of pseudo-labels (2000 in the paper).
+    init: 'kmeans++' (D^2 sampling on at most `INIT_POINTS_PER_CENTROID` * k sample points)
+      or 'random' (k distinct sample points, as faiss).
+    iterations: Lloyd iterations (assignment + centroid update); 0 keeps the initial centroids.
+    max_points_per_centroid: fit on a seeded uniform sample of at most k times this many
+      points (faiss's convention); 0 fits on all points (held in memory).
+    pca_dims: 0 clusters the features as they are; > 0 PCA-whitens them to this many
+      dimensions first, fitted on the sample (the DeepCluster variant).
+    l2_normalize: L2-normalise the features (after PCA) before clustering (DeepCluster).
+    seed: sampling and initialisation; the same seed and data give the same centroids.
+    batch_size: points per assignment batch; bounds memory (2 x batch_size x k floats).
+    tolerance: stop early when the objective falls by less than this fraction in an
+      iteration (0: run all iterations, or until no label changes).
+  """
+
+  num_clusters: int = 2000
+  init: str = 'kmeans++'
+  iterations: int = 20
+  max_points_per_centroid: int = 256
+  pca_dims: int = 0
+  l2_normalize: bool = False
+  seed: int = 0
+  batch_size: int = 65536
+  tolerance: float = 0.0
+
+  def validate(self) -> None:
+    if self.num_clusters < 2:
+      raise ConfigError(f'cluster.num_clusters: need at least 2 clusters, got {self.num_clusters}')
+    if self.init not in INITS:
+      raise ConfigError(f'cluster.init: must be one of {INITS}, got {self.init!r}')
+    if self.batch_size < 1:
+      raise ConfigError(f'cluster.batch_size: must be positive, got {self.batch_size}')
+    for key in ('iterations', 'max_points_per_centroid', 'pca_dims', 'seed'):
+      if getattr(self, key) < 0:
+        raise ConfigError(f'cluster.{key}: must be >= 0, got {getattr(self, key)}')
+    if not 0 <= self.tolerance < 1:
+      raise ConfigError(f'cluster.tolerance: must be in [0, 1), got {self.tolerance}')
+
+
+# ----------------------------------------------------------------------------- TF steps
+
+_MATRIX = tf.TensorSpec([None, None], tf.float32)
+
+
+@tf.function(input_signature=[_MATRIX, _MATRIX, tf.TensorSpec([None], tf.float32)])
+def _nearest(x, neg2_centroids, centroid_sq):
+  """Nearest centroid of each row and its squared distance, clamped at 0 (float32 cancellation)."""
+  # ||c||^2 - 2 x.c ranks the centroids; -2 is folded into the centroids (exact in float).
+  scores = tf.linalg.matmul(x, neg2_centroids, transpose_b=True) + centroid_sq
+  labels = tf.math.argmin(scores, axis=1, output_type=tf.int32)
+  sq_dist = tf.reduce_sum(tf.square(x), axis=1) + tf.reduce_min(scores, axis=1)
+  return labels, tf.maximum(sq_dist, 0.0)
+
+
+@tf.function(input_signature=[_MATRIX, tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32)])
+def _segment_sums(x, labels, k):
+  return tf.math.unsorted_segment_sum(x, labels, k)
+
+
+class _Centroids:
+  """Centroids as the tensors `_nearest` takes, built once per iteration, not per batch."""
+
+  def __init__(self, centroids: np.ndarray):
+    self.neg2 = tf.constant(-2.0 * centroids)
+    self.sq = tf.constant(np.einsum('ij,ij->i', centroids, centroids))
+
+  def nearest(self, x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    return _nearest(x, self.neg2, self.sq)
+
+
+# ----------------------------------------------------------------------------- inputs and sampling
+
+
+def _chunks(features: Features) -> Iterator[np.ndarray]:
+  """Yields the non-empty 2-D chunks of an array, an iterable of arrays, or a callable returning one."""
+  if isinstance(features, (np.ndarray, tf.Tensor)):
+    source = [features]
+  elif callable(features):
+    source = features()
+  else:
+    source = features
+  dims = None
+  for chunk in source:
+    chunk = np.asarray(chunk)
+    if chunk.ndim != 2:
+      raise ValueError(f'k-means: features must be 2-D [points, dims], got a chunk of shape {chunk.shape}')
+    if dims is None:
+      dims = chunk.shape[1]
+    elif chunk.shape[1] != dims:
+      raise ValueError(f'k-means: a chunk has {chunk.shape[1]} dims, the earlier ones {dims}')
+    if len(chunk):
+      yield chunk
+
+
+def _batches(x: np.ndarray, batch_size: int) -> Iterator[Tuple[int, np.ndarray]]:
+  for start in range(0, len(x), batch_size):
+    yield start, np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)
+
+
+def _permute_rows(a: np.ndarray, order: np.ndarray) -> None:
+  """`a[:] = a[order]` in place with one row of scratch (a copy would double the sample's memory)."""
+  done = np.zeros(len(order), bool)
+  for start in range(len(order)):
+    if done[start] or order[start] == start:
+      continue
+    scratch = a[start].copy()
+    i = start
+    while True:
+      done[i] = True
+      j = order[i]
+      if j == start:
+        a[i] = scratch
+        break
+      a[i] = a[j]
+      i = j
+
+
+def _sample_array(x: np.ndarray, capacity: Optional[int], rng: np.random.Generator) -> np.ndarray:
+  """Rows of the `capacity` smallest keys (one uniform key per row), in row order; `x` itself if it fits."""
+  if capacity is None or len(x) <= capacity:
+    return np.asarray(x, np.float32)
+  keys = rng.random(len(x))
+  return np.asarray(x[np.sort(np.argpartition(keys, capacity - 1)[:capacity])], np.float32)
+
+
+def _sample_stream(chunks: Iterable[np.ndarray], capacity: Optional[int], rng: np.random.Generator):
+  """`_sample_array` of the concatenated chunks, in one pass and at most `capacity` rows of memory.
+
+  Returns:
+    (sample float32 [n, D], rows seen).
+  """
+  buf = None
+  keys = index = None
+  filled = seen = 0
+  reordered = False
+  for chunk in chunks:
+    chunk_keys = rng.random(len(chunk))  # Drawn for every row, so keys do not depend on chunking.
+    chunk_index = np.arange(seen, seen + len(chunk))
+    seen += len(chunk)
+    if buf is None:
+      buf = np.empty((0, chunk.shape[1]), np.float32)
+      keys, index = np.empty(0), np.empty(0, np.int64)
+    free = len(chunk) if capacity is None else min(len(chunk), capacity - filled)
+    if free > 0:
+      if filled + free > len(buf):  # Grow by doubling: a stream's length is unknown.
+        size = max(filled + free, 2 * len(buf))
+        size = size if capacity is None else min(size, capacity)
+        buf = np.concatenate([buf[:filled], np.empty((size - filled, buf.shape[1]), np.float32)])
+        keys, index = np.resize(keys, size), np.resize(index, size)
+      buf[filled : filled + free] = chunk[:free]
+      keys[filled : filled + free] = chunk_keys[:free]
+      index[filled : filled + free] = chunk_index[:free]
+      filled += free
+      chunk, chunk_keys, chunk_index = chunk[free:], chunk_keys[free:], chunk_index[free:]
+    if not len(chunk):
+      continue
+    # Full: rows whose key beats the largest kept key replace the rows of the largest keys.
+    candidates = np.flatnonzero(chunk_keys < keys.max())
+    if not len(candidates):
+      continue
+    kept = np.argpartition(np.concatenate([keys, chunk_keys[candidates]]), capacity - 1)[:capacity]
+    new = kept[kept >= capacity] - capacity
+    slots = np.setdiff1d(np.arange(capacity), kept[kept < capacity], assume_unique=True)
+    rows = candidates[new]
+    buf[slots], keys[slots], index[slots] = chunk[rows], chunk_keys[rows], chunk_index[rows]
+    reordered = True
+  if buf is None:
+    raise ValueError('k-means: no features (empty array or stream)')
+  buf = buf[:filled]
+  if reordered:
+    _permute_rows(buf, np.argsort(index[:filled], kind='stable'))
+  return buf, seen
+
+
+# ----------------------------------------------------------------------------- PCA and init
+
+
+def _fit_pca(x: np.ndarray, dims: int, batch_size: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Mean [D] and whitening matrix [D, dims] of the rows of `x` (covariance eigendecomposition)."""
+  mean = np.zeros(x.shape[1], np.float64)
+  for _, batch in _batches(x, batch_size):
+    mean += batch.sum(axis=0, dtype=np.float64)
+  mean = (mean / len(x)).astype(np.float32)
+  cov = np.zeros((x.shape[1], x.shape[1]), np.float64)
+  for _, batch in _batches(x, batch_size):
+    centered = batch - mean
+    cov += centered.T @ centered  # float32 GEMM per batch, float64 across batches.
+  values, vectors = np.linalg.eigh(cov / len(x))
+  values, vectors = np.maximum(values[::-1][:dims], 0.0), vectors[:, ::-1][:, :dims]
+  # eigh's signs are arbitrary: make each vector's largest component positive, for stable transforms.
+  signs = np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(dims)])
+  vectors = vectors * np.where(signs == 0, 1.0, signs)
+  eps = PCA_EPSILON * max(float(values[0]), float(np.finfo(np.float32).tiny))
+  return mean, (vectors / np.sqrt(values + eps)).astype(np.float32)
+
+
+def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+  """k rows of `x` by D^2 sampling (Arthur & Vassilvitskii 2007, one candidate per step)."""
+  n = len(x)
+  sq = np.einsum('ij,ij->i', x, x)
+  chosen = np.empty(k, np.int64)
+  chosen[0] = rng.integers(n)
+  d2 = np.full(n, np.inf, np.float32)
+  for i in range(1, k):
+    c = chosen[i - 1]
+    d2 = np.minimum(d2, np.maximum(sq + sq[c] - 2.0 * (x @ x[c]), 0.0))
+    d2[c] = 0.0  # Exactly: the expansion leaves rounding noise at the centre itself.
+    cumulative = np.cumsum(d2, dtype=np.float64)
+    if cumulative[-1] > 0:
+      chosen[i] = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side='right')), n - 1)
+    else:  # Every point sits on a centre (fewer distinct points than k): any other point.
+      chosen[i] = rng.choice(np.setdiff1d(np.arange(n), chosen[:i]))
+  return x[chosen].astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- k-means
+
+
+class KMeans:
+  """Euclidean k-means (Lloyd) with subsampling, k-means++ and optional PCA-whitening/L2.
+
+  Attributes:
+    config: the `KMeansConfig`.
+    centroids: float32 [k, D'] in the transformed (PCA/L2) space; None before `fit`.
+    objective_history: mean squared distance of the fitting sample to its nearest
+      centroid: [0] for the initial centroids, [i] after i Lloyd updates. The last entry
+      is that of `centroids`. Up to `iterations + 1` entries (fewer when no label
+      changes or the `tolerance` stops it). Non-increasing (see the module docstring).
+    reseeded_history: empty clusters re-seeded after each of those assignments.
+    pca_mean, pca_matrix: the whitening (x - mean) @ matrix, or None without PCA.
+    input_dims: D of the features `fit` saw.
+    num_points_seen, num_points_fit: rows read by `fit`, and rows it clustered.
+  """
+
+  def __init__(self, config: KMeansConfig):
+    config.validate()
+    self.config = config
+    self.centroids: Optional[np.ndarray] = None
+    self.objective_history: List[float] = []
+    self.reseeded_history: List[int] = []
+    self.pca_mean: Optional[np.ndarray] = None
+    self.pca_matrix: Optional[np.ndarray] = None
+    self.input_dims: Optional[int] = None
+    self.num_points_seen = 0
+    self.num_points_fit = 0
+
+  # --------------------------------------------------------------------------- fit
+
+  def fit(self, features: Features, progress: bool = True, init_centroids: Optional[np.ndarray] = None) -> KMeans:
+    """Fits the centroids (and the PCA-whitening) on a sample of `features`.
+
+    Args:
+      features: float array [N, D]; or an iterable of [n_i, D] chunks, or a callable
+        returning one (read once, to sample; it may be larger than memory).
+      progress: log every iteration (objective, seconds, re-seeded clusters).
+      init_centroids: optional [k, D'] initial centroids in the transformed space,
+        replacing `config.init` (for benchmarks against other implementations).
+
+    Returns:
+      self.
+
+    Raises:
+      ValueError: fewer points than clusters, `pca_dims` above D, or malformed features.
+    """
+    cfg = self.config
+    k = cfg.num_clusters
+    start = time.perf_counter()
+    capacity = k * cfg.max_points_per_centroid or None
+    sample_rng = np.random.default_rng([cfg.seed, 0])
+    if isinstance(features, (np.ndarray, tf.Tensor)):
+      array = np.asarray(features)
+      next(_chunks(array), None)  # Shape check.
+      x, seen = _sample_array(array, capacity, sample_rng), len(array)
+    else:
+      x, seen = _sample_stream(_chunks(features), capacity, sample_rng)
+    n, dims = x.shape
+    if n < k:
+      raise ValueError(f'cluster.num_clusters: {k} clusters need at least {k} points, got {n}')
+    if n < MIN_POINTS_PER_CENTROID * k:
+      logging.warning('k-means: only %.1f points per centroid (%d points, k=%d)', n / k, n, k)
+    logging.info('k-means: fitting k=%d on %d of %d points (%d dims), sampled in %.1f s', k, n, seen, dims,
+                 time.perf_counter() - start)  # fmt: skip
+    self.input_dims, self.num_points_seen, self.num_points_fit = dims, seen, n
+    self.pca_mean = self.pca_matrix = None
+    if cfg.pca_dims:
+      if cfg.pca_dims > dims:
+        raise ValueError(f'cluster.pca_dims: {cfg.pca_dims} exceeds the {dims} feature dims')
+      if cfg.pca_dims >= n:
+        logging.warning('k-means: whitening to %d dims from %d points: trailing directions are noise', cfg.pca_dims, n)
+      tick = time.perf_counter()
+      self.pca_mean, self.pca_matrix = _fit_pca(x, cfg.pca_dims, cfg.batch_size)
+      logging.info(
+        'k-means: PCA-whitening %d -> %d dims fitted in %.1f s', dims, cfg.pca_dims, time.perf_counter() - tick
+      )
+    if cfg.pca_dims or cfg.l2_normalize:
+      x = self.transform(x)
+
+    tick = time.perf_counter()
+    init_rng = np.random.default_rng([cfg.seed, 1])
+    if init_centroids is not None:
+      centroids = np.array(init_centroids, np.float32)
+      if centroids.shape != (k, x.shape[1]):
+        raise ValueError(f'k-means: init_centroids must be [{k}, {x.shape[1]}], got {centroids.shape}')
+    elif cfg.init == 'random':
+      centroids = x[np.sort(init_rng.choice(n, k, replace=False))]
+    else:
+      limit = k * INIT_POINTS_PER_CENTROID
+      subset = x if n <= limit else x[np.sort(init_rng.choice(n, limit, replace=False))]
+      centroids = kmeans_plus_plus(subset, k, init_rng)
+    logging.info('k-means: %s init in %.1f s', 'given' if init_centroids is not None else cfg.init,
+                 time.perf_counter() - tick)  # fmt: skip
+    self.centroids = self._lloyd(x, centroids, progress)
+    history = self.objective_history
+    logging.info('k-means: k=%d, objective %.6g -> %.6g after %d updates, %d empty clusters re-seeded, %.1f s in all',
+                 k, history[0], history[-1], len(history) - 1, sum(self.reseeded_history),
+                 time.perf_counter() - start)  # fmt: skip
+    return self
+
+  def _lloyd(self, x: np.ndarray, centroids: np.ndarray, progress: bool) -> np.ndarray:
+    """Runs the Lloyd iterations on the transformed sample; fills the histories; returns the centroids."""
+    cfg = self.config
+    n, k = len(x), len(centroids)
+    self.objective_history, self.reseeded_history = [], []
+    labels = np.empty(n, np.int32)
+    previous = None
+    for iteration in range(cfg.iterations + 1):
+      tick = time.perf_counter()
+      update = iteration < cfg.iterations
+      current = _Centroids(centroids)
+      total = 0.0
+      sums = np.zeros(centroids.shape, np.float64) if update else None
+      for start, batch in _batches(x, cfg.batch_size):
+        batch = tf.convert_to_tensor(batch)
+        batch_labels, sq_dist = current.nearest(batch)
+        labels[start : start + len(batch)] = batch_labels.numpy()
+        total += float(np.sum(sq_dist.numpy(), dtype=np.float64))
+        if update:
+          sums += _segment_sums(batch, batch_labels, k).numpy()
+      counts = np.bincount(labels, minlength=k)
+      objective = total / n
+      self.objective_history.append(objective)
+      # Same labels and no empty cluster: the means are the centroids just used, a fixed point.
+      converged = previous is not None and counts.min() > 0 and np.array_equal(labels, previous)
+      change = None
+      if iteration:
+        last = self.objective_history[-2]
+        change = (last - objective) / last if last > 0 else 0.0
+      stalled = cfg.tolerance > 0 and change is not None and change < cfg.tolerance
+      reseeded = 0
+      if update and not converged and not stalled:
+        nonempty = counts > 0
+        centroids = centroids.copy()
+        centroids[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
+        reseeded = self._reseed(centroids, np.flatnonzero(~nonempty), x, labels, counts)
+        previous = labels.copy()
+      self.reseeded_history.append(reseeded)
+      if progress:
+        logging.info('k-means: iteration %d/%d: objective %.6g%s, %.2f s, %d empty clusters re-seeded', iteration,
+                     cfg.iterations, objective, '' if change is None else f' ({-100 * change:+.3f}%)',
+                     time.perf_counter() - tick, reseeded)  # fmt: skip
+      if converged or stalled:
+        logging.info('k-means: %s after %d updates', 'converged (no label changed)' if converged else
+                     f'stopped (objective fell by less than {cfg.tolerance:g})', iteration)  # fmt: skip
+        break
+    return centroids
+
+  @staticmethod
+  def _reseed(centroids, empty, x, labels, counts) -> int:
+    """Moves each empty cluster's centroid onto the point farthest from the largest cluster's centroid.
+
+    Splitting the largest cluster (as faiss does) rather than placing the centroid at
+    random keeps it inside the data. The non-empty centroids stay the means of their
+    points, so the Lloyd bound (and a non-increasing objective) holds.
+    """
+    sizes = counts.astype(np.float64)
+    taken = set()
+    for cluster in empty:
+      largest = int(np.argmax(sizes))
+      members = np.flatnonzero(labels == largest)
+      order = np.argsort(-np.sum(np.square(x[members] - centroids[largest]), axis=1), kind='stable')
+      point = next((int(m) for m in members[order] if int(m) not in taken), int(members[order[0]]))
+      taken.add(point)
+      centroids[cluster] = x[point]
+      sizes[largest] /= 2  # Expected split, so the next empty cluster may split another.
+    if len(empty):
+      logging.info('k-means: re-seeded %d empty clusters (%s%s)', len(empty), ', '.join(map(str, empty[:10])),
+                   ', ...' if len(empty) > 10 else '')  # fmt: skip
+    return len(empty)
+
+  # --------------------------------------------------------------------------- use
+
+  def transform(self, features: Features) -> np.ndarray:
+    """Applies the fitted PCA-whitening and L2 normalisation (identity without them), float32 [N, D']."""
+    cfg = self.config
+    if cfg.pca_dims and self.pca_matrix is None:
+      raise RuntimeError('k-means: transform before fit (the PCA is fitted by fit)')
+    out = []
+    for chunk in _chunks(features):
+      self._check_dims(chunk)
+      for _, batch in _batches(chunk, cfg.batch_size):
+        if self.pca_matrix is not None:
+          batch = (batch - self.pca_mean) @ self.pca_matrix
+        if cfg.l2_normalize:
+          batch = batch / np.maximum(np.linalg.norm(batch, axis=1, keepdims=True), 1e-12)
+        out.append(batch.astype(np.float32, copy=False))
+    if not out:
+      return np.zeros(
+        (0, self.pca_matrix.shape[1] if self.pca_matrix is not None else self.input_dims or 0), np.float32
+      )
+    return np.concatenate(out)
+
+  def assign(self, features: Features) -> Tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of every row, streaming over the chunks.
+
+    Args:
+      features: float array [N, D], an iterable of [n_i, D] chunks, or a callable returning one.
+
+    Returns:
+      labels int32 [N] and squared distances float32 [N] (in the transformed space), in input order.
+    """
+    if self.centroids is None:
+      raise RuntimeError('k-means: assign before fit or load')
+    current = _Centroids(self.centroids)
+    labels, sq_dists = [], []
+    for chunk in _chunks(features):
+      self._check_dims(chunk)
+      for _, batch in _batches(chunk, self.config.batch_size):
+        if self.config.pca_dims or self.config.l2_normalize:
+          batch = self.transform(batch)
+        batch_labels, sq_dist = current.nearest(tf.convert_to_tensor(batch))
+        labels.append(batch_labels.numpy())
+        sq_dists.append(sq_dist.numpy())
+    if not labels:
+      return np.zeros(0, np.int32), np.zeros(0, np.float32)
+    return np.concatenate(labels), np.concatenate(sq_dists)
+
+  def _check_dims(self, chunk: np.ndarray) -> None:
+    if self.input_dims is not None and chunk.shape[1] != self.input_dims:
+      raise ValueError(f'k-means: features have {chunk.shape[1]} dims, the clustering was fitted on {self.input_dims}')
+
+  # --------------------------------------------------------------------------- files
+
+  def save(self, path: str) -> None:
+    """Writes centroids, PCA, config and histories to the .npz file `path` (atomically; gs:// works)."""
+    if self.centroids is None:
+      raise RuntimeError('k-means: save before fit')
+    empty = np.zeros(0, np.float32)
+    buffer = io.BytesIO()
+    np.savez(
+      buffer,
+      version=np.int64(_FORMAT_VERSION),
+      config=np.array(json.dumps(to_plain(self.config))),
+      centroids=self.centroids,
+      pca_mean=empty if self.pca_mean is None else self.pca_mean,
+      pca_matrix=empty if self.pca_matrix is None else self.pca_matrix,
+      objective_history=np.array(self.objective_history, np.float64),
+      reseeded_history=np.array(self.reseeded_history, np.int64),
+      counts=np.array([self.input_dims or 0, self.num_points_seen, self.num_points_fit], np.int64),
+    )
+    directory = os.path.dirname(path)
+    if directory:
+      tf.io.gfile.makedirs(directory)
+    with tf.io.gfile.GFile(path + '.tmp', 'wb') as f:
+      f.write(buffer.getvalue())
+    tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+
+  @classmethod
+  def load(cls, path: str) -> KMeans:
+    """Reads a `save`d clustering."""
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      data = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    if int(data['version']) != _FORMAT_VERSION:
+      raise ValueError(f'k-means: {path} has format version {int(data["version"])}, expected {_FORMAT_VERSION}')
+    model = cls(override(KMeansConfig(), json.loads(str(data['config'])), prefix='cluster'))
+    model.centroids = data['centroids']
+    if data['pca_matrix'].size:
+      model.pca_mean, model.pca_matrix = data['pca_mean'], data['pca_matrix']
+    model.objective_history = [float(v) for v in data['objective_history']]
+    model.reseeded_history = [int(v) for v in data['reseeded_history']]
+    model.input_dims, model.num_points_seen, model.num_points_fit = (int(v) for v in data['counts'])
+    return model

@@ -1,0 +1,211 @@
+"""K-means: exact recovery, monotone objective, empty clusters, determinism, streaming, PCA/L2, files, config."""
+
+import logging
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from mtssl_tf.configs.base import ConfigError, load_config
+from mtssl_tf.transfer.kmeans import KMeans, KMeansConfig
+
+
+def _blobs(n=2000, k=10, dims=32, seed=0, spread=20.0):
+  """Well-separated Gaussian blobs: centres ~N(0, spread^2), unit noise."""
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(k, dims)) * spread
+  truth = rng.integers(k, size=n)
+  return (centres[truth] + rng.normal(size=(n, dims))).astype(np.float32), truth
+
+
+def _mixture(n=3000, dims=16, seed=1):
+  """Overlapping mixture of 40 Gaussians: labels keep changing for many iterations."""
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(40, dims)) * 1.5
+  return (centres[rng.integers(40, size=n)] + rng.normal(size=(n, dims))).astype(np.float32)
+
+
+def _config(**values):
+  cfg = KMeansConfig(num_clusters=10, iterations=20, batch_size=512)
+  for key, value in values.items():
+    setattr(cfg, key, value)
+  return cfg
+
+
+def _chunked(x, sizes):
+  out, start = [], 0
+  while start < len(x):
+    size = sizes[len(out) % len(sizes)]
+    out.append(x[start : start + size])
+    start += size
+  return out
+
+
+def _non_increasing(history):
+  return all(b <= a for a, b in zip(history, history[1:]))
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_blobs_are_recovered_exactly(seed):
+  # k-means++ (the default): random init puts two centroids in one blob almost surely (all 10 blobs
+  # drawn with probability 10!/10^10), a local minimum Lloyd cannot leave.
+  x, truth = _blobs()
+  km = KMeans(_config(seed=seed)).fit(x)
+  labels, sq_dist = km.assign(x)
+  assert labels.dtype == np.int32 and sq_dist.dtype == np.float32 and labels.shape == (len(x),)
+  assert adjusted_rand_score(truth, labels) == 1.0
+  assert km.centroids.shape == (10, 32) and km.centroids.dtype == np.float32
+  # Unit noise in 32 dims: the mean squared distance to the blob centre is ~32.
+  assert 28 < km.objective_history[-1] < 36
+  assert np.isclose(sq_dist.mean(), km.objective_history[-1], rtol=1e-4)
+  assert _non_increasing(km.objective_history)
+
+
+def test_objective_never_increases_on_overlapping_data():
+  x = _mixture()
+  km = KMeans(_config(num_clusters=20, iterations=30)).fit(x, progress=False)
+  history = km.objective_history
+  assert len(history) > 8  # Many updates actually happened.
+  assert _non_increasing(history), history
+  assert history[-1] < 0.9 * history[0]
+
+
+def test_tolerance_stops_early():
+  x = _mixture()
+  full = KMeans(_config(num_clusters=20, iterations=30)).fit(x, progress=False)
+  early = KMeans(_config(num_clusters=20, iterations=30, tolerance=0.01)).fit(x, progress=False)
+  assert len(early.objective_history) < len(full.objective_history)
+  last, before = early.objective_history[-1], early.objective_history[-2]
+  assert (before - last) / before < 0.01
+
+
+def test_empty_cluster_is_reseeded_and_logged(caplog):
+  x, truth = _blobs()
+  # A bad init: nine blob members and one centroid far from every point, which stays empty.
+  init = np.concatenate([x[[np.flatnonzero(truth == c)[0] for c in range(9)]], np.full((1, 32), 1e4, np.float32)])
+  with caplog.at_level(logging.INFO):
+    km = KMeans(_config()).fit(x, init_centroids=init)
+  assert km.reseeded_history[0] == 1
+  assert 're-seeded 1 empty clusters (9)' in caplog.text
+  assert 'iteration 0/20: objective' in caplog.text and '1 empty clusters re-seeded' in caplog.text
+  assert adjusted_rand_score(truth, km.assign(x)[0]) == 1.0
+  assert _non_increasing(km.objective_history)
+
+
+def test_duplicated_points_with_more_clusters_than_distinct_points():
+  points = np.eye(3, 8, dtype=np.float32) * 5
+  x = np.repeat(points, 50, axis=0)
+  km = KMeans(_config(num_clusters=5, iterations=5, init='random')).fit(x)
+  labels, sq_dist = km.assign(x)
+  assert km.objective_history[-1] == 0.0 and np.all(sq_dist == 0)
+  assert sum(km.reseeded_history) > 0  # Two clusters can never hold a point of their own.
+  assert len(np.unique(labels)) == 3 and labels.min() >= 0 and labels.max() < 5
+  assert _non_increasing(km.objective_history)
+
+
+def test_same_seed_same_result_other_seed_other_init():
+  x = _mixture()
+  runs = [KMeans(_config(num_clusters=20, iterations=5, seed=seed)).fit(x, progress=False) for seed in (7, 7)]
+  np.testing.assert_array_equal(runs[0].centroids, runs[1].centroids)
+  assert runs[0].objective_history == runs[1].objective_history
+  for init in ('kmeans++', 'random'):
+    a, b = (KMeans(_config(num_clusters=20, iterations=0, init=init, seed=s)).fit(x) for s in (0, 1))
+    assert not np.array_equal(a.centroids, b.centroids)
+    assert len(a.objective_history) == 1  # iterations=0: the initial centroids, scored.
+
+
+def test_streamed_assignment_equals_in_memory():
+  x, _ = _blobs()
+  km = KMeans(_config(batch_size=256)).fit(x)
+  labels, sq_dist = km.assign(x)
+  for source in (_chunked(x, [1, 700, 33, 999]), lambda: iter(_chunked(x, [128])), (c for c in _chunked(x, [50]))):
+    streamed_labels, streamed_dist = km.assign(source)
+    np.testing.assert_array_equal(streamed_labels, labels)
+    # Other batch shapes round the matmul differently: ||x||^2 - 2 x.c + ||c||^2 is exact to ~1e-7 ||x||^2.
+    np.testing.assert_allclose(streamed_dist, sq_dist, atol=1e-6 * np.max(np.sum(x**2, axis=1)))
+  # float16 features (extract.dtype) are computed in float32.
+  np.testing.assert_array_equal(km.assign(_chunked(x.astype(np.float16), [500]))[0], labels)
+
+
+@pytest.mark.parametrize('per_centroid', [0, 50])
+def test_fit_from_chunks_equals_fit_from_array(per_centroid):
+  # 50 per centroid: a 500-point sample of 2000, so the chunked reservoir replaces rows.
+  x = _mixture(n=2000)
+  cfg = _config(num_clusters=10, iterations=5, max_points_per_centroid=per_centroid)
+  from_array = KMeans(cfg).fit(x, progress=False)
+  assert from_array.num_points_fit == (500 if per_centroid else 2000)
+  for sizes in ([333], [1, 7, 512], [2000]):
+    from_chunks = KMeans(cfg).fit(_chunked(x, sizes), progress=False)
+    np.testing.assert_array_equal(from_chunks.centroids, from_array.centroids)
+    assert from_chunks.objective_history == from_array.objective_history
+    assert from_chunks.num_points_seen == 2000
+
+
+def test_pca_whitening_and_l2():
+  # 10 blobs span 9 directions; whitening more would blow unit noise up to the blobs' spread.
+  x, truth = _blobs()
+  whitened = KMeans(_config(pca_dims=9, max_points_per_centroid=0)).fit(x)
+  y = whitened.transform(x)
+  assert y.shape == (2000, 9) and whitened.centroids.shape == (10, 9)
+  # Fitted on all points, the whitening gives them zero mean and identity covariance (up to the epsilon).
+  np.testing.assert_allclose(y.mean(axis=0), 0, atol=1e-3)
+  np.testing.assert_allclose(np.cov(y, rowvar=False, bias=True), np.eye(9), atol=1e-2)
+  assert adjusted_rand_score(truth, whitened.assign(x)[0]) == 1.0
+
+  km = KMeans(_config(pca_dims=9, l2_normalize=True)).fit(x)
+  y = km.transform(x)
+  np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1, rtol=1e-5)
+  # assign = nearest centroid in the transformed space.
+  labels, sq_dist = km.assign(x)
+  brute = ((y[:, None, :] - km.centroids[None]) ** 2).sum(-1)
+  np.testing.assert_array_equal(labels, brute.argmin(1))
+  np.testing.assert_allclose(sq_dist, brute.min(1), atol=1e-5)
+  assert adjusted_rand_score(truth, labels) == 1.0
+  np.testing.assert_array_equal(km.transform(_chunked(x, [300])), y)
+
+
+def test_save_load_roundtrip(tmp_path):
+  x, _ = _blobs(n=500)
+  km = KMeans(_config(pca_dims=8, l2_normalize=True, seed=4)).fit(x)
+  path = str(tmp_path / 'clusters' / 'kmeans.npz')
+  km.save(path)
+  loaded = KMeans.load(path)
+  assert loaded.config == km.config
+  for name in ('centroids', 'pca_mean', 'pca_matrix'):
+    np.testing.assert_array_equal(getattr(loaded, name), getattr(km, name))
+  assert loaded.objective_history == km.objective_history and loaded.reseeded_history == km.reseeded_history
+  assert (loaded.input_dims, loaded.num_points_seen, loaded.num_points_fit) == (32, 500, 500)
+  np.testing.assert_array_equal(loaded.assign(x)[0], km.assign(x)[0])
+
+  plain = KMeans(_config()).fit(x)
+  plain.save(str(tmp_path / 'plain.npz'))
+  assert KMeans.load(str(tmp_path / 'plain.npz')).pca_matrix is None
+
+
+@pytest.mark.parametrize(
+  'text, fragment',
+  [
+    ('num_clusters=1', 'cluster.num_clusters: need at least 2'),
+    ('init=kmeans', 'cluster.init: must be one of'),
+    ('iterations=-1', 'cluster.iterations: must be >= 0'),
+    ('max_points_per_centroid=-5', 'cluster.max_points_per_centroid: must be >= 0'),
+    ('pca_dims=-1', 'cluster.pca_dims: must be >= 0'),
+    ('batch_size=0', 'cluster.batch_size: must be positive'),
+    ('tolerance=1.5', 'cluster.tolerance: must be in [0, 1)'),
+    ('seed=-1', 'cluster.seed: must be >= 0'),
+  ],
+)
+def test_config_errors_name_the_key(text, fragment):
+  with pytest.raises(ConfigError, match=fragment.replace('[', r'\[').replace('(', r'\(').replace(')', r'\)')):
+    load_config(KMeansConfig, overrides=[text])
+
+
+def test_data_errors_name_the_key():
+  x, _ = _blobs(n=50)
+  with pytest.raises(ValueError, match='cluster.num_clusters: 100 clusters need at least 100 points'):
+    KMeans(_config(num_clusters=100)).fit(x)
+  with pytest.raises(ValueError, match='cluster.pca_dims: 64 exceeds the 32 feature dims'):
+    KMeans(_config(pca_dims=64)).fit(x)
+  km = KMeans(_config()).fit(x)
+  with pytest.raises(ValueError, match='16 dims, the clustering was fitted on 32'):
+    km.assign(x[:, :16])
