@@ -33,6 +33,10 @@ setuptools.setup(
     'opencv-python-headless==4.11.0.86',
     # NYU Depth v2's labeled .mat file is HDF5.
     'h5py',
+    # Figures of the experiment grid (Doersch Figures 3 and 4), also in TensorBoard.
+    'matplotlib',
+    # Adjusted Rand index in the k-means tests and the scikit-learn k-means baseline.
+    'scikit-learn',
     'absl-py',
     'pyyaml',
   ],
