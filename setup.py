@@ -52,6 +52,7 @@ setuptools.setup(
       'mtssl-train=mtssl_tf.bin.train:run',
       'mtssl-export=mtssl_tf.bin.export:run',
       'mtssl-eval=mtssl_tf.bin.evaluate:run',
+      'mtssl-transfer=mtssl_tf.bin.transfer:run',
     ],
   },
 )

@@ -1,0 +1,363 @@
+"""The config of `mtssl-transfer`: knowledge transfer by clustering (Noroozi et al. 2018, §4).
+
+One `TransferConfig` drives the whole chain, one section per step:
+
+* `extract`: which model (or HOG) makes the features of which images, and how they
+  are pooled and sharded;
+* `cluster`: k-means on those features (`KMeansConfig`, k=2000 in the paper);
+* `assign`: which images get pseudo-labels (the nearest centre), possibly another
+  dataset than the clustered one;
+* `train`: the target architecture trained to predict the pseudo-labels;
+* `probe`: per-layer frozen linear probes of that student on real labels (Table 4).
+
+Outputs go under one model_dir: `features/`, `clusters/`, `pseudo_labels/`, `student/`
+(see `OUTPUTS`). Data sources left empty read the synthetic world, as `mtssl-eval` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterable, Tuple
+
+from mtssl_tf.configs.base import Config, ConfigError, override, parse_override, read_yaml, validate_all
+from mtssl_tf.configs.experiment import PRECISIONS, TrunkConfig
+from mtssl_tf.evaluation.classification import check_training_fields
+from mtssl_tf.transfer.kmeans import KMeansConfig
+
+FEATURES = ('network', 'hog')
+POOLINGS = ('max', 'avg')
+DTYPES = ('float32', 'float16')
+PREPROCESSINGS = ('auto', 'rgb', 'harmonized')
+# Step -> its folder under model_dir.
+OUTPUTS = {'extract': 'features', 'cluster': 'clusters', 'assign': 'pseudo_labels', 'train': 'student'}
+PROBE_DIR = os.path.join('student', 'probe')
+
+
+@dataclasses.dataclass
+class ExtractConfig(Config):
+  """Features of the images to cluster.
+
+  Attributes:
+    source: image source spec (`tfrecord:`, `folder:`, `tfds:`); '' = the synthetic
+      world's training images.
+    data_dir: tensorflow-datasets data directory for `tfds:` sources.
+    label_offset: subtracted from labels (kept for diagnostics only; 1 for Model Garden ImageNet).
+    num_images: images expected, for the progress ETA (0: unknown).
+    features: 'network' (a model's activations) or 'hog' (the CC+HOG control).
+    init: the model: 'random' (the random-network control, seeded by `seed`), a
+      checkpoint, a pre-training run's folder, or a SavedModel folder.
+    trunk: shape of the trunk read from a checkpoint or built at random. A run folder's
+      own `trunk` section is the default (`load_transfer_config`).
+    endpoint: trunk endpoint ('stem', 'block1', 'block2', 'block3', 'block3/unit_NN',
+      'final'). A SavedModel of ours serves 'final' and 'block3/unit_NN'.
+    signature: SavedModel signature; '' derives it from `endpoint` ('final', 'block3_units').
+    output_key: output of that signature; '' derives it from `endpoint`.
+    preprocessing: trunk input: 'rgb', 'harmonized', or 'auto' (the run's convention).
+      A SavedModel taking uint8 images preprocesses itself; one taking floats gets this.
+    precision: Keras dtype policy of a trunk read from a checkpoint.
+    pooling: 'max' adaptive max pooling to `grid` x `grid` (the paper's 4x4), or 'avg'
+      global average pooling (`grid` ignored).
+    grid: side of the max-pooling grid (1: global max pooling).
+    image_size: images are resized to this shorter side...
+    crop_size: ...then centre-cropped to this square (deterministic: no augmentation).
+    batch_size: images per forward pass.
+    shard_size: feature rows per shard file (a shard is the unit of restart).
+    dtype: stored feature type; 'float16' halves the disk (ImageNet at 16K dims: 42 GB).
+    hog_cell_size: HOG cell side in pixels.
+    hog_block_cells: HOG block side in cells (blocks stride by one cell).
+    hog_bins: HOG orientation bins (unsigned, 0-180 degrees).
+    seed: initialisation of a random network.
+  """
+
+  source: str = ''
+  data_dir: str = ''
+  label_offset: int = 0
+  num_images: int = 0
+  features: str = 'network'
+  init: str = 'random'
+  trunk: TrunkConfig = dataclasses.field(default_factory=TrunkConfig)
+  endpoint: str = 'final'
+  signature: str = ''
+  output_key: str = ''
+  preprocessing: str = 'auto'
+  precision: str = 'float32'
+  pooling: str = 'max'
+  grid: int = 4
+  image_size: int = 256
+  crop_size: int = 224
+  batch_size: int = 64
+  shard_size: int = 10_000
+  dtype: str = 'float32'
+  hog_cell_size: int = 8
+  hog_block_cells: int = 2
+  hog_bins: int = 9
+  seed: int = 0
+
+  def validate(self) -> None:
+    for key, allowed in (('features', FEATURES), ('pooling', POOLINGS), ('dtype', DTYPES),
+                         ('preprocessing', PREPROCESSINGS), ('precision', PRECISIONS)):  # fmt: skip
+      if getattr(self, key) not in allowed:
+        raise ConfigError(f'extract.{key}: must be one of {allowed}, got {getattr(self, key)!r}')
+    for key in ('grid', 'image_size', 'crop_size', 'batch_size', 'shard_size', 'hog_cell_size', 'hog_block_cells',
+                'hog_bins'):  # fmt: skip
+      if getattr(self, key) < 1:
+        raise ConfigError(f'extract.{key}: must be positive, got {getattr(self, key)}')
+    if self.num_images < 0 or self.label_offset < 0:
+      raise ConfigError(f'extract.{"num_images" if self.num_images < 0 else "label_offset"}: must be >= 0')
+    if self.image_size < self.crop_size:
+      raise ConfigError(f'extract.image_size: must be >= crop_size ({self.crop_size}), got {self.image_size}')
+    if self.features == 'hog' and self.crop_size < self.hog_cell_size * self.hog_block_cells:
+      raise ConfigError(
+        f'extract.crop_size: {self.crop_size} px is smaller than one HOG block '
+        f'({self.hog_block_cells} x {self.hog_cell_size} px)'
+      )
+    if not self.init:
+      raise ConfigError("extract.init: empty; use 'random' or a checkpoint, run folder or SavedModel")
+
+
+@dataclasses.dataclass
+class AssignConfig(Config):
+  """Which images get pseudo-labels, and how they are written.
+
+  Attributes:
+    source: image source spec; '' = the clustered images (`extract.source`), whose
+      feature shards are reused. Another source is first run through the same
+      extractor into `pseudo_labels/features/`.
+    data_dir: tensorflow-datasets data directory.
+    label_offset: subtracted from the original labels (kept under `image/original_label`).
+    reencode_size: 0 writes each image's original bytes; > 0 resizes the shorter side
+      to this and re-encodes as JPEG (a smaller copy of a large dataset).
+    jpeg_quality: quality of that re-encoding.
+  """
+
+  source: str = ''
+  data_dir: str = ''
+  label_offset: int = 0
+  reencode_size: int = 0
+  jpeg_quality: int = 90
+
+  def validate(self) -> None:
+    if self.reencode_size < 0 or self.label_offset < 0:
+      raise ConfigError(f'assign.{"reencode_size" if self.reencode_size < 0 else "label_offset"}: must be >= 0')
+    if not 1 <= self.jpeg_quality <= 100:
+      raise ConfigError(f'assign.jpeg_quality: must be in [1, 100], got {self.jpeg_quality}')
+
+
+@dataclasses.dataclass
+class StudentConfig(Config):
+  """The target network trained on the pseudo-labels.
+
+  Attributes:
+    architecture: a `models.build_model` name: 'alexnet', 'resnet_v2_trunk', or a
+      `tf.keras.applications` class ('ResNet50', 'keras:MobileNetV2', ...; weights=None).
+    width: channel and fc-unit multiplier of 'alexnet' (1.0 = Krizhevsky's 96-256-384-384-256, 4096).
+    batch_norm: 'alexnet' with BatchNorm after every conv and fc layer (else Krizhevsky's LRN).
+    dropout: 'alexnet' dropout rate on fc6 and fc7.
+    trunk: shape of the 'resnet_v2_trunk' student.
+    source: pseudo-labelled images; '' = this run's `pseudo_labels/`.
+    num_classes: 0 = the number of clusters.
+    image_size: images are resized to this shorter side...
+    crop_size: ...then randomly cropped (and flipped) to this square.
+    flip: random horizontal flips.
+    steps: training steps (bvlc_alexnet's solver: 450K at batch 256, ~90 epochs).
+    batch_size: training batch.
+    learning_rate: initial momentum-SGD learning rate.
+    momentum: SGD momentum.
+    lr_decay_factor: the learning rate is multiplied by this every `lr_decay_steps`.
+    lr_decay_steps: staircase decay interval.
+    weight_decay: L2 weight decay on every kernel.
+    shuffle_buffer: decoded images in the shuffle buffer.
+    seed: initialisation, data order and crops.
+    log_every_steps: console progress and `transfer/<metric>` summaries.
+    checkpoint_every_steps: checkpoints (the last step is always saved).
+  """
+
+  architecture: str = 'alexnet'
+  width: float = 1.0
+  batch_norm: bool = True
+  dropout: float = 0.5
+  trunk: TrunkConfig = dataclasses.field(default_factory=TrunkConfig)
+  source: str = ''
+  num_classes: int = 0
+  image_size: int = 256
+  crop_size: int = 224
+  flip: bool = True
+  steps: int = 450_000
+  batch_size: int = 256
+  learning_rate: float = 0.01
+  momentum: float = 0.9
+  lr_decay_factor: float = 0.1
+  lr_decay_steps: int = 100_000
+  weight_decay: float = 5e-4
+  shuffle_buffer: int = 1000
+  seed: int = 0
+  log_every_steps: int = 100
+  checkpoint_every_steps: int = 5000
+
+  def validate(self) -> None:
+    if not self.architecture:
+      raise ConfigError('train.architecture: empty; e.g. alexnet, resnet_v2_trunk or ResNet50')
+    for key in ('steps', 'batch_size', 'lr_decay_steps', 'shuffle_buffer', 'log_every_steps',
+                'checkpoint_every_steps'):  # fmt: skip
+      if getattr(self, key) < 1:
+        raise ConfigError(f'train.{key}: must be positive, got {getattr(self, key)}')
+    if self.width <= 0:
+      raise ConfigError(f'train.width: must be positive, got {self.width}')
+    if not 0 <= self.dropout < 1:
+      raise ConfigError(f'train.dropout: must be in [0, 1), got {self.dropout}')
+    if self.num_classes < 0:
+      raise ConfigError(f'train.num_classes: must be >= 0 (0: the number of clusters), got {self.num_classes}')
+    if self.crop_size < 32:
+      raise ConfigError(f'train.crop_size: must be at least 32 pixels, got {self.crop_size}')
+    if self.image_size < self.crop_size:
+      raise ConfigError(f'train.image_size: must be >= crop_size ({self.crop_size}), got {self.image_size}')
+    if self.learning_rate <= 0:
+      raise ConfigError(f'train.learning_rate: must be positive, got {self.learning_rate}')
+    if not 0 <= self.momentum < 1:
+      raise ConfigError(f'train.momentum: must be in [0, 1), got {self.momentum}')
+    if not 0 < self.lr_decay_factor <= 1:
+      raise ConfigError(f'train.lr_decay_factor: must be in (0, 1], got {self.lr_decay_factor}')
+    if self.weight_decay < 0:
+      raise ConfigError(f'train.weight_decay: must be >= 0, got {self.weight_decay}')
+
+
+@dataclasses.dataclass
+class ProbeConfig(Config):
+  """Frozen per-layer linear probes of the student on real labels (Noroozi Table 4).
+
+  Attributes:
+    train_source: labelled training images; '' = the synthetic world's.
+    validation_source: labelled validation images; '' = the synthetic world's.
+    data_dir: tensorflow-datasets data directory.
+    label_offset: subtracted from labels (1 for Model Garden ImageNet).
+    num_classes: 0 counts the training labels once.
+    endpoints: student layers to probe; empty = its conv layers (conv1-conv5 for AlexNet).
+    max_dims: each layer is max-pooled to the largest square grid under this many
+      dimensions (9216, as `linear.probe_grid`).
+    feature_norm: non-affine BatchNorm on the pooled features (as `linear`).
+    image_size: images are resized to this shorter side...
+    crop_size: ...then cropped (random in training, centre at test).
+    steps: training steps.
+    batch_size: training batch.
+    eval_batch_size: validation batch.
+    learning_rate: momentum-SGD learning rate.
+    momentum: SGD momentum.
+    lr_decay_factor: the learning rate is multiplied by this every `lr_decay_steps`.
+    lr_decay_steps: staircase decay interval.
+    weight_decay: L2 weight decay on the linear layers.
+    shuffle_buffer: decoded images in the shuffle buffer.
+    seed: data order and crops.
+    log_every_steps: console progress and `transfer/probe/<metric>` summaries.
+    checkpoint_every_steps: probe checkpoints.
+  """
+
+  train_source: str = ''
+  validation_source: str = ''
+  data_dir: str = ''
+  label_offset: int = 0
+  num_classes: int = 0
+  endpoints: Tuple[str, ...] = ()
+  max_dims: int = 9216
+  feature_norm: bool = True
+  image_size: int = 256
+  crop_size: int = 224
+  steps: int = 140_000
+  batch_size: int = 256
+  eval_batch_size: int = 100
+  learning_rate: float = 0.01
+  momentum: float = 0.9
+  lr_decay_factor: float = 0.1
+  lr_decay_steps: int = 50_000
+  weight_decay: float = 5e-4
+  shuffle_buffer: int = 1000
+  seed: int = 0
+  log_every_steps: int = 100
+  checkpoint_every_steps: int = 5000
+
+  def validate(self) -> None:
+    check_training_fields(self, 'probe')
+    for key in ('max_dims', 'lr_decay_steps'):
+      if getattr(self, key) < 1:
+        raise ConfigError(f'probe.{key}: must be positive, got {getattr(self, key)}')
+    if not 0 < self.lr_decay_factor <= 1:
+      raise ConfigError(f'probe.lr_decay_factor: must be in (0, 1], got {self.lr_decay_factor}')
+    if len(set(self.endpoints)) != len(self.endpoints):
+      raise ConfigError(f'probe.endpoints: listed twice in {list(self.endpoints)}')
+
+
+@dataclasses.dataclass
+class TransferConfig(Config):
+  """Root config of `mtssl-transfer` (see the module docstring).
+
+  Attributes:
+    world_preset: synthetic world read by sources left empty.
+    world_dir: where that world lives (empty: ~/.cache/mtssl_tf/world_<preset>).
+    extract: the features to cluster.
+    cluster: k-means.
+    assign: the pseudo-labelled images.
+    train: the student.
+    probe: the student's evaluation.
+  """
+
+  world_preset: str = 'small'
+  world_dir: str = ''
+  extract: ExtractConfig = dataclasses.field(default_factory=ExtractConfig)
+  cluster: KMeansConfig = dataclasses.field(default_factory=KMeansConfig)
+  assign: AssignConfig = dataclasses.field(default_factory=AssignConfig)
+  train: StudentConfig = dataclasses.field(default_factory=StudentConfig)
+  probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
+
+
+def load_transfer_config(files: Iterable[str] = (), overrides: Iterable[str] = ()) -> TransferConfig:
+  """Defaults, then the init run's trunk section (as `extract.trunk`), then YAML files, then overrides.
+
+  Args:
+    files: YAML files applied in order.
+    overrides: `key.path=value` strings.
+
+  Raises:
+    ConfigError: a bad key, type or value (named), or an `extract.init` that does not exist.
+  """
+  from mtssl_tf.evaluation import backbone
+
+  cfg = TransferConfig()
+  layers = [(path, read_yaml(path)) for path in files]
+  layers += [('--override', parse_override(text)) for text in overrides]
+  init = cfg.extract.init
+  for _, values in layers:
+    section = values.get('extract')
+    if isinstance(section, dict) and 'init' in section:
+      init = section['init']
+  if isinstance(init, str) and init:
+    try:
+      run_trunk = backbone.run_trunk_config(init)
+    except FileNotFoundError as e:
+      raise ConfigError(f'extract.init: {e}') from None
+    if run_trunk:
+      override(cfg.extract.trunk, run_trunk, prefix='extract.trunk')
+  for where, values in layers:
+    try:
+      override(cfg, values)
+    except ConfigError as e:
+      raise ConfigError(f'{where}: {e}' if where.endswith('.yaml') and where not in str(e) else str(e)) from None
+  validate_all(cfg)
+  return cfg
+
+
+def world_sources(cfg: TransferConfig) -> TransferConfig:
+  """Fills the empty image sources from the synthetic world (generated on first use); returns `cfg`."""
+  if cfg.extract.source and cfg.probe.train_source and cfg.probe.validation_source:
+    return cfg
+  from absl import logging
+
+  from mtssl_tf.data.synthetic.world import make_world
+  from mtssl_tf.train.launch import default_world_dir
+
+  world_dir = cfg.world_dir or default_world_dir(cfg.world_preset)
+  logging.info('transfer: empty data sources read the synthetic world in %s', world_dir)
+  sources = make_world(world_dir, cfg.world_preset)['sources']
+  cfg.extract.source = cfg.extract.source or sources['images_train']
+  cfg.probe.train_source = cfg.probe.train_source or sources['images_train']
+  cfg.probe.validation_source = cfg.probe.validation_source or sources['images_validation']
+  return cfg

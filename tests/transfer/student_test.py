@@ -1,0 +1,123 @@
+"""Students: the model registry, training on pseudo-labels (resumable), per-layer probes."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mtssl_tf.configs import ConfigError, TrunkConfig
+from mtssl_tf.data.synthetic.classification import encode_png, image_example
+from mtssl_tf.evaluation import backbone
+from mtssl_tf.transfer import models, student
+from mtssl_tf.transfer.config import ProbeConfig, StudentConfig
+
+COLOURS = np.array([[220, 40, 40], [40, 200, 40], [40, 40, 220]])
+
+
+@pytest.fixture(scope='module')
+def colour_records(tmp_path_factory):
+  """An easy pseudo-labelled set: 48 noisy 64 px images whose label is their colour (3 classes)."""
+  folder = tmp_path_factory.mktemp('colours')
+  rng = np.random.default_rng(0)
+  with tf.io.TFRecordWriter(str(folder / 'train-00000.tfrecord')) as writer:
+    for i in range(48):
+      image = np.clip(COLOURS[i % 3] + rng.normal(0, 25, (64, 64, 3)), 0, 255).astype(np.uint8)
+      writer.write(image_example(encode_png(image), i % 3).SerializeToString())
+  return f'tfrecord:{folder}/train-*'
+
+
+def _tiny_student_config(**changes):
+  cfg = StudentConfig()
+  cfg.width, cfg.dropout, cfg.image_size, cfg.crop_size, cfg.batch_size = 0.125, 0.0, 64, 56, 12
+  cfg.steps, cfg.learning_rate, cfg.log_every_steps, cfg.checkpoint_every_steps, cfg.shuffle_buffer = (
+    30,
+    0.02,
+    5,
+    10,
+    48,
+  )
+  for key, value in changes.items():
+    setattr(cfg, key, value)
+  return cfg
+
+
+def test_registry_builds_students_with_probe_layers():
+  alexnet = models.build_model('alexnet', 7, 64, width=0.125)
+  endpoints = alexnet(tf.zeros([2, 64, 64, 3]), training=False)
+  assert alexnet.probe_endpoints == ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
+  assert endpoints['logits'].shape == (2, 7) and endpoints['conv1'].shape == (2, 16, 16, 12)
+  assert endpoints['fc6'].shape == (2, 512) and endpoints['conv5'].shape[-1] == 32
+  lrn = models.build_model('alexnet', 7, 64, width=0.125, batch_norm=False)
+  assert not [v for v in lrn.variables if 'bn' in v.name]
+  full = models.AlexNet(1000)
+  full(tf.zeros([1, 224, 224, 3]))
+  shapes = {k: tuple(v.shape[1:]) for k, v in full(tf.zeros([1, 224, 224, 3])).items()}
+  assert shapes['conv5'] == (13, 13, 256) and shapes['pool5'] == (6, 6, 256) and shapes['fc7'] == (4096,)
+  keras = models.build_model('keras:MobileNetV2', 5, 64, alpha=0.35)
+  outputs = keras(tf.zeros([1, 64, 64, 3]))
+  assert outputs['logits'].shape == (1, 5) and len(keras.probe_endpoints) == 5
+  assert [outputs[e].shape[1] for e in keras.probe_endpoints] == [32, 16, 8, 4, 2]
+  with pytest.raises(ValueError, match='unknown architecture'):
+    models.build_model('vgg_nonexistent', 5, 64)
+  assert 'alexnet' in models.model_names() and 'resnet_v2_trunk' in models.model_names()
+
+
+def test_student_learns_an_easy_labelling_and_resumes(colour_records, tmp_path):
+  out = str(tmp_path / 'student')
+  results = student.train_student(_tiny_student_config(steps=20), out, colour_records, 3, progress=False, export=False)
+  assert results['steps'] == 20 and np.isfinite(results['last_window']['loss'])
+  assert results['last_window']['loss'] < results['first_window']['loss']
+  assert results['last_window']['train_top1'] >= 0.8
+  # Resumed to a later step from the last checkpoint; then loadable and exported.
+  results = student.train_student(_tiny_student_config(steps=24), out, colour_records, 3, progress=False)
+  assert results['steps'] == 24 and results['checkpoint'].endswith('ckpt-24')
+  assert {'checkpoints', 'results.json', 'saved_model', 'student.json'} <= set(os.listdir(out))
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(out))
+  loaded = student.load_student(out)
+  images = tf.constant(np.repeat(COLOURS[:, None, None], 56, 1).repeat(56, 2).astype(np.uint8))
+  predicted = tf.argmax(loaded(tf.cast(images, tf.float32) / 127.5 - 1, training=False)['logits'], -1)
+  assert predicted.numpy().tolist() == [0, 1, 2]
+  exported = tf.saved_model.load(os.path.join(out, 'saved_model'))
+  features = exported.signatures['features'](images=images)
+  assert sorted(features) == ['conv1', 'conv2', 'conv3', 'conv4', 'conv5']
+  logits = exported.signatures['serving_default'](images=images)['logits']
+  assert tf.argmax(logits, -1).numpy().tolist() == [0, 1, 2]
+
+
+def test_probe_student_reports_each_layer(colour_records, tmp_path):
+  tf.keras.utils.set_random_seed(0)
+  model = models.build_model('alexnet', 4, 56, width=0.125)
+  cfg = ProbeConfig()
+  cfg.image_size, cfg.crop_size, cfg.steps, cfg.batch_size, cfg.eval_batch_size = 64, 56, 4, 12, 16
+  cfg.log_every_steps, cfg.checkpoint_every_steps, cfg.shuffle_buffer = 2, 4, 48
+  cfg.endpoints = ('conv1', 'conv5', 'fc7')
+  results = student.probe_student(cfg, model, str(tmp_path / 'probe'), colour_records, colour_records, progress=False)
+  probes = results['probes']
+  assert sorted(probes) == ['conv1', 'conv5', 'fc7']
+  assert all(0.0 <= p['top1'] <= p['top5'] <= 1.0 for p in probes.values())
+  assert probes['conv1']['grid'] == 14 and probes['conv1']['dims'] == 14 * 14 * 12  # Under 9216: the whole map.
+  assert probes['fc7']['grid'] == 1 and probes['fc7']['dims'] == 512
+  assert results['counts']['num_classes'] == 3 and results['counts']['validation_examples'] == 48
+  with open(tmp_path / 'probe' / 'results.json') as f:
+    assert json.load(f)['probes']['conv5']['top1'] == probes['conv5']['top1']
+  cfg.endpoints = ('conv9',)
+  with pytest.raises(ConfigError, match='probe.endpoints'):
+    student.probe_student(cfg, model, str(tmp_path / 'other'), colour_records, colour_records, progress=False)
+
+
+def test_trunk_student_is_a_trunk_for_the_evaluations(colour_records, tmp_path):
+  trunk = TrunkConfig()
+  trunk.units_per_block, trunk.width = (1, 1, 2), 8
+  cfg = _tiny_student_config(architecture='resnet_v2_trunk', trunk=trunk, steps=2, checkpoint_every_steps=2)
+  out = str(tmp_path / 'student')
+  student.train_student(cfg, out, colour_records, 3, progress=False, export=False)
+  assert backbone.run_trunk_config(out)['width'] == 8
+  loaded = backbone.load_trunk(out, trunk)
+  trained = student.load_student(out)
+  assert trained.probe_endpoints == ('stem', 'block1', 'block2', 'block3')
+  for a, b in zip(loaded.variables, trained.trunk.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  with pytest.raises(ConfigError, match='train.architecture'):
+    student.train_student(_tiny_student_config(architecture='nope'), str(tmp_path / 'x'), colour_records, 3)
