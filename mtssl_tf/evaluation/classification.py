@@ -308,3 +308,49 @@ def train_loop(
     if step % cfg.checkpoint_every_steps == 0 or step == cfg.steps:
       manager.save(checkpoint_number=step)
   return skips.count
+
+
+def train_and_evaluate(
+  name: str,
+  cfg,
+  train_step: Callable,
+  predict: Callable,
+  num_classes: int,
+  train_spec: str,
+  validation_spec: str,
+  *,
+  start: int,
+  schedule: Callable[[int], tf.Tensor],
+  manager: tf.train.CheckpointManager,
+  writer,
+  progress: bool = True,
+  color: Optional[ColorJitter] = None,
+  flip: bool = False,
+  extra_summaries: Optional[Callable[[], Dict[str, float]]] = None,
+) -> Tuple[Dict, int, int, int]:
+  """Trains from step `start` to `cfg.steps` (if not there yet), then scores the validation set.
+
+  The shared tail of the linear, supervised and probe protocols: training batches with
+  the protocol's augmentation, `train_loop`, then one centre crop per validation image.
+
+  Returns:
+    (scores per head as `evaluate` gives them, validation images, training records
+    skipped, validation records skipped).
+  """
+  train_skipped = 0
+  if start < cfg.steps:
+    data = classification_dataset(
+      train_spec, image_size=cfg.image_size, crop_size=cfg.crop_size, batch_size=cfg.batch_size, training=True,
+      seed=cfg.seed, color=color, flip=flip, label_offset=cfg.label_offset, data_dir=cfg.data_dir,
+      shuffle_buffer=cfg.shuffle_buffer, start=start * cfg.batch_size,
+    )  # fmt: skip
+    train_skipped = train_loop(
+      name, train_step, data, cfg, start=start, schedule=schedule, manager=manager, writer=writer,
+      progress=progress, extra_summaries=extra_summaries,
+    )  # fmt: skip
+  validation = classification_dataset(
+    validation_spec, image_size=cfg.image_size, crop_size=cfg.crop_size, batch_size=cfg.eval_batch_size,
+    training=False, label_offset=cfg.label_offset, data_dir=cfg.data_dir,
+  )  # fmt: skip
+  scores, validation_count, validation_skipped = evaluate(validation, predict, num_classes)
+  return scores, validation_count, train_skipped, validation_skipped

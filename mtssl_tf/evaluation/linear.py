@@ -46,13 +46,11 @@ from mtssl_tf.evaluation.classification import (
   TOP_K,
   ColorJitter,
   check_training_fields,
-  classification_dataset,
   correct_at_k,
   count_labels,
-  evaluate,
   resolve_sources,
   restore_or_start,
-  train_loop,
+  train_and_evaluate,
 )
 from mtssl_tf.trunk.lasso import LassoMix
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
@@ -387,24 +385,11 @@ def run_linear(
     return forward(images, False)[0]
 
   writer = tf.summary.create_file_writer(out_dir)
-  train_skipped = 0
-  if start < cfg.steps:
-    color = ColorJitter(cfg.brightness, tuple(cfg.contrast_range), tuple(cfg.saturation_range), cfg.max_hue)
-    data = classification_dataset(
-      train_spec, image_size=cfg.image_size, crop_size=cfg.crop_size, batch_size=cfg.batch_size, training=True,
-      seed=cfg.seed, color=color, label_offset=cfg.label_offset, data_dir=cfg.data_dir,
-      shuffle_buffer=cfg.shuffle_buffer, start=start * cfg.batch_size,
-    )  # fmt: skip
-    train_skipped = train_loop(
-      NAME, train_step, data, cfg, start=start, schedule=schedule, manager=manager, writer=writer,
-      progress=progress, extra_summaries=alpha_summaries,
-    )  # fmt: skip
-
-  validation = classification_dataset(
-    validation_spec, image_size=cfg.image_size, crop_size=cfg.crop_size, batch_size=cfg.eval_batch_size,
-    training=False, label_offset=cfg.label_offset, data_dir=cfg.data_dir,
+  color = ColorJitter(cfg.brightness, tuple(cfg.contrast_range), tuple(cfg.saturation_range), cfg.max_hue)
+  scores, validation_count, train_skipped, validation_skipped = train_and_evaluate(
+    NAME, cfg, train_step, predict, num_classes, train_spec, validation_spec, start=start, schedule=schedule,
+    manager=manager, writer=writer, progress=progress, color=color, extra_summaries=alpha_summaries,
   )  # fmt: skip
-  scores, validation_count, validation_skipped = evaluate(validation, predict, num_classes)
   step = int(optimizer.iterations.numpy())
   with writer.as_default(step=step):
     for key, metrics in scores.items():

@@ -202,22 +202,10 @@ def run_supervised(
     return {NAME: model(to_input(images), training=False)}
 
   writer = tf.summary.create_file_writer(out_dir)
-  train_skipped = 0
-  if start < cfg.steps:
-    data = classification.classification_dataset(
-      train_spec, image_size=cfg.image_size, crop_size=cfg.crop_size, batch_size=cfg.batch_size, training=True,
-      seed=cfg.seed, flip=cfg.flip, label_offset=cfg.label_offset, data_dir=cfg.data_dir,
-      shuffle_buffer=cfg.shuffle_buffer, start=start * cfg.batch_size,
-    )  # fmt: skip
-    train_skipped = classification.train_loop(
-      NAME, train_step, data, cfg, start=start, schedule=schedule, manager=manager, writer=writer, progress=progress
-    )
-
-  validation = classification.classification_dataset(
-    validation_spec, image_size=cfg.image_size, crop_size=cfg.crop_size, batch_size=cfg.eval_batch_size,
-    training=False, label_offset=cfg.label_offset, data_dir=cfg.data_dir,
+  scores, validation_count, train_skipped, validation_skipped = classification.train_and_evaluate(
+    NAME, cfg, train_step, predict, num_classes, train_spec, validation_spec, start=start, schedule=schedule,
+    manager=manager, writer=writer, progress=progress, flip=cfg.flip,
   )  # fmt: skip
-  scores, validation_count, validation_skipped = classification.evaluate(validation, predict, num_classes)
   step = int(optimizer.iterations.numpy())
   with writer.as_default(step=step):
     for metric, value in scores[NAME].items():

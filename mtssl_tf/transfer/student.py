@@ -298,22 +298,11 @@ def probe_student(
     return probes(frozen(images), training=False)[0]
 
   writer = tf.summary.create_file_writer(out_dir)
-  train_skipped = 0
   name = f'{NAME}/probe'
-  if start < cfg.steps:
-    data = classification.classification_dataset(
-      train_spec, image_size=cfg.image_size, crop_size=cfg.crop_size, batch_size=cfg.batch_size, training=True,
-      seed=cfg.seed, flip=True, label_offset=cfg.label_offset, data_dir=cfg.data_dir,
-      shuffle_buffer=cfg.shuffle_buffer, start=start * cfg.batch_size,
-    )  # fmt: skip
-    train_skipped = classification.train_loop(
-      name, train_step, data, cfg, start=start, schedule=schedule, manager=manager, writer=writer, progress=progress
-    )
-  validation = classification.classification_dataset(
-    validation_spec, image_size=cfg.image_size, crop_size=cfg.crop_size, batch_size=cfg.eval_batch_size,
-    training=False, label_offset=cfg.label_offset, data_dir=cfg.data_dir,
+  scores, validation_count, train_skipped, validation_skipped = classification.train_and_evaluate(
+    name, cfg, train_step, predict, num_classes, train_spec, validation_spec, start=start,
+    schedule=schedule, manager=manager, writer=writer, progress=progress, flip=True,
   )  # fmt: skip
-  scores, validation_count, validation_skipped = classification.evaluate(validation, predict, num_classes)
   step = int(optimizer.iterations.numpy())
   with writer.as_default(step=step):
     for key, metrics in scores.items():
