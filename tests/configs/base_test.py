@@ -144,7 +144,9 @@ def test_shipped_yaml_files_load_and_open_with_their_purpose(path):
   elif folder == 'transfer':
     from mtssl_tf.transfer.config import load_transfer_config
 
-    assert load_transfer_config([path]).cluster.num_clusters > 0
+    # The shipped files name a teacher run the user makes first (e.g. runs/demo); a clean
+    # clone has none, so the teacher is overridden here and the rest is checked as shipped.
+    assert load_transfer_config([path], ['extract.init=random']).cluster.num_clusters > 0
   elif folder == 'grid' and name in ('mini.yaml', 'paper.yaml'):
     from mtssl_tf.grid.runner import load_grid
 
