@@ -98,7 +98,7 @@ class LocalCluster:
       out = subprocess.DEVNULL
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get('TF_CPP_MIN_LOG_LEVEL', '2'))
     env.pop('TF_CONFIG', None)
-    cmd = [sys.executable, '-m', 'mtssl_tf.distribute.server', f'--cluster_spec={json.dumps(self.spec)}',
+    cmd = [sys.executable, '-m', 'mtssl_tf.bin.server', f'--cluster_spec={json.dumps(self.spec)}',
            f'--job={job}', f'--index={index}']  # fmt: skip
     process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     self.processes[f'{job}:{index}'] = process

@@ -1,4 +1,8 @@
-"""A PS or worker server process: `python -m mtssl_tf.distribute.server --cluster_spec=... --job=ps --index=0`."""
+"""A PS or worker server process: `python -m mtssl_tf.bin.server --cluster_spec=... --job=ps --index=0`.
+
+Started by `LocalCluster` (mtssl_tf/distribute/cluster.py) for local runs; the library only
+builds the command line, so flags stay in this binary.
+"""
 
 import json
 import os
