@@ -16,12 +16,13 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags  # noqa: E402
 
-from mtssl_tf.grid import runner  # noqa: E402
+from mtssl_tf.grid import runner, spec  # noqa: E402
 
 flags.DEFINE_string('grid', None, 'Grid file (configs/grid/*.yaml).')
 flags.DEFINE_string('output_dir', None, 'Root folder of the cells, tables and figures.')
 flags.DEFINE_list('cells', [], 'Only these cells (default: all).')
-flags.DEFINE_bool('figures', True, 'Also draw Figure 3 and Figure 4.')
+flags.DEFINE_bool('figures', True, 'Also draw Figures 3, 4 and 5.')
+flags.DEFINE_integer('parallel', 1, 'Cells run at once (2 suits a 2-core machine for the miniature grid).')
 flags.mark_flags_as_required(['grid', 'output_dir'])
 FLAGS = flags.FLAGS
 
@@ -29,9 +30,11 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   try:
-    grid = runner.load_grid(FLAGS.grid)
-    report = runner.run_grid(grid, FLAGS.output_dir, FLAGS.cells or None, figures=FLAGS.figures)
-  except (runner.GridError, KeyError) as e:
+    grid = spec.load_grid(FLAGS.grid)
+    report = runner.run_grid(
+      grid, FLAGS.output_dir, FLAGS.cells or None, figures=FLAGS.figures, parallel=FLAGS.parallel
+    )
+  except (spec.GridError, KeyError, ValueError) as e:
     sys.exit(f'grid error: {e}')
   with open(os.path.join(FLAGS.output_dir, 'grid_report.json'), 'w', encoding='utf-8') as f:
     f.write(runner.report_json(report))

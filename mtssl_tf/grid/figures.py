@@ -6,6 +6,8 @@
 * Figure 4: the lasso |alpha| matrix, one row per task, one column per block-3 unit
   (shallowest at the left), whiter = larger, on a square-root scale so that small
   nonzero weights stay visible (the paper's "nonlinear scale").
+* Figure 5 (Noroozi et al. 2018): for some clusters of a knowledge-transfer run, the
+  images nearest to the centre, one row per cluster (`transfer.samples`).
 
 Sizes are exact: figures are saved at `DPI` without tight cropping, so a PNG is
 figsize x DPI pixels (`figure3_size`, `figure4_size`).
@@ -126,6 +128,52 @@ def figure4(alpha, row_names: Sequence[str], path: str, title: str = 'lasso |alp
   colorbar = fig.colorbar(image, cax=bar)
   colorbar.ax.tick_params(labelsize=6)
   colorbar.set_label('sqrt(|alpha| / max |alpha|)', fontsize=6)
+  return _save(fig, path)
+
+
+def figure5_size(num_rows: int, per_row: int) -> Tuple[int, int]:
+  """(width, height) in pixels of a Figure 5 of `num_rows` clusters x `per_row` images."""
+  width = _FIG5_LABEL_INCHES + _FIG5_IMAGE_INCHES * per_row
+  height = _FIG5_TITLE_INCHES + _FIG5_IMAGE_INCHES * num_rows
+  return int(round(width * DPI)), int(round(height * DPI))
+
+
+_FIG5_IMAGE_INCHES = 0.8
+_FIG5_LABEL_INCHES = 1.2
+_FIG5_TITLE_INCHES = 0.4
+
+
+def figure5(samples: Sequence, path: str, title: str = 'images nearest to cluster centres') -> str:
+  """Draws each cluster's nearest images in a row, labelled with the cluster and its size.
+
+  Args:
+    samples: `transfer.samples.ClusterSamples`, one per row.
+    path: PNG file to write.
+    title: the figure title.
+
+  Returns:
+    `path`.
+
+  Raises:
+    ValueError: no clusters.
+  """
+  if not samples:
+    raise ValueError('figure 5: no clusters to draw')
+  plt = _pyplot()
+  per_row = max(len(s.images) for s in samples)
+  width, height = figure5_size(len(samples), per_row)
+  fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+  fig.suptitle(title, fontsize=8, y=1.0 - 0.1 / (height / DPI), va='top')
+  cell_w, cell_h = _FIG5_IMAGE_INCHES / (width / DPI), _FIG5_IMAGE_INCHES / (height / DPI)
+  left = _FIG5_LABEL_INCHES / (width / DPI)
+  for row, cluster in enumerate(samples):
+    bottom = 1.0 - _FIG5_TITLE_INCHES / (height / DPI) - (row + 1) * cell_h
+    fig.text(0.02, bottom + cell_h / 2, f'cluster {cluster.cluster}\n({cluster.size} images)', fontsize=7,
+             va='center')  # fmt: skip
+    for col, image in enumerate(cluster.images):
+      ax = fig.add_axes([left + col * cell_w, bottom, cell_w * 0.95, cell_h * 0.95])
+      ax.imshow(image, interpolation='nearest')
+      ax.axis('off')
   return _save(fig, path)
 
 

@@ -345,9 +345,26 @@ def load_transfer_config(files: Iterable[str] = (), overrides: Iterable[str] = (
   return cfg
 
 
+WORLD_PREFIX = 'world:'
+
+
 def world_sources(cfg: TransferConfig) -> TransferConfig:
-  """Fills the empty image sources from the synthetic world (generated on first use); returns `cfg`."""
-  if cfg.extract.source and cfg.probe.train_source and cfg.probe.validation_source:
+  """Fills the synthetic world's sources (generated on first use); returns `cfg`.
+
+  Empty image sources read the world's classification images; a source written
+  `world:<name>` reads the world's source `<name>` (e.g. `world:scene_images`, its
+  multi-object scenes: the second domain of Noroozi's Table 2 at miniature scale;
+  `train.source=world:images_train` trains the student on the real labels instead).
+
+  Raises:
+    ConfigError: a `world:` name the world does not have (the message lists them).
+  """
+  keys = ('extract.source', 'assign.source', 'train.source', 'probe.train_source', 'probe.validation_source')
+  values = {k: getattr(getattr(cfg, k.split('.')[0]), k.split('.')[1]) for k in keys}
+  needs_world = any(v.startswith(WORLD_PREFIX) for v in values.values()) or not (
+    values['extract.source'] and values['probe.train_source'] and values['probe.validation_source']
+  )
+  if not needs_world:
     return cfg
   from absl import logging
 
@@ -355,8 +372,15 @@ def world_sources(cfg: TransferConfig) -> TransferConfig:
   from mtssl_tf.train.launch import default_world_dir
 
   world_dir = cfg.world_dir or default_world_dir(cfg.world_preset)
-  logging.info('transfer: empty data sources read the synthetic world in %s', world_dir)
+  logging.info('transfer: world sources read the synthetic world in %s', world_dir)
   sources = make_world(world_dir, cfg.world_preset)['sources']
+  for key, value in values.items():
+    if value.startswith(WORLD_PREFIX):
+      name = value[len(WORLD_PREFIX) :]
+      if name not in sources:
+        raise ConfigError(f'{key}: the synthetic world has no source {name!r}; it has {sorted(sources)}')
+      section, field = key.split('.')
+      setattr(getattr(cfg, section), field, sources[name])
   cfg.extract.source = cfg.extract.source or sources['images_train']
   cfg.probe.train_source = cfg.probe.train_source or sources['images_train']
   cfg.probe.validation_source = cfg.probe.validation_source or sources['images_validation']

@@ -148,7 +148,7 @@ def test_shipped_yaml_files_load_and_open_with_their_purpose(path):
     # clone has none, so the teacher is overridden here and the rest is checked as shipped.
     assert load_transfer_config([path], ['extract.init=random']).cluster.num_clusters > 0
   elif folder == 'grid' and name in ('mini.yaml', 'paper.yaml'):
-    from mtssl_tf.grid.runner import load_grid
+    from mtssl_tf.grid.spec import load_grid
 
     assert load_grid(path).cells
   else:

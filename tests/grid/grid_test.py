@@ -15,7 +15,7 @@ import sys
 import pytest
 import yaml
 
-from mtssl_tf.grid import runner
+from mtssl_tf.grid import outputs, runner, spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,6 +35,17 @@ def _tiny_grid(world_dir):
       'tasks.colorization.crop_size=32', 'tasks.colorization.hidden_units=16',
     ],
     'tick_limit': 2,
+    # Knowledge transfer at test size: the tiny world's 40 images, 4 clusters, a few steps.
+    'transfer_configs': [os.path.join(ROOT, 'configs/transfer/tiny.yaml')],
+    'transfer_overrides': [
+      f'world_dir={world_dir}', 'world_preset=tiny', 'extract.image_size=64', 'extract.crop_size=64',
+      'extract.grid=2', 'extract.batch_size=16', 'extract.shard_size=20', 'extract.num_images=40',
+      'cluster.num_clusters=4', 'cluster.iterations=5', 'train.width=0.125', 'train.dropout=0.0',
+      'train.image_size=64', 'train.crop_size=56', 'train.steps=4', 'train.batch_size=8', 'train.log_every_steps=2',
+      'train.checkpoint_every_steps=4', 'train.shuffle_buffer=40', 'probe.image_size=64', 'probe.crop_size=56',
+      'probe.steps=3', 'probe.batch_size=8', 'probe.eval_batch_size=10', 'probe.log_every_steps=3',
+      'probe.checkpoint_every_steps=3', 'probe.shuffle_buffer=40',
+    ],
     'evaluations': {
       'linear': {
         'configs': [os.path.join(ROOT, 'configs/eval/linear_tiny.yaml')],
@@ -48,6 +59,9 @@ def _tiny_grid(world_dir):
        'evaluate': ['linear'], 'ticks': ['linear']},
       {'name': 'rp_col_lasso_eval_lasso', 'rows': {'table4': 'Pre-train & Eval Lasso'}, 'pretrained': 'rp_col_lasso',
        'evaluate': ['linear'], 'eval_overrides': ['linear.use_lasso=true']},
+      # Clusters of the first cell's width-8 trunk (the YAML's width-16 trunk must give way).
+      {'name': 'cc', 'rows': {'cc_table1': '2000', 'cc_table2': 'ImageNet / ImageNet'}, 'teacher': 'rp_col_lasso',
+       'transfer': []},
     ],
   }  # fmt: skip
 
@@ -59,7 +73,7 @@ def grid_run(tmp_path_factory):
   path = root / 'grid.yaml'
   path.write_text(yaml.safe_dump(data))
   lines = []
-  report = runner.run_grid(runner.load_grid(str(path)), str(root / 'out'), log=lines.append)
+  report = runner.run_grid(spec.load_grid(str(path)), str(root / 'out'), log=lines.append)
   return {'root': root, 'data': data, 'report': report, 'log': '\n'.join(lines), 'out': str(root / 'out')}
 
 
@@ -75,12 +89,18 @@ def test_two_cells_run_end_to_end(grid_run):
       assert 0.0 <= json.load(f)['top5'] <= 1.0
   # The reusing cell evaluated the first cell's network: it has no pre-training of its own.
   assert not os.path.exists(os.path.join(out, 'rp_col_lasso_eval_lasso', 'checkpoints'))
-  assert '[test] cell 2/2: rp_col_lasso_eval_lasso' in grid_run['log']
+  assert '[test] cell 2/3: rp_col_lasso_eval_lasso' in grid_run['log']
+  assert '[test] 3/3 cells' in grid_run['log']
+  assert 'cc/transfer' in ran
+  with open(os.path.join(out, 'cc', 'transfer_config.yaml')) as f:
+    transfer = yaml.safe_load(f)
+  assert transfer['extract']['init'] == os.path.join(out, 'rp_col_lasso')  # checkpoint: latest = the run dir.
+  assert transfer['extract']['trunk']['width'] == 8 and transfer['cluster']['num_clusters'] == 4
 
 
 def test_tables_have_the_paper_layout_and_numbers(grid_run):
   out = grid_run['out']
-  assert set(grid_run['report'].tables) == {'table4', 'all'}
+  assert set(grid_run['report'].tables) == {'table4', 'cc_table1', 'cc_table2', 'all'}
   with open(os.path.join(out, 'tables', 'table4.csv'), newline='') as f:
     rows = list(csv.reader(f))
   assert rows[0][:3] == ['Pre-training', 'Cell', 'ImageNet top-5 (%)']
@@ -91,13 +111,20 @@ def test_tables_have_the_paper_layout_and_numbers(grid_run):
   assert rows[1][rows[0].index('VOC07 mAP@0.5 11-pt (%)')] == '[68.49]'
   markdown = open(os.path.join(out, 'tables', 'table4.md')).read()
   assert '## Table 4' in markdown and 'Table 4).' in markdown
+  # Noroozi's Table 1: the student's probe top-1 per layer, the paper's VOC mAP beside.
+  with open(os.path.join(out, 'tables', 'cc_table1.csv'), newline='') as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == ['Row', 'Cell'] + [f'conv{i} top-1 (%)' for i in range(1, 6)] + ['VOC07 cls. mAP (%)']
+  assert rows[1][:2] == ['2000', 'cc'] and rows[1][-1] == '[69.90]'
+  assert all(0.0 <= float(v) <= 100.0 for v in rows[1][2:7])
+  assert 'Noroozi et al. 2018, Table 2' in open(os.path.join(out, 'tables', 'cc_table2.md')).read()
 
 
 def test_figures_from_the_grid(grid_run):
   figures = grid_run['report'].figures
   names = sorted(os.path.basename(p) for p in figures)
-  assert names == ['figure3.png', 'figure4_rp_col_lasso.png'], grid_run['log']
-  series = runner.collect_ticks(runner.parse_grid(grid_run['data']), grid_run['out'])
+  assert names == ['figure3.png', 'figure4_rp_col_lasso.png', 'figure5_cc.png'], grid_run['log']
+  series = outputs.collect_ticks(spec.parse_grid(grid_run['data']), grid_run['out'])
   points = series['ImageNet top-5 (%)']['rp_col_lasso']
   assert len(points) == 2 and points[0][0] < points[1][0]  # Compute grows from tick to tick.
   assert os.listdir(os.path.join(grid_run['out'], 'figures', 'tensorboard'))
@@ -118,9 +145,8 @@ def test_rerun_skips_finished_cells_and_reports_a_failing_one(grid_run):
   with open(os.path.join(grid_run['out'], 'grid_report.json')) as f:
     report = json.load(f)
   assert report['ran'] == []  # Everything that had finished was skipped, nothing re-run.
-  assert {'rp_col_lasso/pretrain', 'rp_col_lasso/eval_linear', 'rp_col_lasso_eval_lasso/eval_linear'} <= set(
-    report['skipped']
-  )
+  assert {'rp_col_lasso/pretrain', 'rp_col_lasso/eval_linear', 'rp_col_lasso_eval_lasso/eval_linear',
+          'cc/transfer'} <= set(report['skipped'])  # fmt: skip
   assert [(f['cell'], f['stage']) for f in report['failures']] == [('broken', 'eval_linear')]
   assert 'broken: eval_linear FAILED' in proc.stdout and 'Pre-train Only Lasso' in proc.stdout
 
@@ -137,30 +163,47 @@ def test_parse_errors_name_the_problem(tmp_path):
     "give train": {'cells': [{'name': 'a'}]},
     'not found': {'cells': [dict(cell, train=['no/such.yaml'])]},
     "'latest' or 'tick:<k>'": {'cells': [cell], 'checkpoint': 'best'},
+    "teacher: no cell 'z'": {'cells': [cell, {'name': 'b', 'teacher': 'z', 'transfer': []}],
+                             'transfer_configs': [os.path.join(ROOT, 'configs/transfer/tiny.yaml')]},
+    'need a transfer key': {'cells': [cell, {'name': 'b', 'teacher': 'a'}]},
+    "not \\['evaluate'\\]": {'cells': [{'name': 'b', 'transfer': [], 'evaluate': ['linear']}]},
+    "no config files here or in the grid's transfer_configs": {'cells': [{'name': 'b', 'transfer': []}]},
   }  # fmt: skip
   for message, data in cases.items():
-    with pytest.raises(runner.GridError, match=message.replace('(', r'\(')):
-      runner.parse_grid(data, str(tmp_path))
+    with pytest.raises(spec.GridError, match=message.replace('(', r'\(')):
+      spec.parse_grid(data, str(tmp_path))
 
 
 def test_shipped_grids_parse_and_cover_every_paper_row():
   from mtssl_tf.grid import paper
 
+  doersch = {(t, label) for t, rows in paper.TABLES.items() for label in rows}
+  noroozi = {(t, label) for t in ('cc_table1', 'cc_table2') for label in paper.CC_TABLES[t]}
+  noroozi |= {('cc_table4', label) for label in ('CC+HOG', 'Random', 'Supervised')}
+  # Not run: the Jigsaw++ and VGG teachers' own AlexNets (this project's teachers are ResNet trunks).
+  extra = {'mini': {('cc_table4', 'CC+RP+Col+Ex+MS')}, 'paper': {('cc_table4', 'CC+Jigsaw++')}}
   for name in ('mini', 'paper'):
-    grid = runner.load_grid(os.path.join(ROOT, 'configs', 'grid', f'{name}.yaml'))
+    grid = spec.load_grid(os.path.join(ROOT, 'configs', 'grid', f'{name}.yaml'))
     covered = {(t, label) for c in grid.cells for t, label in c.rows.items()}
-    expected = {(t, label) for t, rows in paper.TABLES.items() for label in rows}
-    assert covered == expected, expected - covered
-  assert runner.load_grid(os.path.join(ROOT, 'configs', 'grid', 'paper.yaml')).checkpoint == 'tick:7'
+    expected = doersch | noroozi | extra[name]
+    assert covered == expected, (expected - covered, covered - expected)
+  assert spec.load_grid(os.path.join(ROOT, 'configs', 'grid', 'paper.yaml')).checkpoint == 'tick:7'
 
 
 def test_table1_reports_top1_first(tmp_path):
   run = tmp_path / 'out' / 'rp' / 'eval' / 'linear'
   run.mkdir(parents=True)
   (run / 'results.json').write_text(json.dumps({'top1': 0.25, 'top5': 0.5}))
-  grid = runner.parse_grid({'cells': [{'name': 'rp', 'rows': {'table1': 'RP', 'table2': 'RP'},
+  grid = spec.parse_grid({'cells': [{'name': 'rp', 'rows': {'table1': 'RP', 'table2': 'RP'},
                                        'train': [os.path.join(ROOT, 'configs/grid/rp.yaml')]}]})  # fmt: skip
-  header, rows = runner.table_rows(grid, str(tmp_path / 'out'), 'table1')
+  header, rows = outputs.table_rows(grid, str(tmp_path / 'out'), 'table1')
   assert header[2] == 'ImageNet top-1 (%)' and rows[0][2] == '25.00 [36.21]' and rows[0][3] == '50.00'
-  header, rows = runner.table_rows(grid, str(tmp_path / 'out'), 'table2')
+  header, rows = outputs.table_rows(grid, str(tmp_path / 'out'), 'table2')
   assert header[2] == 'ImageNet top-5 (%)' and rows[0][2] == '50.00 [59.21]' and rows[0][3] == '25.00'
+
+
+def test_table1_transcription_agrees_with_the_text():
+  from mtssl_tf.grid import paper
+
+  claims = paper.table1_claims()
+  assert len(claims) == 9 and all(claims.values()), claims

@@ -126,9 +126,15 @@ def write_detection_part(root: str, preset, seed: int) -> Dict[str, str]:
     seed: world seed.
 
   Returns:
-    Manifest entries 'detection_trainval' and 'detection_test' (`voc:` specs).
+    Manifest entries 'detection_trainval' and 'detection_test' (`voc:` specs), and
+    'scene_images': the same scenes as a plain image folder (unlabelled), a second image
+    domain beside the object-centred classification images.
   """
   folder = os.path.join(root, 'detection')
   write_vocdevkit(folder, preset.detection_images, preset.image_size, seed=seed + 10)
   devkit = os.path.join(folder, 'VOCdevkit')
-  return {'detection_trainval': f'voc:{devkit}:trainval', 'detection_test': f'voc:{devkit}:test'}
+  return {
+    'detection_trainval': f'voc:{devkit}:trainval',
+    'detection_test': f'voc:{devkit}:test',
+    'scene_images': f'folder:{os.path.join(devkit, "VOC2007", "JPEGImages")}',
+  }

@@ -15,7 +15,9 @@ its own module next to the reader it feeds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import time
@@ -107,8 +109,30 @@ def make_world(root: str, preset: str = 'small', seed: int = 0, force: bool = Fa
   """
   if preset not in PRESETS:
     raise ValueError(f'unknown synthetic world preset {preset!r}; choose one of {sorted(PRESETS)}')
+  with _exclusive(root):
+    return _make_world(root, preset, seed, force)
+
+
+@contextlib.contextmanager
+def _exclusive(root: str):
+  # Concurrent jobs (a grid run with --parallel, tests) may ask for the same world at once:
+  # one writes it while the others wait, then find its manifest. Local folders only.
+  if '://' in root:
+    yield
+    return
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, '.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _make_world(root: str, preset: str, seed: int, force: bool) -> Dict[str, object]:
   path = os.path.join(root, MANIFEST)
-  wanted = {'preset': preset, 'seed': seed, 'parts': ['images', *sorted(_PARTS)]}
+  # layout: bumped when a part's manifest entries change, so older worlds are rewritten.
+  wanted = {'preset': preset, 'seed': seed, 'parts': ['images', *sorted(_PARTS)], 'layout': 2}
   if not force and tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path) as f:
       manifest = json.load(f)

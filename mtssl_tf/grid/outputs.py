@@ -1,0 +1,313 @@
+"""What a grid's runs left behind: compute at checkpoints, the paper tables, figure data.
+
+Everything here reads finished outputs under a grid's output_dir (see `spec`) and
+writes tables and figures; nothing runs a stage. Doersch's tables read each cell's
+`eval/<kind>/results.json`; Noroozi's (the `cc_*` tables) read a transfer cell's
+`student/probe/results.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Dict, List, Optional, Tuple
+
+import yaml
+
+from mtssl_tf.grid import paper
+from mtssl_tf.grid.spec import Grid
+
+PROBE_RESULTS = os.path.join('student', 'probe', 'results.json')
+
+# ----- checkpoints and compute -----
+
+
+def run_config(run_dir: str) -> dict:
+  """A run's config.yaml as a dict ({} if it has none)."""
+  path = os.path.join(run_dir, 'config.yaml')
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding='utf-8') as f:
+    return yaml.safe_load(f) or {}
+
+
+def checkpoint_compute(prefix: str, config: dict) -> float:
+  """Pre-training compute at a checkpoint: sum over tasks of its steps x cost_per_step.
+
+  The step counters are the `CostTracker` variables in the checkpoint; the costs come
+  from the run's config.yaml, so the unit is the config's (GPU-hours at paper scale).
+  """
+  import tensorflow as tf
+
+  reader = tf.train.load_checkpoint(prefix)
+  tasks = config.get('tasks') or {}
+  total = 0.0
+  for key in reader.get_variable_to_shape_map():
+    if key.startswith('cost/steps/') and key.endswith('/.ATTRIBUTES/VARIABLE_VALUE'):
+      task = key[len('cost/steps/') : -len('/.ATTRIBUTES/VARIABLE_VALUE')]
+      total += float(reader.get_tensor(key)) * float((tasks.get(task) or {}).get('cost_per_step', 1.0))
+  return total
+
+
+def tick_checkpoints(run_dir: str) -> List[Tuple[str, float]]:
+  """[(checkpoint prefix, compute)] of a run's compute-tick checkpoints, by compute."""
+  import tensorflow as tf
+
+  state = tf.train.get_checkpoint_state(os.path.join(run_dir, 'ticks'))
+  if not state:
+    return []
+  config = run_config(run_dir)
+  ticks = [(p, checkpoint_compute(p, config)) for p in state.all_model_checkpoint_paths]
+  return sorted(ticks, key=lambda t: t[1])
+
+
+def select_checkpoint(run_dir: str, which: str) -> str:
+  """The checkpoint a cell is evaluated at: the run dir itself ('latest') or a tick's prefix.
+
+  'tick:<k>' is the first tick checkpoint whose compute reaches k x train.cost_tick
+  (the paper evaluates tick 7 = 16.8K GPU-hours).
+
+  Raises:
+    FileNotFoundError: the run has no such tick (it stopped earlier).
+  """
+  if which == 'latest':
+    return run_dir
+  k = int(which.split(':', 1)[1])
+  tick = float((run_config(run_dir).get('train') or {}).get('cost_tick', 1.0))
+  for prefix, compute in tick_checkpoints(run_dir):
+    if compute >= k * tick - 1e-9:
+      return prefix
+  raise FileNotFoundError(f'{run_dir}: no tick checkpoint at compute >= {k} x {tick:g}; the run stopped earlier')
+
+
+# ----- tables -----
+
+
+def _columns(table: str) -> List[Tuple[str, str, str, float, Optional[int]]]:
+  """results_table.COLUMNS with the paper's triple mapped to this table's ImageNet metric."""
+  from mtssl_tf.evaluation import results_table
+
+  columns = []
+  for title, evaluation, key, scale, index in results_table.COLUMNS:
+    if evaluation == 'linear' and key in ('top1', 'top5'):
+      index = 0 if key == paper.IMAGENET_METRIC[table] else None
+    columns.append((title, evaluation, key, scale, index))
+  if paper.IMAGENET_METRIC[table] == 'top1':  # Table 1 leads with top-1, as the paper.
+    columns[0], columns[1] = columns[1], columns[0]
+  return columns
+
+
+def read_probes(run_dir: str) -> Dict[str, float]:
+  """{layer: top-1} of a transfer cell's student probes; {} if the probe has not run."""
+  path = os.path.join(run_dir, PROBE_RESULTS)
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding='utf-8') as f:
+    probes = json.load(f).get('probes') or {}
+  return {layer: float(scores['top1']) for layer, scores in probes.items() if 'top1' in scores}
+
+
+def cc_table_rows(grid: Grid, output_dir: str, table: str) -> Tuple[List[str], List[List[str]]]:
+  """Header and rows of a Noroozi table: the student's probe top-1 per layer, the paper's in [brackets].
+
+  Tables 1 and 2 add the paper's VOC07 classification mAP as its own column (a
+  fine-tuning protocol not run here), Table 4 brackets each layer's probe.
+  """
+  header = ['Row', 'Cell'] + [f'{layer} top-1 (%)' for layer in paper.CC_LAYERS]
+  if table != 'cc_table4':
+    header.append('VOC07 cls. mAP (%)')
+  rows = []
+  for cell in grid.cells:
+    label = cell.rows.get(table)
+    if label is None:
+      continue
+    probes = read_probes(os.path.join(output_dir, cell.name))
+    reference = paper.CC_TABLES[table].get(label)
+    row = [label, cell.name]
+    for i, layer in enumerate(paper.CC_LAYERS):
+      text = f'{probes[layer] * 100:.2f}' if layer in probes else ''
+      if table == 'cc_table4' and reference:
+        text = f'{text} [{reference[i]:.2f}]'.strip()
+      row.append(text)
+    if table != 'cc_table4':
+      row.append(f'[{reference[0]:.2f}]' if reference else '')
+    rows.append(row)
+  return header, rows
+
+
+def table_rows(grid: Grid, output_dir: str, table: str) -> Tuple[List[str], List[List[str]]]:
+  """Header and rows of one paper table: our numbers, the paper's in [brackets].
+
+  Rows follow the grid's cell order; a missing evaluation leaves its cell empty (or
+  just the paper's number). Noroozi's tables (`cc_*`) come from `cc_table_rows`.
+  """
+  from mtssl_tf.evaluation import results_table
+
+  if table in paper.CC_TABLES:
+    return cc_table_rows(grid, output_dir, table)
+
+  columns = _columns(table)
+  header = ['Pre-training', 'Cell'] + [c[0] for c in columns]
+  rows = []
+  for cell in grid.cells:
+    label = cell.rows.get(table)
+    if label is None:
+      continue
+    found = results_table.read_run(os.path.join(output_dir, cell.name))
+    reference = paper.paper_row(table, label)
+    triple = (reference.imagenet, reference.pascal, reference.nyu) if reference else None
+    row = [label, cell.name]
+    for _, evaluation, key, scale, index in columns:
+      value = results_table.lookup(found.get(evaluation, {}), key)
+      text = '' if value is None else f'{value * scale:.2f}'
+      if triple is not None and index is not None:
+        text = f'{text} [{triple[index]:.2f}]'.strip()
+      row.append(text)
+    rows.append(row)
+  return header, rows
+
+
+def table_markdown(table: str, header: List[str], rows: List[List[str]]) -> str:
+  """A markdown table under the paper table's title, with a note on the bracketed numbers."""
+  title = paper.CC_TITLES.get(table) or paper.TITLES[table]
+  lines = [f'## {title}', '', '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
+  number = table.rsplit('table', 1)[1]
+  if table in paper.CC_TABLES:
+    note = f"\n[brackets]: the paper's number (Noroozi et al. 2018, Table {number})."
+    if table != 'cc_table4':
+      note += (' The paper reports VOC07 classification mAP of the fine-tuned student; ours are'
+               ' frozen linear probes of the student on each conv layer (its Table 4 protocol).')  # fmt: skip
+  else:
+    note = f"\n[brackets]: the paper's number (Doersch & Zisserman 2017, Table {number})."
+  if table == 'table1' and not paper.TABLE1_VERIFIED:
+    note += (' Table 1 was transcribed from the PDF; the text confirms its orderings and two of its'
+             ' numbers (paper.table1_claims), not every digit.')  # fmt: skip
+  return '\n'.join(lines) + '\n' + note + '\n'
+
+
+def write_tables(grid: Grid, output_dir: str) -> Dict[str, str]:
+  """Writes `tables/<table>.md` and `.csv` for each paper table the grid has rows for, and `tables/all.md`.
+
+  Returns:
+    {table name or 'all': markdown path}.
+  """
+  from mtssl_tf.evaluation import results_table
+
+  folder = os.path.join(output_dir, 'tables')
+  os.makedirs(folder, exist_ok=True)
+  written, parts = {}, []
+  for table in paper.ALL_TABLES:
+    if not any(table in c.rows for c in grid.cells):
+      continue
+    header, rows = table_rows(grid, output_dir, table)
+    markdown = table_markdown(table, header, rows)
+    parts.append(markdown)
+    path = os.path.join(folder, f'{table}.md')
+    with open(path, 'w', encoding='utf-8') as f:
+      f.write(markdown)
+    with open(os.path.join(folder, f'{table}.csv'), 'w', encoding='utf-8', newline='') as f:
+      f.write(results_table.to_csv(header, rows))
+    written[table] = path
+  path = os.path.join(folder, 'all.md')
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write(f'# Grid {grid.name}\n\n' + '\n'.join(parts))
+  written['all'] = path
+  return written
+
+
+# ----- figures -----
+
+# Figure 3's panels: (evaluation, result key, scale, title), as the paper's three columns.
+FIGURE3_METRICS = (
+  ('linear', 'top5', 100.0, 'ImageNet top-5 (%)'),
+  ('detection', 'PascalBoxes_Precision/mAP@0.5IOU_VOC07_11point', 100.0, 'VOC07 mAP (%)'),
+  ('depth', 'delta1', 100.0, 'NYU % < 1.25'),
+)
+
+
+def collect_ticks(grid: Grid, output_dir: str) -> Dict[str, Dict[str, List[Tuple[float, float]]]]:
+  """Figure 3's data: {panel title: {cell: [(compute, metric), ...]}} from the tick evaluations."""
+  import glob
+
+  from mtssl_tf.evaluation import results_table
+
+  series: Dict[str, Dict[str, List[Tuple[float, float]]]] = {}
+  for cell in grid.cells:
+    run_dir = os.path.join(output_dir, cell.name)
+    if not cell.ticks or not os.path.isdir(os.path.join(run_dir, 'ticks')):
+      continue
+    config = run_config(run_dir)
+    for tick_dir in sorted(glob.glob(os.path.join(run_dir, 'tick_evals', '*'))):
+      prefix = os.path.join(run_dir, 'ticks', os.path.basename(tick_dir))
+      found = results_table.read_run(tick_dir)
+      if not found or not os.path.exists(prefix + '.index'):
+        continue
+      compute = checkpoint_compute(prefix, config)
+      for evaluation, key, scale, title in FIGURE3_METRICS:
+        value = results_table.lookup(found.get(evaluation, {}), key)
+        if value is not None:
+          series.setdefault(title, {}).setdefault(cell.name, []).append((compute, value * scale))
+  for panel in series.values():
+    for points in panel.values():
+      points.sort()
+  return series
+
+
+def collect_baselines(grid: Grid, output_dir: str) -> Dict[str, Dict[str, float]]:
+  """Final numbers of cells without pre-training (random init, labels) for Figure 3's dashed lines."""
+  from mtssl_tf.evaluation import results_table
+
+  baselines: Dict[str, Dict[str, float]] = {}
+  for cell in grid.cells:
+    if cell.pretrains or cell.pretrained or cell.transfers:
+      continue
+    found = results_table.read_run(os.path.join(output_dir, cell.name))
+    for evaluation, key, scale, title in FIGURE3_METRICS:
+      value = results_table.lookup(found.get(evaluation, {}), key)
+      if value is not None:
+        baselines.setdefault(title, {})[cell.name] = value * scale
+  return baselines
+
+
+def write_figures(grid: Grid, output_dir: str, log: Callable[[str], None] = print) -> List[str]:
+  """Figures 3, 4 (per lasso pre-training) and 5 (per transfer cell) as PNG + TensorBoard.
+
+  Figures are a by-product: a failure to draw one is logged, never fatal.
+  """
+  from mtssl_tf.grid import figures
+
+  folder = os.path.join(output_dir, 'figures')
+  written = []
+  try:
+    series = collect_ticks(grid, output_dir)
+    if series:
+      path = os.path.join(folder, 'figure3.png')
+      written.append(figures.figure3(series, path, collect_baselines(grid, output_dir)))
+    for cell in grid.cells:
+      run_dir = os.path.join(output_dir, cell.name)
+      if cell.pretrains and (run_config(run_dir).get('lasso') or {}).get('enabled'):
+        alpha, names = figures.alpha_from_checkpoint(run_dir)
+        written.append(figures.figure4(alpha, names, os.path.join(folder, f'figure4_{cell.name}.png')))
+    written += _figure5(grid, output_dir, folder)
+    if written:
+      figures.write_tensorboard(written, os.path.join(folder, 'tensorboard'))
+  except Exception as e:  # noqa: BLE001 - see the docstring: figures never fail a grid.
+    log(f'[{grid.name}] figures: not drawn: {type(e).__name__}: {e}')
+  for path in written:
+    log(f'[{grid.name}] figure: {path}')
+  return written
+
+
+def _figure5(grid: Grid, output_dir: str, folder: str) -> List[str]:
+  from mtssl_tf.grid import figures
+  from mtssl_tf.transfer import samples
+
+  written = []
+  for cell in grid.cells:
+    pseudo = os.path.join(output_dir, cell.name, 'pseudo_labels')
+    if cell.transfers and os.path.isdir(pseudo):
+      clusters = samples.nearest_to_centres(pseudo)
+      title = f'{cell.name}: images nearest to cluster centres (largest clusters)'
+      written.append(figures.figure5(clusters, os.path.join(folder, f'figure5_{cell.name}.png'), title))
+  return written

@@ -1,0 +1,247 @@
+"""The grid file: which networks to pre-train, how to evaluate them, which paper rows they fill.
+
+A grid file (configs/grid/paper.yaml, configs/grid/mini.yaml) lists cells. Each cell is
+one pre-trained network (or a control) and the evaluations run on it:
+
+    name: mini
+    train_configs: [configs/grid/tiny_base.yaml]   # before every cell's row files
+    train_overrides: []                            # after them, for every cell
+    transfer_configs: [configs/transfer/tiny.yaml] # before every transfer cell's files
+    export: false                                  # SavedModel after pre-training
+    checkpoint: latest                             # or tick:7 (first tick at >= 7 x cost_tick)
+    tick_limit: 0                                  # evaluate only the last N ticks (0: all)
+    evaluations:                                   # per evaluation kind: configs + overrides
+      linear: {configs: [configs/eval/linear_tiny.yaml], overrides: []}
+    cells:
+      - name: rp                                   # folder <output_dir>/rp
+        rows: {table2: RP, table3: RP}             # paper rows this cell reproduces
+        train: [configs/grid/rp.yaml]              # row files (after train_configs)
+        train_overrides: [train.total_steps=600]
+        evaluate: [linear]
+        eval_overrides: []                         # applied to each evaluation of the cell
+        ticks: [linear]                            # also evaluated at every tick (Figure 3)
+      - {name: rp_eval_lasso, pretrained: rp, evaluate: [linear], eval_overrides: [linear.use_lasso=true]}
+      - {name: labels, supervised: true, evaluate: [linear]}   # trunk = the supervised baseline's
+      - {name: random, init: random, evaluate: [linear]}       # the paper's random-init control
+      # Knowledge transfer (Noroozi et al. 2018): `mtssl-transfer all` with the teacher
+      # cell's network as extract.init; the student's per-layer probes fill the CC tables.
+      - {name: cc_k20, rows: {cc_table1: '2000'}, teacher: rp, transfer: [],
+         transfer_overrides: [cluster.num_clusters=20]}
+      - {name: cc_hog, rows: {cc_table4: CC+HOG}, transfer: [], transfer_overrides: [extract.features=hog]}
+
+A transfer cell is one with a `transfer` key (its files come after `transfer_configs`);
+without a `teacher` it keeps the transfer config's own `extract.init` (random network,
+HOG features).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Dict, List, Optional, Tuple
+
+import yaml
+
+from mtssl_tf.grid import paper
+
+EVALUATIONS = ('linear', 'detection', 'depth', 'supervised')
+
+
+class GridError(ValueError):
+  """A malformed grid file (the message names the cell and the key)."""
+
+
+@dataclasses.dataclass
+class Cell:
+  """One network of the grid and its evaluations (see the module docstring)."""
+
+  name: str
+  rows: Dict[str, str] = dataclasses.field(default_factory=dict)
+  train: List[str] = dataclasses.field(default_factory=list)
+  train_overrides: List[str] = dataclasses.field(default_factory=list)
+  evaluate: List[str] = dataclasses.field(default_factory=list)
+  eval_overrides: List[str] = dataclasses.field(default_factory=list)
+  ticks: List[str] = dataclasses.field(default_factory=list)
+  pretrained: str = ''
+  supervised: bool = False
+  init: str = ''
+  transfer: Optional[List[str]] = None
+  transfer_overrides: List[str] = dataclasses.field(default_factory=list)
+  teacher: str = ''
+
+  @property
+  def transfers(self) -> bool:
+    """Whether this cell is a knowledge-transfer (cluster classification) run."""
+    return self.transfer is not None
+
+  @property
+  def pretrains(self) -> bool:
+    """Whether this cell runs its own self-supervised pre-training."""
+    return not (self.pretrained or self.supervised or self.init or self.transfers)
+
+
+@dataclasses.dataclass
+class Grid:
+  """A parsed grid file."""
+
+  name: str
+  cells: List[Cell]
+  train_configs: List[str] = dataclasses.field(default_factory=list)
+  train_overrides: List[str] = dataclasses.field(default_factory=list)
+  transfer_configs: List[str] = dataclasses.field(default_factory=list)
+  transfer_overrides: List[str] = dataclasses.field(default_factory=list)
+  evaluations: Dict[str, Tuple[List[str], List[str]]] = dataclasses.field(default_factory=dict)
+  export: bool = False
+  checkpoint: str = 'latest'
+  tick_limit: int = 0
+
+  def cell(self, name: str) -> Cell:
+    """The cell called `name`."""
+    for c in self.cells:
+      if c.name == name:
+        return c
+    raise KeyError(f'grid {self.name!r} has no cell {name!r}')
+
+
+def _strings(value, where: str) -> List[str]:
+  if value is None:
+    return []
+  if isinstance(value, str):
+    return [value]
+  if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    raise GridError(f'{where}: expected a list of strings, got {value!r}')
+  return list(value)
+
+
+def _resolve(path: str, base_dir: str) -> str:
+  # Grid files name configs relative to the project root (as every other config and the
+  # Makefile do); a path next to the grid file also works for grids kept elsewhere.
+  if os.path.isabs(path) or os.path.exists(path):
+    return os.path.abspath(path)
+  beside = os.path.join(base_dir, path)
+  if os.path.exists(beside):
+    return os.path.abspath(beside)
+  raise GridError(f'config file {path!r} not found (relative to {os.getcwd()} or {base_dir})')
+
+
+_CELL_KEYS = {f.name for f in dataclasses.fields(Cell)}
+_GRID_KEYS = {'name', 'cells', 'train_configs', 'train_overrides', 'transfer_configs', 'transfer_overrides',
+              'evaluations', 'export', 'checkpoint', 'tick_limit'}  # fmt: skip
+
+
+def _parse_evaluations(data: dict, base_dir: str) -> Dict[str, Tuple[List[str], List[str]]]:
+  evaluations = {}
+  for kind, spec in (data.get('evaluations') or {}).items():
+    if kind not in EVALUATIONS:
+      raise GridError(f'evaluations.{kind}: unknown evaluation; choose from {EVALUATIONS}')
+    spec = spec or {}
+    configs = [_resolve(p, base_dir) for p in _strings(spec.get('configs'), f'evaluations.{kind}.configs')]
+    evaluations[kind] = (configs, _strings(spec.get('overrides'), f'evaluations.{kind}.overrides'))
+  return evaluations
+
+
+def _parse_cell(i: int, raw, base_dir: str) -> Cell:
+  if not isinstance(raw, dict) or 'name' not in raw:
+    raise GridError(f'cells[{i}]: a mapping with a name')
+  where = f'cell {raw["name"]!r}'
+  unknown = set(raw) - _CELL_KEYS
+  if unknown:
+    raise GridError(f'{where}: unknown keys {sorted(unknown)}; known: {sorted(_CELL_KEYS)}')
+  rows = raw.get('rows') or {}
+  for table in rows:
+    if table not in paper.ALL_TABLES:
+      raise GridError(f'{where}: rows.{table}: unknown table; choose from {sorted(paper.ALL_TABLES)}')
+  transfer = raw.get('transfer')
+  cell = Cell(
+    name=str(raw['name']),
+    rows={str(k): str(v) for k, v in rows.items()},
+    train=[_resolve(p, base_dir) for p in _strings(raw.get('train'), f'{where}: train')],
+    train_overrides=_strings(raw.get('train_overrides'), f'{where}: train_overrides'),
+    evaluate=_strings(raw.get('evaluate'), f'{where}: evaluate'),
+    eval_overrides=_strings(raw.get('eval_overrides'), f'{where}: eval_overrides'),
+    ticks=_strings(raw.get('ticks'), f'{where}: ticks'),
+    pretrained=str(raw.get('pretrained') or ''),
+    supervised=bool(raw.get('supervised', False)),
+    init=str(raw.get('init') or ''),
+    transfer=None if transfer is None else [_resolve(p, base_dir) for p in _strings(transfer, f'{where}: transfer')],
+    transfer_overrides=_strings(raw.get('transfer_overrides'), f'{where}: transfer_overrides'),
+    teacher=str(raw.get('teacher') or ''),
+  )
+  for kind in cell.evaluate + cell.ticks:
+    if kind not in EVALUATIONS or kind == 'supervised':
+      raise GridError(f'{where}: evaluation {kind!r}: choose from linear, detection, depth')
+  if not set(cell.ticks) <= set(cell.evaluate):
+    raise GridError(f'{where}: ticks {cell.ticks} must also be in evaluate {cell.evaluate}')
+  if cell.transfers:
+    # A transfer cell's own evaluation is the student's probes; the trunk evaluations
+    # (linear, detection, depth) read a ResNet trunk, which a student is not.
+    clash = [k for k in ('train', 'evaluate', 'pretrained', 'supervised', 'init') if raw.get(k)]
+    if clash:
+      raise GridError(f'{where}: a transfer cell takes teacher and transfer_overrides, not {clash}')
+  elif cell.teacher or cell.transfer_overrides:
+    raise GridError(f'{where}: teacher / transfer_overrides need a transfer key (transfer: [] for the defaults)')
+  if cell.pretrains and not cell.train:
+    raise GridError(f'{where}: give train (row config files), or pretrained / supervised / init / transfer')
+  if cell.ticks and not cell.pretrains:
+    raise GridError(f'{where}: ticks need a pre-training of its own')
+  return cell
+
+
+def parse_grid(data: dict, base_dir: str = '.', name: str = 'grid') -> Grid:
+  """Builds a `Grid` from the parsed YAML of a grid file.
+
+  Args:
+    data: the YAML mapping.
+    base_dir: folder of the grid file (config paths may be relative to it).
+    name: the grid's name when the file does not give one.
+
+  Raises:
+    GridError: unknown keys, unknown evaluations, duplicate or dangling cell names,
+      missing config files (each message names the cell and key).
+  """
+  if not isinstance(data, dict):
+    raise GridError('a grid file must be a YAML mapping')
+  unknown = set(data) - _GRID_KEYS
+  if unknown:
+    raise GridError(f'unknown grid keys {sorted(unknown)}; known: {sorted(_GRID_KEYS)}')
+  checkpoint = str(data.get('checkpoint', 'latest'))
+  if checkpoint != 'latest' and not (checkpoint.startswith('tick:') and checkpoint[5:].isdigit()):
+    raise GridError(f"checkpoint: 'latest' or 'tick:<k>', got {checkpoint!r}")
+  grid = Grid(
+    name=str(data.get('name', name)),
+    cells=[_parse_cell(i, raw, base_dir) for i, raw in enumerate(data.get('cells') or [])],
+    train_configs=[_resolve(p, base_dir) for p in _strings(data.get('train_configs'), 'train_configs')],
+    train_overrides=_strings(data.get('train_overrides'), 'train_overrides'),
+    transfer_configs=[_resolve(p, base_dir) for p in _strings(data.get('transfer_configs'), 'transfer_configs')],
+    transfer_overrides=_strings(data.get('transfer_overrides'), 'transfer_overrides'),
+    evaluations=_parse_evaluations(data, base_dir),
+    export=bool(data.get('export', False)),
+    checkpoint=checkpoint,
+    tick_limit=int(data.get('tick_limit', 0)),
+  )
+  names = [c.name for c in grid.cells]
+  if len(set(names)) != len(names):
+    raise GridError(f'duplicate cell names in {names}')
+  for c in grid.cells:
+    for key in ('pretrained', 'teacher'):
+      source = getattr(c, key)
+      if source and source not in names:
+        raise GridError(f'cell {c.name!r}: {key}: no cell {source!r}')
+      if source and not grid.cell(source).pretrains:
+        raise GridError(f'cell {c.name!r}: {key}: cell {source!r} has no pre-training of its own')
+    if c.transfers and not (c.transfer or grid.transfer_configs):
+      raise GridError(f"cell {c.name!r}: transfer: no config files here or in the grid's transfer_configs")
+  return grid
+
+
+def load_grid(path: str) -> Grid:
+  """Reads and checks a grid file (see the module docstring).
+
+  Raises:
+    GridError: a malformed grid (named), or a missing file.
+  """
+  if not os.path.exists(path):
+    raise GridError(f'grid file {path!r} not found')
+  with open(path, encoding='utf-8') as f:
+    data = yaml.safe_load(f) or {}
+  return parse_grid(data, os.path.dirname(os.path.abspath(path)), os.path.splitext(os.path.basename(path))[0])
