@@ -26,7 +26,7 @@ from __future__ import annotations
 import collections
 import os
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import numpy as np
 import tensorflow as tf
@@ -45,6 +45,41 @@ from mtssl_tf.trunk.lasso import alpha_image
 
 # Metrics a task may report per batch (padded to this many in the closure's result).
 MAX_BATCH_METRICS = 4
+
+
+# A step's result is read back from its worker when fetched; these many re-runs of a
+# step whose worker died in between are tried before giving up.
+FETCH_RETRIES = 3
+
+
+def fetch_step(remote, reschedule: Callable[[], object], retries: int = FETCH_RETRIES):
+  """A finished step's result; if its worker died before the result was read, the step is re-run.
+
+  `ClusterCoordinator` re-runs a closure that fails on a dead worker, but a closure that
+  *finished* keeps its outputs on its worker until fetched: if the worker dies in
+  between, `fetch()` raises `UnavailableError` outside any closure, which would end
+  training. Such a step has written its gradient slot but has not been counted, so
+  re-running it into the same slot (an assignment) keeps every count exact, as a
+  coordinator re-run does. Errors from a parameter server are cluster failures and pass.
+
+  Args:
+    remote: the step's `RemoteValue`.
+    reschedule: schedules the same step (same gradient slot) again; returns its `RemoteValue`.
+    retries: re-runs tried before the error is raised.
+
+  Raises:
+    tf.errors.UnavailableError, tf.errors.AbortedError: a parameter server failed, or
+      `retries` re-runs all lost their workers.
+  """
+  for attempt in range(retries + 1):
+    try:
+      return remote.fetch()
+    except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:
+      if '/job:ps' in str(e) or attempt == retries:
+        raise
+      logging.warning('a finished step lost its worker before its result was read (%s); re-running it',
+                      str(e).splitlines()[0][:200])  # fmt: skip
+      remote = reschedule()
 
 
 def worker_pools(tasks: Dict[str, Task]) -> List[int]:
@@ -209,7 +244,10 @@ class DistributedTrainer:
 
   def _schedule(self):
     slot = self.free_slots.pop()
-    return self.coordinator.schedule(self.worker_step, args=(self.iterator, tf.constant(slot, tf.int32))), slot
+    return self._schedule_into(slot), slot
+
+  def _schedule_into(self, slot: int):
+    return self.coordinator.schedule(self.worker_step, args=(self.iterator, tf.constant(slot, tf.int32)))
 
   def run(self) -> Dict[str, Dict[str, int]]:
     """Trains until `train.total_steps` worker steps are done (counting resumed ones).
@@ -240,7 +278,7 @@ class DistributedTrainer:
           scheduled += 1
       finished = [in_flight.popleft() for _ in range(len(in_flight) if t.mode == 'sync' else 1)]
       for remote, slot in finished:
-        task_index, loss, metrics, skipped = remote.fetch()
+        task_index, loss, metrics, skipped = fetch_step(remote, lambda slot=slot: self._schedule_into(slot))
         name = self.names[int(task_index)]
         if not np.isfinite(loss):
           raise FloatingPointError(
