@@ -207,3 +207,20 @@ def test_table1_transcription_agrees_with_the_text():
 
   claims = paper.table1_claims()
   assert len(claims) == 9 and all(claims.values()), claims
+
+
+def test_cells_run_after_the_cells_they_reuse(tmp_path):
+  rp = os.path.join(ROOT, 'configs/grid/rp.yaml')
+  tiny = os.path.join(ROOT, 'configs/transfer/tiny.yaml')
+  grid = spec.parse_grid({
+    'transfer_configs': [tiny],
+    'cells': [
+      {'name': 'reuse', 'pretrained': 'b', 'evaluate': ['linear']},
+      {'name': 'cc', 'teacher': 'b', 'transfer': []},
+      {'name': 'a', 'train': [rp]},
+      {'name': 'b', 'train': [rp]},
+    ],
+  })  # fmt: skip
+  assert [c.name for c in runner._dependencies_first(grid.cells)] == ['b', 'reuse', 'cc', 'a']
+  with pytest.raises(ValueError, match='parallel'):
+    runner.run_grid(grid, str(tmp_path), parallel=0)

@@ -25,3 +25,26 @@ def test_tiny_world_is_written_read_and_reused(tmp_path):
 def test_unknown_preset():
   with pytest.raises(ValueError, match="preset 'huge'"):
     world.make_world('/nonexistent', 'huge')
+
+
+def test_concurrent_requests_write_the_world_once(tmp_path, monkeypatch):
+  # Two grid cells starting together (run_grid --parallel) ask for the same world: the
+  # second waits on the lock, then reuses the first's manifest instead of rewriting files.
+  import threading
+
+  writes = []
+  original = world._image_parts
+
+  def counted(*args):
+    writes.append(1)
+    return original(*args)
+
+  monkeypatch.setattr(world, '_image_parts', counted)
+  results = []
+  threads = [threading.Thread(target=lambda: results.append(world.make_world(str(tmp_path), 'tiny'))) for _ in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert len(writes) == 1 and len(results) == 2 and results[0] == results[1]
+  assert 'scene_images' in results[0]['sources']
