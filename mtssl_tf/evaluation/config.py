@@ -94,6 +94,6 @@ def run_preprocessing(cfg: EvalConfig) -> str:
   """The trunk's input convention: the config's, or the pre-training run's for 'auto'."""
   if cfg.preprocessing != 'auto':
     return cfg.preprocessing
-  tasks = backbone.run_config_section(cfg.init, 'tasks')
-  enabled = [t for t in tasks.values() if isinstance(t, dict) and t.get('enabled')]
-  return 'harmonized' if enabled and all(t.get('harmonize') for t in enabled) else 'rgb'
+  from mtssl_tf.tasks import input_convention
+
+  return input_convention(backbone.run_config_section(cfg.init, 'tasks'))

@@ -7,7 +7,7 @@ entry in `TASKS` and a field in `TasksConfig`. Trainers only use `build_tasks`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict
+from typing import Any, Dict
 
 from mtssl_tf.configs.base import Config
 from mtssl_tf.tasks.base import Task
@@ -44,3 +44,19 @@ def build_tasks(tasks_config: TasksConfig, trunk_output_stride: int) -> Dict[str
     for name, cls in TASKS.items()
     if getattr(tasks_config, name).enabled
   }
+
+
+def input_convention(tasks_section: Dict[str, Any]) -> str:
+  """'harmonized' if every enabled task of a run fed the trunk colorization's input, else 'rgb'.
+
+  Args:
+    tasks_section: a run's `tasks` section as plain data (its config.yaml). The same rule
+      as `Task.harmonized_input`, without building the tasks: colorization always
+      harmonizes, the others when their `harmonize` is set. A run without enabled tasks
+      (or unknown ones) is 'rgb'.
+  """
+  enabled = {n: t for n, t in tasks_section.items() if isinstance(t, dict) and t.get('enabled')}
+  if not enabled or not set(enabled) <= set(TASKS):
+    return 'rgb'
+  harmonized = all(TASKS[n].ALWAYS_HARMONIZED or bool(t.get('harmonize')) for n, t in enabled.items())
+  return 'harmonized' if harmonized else 'rgb'

@@ -88,6 +88,8 @@ class Task(abc.ABC):
 
   name: ClassVar[str]
   config_class: ClassVar[Type[TaskConfig]]
+  # The task feeds the trunk colorization's input whatever `harmonize` says (colorization).
+  ALWAYS_HARMONIZED: ClassVar[bool] = False
 
   def __init__(self, config: TaskConfig, trunk_output_stride: int = 16):
     """Creates the task.
@@ -107,7 +109,7 @@ class Task(abc.ABC):
   @property
   def harmonized_input(self) -> bool:
     """The trunk sees colorization's input (Lab L replicated) rather than RGB."""
-    return self.config.harmonize
+    return self.ALWAYS_HARMONIZED or self.config.harmonize
 
   # ----- input pipeline (workers) -----
 

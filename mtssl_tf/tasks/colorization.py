@@ -225,6 +225,7 @@ class ColorizationTask(base.Task):
 
   name = 'colorization'
   config_class = ColorizationConfig
+  ALWAYS_HARMONIZED = True  # Its input is L replicated, with or without the switch.
 
   def __init__(self, config: ColorizationConfig, trunk_output_stride: int = 16):
     super().__init__(config, trunk_output_stride)
@@ -233,10 +234,6 @@ class ColorizationTask(base.Task):
     self.class_weights_np = rebalance_weights(self.prior, config.rebalance_lambda)
     self._bins = tf.constant(self.bins_np, tf.float32)
     self._class_weights = tf.constant(self.class_weights_np, tf.float32)
-
-  @property
-  def harmonized_input(self) -> bool:
-    return True  # Its input is L replicated, with or without the switch.
 
   @property
   def output_stride(self) -> int:

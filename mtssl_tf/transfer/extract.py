@@ -97,9 +97,9 @@ def resolve_preprocessing(cfg: ExtractConfig) -> str:
   """'rgb' or 'harmonized': the config's, or for 'auto' the pre-training run's convention."""
   if cfg.preprocessing != 'auto':
     return cfg.preprocessing
-  tasks = backbone.run_config_section(cfg.init, 'tasks')
-  enabled = [t for t in tasks.values() if isinstance(t, dict) and t.get('enabled')]
-  return 'harmonized' if enabled and all(t.get('harmonize') for t in enabled) else 'rgb'
+  from mtssl_tf.tasks import input_convention
+
+  return input_convention(backbone.run_config_section(cfg.init, 'tasks'))
 
 
 class NetworkFeatures:
