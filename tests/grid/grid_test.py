@@ -7,6 +7,7 @@ network with an evaluation lasso (Table 4's two lasso rows). A rerun must skip a
 """
 
 import csv
+import glob
 import json
 import os
 import subprocess
@@ -224,3 +225,24 @@ def test_cells_run_after_the_cells_they_reuse(tmp_path):
   assert [c.name for c in runner._dependencies_first(grid.cells)] == ['b', 'reuse', 'cc', 'a']
   with pytest.raises(ValueError, match='parallel'):
     runner.run_grid(grid, str(tmp_path), parallel=0)
+
+
+def test_every_pre_training_cell_and_row_file_makes_a_valid_config():
+  from mtssl_tf.configs import ExperimentConfig, load_config
+
+  tasks = ('relative_position', 'colorization', 'exemplar', 'motion_segmentation', 'jigsaw')
+  for name in ('mini', 'paper'):
+    grid = spec.load_grid(os.path.join(ROOT, 'configs', 'grid', f'{name}.yaml'))
+    for cell in grid.cells:
+      if cell.pretrains:
+        files, overrides = grid.train_configs + cell.train, grid.train_overrides + cell.train_overrides
+        cfg = load_config(ExperimentConfig, files, overrides)
+        assert any(getattr(cfg.tasks, t).enabled for t in tasks), (name, cell.name)
+  # Every row file also runs in miniature (the "tiny variant" of each row).
+  tiny = os.path.join(ROOT, 'configs', 'grid', 'tiny_base.yaml')
+  not_rows = ('mini.yaml', 'paper.yaml', 'tiny_base.yaml', 'paper_base.yaml', 'labels_tiny.yaml')
+  rows = [p for p in glob.glob(os.path.join(ROOT, 'configs', 'grid', '*.yaml')) if os.path.basename(p) not in not_rows]
+  assert len(rows) == 13
+  for row in rows:
+    cfg = load_config(ExperimentConfig, [tiny, row])
+    assert cfg.trunk.width == 16 and cfg.train.world_preset == 'small', row
