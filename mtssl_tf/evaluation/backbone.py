@@ -71,6 +71,15 @@ def run_config_section(source: str, section: str) -> Dict[str, Any]:
   return {}
 
 
+def run_input_convention(preprocessing: str, source: str) -> str:
+  """'rgb' or 'harmonized': `preprocessing` itself, or for 'auto' the convention of the run behind `source`."""
+  if preprocessing != 'auto':
+    return preprocessing
+  from mtssl_tf.tasks import input_convention
+
+  return input_convention(run_config_section(source, 'tasks'))
+
+
 def run_trunk_config(source: str) -> Dict[str, Any]:
   """The pre-training run's `trunk` section, so `--init=<run>` needs no trunk flags."""
   return run_config_section(source, 'trunk')

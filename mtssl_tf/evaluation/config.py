@@ -92,8 +92,4 @@ def load_eval_config(files: Iterable[str] = (), overrides: Iterable[str] = (), i
 
 def run_preprocessing(cfg: EvalConfig) -> str:
   """The trunk's input convention: the config's, or the pre-training run's for 'auto'."""
-  if cfg.preprocessing != 'auto':
-    return cfg.preprocessing
-  from mtssl_tf.tasks import input_convention
-
-  return input_convention(backbone.run_config_section(cfg.init, 'tasks'))
+  return backbone.run_input_convention(cfg.preprocessing, cfg.init)

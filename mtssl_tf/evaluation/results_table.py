@@ -63,28 +63,39 @@ def lookup(results: Dict, key: str) -> Optional[float]:
   return None
 
 
+def cell_text(value: Optional[float], scale: float = 100.0, reference: Optional[float] = None) -> str:
+  """One table cell: our value scaled to 2 decimals ('' if missing), the paper's in [brackets] if given."""
+  text = '' if value is None else f'{value * scale:.2f}'
+  return text if reference is None else f'{text} [{reference:.2f}]'.strip()
+
+
+def format_row(evaluations: Dict[str, Dict], columns, reference: Optional[Sequence[float]]) -> List[str]:
+  """The cells of `columns` (COLUMNS-shaped tuples) from one run's results, with `reference[index]` beside."""
+  return [
+    cell_text(
+      lookup(evaluations.get(evaluation, {}), key),
+      scale,
+      reference[index] if reference is not None and index is not None else None,
+    )
+    for _, evaluation, key, scale, index in columns
+  ]
+
+
 def build_rows(runs: Sequence[Tuple[str, str]]) -> Tuple[List[str], List[List[str]]]:
   """Header and rows: one row per (label, run_dir); paper numbers in [brackets]."""
   header = ['Pre-training'] + [c[0] for c in COLUMNS]
-  rows = []
-  for label, run_dir in runs:
-    evaluations = read_run(run_dir)
-    paper = PAPER_TABLE2.get(label)
-    row = [label]
-    for _, evaluation, key, scale, paper_index in COLUMNS:
-      value = lookup(evaluations.get(evaluation, {}), key)
-      cell = '' if value is None else f'{value * scale:.2f}'
-      if paper is not None and paper_index is not None:
-        cell = f'{cell} [{paper[paper_index]:.2f}]'.strip()
-      row.append(cell)
-    rows.append(row)
+  rows = [[label] + format_row(read_run(run_dir), COLUMNS, PAPER_TABLE2.get(label)) for label, run_dir in runs]
   return header, rows
+
+
+def markdown_lines(header: List[str], rows: List[List[str]]) -> List[str]:
+  """The lines of a GitHub-flavoured markdown table."""
+  return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + ['| ' + ' | '.join(r) + ' |' for r in rows]
 
 
 def to_markdown(header: List[str], rows: List[List[str]]) -> str:
   """A GitHub-flavoured markdown table."""
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
+  lines = markdown_lines(header, rows)
   note = (
     "\n\n[brackets]: the paper's number (Doersch & Zisserman 2017, Table 2)."
     if any('[' in c for r in rows for c in r)

@@ -113,9 +113,11 @@ def cc_table_rows(grid: Grid, output_dir: str, table: str) -> Tuple[List[str], L
   Tables 1 and 2 add the paper's VOC07 classification mAP as its own column (a
   fine-tuning protocol not run here), Table 4 brackets each layer's probe.
   """
+  from mtssl_tf.evaluation.results_table import cell_text
+
+  per_layer = table == 'cc_table4'  # Tables 1 and 2: the paper's one number gets its own column.
   header = ['Row', 'Cell'] + [f'{layer} top-1 (%)' for layer in paper.CC_LAYERS]
-  if table != 'cc_table4':
-    header.append('VOC07 cls. mAP (%)')
+  header += [] if per_layer else ['VOC07 cls. mAP (%)']
   rows = []
   for cell in grid.cells:
     label = cell.rows.get(table)
@@ -124,13 +126,9 @@ def cc_table_rows(grid: Grid, output_dir: str, table: str) -> Tuple[List[str], L
     probes = read_probes(os.path.join(output_dir, cell.name))
     reference = paper.CC_TABLES[table].get(label)
     row = [label, cell.name]
-    for i, layer in enumerate(paper.CC_LAYERS):
-      text = f'{probes[layer] * 100:.2f}' if layer in probes else ''
-      if table == 'cc_table4' and reference:
-        text = f'{text} [{reference[i]:.2f}]'.strip()
-      row.append(text)
-    if table != 'cc_table4':
-      row.append(f'[{reference[0]:.2f}]' if reference else '')
+    row += [cell_text(probes.get(layer), 100.0, reference[i] if per_layer and reference else None)
+            for i, layer in enumerate(paper.CC_LAYERS)]  # fmt: skip
+    row += [] if per_layer else [cell_text(None, reference=reference[0] if reference else None)]
     rows.append(row)
   return header, rows
 
@@ -156,22 +154,16 @@ def table_rows(grid: Grid, output_dir: str, table: str) -> Tuple[List[str], List
     found = results_table.read_run(os.path.join(output_dir, cell.name))
     reference = paper.paper_row(table, label)
     triple = (reference.imagenet, reference.pascal, reference.nyu) if reference else None
-    row = [label, cell.name]
-    for _, evaluation, key, scale, index in columns:
-      value = results_table.lookup(found.get(evaluation, {}), key)
-      text = '' if value is None else f'{value * scale:.2f}'
-      if triple is not None and index is not None:
-        text = f'{text} [{triple[index]:.2f}]'.strip()
-      row.append(text)
-    rows.append(row)
+    rows.append([label, cell.name] + results_table.format_row(found, columns, triple))
   return header, rows
 
 
 def table_markdown(table: str, header: List[str], rows: List[List[str]]) -> str:
   """A markdown table under the paper table's title, with a note on the bracketed numbers."""
+  from mtssl_tf.evaluation.results_table import markdown_lines
+
   title = paper.CC_TITLES.get(table) or paper.TITLES[table]
-  lines = [f'## {title}', '', '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
+  lines = [f'## {title}', ''] + markdown_lines(header, rows)
   number = table.rsplit('table', 1)[1]
   if table in paper.CC_TABLES:
     note = f"\n[brackets]: the paper's number (Noroozi et al. 2018, Table {number})."

@@ -181,20 +181,15 @@ class _Runner:
       self.report.failures.append(Failure(cell.name, 'pretrain', f'its pre-training cell {source!r} failed'))
       self.log(f'[{self.grid.name}] {cell.name}: skipped, cell {source!r} failed')
       return False
-    if cell.transfers:
-      try:
-        return self.transfer(cell)
-      except (FileNotFoundError, ValueError) as e:  # The teacher's tick checkpoint is missing.
-        self.report.failures.append(Failure(cell.name, 'checkpoint', str(e)))
-        self.log(f'[{self.grid.name}] {cell.name}: FAILED: {e}')
-        return False
-    if cell.pretrains and not self.pretrain(cell):
-      return False
-    if cell.supervised and not self.supervised(cell):
-      return False
     try:
+      if cell.transfers:
+        return self.transfer(cell)
+      if cell.pretrains and not self.pretrain(cell):
+        return False
+      if cell.supervised and not self.supervised(cell):
+        return False
       init = self.init_source(cell)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # The source run lacks the checkpoint the grid asks for.
       self.report.failures.append(Failure(cell.name, 'checkpoint', str(e)))
       self.log(f'[{self.grid.name}] {cell.name}: FAILED: {e}')
       return False

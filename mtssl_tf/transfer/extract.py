@@ -95,11 +95,7 @@ def pool_features(maps: tf.Tensor, pooling: str = 'max', grid: int = 4) -> tf.Te
 
 def resolve_preprocessing(cfg: ExtractConfig) -> str:
   """'rgb' or 'harmonized': the config's, or for 'auto' the pre-training run's convention."""
-  if cfg.preprocessing != 'auto':
-    return cfg.preprocessing
-  from mtssl_tf.tasks import input_convention
-
-  return input_convention(backbone.run_config_section(cfg.init, 'tasks'))
+  return backbone.run_input_convention(cfg.preprocessing, cfg.init)
 
 
 class NetworkFeatures:
