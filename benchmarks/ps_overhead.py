@@ -5,10 +5,13 @@ The baseline is the same step without any strategy in this process (trunk + head
 loss + gradients + per-task RMSProp update, one tf.function). The PS figure includes
 everything the real trainer does per step: the closure on the worker, the gradient
 slot write on the PS, the coordinator's apply (K = 1) and its bookkeeping. Baseline,
-PS, baseline again; ratio = PS steps/s / mean baseline steps/s (goal >= 0.9).
+PS, baseline again; ratio = PS steps/s / mean baseline steps/s (goal >= 0.9). With
+K > 1 both sides average K steps per update: the baseline sums gradients in local
+variables, the PS trainer on the parameter server or the worker (`--accumulate`).
 
     .venv/bin/python benchmarks/ps_overhead.py                 # ~2 min on 2 cores
     .venv/bin/python benchmarks/ps_overhead.py --steps=100 --width=32
+    .venv/bin/python benchmarks/ps_overhead.py --aggregate_steps=16 --accumulate=worker
 """
 
 import os
@@ -31,7 +34,13 @@ flags.DEFINE_integer('steps', 60, 'Timed steps per measurement.')
 flags.DEFINE_integer('warmup', 10, 'Untimed steps first (tracing, pipeline start).')
 flags.DEFINE_integer('width', 32, 'Trunk width (block 1 bottleneck; 64 is ResNet-101).')
 flags.DEFINE_integer('batch_size', 16, 'Relative-position pairs per step.')
-flags.DEFINE_integer('aggregate_steps', 1, 'K: steps averaged per update in the PS trainer (1 = the bare step).')
+flags.DEFINE_integer('aggregate_steps', 1, 'K: steps averaged per update (in both trainers).')
+flags.DEFINE_enum(
+  'accumulate',
+  'parameter_server',
+  ['parameter_server', 'worker'],
+  'train.accumulate of the PS trainer: where the K gradients are summed.',
+)
 FLAGS = flags.FLAGS
 
 
@@ -42,8 +51,8 @@ def _config(world_dir):
     'tasks': {'relative_position': dict(enabled=True, batch_size=FLAGS.batch_size, patch_size=64, gap=16, jitter=4,
                                         min_area=65536, max_area=65536, min_downsample=16, hidden_units=256,
                                         data={'shuffle_buffer': 0}, aggregate_steps=FLAGS.aggregate_steps)},
-    'train': dict(mode='hybrid', world_dir=world_dir, world_preset='small', checkpoint_every_seconds=1e9,
-                  log_every_seconds=1e9, cost_tick=1e9),
+    'train': dict(mode='hybrid', accumulate=FLAGS.accumulate, world_dir=world_dir, world_preset='small',
+                  checkpoint_every_seconds=1e9, log_every_seconds=1e9, cost_tick=1e9),
   })  # fmt: skip
   validate_all(cfg)
   return cfg
@@ -56,18 +65,36 @@ def baseline_rate(cfg, source):
   model.build_all({'relative_position': next(it)})
   variables = model.task_variables('relative_position')
   optimizer = PerTaskRMSProp({'relative_position': variables})
+  k = FLAGS.aggregate_steps
+  # K > 1: gradients summed in local variables, one averaged update every K steps.
+  sums = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables] if k > 1 else []
 
   @tf.function
   def step(batch):
     _, loss, _, grads, variables = model.compute_gradients('relative_position', batch)
-    optimizer.apply('relative_position', zip(grads, variables))
+    if k == 1:
+      optimizer.apply('relative_position', zip(grads, variables))
+    else:
+      for total, g in zip(sums, grads):
+        if g is not None:
+          total.assign_add(g)
     return loss
 
-  for _ in range(FLAGS.warmup):
-    step(next(it)).numpy()
+  @tf.function
+  def apply():
+    optimizer.apply('relative_position', [(total / k, v) for total, v in zip(sums, variables)])
+    for total in sums:
+      total.assign(tf.zeros_like(total))
+
+  def run(n):
+    for i in range(n):
+      step(next(it)).numpy()
+      if k > 1 and (i + 1) % k == 0:
+        apply()
+
+  run(FLAGS.warmup)
   start = time.perf_counter()
-  for _ in range(FLAGS.steps):
-    step(next(it)).numpy()
+  run(FLAGS.steps)
   return FLAGS.steps / (time.perf_counter() - start)
 
 
@@ -99,7 +126,10 @@ def main(argv):
     ps = ps_rate(cfg, source, os.path.join(tmp, 'run'))
     second = baseline_rate(cfg, source)
   base = (first + second) / 2
-  print(f'trunk (1, 1, 2) width {FLAGS.width}, relative position batch {FLAGS.batch_size} pairs of 64 px')
+  print(
+    f'trunk (1, 1, 2) width {FLAGS.width}, relative position batch {FLAGS.batch_size} pairs of 64 px, '
+    f'K = {FLAGS.aggregate_steps}, accumulate on {FLAGS.accumulate}'
+  )
   print(f'no strategy:            {first:.2f} / {second:.2f} steps/s (before / after)')
   print(f'PS trainer, 1 PS + 1 w: {ps:.2f} steps/s')
   print(f'ratio PS / no strategy: {ps / base:.2f}  (goal >= 0.9)')

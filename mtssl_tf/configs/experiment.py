@@ -118,6 +118,7 @@ class DemoConfig(Config):
 
 
 TRAIN_MODES = ('hybrid', 'async', 'sync')
+ACCUMULATE = ('parameter_server', 'worker')
 
 
 @dataclasses.dataclass
@@ -129,6 +130,12 @@ class TrainConfig(Config):
       never waits for other tasks: the paper's scheme), 'async' (every step applied
       at once) or 'sync' (all tasks in lock step: a round of one step per worker,
       then every task's update).
+    accumulate: where a hybrid run sums a task's K_t gradients. 'parameter_server'
+      (the paper's scheme): every step writes its gradients to the parameter servers
+      and any K_t steps of the task's pool make an update. 'worker': one closure runs
+      K_t steps of its task on one worker and writes their sum once, K_t times less
+      gradient traffic; the steps of an update then all come from one worker (the
+      same thing when a task has one worker). Ignored by 'async' and 'sync'.
     total_steps: worker steps over all tasks.
     learning_rate: RMSProp learning rate.
     rmsprop_variant: 'tf1' (mean square starts at 1) or 'keras' (starts at 0).
@@ -146,6 +153,7 @@ class TrainConfig(Config):
   """
 
   mode: str = 'hybrid'
+  accumulate: str = 'parameter_server'
   total_steps: int = 600
   learning_rate: float = 1e-3
   rmsprop_variant: str = 'tf1'
@@ -163,6 +171,8 @@ class TrainConfig(Config):
   def validate(self) -> None:
     if self.mode not in TRAIN_MODES:
       raise ConfigError(f'train.mode: must be one of {TRAIN_MODES}, got {self.mode!r}')
+    if self.accumulate not in ACCUMULATE:
+      raise ConfigError(f'train.accumulate: must be one of {ACCUMULATE}, got {self.accumulate!r}')
     if self.total_steps < 1 or self.num_ps < 1:
       raise ConfigError('train.total_steps and train.num_ps: must be positive')
     if self.rmsprop_variant not in ('tf1', 'keras'):

@@ -7,18 +7,21 @@ How a step flows:
    are constant zeros) plus a task id, and `choose_from_datasets` keyed by the worker's
    index makes each worker read only its own task's pipeline. (`schedule` cannot pin a
    closure to a worker; the worker's dataset decides what it trains.)
-2. Compute closures. The coordinator schedules one generic closure per step, each with
-   a gradient slot of its own. On the worker it switches on the task id, computes that
-   task's loss and gradients and assigns them into its slot on the parameter servers
-   (`GradientSlots`; assignment makes re-run closures harmless).
+2. Compute closures. The coordinator keeps two generic closures per worker in flight,
+   each with a gradient slot of its own. On the worker it switches on the task id, computes
+   that task's loss and gradients and assigns them into its slot on the parameter
+   servers (`GradientSlots`; assignment makes re-run closures harmless). Under
+   `train.accumulate: worker` a closure runs its task's K_t steps in a loop on the
+   worker and assigns their sum once (K_t times less gradient traffic).
 3. Per-task aggregation. When K_t (`aggregate_steps`) steps of task t have finished,
    the coordinator averages exactly their slots and applies the result with t's own
    RMSProp slots (`PerTaskRMSProp`). The apply runs from the coordinator, which is
    never re-run, with every op on the parameter servers; tasks never wait for each
    other ('hybrid'); 'async' is K_t = 1; 'sync' runs rounds of one closure per worker,
    then updates every task, then the next round.
-4. Accounting. Each finished step adds the task's cost; crossing a cost tick keeps a
-   checkpoint (besides time-based ones); counters live in the checkpoint.
+4. Accounting. Each finished closure adds its steps' cost; crossing a cost tick keeps a
+   checkpoint (besides time-based ones; one checkpoint if a closure crosses several);
+   counters live in the checkpoint.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import collections
 import os
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -137,7 +140,13 @@ class DistributedTrainer:
     self.window = 2 * self.num_workers
     aggregate = {n: 1 if t.mode == 'async' else task.config.aggregate_steps for n, task in self.tasks.items()}
     self.aggregate = aggregate
-    num_slots = max(self.window + sum(k - 1 for k in aggregate.values()), self.num_workers)
+    # Worker accumulation: a closure runs its task's K_t steps and writes their sum once.
+    on_worker = t.mode == 'hybrid' and t.accumulate == 'worker'
+    self.steps_per_closure = max(aggregate.values()) if on_worker else 1
+    # Slots: the closures in flight, plus those waiting for an aggregate (one short
+    # closure per task at most under worker accumulation).
+    waiting = len(aggregate) if on_worker else sum(k - 1 for k in aggregate.values())
+    num_slots = max(self.window + waiting, self.num_workers)
     # Sample batches (coordinator-side) give the union structure, build variables and
     # feed the image summaries.
     self.samples = {n: next(iter(task.dataset(ReadOptions(), sources[n], seed=0))) for n, task in self.tasks.items()}
@@ -195,101 +204,132 @@ class DistributedTrainer:
     return per_worker
 
   def _make_worker_step(self):
-    model, names = self.model, self.names
+    model, names, strategy = self.model, self.names, self.strategy
 
-    def branch(name, x, slot):
+    def compute(name, x):
       batch = {k.split('/', 1)[1]: v for k, v in x.items() if k.startswith(name + '/')}
       _, task_loss, outputs, grads, variables = model.compute_gradients(name, batch)
-      # Which variables this task's loss reaches (e.g. not the unused final BN under lasso).
-      self.touched[name] = [v for g, v in zip(grads, variables) if g is not None]
       metrics = model.tasks[name].batch_metrics(outputs, batch)
       self.metric_names[name] = sorted(metrics)[:MAX_BATCH_METRICS]
       values = [tf.cast(metrics[k], tf.float32) for k in self.metric_names[name]]
       values += [tf.constant(0.0)] * (MAX_BATCH_METRICS - len(values))
-      with tf.control_dependencies(self.slots.write(slot, zip(grads, variables))):
-        return (
-          tf.identity(tf.cast(task_loss, tf.float32)),
-          tf.stack(values),
-          tf.reduce_max(batch[pipeline.SKIPPED_KEY]),
+      return tf.cast(task_loss, tf.float32), tf.stack(values), tf.reduce_max(batch[pipeline.SKIPPED_KEY]), grads
+
+    def branch(name, first, iterator, slot, budget):
+      loss, metrics, skipped, grads = strategy.run(lambda x: compute(name, x), args=(first,))
+      # Which variables this task's loss reaches (e.g. not the unused final BN under lasso).
+      variables = model.task_variables(name)
+      self.touched[name] = [v for g, v in zip(grads, variables) if g is not None]
+      grads = [g for g in grads if g is not None]
+      steps = tf.minimum(tf.constant(self.aggregate[name], tf.int32), budget)
+
+      def more(i, loss, metrics, skipped, grads):
+        # The next steps of the same task: this worker's dataset only holds its task.
+        step_loss, m, s, g = strategy.run(lambda x: compute(name, x), args=(next(iterator),))
+        g = [b for b in g if b is not None]
+        return i + 1, loss + step_loss, metrics + m, tf.maximum(skipped, s), [a + b for a, b in zip(grads, g)]
+
+      if self.steps_per_closure > 1:  # Otherwise keep the graph free of a loop that never runs.
+        _, loss, metrics, skipped, grads = tf.while_loop(
+          lambda i, *_: i < steps, more, (tf.constant(1), loss, metrics, skipped, grads)
         )
+      # One write of the K steps' gradient sum; the coordinator divides by the steps.
+      with tf.control_dependencies(self.slots.write(slot, zip(grads, self.touched[name]))):
+        n = tf.cast(steps, tf.float32)
+        return tf.identity(steps), loss / n, metrics / n, skipped
 
     @tf.function
-    def worker_step(iterator, slot):
-      def replica(x, slot):
-        branches = [lambda n=n: branch(n, x, slot) for n in names]
-        loss, metrics, skipped = tf.switch_case(x['task'], branches)
-        return x['task'], loss, metrics, skipped
-
-      return self.strategy.run(replica, args=(next(iterator), slot))
+    def worker_step(iterator, slot, budget):
+      first = next(iterator)
+      branches = [lambda n=n: branch(n, first, iterator, slot, budget) for n in names]
+      steps, loss, metrics, skipped = tf.switch_case(first['task'], branches)
+      return first['task'], steps, loss, metrics, skipped
 
     return worker_step
 
   def _apply_fn(self, name: str):
-    """Coordinator-side update of task `name` from the mean of some of its slots."""
+    """Coordinator-side update of task `name` from the mean gradient held in some of its slots."""
     if name not in self.apply_fns:
       variables = self.touched[name]
 
-      @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
-      def apply(slots):
-        return self.optimizer.apply(name, [(self.slots.mean(v, slots), v) for v in variables])
+      @tf.function(input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32)])
+      def apply(slots, steps):
+        return self.optimizer.apply(name, [(self.slots.mean(v, slots, steps), v) for v in variables])
 
       self.apply_fns[name] = apply
     return self.apply_fns[name]
 
-  def _update(self, name: str, slots: List[int]) -> None:
-    self._apply_fn(name)(tf.constant(slots, tf.int32))
+  def _update(self, name: str, pending: List[Tuple[int, int]]) -> None:
+    """Applies one update of `name` from its pending (slot, steps) pairs and frees the slots."""
+    slots = [slot for slot, _ in pending]
+    self._apply_fn(name)(tf.constant(slots, tf.int32), tf.constant(sum(n for _, n in pending), tf.int32))
     self.free_slots.extend(slots)
 
   # ----- coordinator loop -----
 
-  def _schedule(self):
+  def _schedule(self, budget: int):
     slot = self.free_slots.pop()
-    return self._schedule_into(slot), slot
+    return self._schedule_into(slot, budget), slot, budget
 
-  def _schedule_into(self, slot: int):
-    return self.coordinator.schedule(self.worker_step, args=(self.iterator, tf.constant(slot, tf.int32)))
+  def _schedule_into(self, slot: int, budget: int):
+    args = (self.iterator, tf.constant(slot, tf.int32), tf.constant(budget, tf.int32))
+    return self.coordinator.schedule(self.worker_step, args=args)
 
   def run(self) -> Dict[str, Dict[str, int]]:
     """Trains until `train.total_steps` worker steps are done (counting resumed ones).
 
+    Each closure runs up to `steps_per_closure` steps (its task's K_t under worker
+    accumulation, else 1), within a budget the coordinator reserves, so the run ends
+    at exactly `total_steps`: a closure with less budget than its K_t runs only when
+    no other is in flight, and it is the last.
+
     Returns:
-      Per task: steps and optimizer updates so far, and the last logged window's loss
-      and batch metrics.
+      Per task: steps and optimizer updates so far (restored ones included), closures
+      fetched by this run, and the last logged window's loss and batch metrics.
 
     Raises:
-      FloatingPointError: a non-finite loss, naming the task and its step; no
+      FloatingPointError: a non-finite loss, naming the task and its steps; no
         checkpoint is written after it, so the last one on disk is good.
     """
     t = self.cfg.train
-    done = scheduled = sum(self.cost.task_steps().values())
+    done = reserved = sum(self.cost.task_steps().values())
     in_flight = collections.deque()
     pending = {n: [] for n in self.names}
+    closures = {n: 0 for n in self.names}
     window = _Window(self.names)
     last_log = last_ckpt = start = time.time()
     start_done = done
     while done < t.total_steps:
       if t.mode == 'sync':
         round_size = min(self.num_workers, t.total_steps - done)
-        in_flight.extend(self._schedule() for _ in range(round_size))
-        scheduled += round_size
+        in_flight.extend(self._schedule(1) for _ in range(round_size))
+        reserved += round_size
       else:
-        while scheduled < t.total_steps and len(in_flight) < self.window:
-          in_flight.append(self._schedule())
-          scheduled += 1
+        while len(in_flight) < self.window and reserved < t.total_steps:
+          budget = min(self.steps_per_closure, t.total_steps - reserved)
+          if budget < self.steps_per_closure and in_flight:
+            break  # The tail: one short closure at a time (see the docstring).
+          in_flight.append(self._schedule(budget))
+          reserved += budget
       finished = [in_flight.popleft() for _ in range(len(in_flight) if t.mode == 'sync' else 1)]
-      for remote, slot in finished:
-        task_index, loss, metrics, skipped = fetch_step(remote, lambda slot=slot: self._schedule_into(slot))
-        name = self.names[int(task_index)]
+      for remote, slot, budget in finished:
+        reschedule = lambda slot=slot, budget=budget: self._schedule_into(slot, budget)  # noqa: E731
+        task_index, steps, loss, metrics, skipped = fetch_step(remote, reschedule)
+        name, steps = self.names[int(task_index)], int(steps)
         if not np.isfinite(loss):
+          first = self.cost.task_steps()[name] + 1
           raise FloatingPointError(
-            f'{name}: non-finite loss {loss} at task step {self.cost.task_steps()[name] + 1}; '
-            f'the last checkpoint in {self.manager.directory} is kept'
+            f'{name}: non-finite loss {loss} at task step {first}'
+            + (f' (of a closure of {steps} steps)' if steps > 1 else '')
+            + f'; the last checkpoint in {self.manager.directory} is kept'
           )
-        self.cost.add(name)
-        done += 1
-        window.add(name, float(loss), metrics, int(skipped))
-        pending[name].append(slot)
-        if t.mode != 'sync' and len(pending[name]) >= self.aggregate[name]:
+        self.cost.add(name, steps)
+        closures[name] += 1
+        done += steps
+        reserved -= budget - steps  # A task with a smaller K_t returns the rest.
+        window.add(name, float(loss), metrics, int(skipped), steps)
+        pending[name].append((slot, steps))
+        if t.mode != 'sync' and sum(n for _, n in pending[name]) >= self.aggregate[name]:
           self._update(name, pending[name])
           pending[name] = []
       if t.mode == 'sync':
@@ -314,7 +354,12 @@ class DistributedTrainer:
     self._save(self.manager, done)
     steps = self.cost.task_steps()
     return {
-      n: {'steps': steps[n], 'updates': int(self.optimizer.iterations[n].numpy()), **self.last_logged.get(n, {})}
+      n: {
+        'steps': steps[n],
+        'updates': int(self.optimizer.iterations[n].numpy()),
+        'closures': closures[n],
+        **self.last_logged.get(n, {}),
+      }
       for n in self.names
     }
 
@@ -381,8 +426,8 @@ class _Window:
     self.skipped = dict(previous.skipped) if previous else {n: 0 for n in names}
     self.total_steps = dict(previous.total_steps) if previous else {n: 0 for n in names}
 
-  def add(self, name, loss, metrics, skipped):
+  def add(self, name, loss, metrics, skipped, steps=1):
     self.losses[name].append(loss)
     self.metrics[name].append(np.asarray(metrics))
     self.skipped[name] = max(self.skipped[name], skipped)
-    self.total_steps[name] += 1
+    self.total_steps[name] += steps

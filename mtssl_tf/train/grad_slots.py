@@ -3,15 +3,16 @@
 ClusterCoordinator runs a closure at least once: when a worker dies, its closure is
 run again on another worker, so a closure that *adds* its gradients to an
 accumulator may add them twice (measured: 61 increments after 60 steps). Here each
-scheduled step owns a slot, and writes its gradients into that slot with `assign`,
-which is idempotent: a re-run overwrites the same slot. The coordinator knows which
-steps finished (their results were fetched) and which task each ran, so it averages
-exactly those slots into one update of that task. No gradient is applied twice and
-none is lost.
+scheduled closure owns a slot, and writes the sum of its steps' gradients (one step,
+or K_t under worker accumulation) into that slot with `assign`, which is idempotent:
+a re-run overwrites the same slot. The coordinator knows which closures finished
+(their results were fetched), which task each ran and how many steps, so it divides
+exactly those slots' sum by their steps for one update of that task. No gradient is
+applied twice and none is lost.
 
 Memory: every trainable variable gets a buffer of `num_slots` copies, next to the
-variable (on its parameter server). The trainer sizes `num_slots` as the steps in
-flight plus the steps that can wait for an aggregate, e.g. 2 x workers + sum(K_t - 1);
+variable (on its parameter server). The trainer sizes `num_slots` as the closures in
+flight plus those that can wait for an aggregate, e.g. 2 x workers + sum(K_t - 1);
 with the ResNet-101 block-3 trunk (27.6M parameters, 110 MB) that is ~110 MB per slot,
 spread over the parameter servers.
 """
@@ -71,8 +72,18 @@ class GradientSlots(tf.Module):
       ops.append(self.buffer(var).scatter_update(update))
     return ops
 
-  def mean(self, variable: tf.Variable, slots: tf.Tensor) -> tf.Tensor:
-    """Average of `variable`'s gradients held in `slots` (int32 [k], k >= 1), computed on its device."""
+  def mean(self, variable: tf.Variable, slots: tf.Tensor, steps: tf.Tensor) -> tf.Tensor:
+    """Mean gradient of `variable` over `steps` steps whose gradient sums are held in `slots`.
+
+    Args:
+      variable: a variable passed to the constructor.
+      slots: int32 [k], k >= 1: the slots to add up (computed on the variable's device).
+      steps: how many worker steps those slots hold together (a slot holds the sum of
+        the steps of one closure).
+
+    Returns:
+      The mean gradient, shaped like `variable`.
+    """
     buffer = self.buffer(variable)
     with tf.device(buffer.device):
-      return tf.reduce_mean(tf.gather(buffer, slots), axis=0)
+      return tf.reduce_sum(tf.gather(buffer, slots), axis=0) / tf.cast(steps, buffer.dtype)

@@ -71,6 +71,8 @@ def test_hybrid_aggregation_counts_cost_and_ticks(hybrid_run):
   assert sum(steps.values()) == 24 and min(steps.values()) > 0
   assert result['relative_position']['updates'] == _expected_updates(steps['relative_position'], 3)
   assert result['exemplar']['updates'] == steps['exemplar']  # K = 1.
+  # Parameter-server accumulation: one closure per step, each writing its own slot.
+  assert {n: r['closures'] for n, r in result.items()} == steps
   values = _checkpoint_values(model_dir)
   cost_steps = {n: int(v) for k, v in values.items() for n in steps if k.startswith(f'cost/steps/{n}')}
   assert cost_steps == steps
@@ -344,10 +346,14 @@ def test_async_and_sync_modes(mode, tmp_path):
 
 
 def test_tf_config_roles_train_on_a_cluster(tmp_path):
-  """The real-cluster path: every process is `mtssl-train` with its own TF_CONFIG."""
+  """The real-cluster path: every process is `mtssl-train` with its own TF_CONFIG.
+
+  It also runs worker accumulation: a relative-position closure runs its K = 3 steps on
+  its worker and writes their sum once.
+  """
   from mtssl_tf.distribute.cluster import free_port
 
-  cfg = _config(str(tmp_path / 'world'), total_steps=10)
+  cfg = _config(str(tmp_path / 'world'), total_steps=10, accumulate='worker')
   launch.prepare(cfg)  # Generate the world once, before the chief and servers start.
   config = save_config(cfg, str(tmp_path), 'input.yaml')
   cluster = {'chief': [f'127.0.0.1:{free_port()}'], 'ps': [f'127.0.0.1:{free_port()}'],
@@ -370,5 +376,13 @@ def test_tf_config_roles_train_on_a_cluster(tmp_path):
       server.wait()
   with open(tmp_path / 'run' / 'train_result.json', encoding='utf-8') as f:
     result = json.load(f)
-  assert sum(r['steps'] for r in result.values()) == 10
+  steps = {n: r['steps'] for n, r in result.items()}
+  assert sum(steps.values()) == 10
+  rp = result['relative_position']
+  assert rp['updates'] == _expected_updates(steps['relative_position'], 3)
+  # Every closure was one update: full ones hold K steps, at most the last one fewer.
+  assert rp['closures'] == rp['updates'] and rp['closures'] < steps['relative_position']
+  assert result['exemplar']['closures'] == result['exemplar']['updates'] == steps['exemplar']
+  values = _checkpoint_values(str(tmp_path / 'run'))
+  assert {n: int(values[k]) for k in values for n in steps if k.startswith(f'cost/steps/{n}')} == steps
   assert (tmp_path / 'run' / 'saved_model' / 'saved_model.pb').exists()
