@@ -189,11 +189,11 @@ def _when_trained(model_dir, steps, then):
 TOTAL_AFTER_KILL = 80
 
 
-def _kill_worker_scenario(root):
+def _kill_worker_scenario(root, accumulate):
   """One run: kill the exemplar pool's worker after 8 steps, restart it, check the counts."""
   # Enough steps that the restarted worker (a new process: TF import, server start,
   # coordinator reconnect) usually rejoins before relative position alone uses them up.
-  cfg = _config(str(root / 'world'), total_steps=TOTAL_AFTER_KILL)
+  cfg = _config(str(root / 'world'), total_steps=TOTAL_AFTER_KILL, accumulate=accumulate)
   model_dir = str(root / 'run')
   seen = {}
 
@@ -222,10 +222,13 @@ def _kill_worker_scenario(root):
   assert sum(steps.values()) == TOTAL_AFTER_KILL
   assert result['relative_position']['updates'] == _expected_updates(steps['relative_position'], 3)
   assert result['exemplar']['updates'] == steps['exemplar']
+  if accumulate == 'worker':  # Re-run closures too ran K steps and made one update each.
+    assert result['relative_position']['closures'] == result['relative_position']['updates']
   assert steps['exemplar'] > seen['frozen']  # The restarted worker trained exemplar again.
 
 
-def test_killed_worker_rejoins_and_counts_stay_exact(tmp_path):
+@pytest.mark.parametrize('accumulate', ['parameter_server', 'worker'])
+def test_killed_worker_rejoins_and_counts_stay_exact(accumulate, tmp_path):
   # Two attempts: whether the restarted worker rejoins before the last step depends on
   # process timing on a busy 2-core machine. A real regression fails both attempts. (A
   # step that finished on the worker just before the kill used to fail its fetch with
@@ -233,7 +236,7 @@ def test_killed_worker_rejoins_and_counts_stay_exact(tmp_path):
   errors = []
   for attempt in range(2):
     try:
-      _kill_worker_scenario(tmp_path / f'attempt{attempt}')
+      _kill_worker_scenario(tmp_path / f'attempt{attempt}', accumulate)
       return
     except (AssertionError, RuntimeError) as e:
       errors.append(f'attempt {attempt}: {type(e).__name__}: {str(e)[:300]}')
