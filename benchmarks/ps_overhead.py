@@ -1,17 +1,21 @@
 """Overhead of ParameterServerStrategy: the PS trainer's steps/s against the bare step.
 
 One task (relative position), one worker, one parameter server, all on this machine.
-The baseline is the same step without any strategy in this process (trunk + head +
-loss + gradients + per-task RMSProp update, one tf.function). The PS figure includes
-everything the real trainer does per step: the closure on the worker, the gradient
-slot write on the PS, the coordinator's apply (K = 1) and its bookkeeping. Baseline,
-PS, baseline again; ratio = PS steps/s / mean baseline steps/s (goal >= 0.9). With
-K > 1 both sides average K steps per update: the baseline sums gradients in local
-variables, the PS trainer on the parameter server or the worker (`--accumulate`).
+The baseline is the same training without any strategy in this process (trunk + head +
+loss + gradients; every K steps one averaged per-task RMSProp update, the K gradients
+summed in local variables). The PS figures include everything the real trainer does:
+closures on the worker, gradient slot writes on the PS, the coordinator's applies and
+bookkeeping, once per `train.accumulate` mode (the K gradients summed on the parameter
+server, the default and the paper's scheme, or on the worker). Baseline, PS runs,
+baseline again; ratio = PS steps/s / mean baseline steps/s (goal >= 0.9).
 
-    .venv/bin/python benchmarks/ps_overhead.py                 # ~2 min on 2 cores
-    .venv/bin/python benchmarks/ps_overhead.py --steps=100 --width=32
-    .venv/bin/python benchmarks/ps_overhead.py --aggregate_steps=16 --accumulate=worker
+Defaults: ResNet-101's width (64) on a shallow trunk (units 1, 1, 2), the paper's
+K = 16, batch 16 (the relative-position batch of configs/train/rp_col_ex_ms.yaml).
+
+    .venv/bin/python benchmarks/ps_overhead.py                     # ~4 min on 2 cores
+    .venv/bin/python benchmarks/ps_overhead.py --width=32 --aggregate_steps=1
+    .venv/bin/python benchmarks/ps_overhead.py --accumulate=worker --steps=128
+    .venv/bin/python benchmarks/ps_overhead.py --units=3,4,23 --steps=32   # the full trunk
 """
 
 import os
@@ -30,28 +34,28 @@ from mtssl_tf.tasks import build_tasks  # noqa: E402
 from mtssl_tf.tasks.multitask import MultiTaskModel  # noqa: E402
 from mtssl_tf.train.rmsprop import PerTaskRMSProp  # noqa: E402
 
-flags.DEFINE_integer('steps', 60, 'Timed steps per measurement.')
-flags.DEFINE_integer('warmup', 10, 'Untimed steps first (tracing, pipeline start).')
-flags.DEFINE_integer('width', 32, 'Trunk width (block 1 bottleneck; 64 is ResNet-101).')
+flags.DEFINE_integer('steps', 64, 'Timed steps per measurement.')
+flags.DEFINE_integer('warmup', 16, 'Untimed steps first (tracing, pipeline start).')
+flags.DEFINE_list('units', ['1', '1', '2'], 'Units per block of the trunk (3,4,23 is ResNet-101 block 3).')
+flags.DEFINE_integer('width', 64, 'Trunk width (block 1 bottleneck; 64 is ResNet-101).')
 flags.DEFINE_integer('batch_size', 16, 'Relative-position pairs per step.')
-flags.DEFINE_integer('aggregate_steps', 1, 'K: steps averaged per update (in both trainers).')
-flags.DEFINE_enum(
+flags.DEFINE_integer('aggregate_steps', 16, 'K: steps averaged per update (in both trainers).')
+flags.DEFINE_list(
   'accumulate',
-  'parameter_server',
   ['parameter_server', 'worker'],
-  'train.accumulate of the PS trainer: where the K gradients are summed.',
+  'train.accumulate modes of the PS trainer to measure: where the K gradients are summed.',
 )
 FLAGS = flags.FLAGS
 
 
-def _config(world_dir):
+def _config(world_dir, accumulate='parameter_server'):
   cfg = ExperimentConfig()
   override(cfg, {
-    'trunk': {'units_per_block': [1, 1, 2], 'width': FLAGS.width},
+    'trunk': {'units_per_block': [int(u) for u in FLAGS.units], 'width': FLAGS.width},
     'tasks': {'relative_position': dict(enabled=True, batch_size=FLAGS.batch_size, patch_size=64, gap=16, jitter=4,
                                         min_area=65536, max_area=65536, min_downsample=16, hidden_units=256,
                                         data={'shuffle_buffer': 0}, aggregate_steps=FLAGS.aggregate_steps)},
-    'train': dict(mode='hybrid', accumulate=FLAGS.accumulate, world_dir=world_dir, world_preset='small',
+    'train': dict(mode='hybrid', accumulate=accumulate, world_dir=world_dir, world_preset='small',
                   checkpoint_every_seconds=1e9, log_every_seconds=1e9, cost_tick=1e9),
   })  # fmt: skip
   validate_all(cfg)
@@ -120,19 +124,20 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   with tempfile.TemporaryDirectory() as tmp:
     world = make_world(os.path.join(tmp, 'world'), 'small')
-    cfg = _config(os.path.join(tmp, 'world'))
     source = world['sources']['images_train']
-    first = baseline_rate(cfg, source)
-    ps = ps_rate(cfg, source, os.path.join(tmp, 'run'))
-    second = baseline_rate(cfg, source)
+    configs = {mode: _config(os.path.join(tmp, 'world'), mode) for mode in FLAGS.accumulate}
+    first = baseline_rate(next(iter(configs.values())), source)
+    ps = {mode: ps_rate(cfg, source, os.path.join(tmp, mode)) for mode, cfg in configs.items()}
+    second = baseline_rate(next(iter(configs.values())), source)
   base = (first + second) / 2
   print(
-    f'trunk (1, 1, 2) width {FLAGS.width}, relative position batch {FLAGS.batch_size} pairs of 64 px, '
-    f'K = {FLAGS.aggregate_steps}, accumulate on {FLAGS.accumulate}'
+    f'trunk units {",".join(FLAGS.units)} width {FLAGS.width}, '
+    f'relative position batch {FLAGS.batch_size} pairs of 64 px, '
+    f'K = {FLAGS.aggregate_steps}, {FLAGS.steps} timed steps'
   )
-  print(f'no strategy:            {first:.2f} / {second:.2f} steps/s (before / after)')
-  print(f'PS trainer, 1 PS + 1 w: {ps:.2f} steps/s')
-  print(f'ratio PS / no strategy: {ps / base:.2f}  (goal >= 0.9)')
+  print(f'no strategy:                      {first:.2f} / {second:.2f} steps/s (before / after)')
+  for mode, rate in ps.items():
+    print(f'PS trainer, accumulate on {mode + ":":17s}{rate:.2f} steps/s, ratio {rate / base:.2f}  (goal >= 0.9)')
 
 
 if __name__ == '__main__':

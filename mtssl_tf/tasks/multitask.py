@@ -9,7 +9,7 @@ optimises the sum of the task losses.
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import tensorflow as tf
 
@@ -84,16 +84,25 @@ class MultiTaskModel(tf.keras.Model):
       variables += list(self.lasso.trainable_variables) + list(self.lasso_norms[name].trainable_variables)
     return variables
 
-  def compute_gradients(self, name: str, batch: Dict[str, tf.Tensor]):
+  def compute_gradients(self, name: str, batch: Dict[str, tf.Tensor], sources: Optional[List[tf.Tensor]] = None):
     """One task's loss and gradients on one batch.
+
+    Args:
+      name: the task.
+      batch: its batch.
+      sources: tensors the forward pass reads in place of `task_variables(name)`, one
+        per variable (a weight snapshot, `mtssl_tf.train.snapshot`); gradients are
+        taken with respect to them. None: with respect to the variables.
 
     Returns:
       (total loss, task loss, outputs, gradients, variables), gradients aligned with variables.
     """
     variables = self.task_variables(name)
     with tf.GradientTape() as tape:
+      if sources is not None:
+        tape.watch(sources)
       total, task_loss, outputs = self.task_step_outputs(name, batch, training=True)
-    grads = tape.gradient(total, variables)
+    grads = tape.gradient(total, variables if sources is None else sources)
     return total, task_loss, outputs, grads, variables
 
   def build_all(self, batches: Mapping[str, Dict[str, tf.Tensor]]) -> None:

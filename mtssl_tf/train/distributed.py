@@ -11,8 +11,9 @@ How a step flows:
    each with a gradient slot of its own. On the worker it switches on the task id, computes
    that task's loss and gradients and assigns them into its slot on the parameter
    servers (`GradientSlots`; assignment makes re-run closures harmless). Under
-   `train.accumulate: worker` a closure runs its task's K_t steps in a loop on the
-   worker and assigns their sum once (K_t times less gradient traffic).
+   `train.accumulate: worker` a closure reads its weights once, runs its task's K_t
+   steps on them in a loop on the worker and assigns the gradients' sum once (K_t
+   times less traffic each way; `snapshot.py`).
 3. Per-task aggregation. When K_t (`aggregate_steps`) steps of task t have finished,
    the coordinator averages exactly their slots and applies the result with t's own
    RMSProp slots (`PerTaskRMSProp`). The apply runs from the coordinator, which is
@@ -41,6 +42,7 @@ from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.tasks import build_tasks
 from mtssl_tf.tasks.base import Task
 from mtssl_tf.tasks.multitask import MultiTaskModel
+from mtssl_tf.train import snapshot
 from mtssl_tf.train.cost import CostTracker
 from mtssl_tf.train.grad_slots import GradientSlots
 from mtssl_tf.train.rmsprop import PerTaskRMSProp
@@ -157,6 +159,8 @@ class DistributedTrainer:
       self.model.build_all(self.samples)
       self.variables = {n: self.model.task_variables(n) for n in self.names}
       self.slots = GradientSlots(unique_variables(self.variables.values()), num_slots)
+      if self.steps_per_closure > 1:
+        snapshot.check_supported(self.model.variables)
       self.optimizer = PerTaskRMSProp(
         self.variables, t.learning_rate, t.rmsprop_decay, t.rmsprop_momentum, t.rmsprop_epsilon, t.rmsprop_variant
       )
@@ -205,10 +209,19 @@ class DistributedTrainer:
 
   def _make_worker_step(self):
     model, names, strategy = self.model, self.names, self.strategy
+    # Worker accumulation reads the weights once per closure (mtssl_tf/train/snapshot.py).
+    use_snapshot = self.steps_per_closure > 1
 
-    def compute(name, x):
+    def compute(name, x, weights=None):
       batch = {k.split('/', 1)[1]: v for k, v in x.items() if k.startswith(name + '/')}
-      _, task_loss, outputs, grads, variables = model.compute_gradients(name, batch)
+      if weights is None:
+        _, task_loss, outputs, grads, _ = model.compute_gradients(name, batch)
+      else:
+        variables = model.task_variables(name)
+        own = {id(v) for v in variables}
+        others = [v for v in model.variables if id(v) not in own]
+        with snapshot.read_from(variables, weights, others) as sources:
+          _, task_loss, outputs, grads, _ = model.compute_gradients(name, batch, sources)
       metrics = model.tasks[name].batch_metrics(outputs, batch)
       self.metric_names[name] = sorted(metrics)[:MAX_BATCH_METRICS]
       values = [tf.cast(metrics[k], tf.float32) for k in self.metric_names[name]]
@@ -216,17 +229,20 @@ class DistributedTrainer:
       return tf.cast(task_loss, tf.float32), tf.stack(values), tf.reduce_max(batch[pipeline.SKIPPED_KEY]), grads
 
     def branch(name, first, iterator, slot, budget):
-      loss, metrics, skipped, grads = strategy.run(lambda x: compute(name, x), args=(first,))
-      # Which variables this task's loss reaches (e.g. not the unused final BN under lasso).
       variables = model.task_variables(name)
+      # One read of every trainable variable from the parameter servers for all K steps.
+      weights = [v.read_value() for v in variables] if use_snapshot else None
+      loss, metrics, skipped, grads = strategy.run(lambda x: compute(name, x, weights), args=(first,))
+      # Which variables this task's loss reaches (e.g. not the unused final BN under lasso).
       self.touched[name] = [v for g, v in zip(grads, variables) if g is not None]
+      reached = [g is not None for g in grads]
       grads = [g for g in grads if g is not None]
       steps = tf.minimum(tf.constant(self.aggregate[name], tf.int32), budget)
 
       def more(i, loss, metrics, skipped, grads):
         # The next steps of the same task: this worker's dataset only holds its task.
-        step_loss, m, s, g = strategy.run(lambda x: compute(name, x), args=(next(iterator),))
-        g = [b for b in g if b is not None]
+        step_loss, m, s, g = strategy.run(lambda x: compute(name, x, weights), args=(next(iterator),))
+        g = [b for b, r in zip(g, reached) if r]
         return i + 1, loss + step_loss, metrics + m, tf.maximum(skipped, s), [a + b for a, b in zip(grads, g)]
 
       if self.steps_per_closure > 1:  # Otherwise keep the graph free of a loop that never runs.
