@@ -132,10 +132,11 @@ class TrainConfig(Config):
       then every task's update).
     accumulate: where a hybrid run sums a task's K_t gradients. 'parameter_server'
       (the paper's scheme): every step writes its gradients to the parameter servers
-      and any K_t steps of the task's pool make an update. 'worker': one closure runs
-      K_t steps of its task on one worker and writes their sum once, K_t times less
-      gradient traffic; the steps of an update then all come from one worker (the
-      same thing when a task has one worker). Ignored by 'async' and 'sync'.
+      and any K_t steps of the task's pool make an update. 'worker': one closure reads
+      the weights once, runs K_t steps of its task on them on one worker and writes
+      the gradients' sum once, K_t times less traffic each way; an update's K_t
+      gradients are then taken at one set of weights on one worker. Ignored by
+      'async' and 'sync'.
     total_steps: worker steps over all tasks.
     learning_rate: RMSProp learning rate.
     rmsprop_variant: 'tf1' (mean square starts at 1) or 'keras' (starts at 0).
