@@ -209,18 +209,16 @@ class DistributedTrainer:
 
   def _make_worker_step(self):
     model, names, strategy = self.model, self.names, self.strategy
-    # Worker accumulation reads the weights once per closure (mtssl_tf/train/snapshot.py).
-    use_snapshot = self.steps_per_closure > 1
+    # Worker accumulation: K_t steps per closure, on weights read once (snapshot.py).
+    multi_step = self.steps_per_closure > 1
 
-    def compute(name, x, weights=None):
+    def compute(name, x, snap=None):
       batch = {k.split('/', 1)[1]: v for k, v in x.items() if k.startswith(name + '/')}
-      if weights is None:
+      if snap is None:
         _, task_loss, outputs, grads, _ = model.compute_gradients(name, batch)
       else:
-        variables = model.task_variables(name)
-        own = {id(v) for v in variables}
-        others = [v for v in model.variables if id(v) not in own]
-        with snapshot.read_from(variables, weights, others) as sources:
+        weights, others = snap
+        with snapshot.read_from(self.variables[name], weights, others) as sources:
           _, task_loss, outputs, grads, _ = model.compute_gradients(name, batch, sources)
       metrics = model.tasks[name].batch_metrics(outputs, batch)
       self.metric_names[name] = sorted(metrics)[:MAX_BATCH_METRICS]
@@ -229,10 +227,14 @@ class DistributedTrainer:
       return tf.cast(task_loss, tf.float32), tf.stack(values), tf.reduce_max(batch[pipeline.SKIPPED_KEY]), grads
 
     def branch(name, first, iterator, slot, budget):
-      variables = model.task_variables(name)
-      # One read of every trainable variable from the parameter servers for all K steps.
-      weights = [v.read_value() for v in variables] if use_snapshot else None
-      loss, metrics, skipped, grads = strategy.run(lambda x: compute(name, x, weights), args=(first,))
+      variables = self.variables[name]
+      snap = None
+      if multi_step:
+        # One read of every trainable variable from the parameter servers for all K steps;
+        # every other variable (batch-norm statistics, other heads) is read where used.
+        own = {id(v) for v in variables}
+        snap = [v.read_value() for v in variables], [v for v in model.variables if id(v) not in own]
+      loss, metrics, skipped, grads = strategy.run(lambda x: compute(name, x, snap), args=(first,))
       # Which variables this task's loss reaches (e.g. not the unused final BN under lasso).
       self.touched[name] = [v for g, v in zip(grads, variables) if g is not None]
       reached = [g is not None for g in grads]
@@ -241,11 +243,11 @@ class DistributedTrainer:
 
       def more(i, loss, metrics, skipped, grads):
         # The next steps of the same task: this worker's dataset only holds its task.
-        step_loss, m, s, g = strategy.run(lambda x: compute(name, x, weights), args=(next(iterator),))
+        step_loss, m, s, g = strategy.run(lambda x: compute(name, x, snap), args=(next(iterator),))
         g = [b for b, r in zip(g, reached) if r]
         return i + 1, loss + step_loss, metrics + m, tf.maximum(skipped, s), [a + b for a, b in zip(grads, g)]
 
-      if self.steps_per_closure > 1:  # Otherwise keep the graph free of a loop that never runs.
+      if multi_step:  # Otherwise keep the graph free of a loop that never runs.
         _, loss, metrics, skipped, grads = tf.while_loop(
           lambda i, *_: i < steps, more, (tf.constant(1), loss, metrics, skipped, grads)
         )
