@@ -3,16 +3,17 @@
 The trunk sees only the lightness L of a Lab image (replicated to three channels,
 the same input `color.harmonize` gives other tasks) and predicts, for every 8x8
 cell, a distribution over 313 quantised ab colours: the multiples of 10 whose +-10
-box meets the sRGB gamut (`assets/colorization`). The target of a cell is its mean
-ab (the Lab image average-pooled by 8; Zhang subsamples ab at stride 4 instead)
-soft-encoded over its `num_neighbors` nearest bins with a Gaussian (sigma 5). Each
+box meets the sRGB gamut (`assets/colorization`). The target of a cell is the ab of
+one pixel, its top-left one (the ab image subsampled by 8, as Zhang's code subsamples
+by 4; `target: mean` averages the cell instead), soft-encoded over its
+`num_neighbors` nearest bins with a Gaussian (sigma 5). Each
 cell's cross-entropy is weighted by the rebalancing weight of its nearest bin, so
 rare (saturated) colours count more, and images whose |a|, |b| never exceed 5 are
 dropped (Zhang's NonGrayMask). Predictions are decoded by the annealed mean
 (softmax at temperature 0.38, expectation over the bin centres).
 
 The loss encodes targets itself, so a batch only carries {'image': [S, S, 3] the L
-input in [-1, 1], 'ab_target': [S/8, S/8, 2] float32 mean ab per cell}.
+input in [-1, 1], 'ab_target': [S/8, S/8, 2] float32 ab per cell}.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ LABEL_STRIDE = 8
 NUM_BINS = 313
 GRID_STEP = 10
 GRID_MAX = 110  # Bins live on the 23 x 23 grid of multiples of 10 in [-110, 110]^2.
+# How a cell's ab target is taken from its 8x8 pixels (`ColorizationConfig.target`).
+TARGETS = ('subsample', 'mean')
 ASSET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'assets', 'colorization')
 
 
@@ -47,6 +50,14 @@ class ColorizationConfig(base.TaskConfig):
     flip: random horizontal flips (Zhang: mirror).
     output_stride: trunk output stride for this task (8 = the label resolution).
     hidden_units: width of the head's hidden 1x1 convolution (Zhang's conv8: 256).
+    target: how each cell's ab target is read from its pixels. 'subsample' (default)
+      takes the cell's top-left pixel, as richzhang/colorization does: its
+      models/colorization_train_val_v2.prototxt makes `data_ab_ss` with a fixed 1x1
+      convolution of stride 4 and weight 1 (one pixel per cell; the average pooling
+      beside it is commented out) before the NNEncLayer soft-encodes it. So each target
+      is a colour that occurs in the image. 'mean' averages the cell's ab first (the
+      choice this project made before; a cell of two colours then gets a third one,
+      and a smoother, less saturated target).
     num_neighbors: bins each target is soft-encoded over (paper: 5; code: NN=10).
     sigma: std of the Gaussian over ab distance in the soft encoding (5).
     rebalance: weight each cell by its nearest bin's class-rebalancing weight.
@@ -62,6 +73,7 @@ class ColorizationConfig(base.TaskConfig):
   flip: bool = True
   output_stride: int = 8
   hidden_units: int = 256
+  target: str = 'subsample'
   num_neighbors: int = 5
   sigma: float = 5.0
   rebalance: bool = True
@@ -78,6 +90,8 @@ class ColorizationConfig(base.TaskConfig):
       raise ConfigError(f'colorization.min_scale: must be in (0, 1], got {self.min_scale}')
     if self.output_stride not in (8, 16):
       raise ConfigError(f'colorization.output_stride: must be 8 or 16, got {self.output_stride}')
+    if self.target not in TARGETS:
+      raise ConfigError(f'colorization.target: must be one of {TARGETS}, got {self.target!r}')
     if not 1 <= self.num_neighbors <= NUM_BINS:
       raise ConfigError(f'colorization.num_neighbors: must be in [1, {NUM_BINS}], got {self.num_neighbors}')
     if self.sigma <= 0:
@@ -165,6 +179,21 @@ def annealed_mean(logits: tf.Tensor, bins: tf.Tensor, temperature: float = 0.38)
   """[..., 313] logits -> [..., 2] ab: expectation of the bins under softmax(logits / T)."""
   probs = tf.nn.softmax(tf.cast(logits, tf.float32) / temperature, axis=-1)
   return tf.tensordot(probs, bins, axes=1)
+
+
+def cell_targets(ab: tf.Tensor, target: str = 'subsample') -> tf.Tensor:
+  """[H, W, 2] per-pixel ab -> [H / 8, W / 8, 2] one ab per 8x8 label cell.
+
+  Args:
+    ab: the ab channels of the Lab image, H and W multiples of 8.
+    target: 'subsample' reads each cell's top-left pixel (richzhang/colorization's
+      stride-4 1x1 convolution `data_ab_ss`, at our stride 8); 'mean' averages the cell.
+  """
+  if target == 'subsample':
+    return ab[::LABEL_STRIDE, ::LABEL_STRIDE]
+  if target == 'mean':
+    return tf.nn.avg_pool2d(ab[None], LABEL_STRIDE, LABEL_STRIDE, 'VALID')[0]
+  raise ValueError(f'colorization target must be one of {TARGETS}, got {target!r}')
 
 
 def nongray_mask(ab: tf.Tensor, threshold: float = 5.0) -> tf.Tensor:
@@ -255,7 +284,7 @@ class ColorizationTask(base.Task):
     # L / 50 - 1 replicated: exactly `color.harmonize`, without converting twice.
     trunk_input = tf.tile(lab[..., :1] / 50.0 - 1.0, [1, 1, 3])
     trunk_input.set_shape([c.crop_size, c.crop_size, 3])
-    ab = tf.nn.avg_pool2d(lab[None, ..., 1:], LABEL_STRIDE, LABEL_STRIDE, 'VALID')[0]
+    ab = cell_targets(lab[..., 1:], c.target)
     ab.set_shape([c.crop_size // LABEL_STRIDE, c.crop_size // LABEL_STRIDE, 2])
     return {'image': trunk_input, 'ab_target': ab}
 

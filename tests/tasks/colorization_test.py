@@ -130,15 +130,46 @@ def test_preprocess_same_eagerly_and_in_tf_data():
   assert eager['image'].shape == (32, 32, 3) and eager['ab_target'].shape == (4, 4, 2)
 
 
-def test_preprocess_gives_harmonized_input_and_cell_mean_ab():
-  task = ColorizationTask(_config(min_scale=1.0, flip=False, crop_size=48))
+@pytest.mark.numerics
+@pytest.mark.parametrize('target', ['subsample', 'mean'])
+def test_preprocess_gives_harmonized_input_and_cell_targets(target):
+  task = ColorizationTask(_config(min_scale=1.0, flip=False, crop_size=48, target=target))
   image = _photo()
   out = task.preprocess({'image': image}, tf.constant([0, 0]))
-  # No crop, no resize: the input is `color.harmonize` and each target the cell's mean ab.
+  # No crop, no resize: the input is `color.harmonize`, each target the cell's top-left
+  # pixel's ab (subsample) or its mean ab. 1e-2 on ab values of tens: float32 Lab
+  # conversion in TF against float64 numpy.
   np.testing.assert_allclose(out['image'].numpy(), color.harmonize(image).numpy(), atol=1e-4)
-  lab = color.rgb_to_lab_np(image.numpy() / 255.0)
-  cells = lab[..., 1:].reshape(6, 8, 6, 8, 2).mean(axis=(1, 3))
+  ab = color.rgb_to_lab_np(image.numpy() / 255.0)[..., 1:]
+  cells = ab[::8, ::8] if target == 'subsample' else ab.reshape(6, 8, 6, 8, 2).mean(axis=(1, 3))
   np.testing.assert_allclose(out['ab_target'].numpy(), cells, atol=1e-2)
+
+
+@pytest.mark.numerics
+def test_a_cell_of_two_colours_targets_one_of_them_by_default():
+  # Every 8x8 cell: red left half, green right half. Zhang's subsampling picks a colour
+  # of the image (the top-left pixel's red); the cell mean is a third colour, olive.
+  image = np.zeros((16, 16, 3), np.uint8)
+  image[:, :] = [200, 30, 30]
+  image[:, 4:8] = image[:, 12:16] = [30, 160, 30]
+  red, green = (color.rgb_to_lab_np(np.array(c, np.float64) / 255.0)[1:] for c in ([200, 30, 30], [30, 160, 30]))
+  bins = _bins()
+
+  def target(name):
+    task = ColorizationTask(_config(min_scale=1.0, flip=False, crop_size=16, target=name))
+    ab = task.preprocess({'image': tf.constant(image)}, tf.constant([0, 0]))['ab_target']
+    nearest = colorization.soft_encode(ab, bins)[0][..., 0].numpy()
+    return ab.numpy(), bins.numpy()[nearest]
+
+  # Tolerance 0.05 on ab values of 40-70: float32 colour conversion, no resampling.
+  ab, nearest_bin = target('subsample')
+  np.testing.assert_allclose(ab, np.broadcast_to(red, (2, 2, 2)), atol=0.05)
+  assert np.all(np.abs(nearest_bin - red) <= 5.0 + 1e-3)  # The red cell's own bin (grid step 10).
+  ab, nearest_bin = target('mean')
+  np.testing.assert_allclose(ab, np.broadcast_to((red + green) / 2, (2, 2, 2)), atol=0.05)
+  for colour in (red, green):  # The mean's bin is far from both colours of the cell.
+    assert np.all(np.linalg.norm(nearest_bin - colour, axis=-1) > 40.0)
+  assert ColorizationConfig().target == 'subsample'
 
 
 @pytest.mark.parametrize(
@@ -149,6 +180,7 @@ def test_preprocess_gives_harmonized_input_and_cell_mean_ab():
     (dict(output_stride=4), 'colorization.output_stride'),
     (dict(rebalance_lambda=1.5), 'colorization.rebalance_lambda'),
     (dict(temperature=0.0), 'colorization.temperature'),
+    (dict(target='median'), 'colorization.target'),
   ],
 )
 def test_config_errors_name_the_key(changes, key):
