@@ -8,12 +8,27 @@ follow the reference code's layout (0-based here):
     3 . 4
     5 6 7
 
-Defaults are cdoersch/deepcontext's: 96 px patches, a 48 px gap, +-7 px jitter,
-images rescaled to 150k-450k pixels, a third of patches downsampled to as little as
-10x10 and back up, colour dropping (one channel kept, the other two uniform noise,
-against chromatic aberration), and per-patch normalisation (mean removed, divided by
-the RMS). With `harmonize`, colour dropping is replaced by colorization's input (L of
-Lab replicated), Doersch & Zisserman §3.3.
+Defaults are cdoersch/deepcontext's (train.py): 96 px patches, a 48 px gap, +-7 px
+jitter, images rescaled to 150k-450k pixels, a third of patches downsampled to as
+little as 10x10 and back up, colour dropping (against chromatic aberration), and
+per-patch normalisation (mean removed, divided by the RMS). With `harmonize`, colour
+dropping is replaced by colorization's input (L of Lab replicated), Doersch &
+Zisserman §3.3.
+
+Colour dropping keeps one random channel and replaces the other two with faint noise.
+Doersch et al. 2015 (§3.1, avoiding "trivial" solutions) use Gaussian noise whose
+standard deviation is ~1/100 of the kept channel's: the default ('gaussian_paper').
+deepcontext's train.py (`prep_image`) instead fills them with U(0, 1) - 0.5 on the
+0-255 scale (1/255 of that on our [0, 1] scale), 'deepcontext'. Both remove the
+kept channel's mean, as `prep_image` does, so every channel is centred.
+
+The head follows deepcontext's network (train.py `gen_net`, Doersch et al. 2015
+Fig. 3), keeping each patch's spatial layout: pool5 (3x3 max pooling, stride 2)
+of each patch's map, flattened into fc6 (per patch, shared weights, batch-normalised
+without scale or shift like Caffe's BatchNorm layer), the pair's fc6 concatenated
+into fc7 (batch-normalised), fc8 and the 8-way fc9. At output stride 16 a 96 px
+patch gives a 6x6 map, 3x3 after pool5: deepcontext's pool5 size. 'pooled' is a
+lighter, documented alternative (global average pooling of each patch first).
 """
 
 from __future__ import annotations
@@ -30,6 +45,14 @@ from mtssl_tf.tasks import base
 # (row, col) offset of the second patch for each label.
 OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 NUM_CLASSES = len(OFFSETS)
+# Noise in the dropped channels (see the module docstring): the 2015 paper's, or deepcontext's.
+COLOR_DROP_NOISE = ('gaussian_paper', 'deepcontext')
+# Doersch et al. 2015 §3.1: the dropped channels' noise std is ~1/100 of the kept channel's.
+PAPER_NOISE_FRACTION = 0.01
+# deepcontext train.py prep_image: U(0, 1) - 0.5 on the 0-255 scale; our patches are in [0, 1]. Next to
+# a natural patch's channel (std ~50 grey levels) that is ~1/170 of its std, near the paper's 1/100.
+DEEPCONTEXT_NOISE_SCALE = 1.0 / 255.0
+HEAD_LAYOUTS = ('spatial', 'pooled')
 
 
 @dataclasses.dataclass
@@ -45,8 +68,17 @@ class RelativePositionConfig(base.TaskConfig):
     max_area: see `min_area`.
     downsample_prob: probability a patch is shrunk and re-enlarged (deepcontext: 1/3).
     min_downsample: smallest side it is shrunk to (deepcontext: 10).
-    color_dropping: keep one random channel, replace the others with uniform noise.
-    hidden_units: width of the per-patch projection and of the pair layer.
+    color_dropping: keep one random channel, replace the others with noise.
+    color_drop_noise: that noise: 'gaussian_paper' (Doersch et al. 2015: Gaussian,
+      std 1/100 of the kept channel's) or 'deepcontext' (the authors' code: uniform,
+      width 1/255 of the [0, 1] range).
+    head_layout: 'spatial' (deepcontext's: pool5, flatten, fc6 per patch, fc7 and
+      fc8 on the pair) or 'pooled' (each patch's map globally averaged after a 1x1
+      projection to hidden_units / 2, then one pair layer: cheaper, 19M instead of
+      88M head parameters on a 96 px patch's 6x6x1024 map at 4096 units, but blind
+      to where in a patch a feature is).
+    hidden_units: width of fc6, fc7 and fc8 (deepcontext: 4096); for 'pooled', of the
+      pair layer.
   """
 
   patch_size: int = 96
@@ -57,7 +89,9 @@ class RelativePositionConfig(base.TaskConfig):
   downsample_prob: float = 1.0 / 3.0
   min_downsample: int = 10
   color_dropping: bool = True
-  hidden_units: int = 1024
+  color_drop_noise: str = 'gaussian_paper'
+  head_layout: str = 'spatial'
+  hidden_units: int = 4096
   batch_size: int = 16
 
   def validate(self) -> None:
@@ -72,6 +106,14 @@ class RelativePositionConfig(base.TaskConfig):
       raise ConfigError('relative_position.downsample_prob: must be in [0, 1]')
     if not 1 <= self.min_downsample <= self.patch_size:
       raise ConfigError('relative_position.min_downsample: must be in [1, patch_size]')
+    if self.color_drop_noise not in COLOR_DROP_NOISE:
+      raise ConfigError(
+        f'relative_position.color_drop_noise: must be one of {COLOR_DROP_NOISE}, got {self.color_drop_noise!r}'
+      )
+    if self.head_layout not in HEAD_LAYOUTS:
+      raise ConfigError(f'relative_position.head_layout: must be one of {HEAD_LAYOUTS}, got {self.head_layout!r}')
+    if self.hidden_units < 2:
+      raise ConfigError(f'relative_position.hidden_units: must be >= 2, got {self.hidden_units}')
 
 
 def normalize_patch(patch: tf.Tensor) -> tf.Tensor:
@@ -80,13 +122,32 @@ def normalize_patch(patch: tf.Tensor) -> tf.Tensor:
   return patch / tf.maximum(tf.sqrt(tf.reduce_mean(tf.square(patch))), 1e-3)
 
 
-def drop_colors(patch: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """Keeps one random channel of a [P, P, 3] float patch in [0, 1]; the others become noise."""
+def drop_colors(patch: tf.Tensor, seed: tf.Tensor, noise: str = 'gaussian_paper') -> tf.Tensor:
+  """Keeps one random channel of a [P, P, 3] float patch in [0, 1]; the others become faint noise.
+
+  Args:
+    patch: [P, P, 3] float32 in [0, 1].
+    seed: int [2] stateless seed.
+    noise: 'gaussian_paper' (zero-mean Gaussian, std `PAPER_NOISE_FRACTION` times the
+      kept channel's) or 'deepcontext' (U(-0.5, 0.5) * `DEEPCONTEXT_NOISE_SCALE`).
+
+  Returns:
+    [P, P, 3]: the kept channel minus its mean (as deepcontext's prep_image), and
+    zero-mean noise in the other two.
+  """
+  if noise not in COLOR_DROP_NOISE:
+    raise ValueError(f'relative_position.color_drop_noise: must be one of {COLOR_DROP_NOISE}, got {noise!r}')
   seeds = base.stateless_seeds(seed, 2)
   keep = tf.random.stateless_uniform([], seeds[0], 0, 3, dtype=tf.int32)
-  noise = tf.random.stateless_uniform(tf.shape(patch), seeds[1])
+  kept = tf.gather(patch, keep, axis=-1)
+  kept = kept - tf.reduce_mean(kept)
+  if noise == 'gaussian_paper':
+    scale = PAPER_NOISE_FRACTION * tf.sqrt(tf.reduce_mean(tf.square(kept)))  # The kept channel's std.
+    filler = tf.random.stateless_normal(tf.shape(patch), seeds[1], dtype=patch.dtype) * scale
+  else:
+    filler = (tf.random.stateless_uniform(tf.shape(patch), seeds[1], dtype=patch.dtype) - 0.5) * DEEPCONTEXT_NOISE_SCALE
   mask = tf.one_hot(keep, 3, dtype=patch.dtype)
-  return patch * mask + noise * (1.0 - mask)
+  return kept[..., None] * mask + filler * (1.0 - mask)
 
 
 class RelativePositionTask(base.Task):
@@ -126,7 +187,7 @@ class RelativePositionTask(base.Task):
     if self.config.harmonize:
       patch = color.harmonize(patch)
     elif self.config.color_dropping:
-      patch = drop_colors(patch, seeds[1])
+      patch = drop_colors(patch, seeds[1], self.config.color_drop_noise)
     return normalize_patch(patch)
 
   def sample_positions(self, image_shape: tf.Tensor, seed: tf.Tensor):
@@ -166,7 +227,8 @@ class RelativePositionTask(base.Task):
     return tf.reshape(batch['patches'], [-1, p, p, 3])
 
   def build_head(self, dtype: str = 'float32') -> tf.keras.layers.Layer:
-    return RelativePositionHead(self.config.hidden_units, name=f'{self.name}_head', dtype=dtype)
+    c = self.config
+    return RelativePositionHead(c.hidden_units, c.head_layout, name=f'{self.name}_head', dtype=dtype)
 
   def loss(self, outputs, batch):
     return tf.reduce_mean(
@@ -192,17 +254,49 @@ class RelativePositionTask(base.Task):
 
 
 class RelativePositionHead(tf.keras.layers.Layer):
-  """Siamese head: per-patch projection and pooling, then the pair classified together."""
+  """Siamese head: each patch's features, then the pair classified together (see the module docstring)."""
 
-  def __init__(self, hidden_units: int, **kwargs):
-    """Creates the head with `hidden_units` per patch and in the pair layer."""
+  def __init__(self, hidden_units: int, layout: str = 'spatial', **kwargs):
+    """Creates the head.
+
+    Args:
+      hidden_units: width of fc6, fc7 and fc8 ('spatial'), or of the pair layer ('pooled').
+      layout: 'spatial' (deepcontext's) or 'pooled'.
+      **kwargs: Keras layer arguments (name, dtype).
+
+    Raises:
+      ValueError: an unknown layout.
+    """
     super().__init__(**kwargs)
-    self.project = tf.keras.layers.Conv2D(hidden_units // 2, 1, activation='relu', dtype=self.dtype_policy)
-    self.pool = tf.keras.layers.GlobalAveragePooling2D(dtype=self.dtype_policy)
-    self.pair = tf.keras.layers.Dense(hidden_units, activation='relu', dtype=self.dtype_policy)
-    self.classify = tf.keras.layers.Dense(NUM_CLASSES, dtype=self.dtype_policy)
+    if layout not in HEAD_LAYOUTS:
+      raise ValueError(f'relative_position.head_layout: must be one of {HEAD_LAYOUTS}, got {layout!r}')
+    self.layout = layout
+    policy = self.dtype_policy
+    if layout == 'spatial':
+      # deepcontext train.py: pool5 = 3x3 max pooling, stride 2 (Caffe rounds up; 'same' does too).
+      self.pool = tf.keras.layers.MaxPooling2D(3, 2, padding='same', dtype=policy)
+      self.flatten = tf.keras.layers.Flatten(dtype=policy)
+      # fc6 and fc7 are followed by Caffe's BatchNorm layer, which has no scale or shift
+      # (and makes the fc bias moot); fc8 has neither.
+      self.fc6 = tf.keras.layers.Dense(hidden_units, use_bias=False, dtype=policy)
+      self.bn6 = tf.keras.layers.BatchNormalization(center=False, scale=False, dtype=policy)
+      self.fc7 = tf.keras.layers.Dense(hidden_units, use_bias=False, dtype=policy)
+      self.bn7 = tf.keras.layers.BatchNormalization(center=False, scale=False, dtype=policy)
+      self.fc8 = tf.keras.layers.Dense(hidden_units, activation='relu', dtype=policy)
+    else:
+      self.project = tf.keras.layers.Conv2D(hidden_units // 2, 1, activation='relu', dtype=policy)
+      self.pool = tf.keras.layers.GlobalAveragePooling2D(dtype=policy)
+      self.pair = tf.keras.layers.Dense(hidden_units, activation='relu', dtype=policy)
+    self.classify = tf.keras.layers.Dense(NUM_CLASSES, dtype=policy)
 
   def call(self, features, training=None):
-    per_patch = self.pool(self.project(features))  # [2B, hidden / 2]
+    """[2B, h, w, C] features of consecutive patch pairs -> [B, 8] logits."""
+    if self.layout == 'spatial':
+      per_patch = tf.nn.relu(self.bn6(self.fc6(self.flatten(self.pool(features))), training=training))
+    else:
+      per_patch = self.pool(self.project(features))
     pairs = tf.reshape(per_patch, [-1, 2 * per_patch.shape[-1]])  # Consecutive patches form a pair.
+    if self.layout == 'spatial':
+      hidden = tf.nn.relu(self.bn7(self.fc7(pairs), training=training))
+      return self.classify(self.fc8(hidden))
     return self.classify(self.pair(pairs))
