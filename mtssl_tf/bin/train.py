@@ -5,7 +5,9 @@
     TF_CONFIG='{"cluster": {...}, "task": {"type": "ps", "index": 0}}' mtssl-train --config=...
 
 Without TF_CONFIG it supervises a local cluster (servers and coordinator as
-subprocesses on 127.0.0.1). With TF_CONFIG it plays the role the file names: 'ps' and
+subprocesses talking over 127.0.0.1; TensorFlow's servers listen on all interfaces,
+so by default they run in a private network namespace that only has `lo`, see
+--private_network). With TF_CONFIG it plays the role the file names: 'ps' and
 'worker' serve, 'chief' coordinates. See BUILD.md for cluster launches.
 """
 
@@ -23,12 +25,20 @@ from mtssl_tf.bin.flags import define_config_flags  # noqa: E402
 from mtssl_tf.configs import ConfigError, ExperimentConfig, load_config  # noqa: E402
 from mtssl_tf.configs.presets import DEMO_CONFIG  # noqa: E402
 from mtssl_tf.data.sources import DataError  # noqa: E402
+from mtssl_tf.distribute.private_net import PrivateNetworkError  # noqa: E402
 from mtssl_tf.train import launch  # noqa: E402
 
 define_config_flags()
 flags.DEFINE_bool('export', True, 'Export a SavedModel of the trunk after training.')
 flags.DEFINE_integer('max_restarts', 3, 'Local cluster: coordinator restarts allowed after a server failure.')
 flags.DEFINE_string('cluster_spec', None, 'Internal: JSON cluster spec of a coordinator started by the supervisor.')
+flags.DEFINE_enum(
+  'private_network',
+  'auto',
+  ['auto', 'on', 'off'],
+  'Local cluster: run servers and coordinator in a private network namespace (Linux) so that other hosts cannot '
+  'reach the unauthenticated TensorFlow servers. auto: where possible, else warn; on: fail if impossible; off: never.',
+)
 FLAGS = flags.FLAGS
 
 
@@ -62,9 +72,11 @@ def main(argv):
       prepared = launch.prepare(cfg)  # Config and data errors surface before any server starts.
       launch.write_run_config(cfg, model_dir)
       config_argv = [f'--config={os.path.abspath(f)}' for f in files] + [f'--override={o}' for o in FLAGS.override]
-      result = launch.supervise_local(cfg, model_dir, config_argv, FLAGS.max_restarts)
+      result = launch.supervise_local(
+        cfg, model_dir, config_argv, FLAGS.max_restarts, private_network=FLAGS.private_network
+      )
       print('per task:', json.dumps(result))
-  except (ConfigError, DataError) as e:
+  except (ConfigError, DataError, PrivateNetworkError) as e:
     sys.exit(f'error: {e}')
   if FLAGS.export and role != 'worker':
     prepared = launch.prepare(cfg)

@@ -3,7 +3,14 @@
 On a real cluster every machine runs `mtssl-train` with its `TF_CONFIG`; ps and worker
 tasks only start a `tf.distribute.Server` and wait (see `run_server`), the chief runs
 the coordinator. On one machine `LocalCluster` starts those servers as subprocesses
-bound to 127.0.0.1 on free ports and tears them down on exit, Ctrl-C or SIGTERM.
+on free ports (the cluster spec names 127.0.0.1) and tears them down on exit, Ctrl-C
+or SIGTERM.
+
+TensorFlow's server listens on 0.0.0.0:<port> whatever host the spec names (TF 2.15
+has no bind-address option), accepts anyone and runs any graph it receives. Given a
+`PrivateNetwork` (mtssl_tf/distribute/private_net.py), `LocalCluster` starts its
+servers in that namespace, which has only `lo`, so no other host can reach them; the
+local launcher does this by default. Without one they are reachable on every interface.
 
 Every server gets at least 4 inter-op threads: with the default on a 2-core machine
 (2 threads), a worker could block on a remote variable read while the PS's only
@@ -24,6 +31,8 @@ from typing import Dict, List, Optional
 
 import tensorflow as tf
 from absl import logging
+
+from mtssl_tf.distribute.private_net import PrivateNetwork, sockets_of
 
 MIN_INTER_OP_THREADS = 4
 
@@ -59,14 +68,24 @@ def resolver_for(cluster_spec: Dict[str, List[str]]) -> tf.distribute.cluster_re
 class LocalCluster:
   """PS and worker servers as subprocesses on this machine."""
 
-  def __init__(self, num_workers: int, num_ps: int = 1, log_dir: Optional[str] = None):
+  def __init__(
+    self,
+    num_workers: int,
+    num_ps: int = 1,
+    log_dir: Optional[str] = None,
+    network: Optional[PrivateNetwork] = None,
+  ):
     """Starts the servers.
 
     Args:
       num_workers: worker processes.
       num_ps: parameter server processes.
       log_dir: where each server's stdout/stderr goes (default: discarded).
+      network: a private network namespace to run the servers in (the caller owns it and
+        must start its coordinator there too, with `network.command`); None: this
+        process's network, where the servers listen on every interface.
     """
+    self.network = network
     self.spec = {
       'worker': [f'127.0.0.1:{free_port()}' for _ in range(num_workers)],
       'ps': [f'127.0.0.1:{free_port()}' for _ in range(num_ps)],
@@ -100,6 +119,8 @@ class LocalCluster:
     env.pop('TF_CONFIG', None)
     cmd = [sys.executable, '-m', 'mtssl_tf.bin.server', f'--cluster_spec={json.dumps(self.spec)}',
            f'--job={job}', f'--index={index}']  # fmt: skip
+    if self.network:
+      cmd = self.network.command(cmd)
     process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     self.processes[f'{job}:{index}'] = process
     return process
@@ -115,15 +136,29 @@ class LocalCluster:
     for name, address in ((f'{j}:{i}', a) for j, addrs in self.spec.items() for i, a in enumerate(addrs)):
       host, port = address.rsplit(':', 1)
       while True:
-        if self.processes[name].poll() is not None:
-          raise RuntimeError(f'server {name} exited with code {self.processes[name].returncode} while starting')
-        try:
-          with socket.create_connection((host, int(port)), timeout=1.0):
-            break
-        except OSError:
-          if time.time() > deadline:
-            raise TimeoutError(f'server {name} did not listen on {address} within {timeout:.0f} s') from None
-          time.sleep(0.2)
+        process = self.processes[name]
+        if process.poll() is not None:
+          raise RuntimeError(f'server {name} exited with code {process.returncode} while starting')
+        if self._listening(process.pid, host, int(port)):
+          break
+        if time.time() > deadline:
+          raise TimeoutError(f'server {name} did not listen on {address} within {timeout:.0f} s')
+        time.sleep(0.2)
+
+  def _listening(self, pid: int, host: str, port: int) -> bool:
+    if self.network:
+      # This process is outside the servers' namespace: read the socket table of the
+      # server's namespace, once the server has joined it.
+      try:
+        joined = os.stat(f'/proc/{pid}/ns/net').st_ino == self.network.inode
+        return joined and any(s.listening and s.port == port for s in sockets_of(pid))
+      except OSError:  # Still exec'ing into the namespace, or just exited.
+        return False
+    try:
+      with socket.create_connection((host, port), timeout=1.0):
+        return True
+    except OSError:
+      return False
 
   def resolver(self) -> tf.distribute.cluster_resolver.ClusterResolver:
     """A cluster resolver for a coordinator of this cluster."""

@@ -8,9 +8,12 @@ Roles (the same code on one machine and on a cluster):
   dead channel: measured), so the coordinator exits with `EXIT_CLUSTER_FAILURE` and is
   restarted from the last checkpoint, by Kubernetes/your scheduler on a cluster, by
   `supervise_local` on one machine.
-* local supervisor (`supervise_local`): starts the servers as subprocesses on
-  127.0.0.1, runs the coordinator as a subprocess, restarts servers and coordinator
-  after a cluster failure (bounded), tears everything down on exit, Ctrl-C or SIGTERM.
+* local supervisor (`supervise_local`): starts the servers as subprocesses (cluster
+  spec on 127.0.0.1), runs the coordinator as a subprocess, restarts servers and
+  coordinator after a cluster failure (bounded), tears everything down on exit, Ctrl-C
+  or SIGTERM. TensorFlow's servers listen on all interfaces and are unauthenticated, so
+  where Linux allows it servers and coordinator run in a private network namespace
+  that has only `lo` (mtssl_tf/distribute/private_net.py; `private_network`).
 
 Everything that can be wrong with a config or its data is checked by `prepare` before
 any server starts.
@@ -132,6 +135,7 @@ def supervise_local(
   config_argv: Sequence[str],
   max_restarts: int = 3,
   on_cluster=None,
+  private_network: str = 'auto',
 ) -> Dict[str, dict]:
   """Trains on a cluster of local subprocesses, restarting after cluster failures.
 
@@ -142,23 +146,35 @@ def supervise_local(
     max_restarts: coordinator restarts allowed after cluster failures.
     on_cluster: optional callback(LocalCluster, coordinator Popen) called after each
       start (tests use it to inject faults).
+    private_network: 'auto' runs servers and coordinator in a private network namespace
+      where possible, else logs one warning line (they listen on all interfaces); 'on'
+      fails if that is impossible; 'off' never isolates (and warns).
 
   Returns:
     The per-task steps and updates the coordinator wrote to `train_result.json`.
 
   Raises:
     RuntimeError: the coordinator failed for another reason, or too many restarts.
+    PrivateNetworkError: private_network='on' and isolation is impossible here.
   """
+  from mtssl_tf.configs.base import to_plain
   from mtssl_tf.distribute.cluster import LocalCluster
+  from mtssl_tf.distribute.private_net import open_private_network
   from mtssl_tf.tasks import build_tasks
 
   num_workers = sum(t.config.workers for t in build_tasks(cfg.tasks, cfg.trunk.output_stride).values())
   logs = os.path.join(model_dir, 'logs')
-  cluster = LocalCluster(num_workers, cfg.train.num_ps, log_dir=logs)
+  # A remote model_dir or data source (gs://...) needs the network the namespace lacks.
+  locations = [model_dir, os.environ.get('TFDS_DATA_DIR', ''), *_strings(to_plain(cfg))]
+  network = open_private_network(private_network, locations)
+  cluster = None
   try:
+    cluster = LocalCluster(num_workers, cfg.train.num_ps, log_dir=logs, network=network)
     for attempt in range(max_restarts + 1):
       cmd = [sys.executable, '-m', 'mtssl_tf.bin.train', f'--model_dir={model_dir}', '--export=false',
              f'--cluster_spec={json.dumps(cluster.spec)}', *config_argv]  # fmt: skip
+      if network:
+        cmd = network.command(cmd)
       start = time.time()
       child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
       # The coordinator's progress lines reach the console and coordinator.log.
@@ -180,7 +196,19 @@ def supervise_local(
       cluster.restart_all()
     raise RuntimeError(f'the cluster failed {max_restarts + 1} times; giving up (logs in {logs})')
   finally:
-    cluster.stop()
+    if cluster:
+      cluster.stop()
+    if network:
+      network.close()
+
+
+def _strings(value) -> List[str]:
+  """Every string in a plain config (nested dicts and lists)."""
+  if isinstance(value, dict):
+    return [s for v in value.values() for s in _strings(v)]
+  if isinstance(value, (list, tuple)):
+    return [s for v in value for s in _strings(v)]
+  return [value] if isinstance(value, str) else []
 
 
 def _tee(stream, path: str) -> None:
@@ -201,22 +229,37 @@ def _wait(child: subprocess.Popen) -> int:
     raise
 
 
-def export_latest(cfg: ExperimentConfig, model_dir: str, sources: Dict[str, str], export_dir: str = '') -> str:
+def export_latest(
+  cfg: ExperimentConfig, model_dir: str, sources: Dict[str, str], export_dir: str = '', preprocessing: str = 'rgb'
+) -> str:
   """Exports the latest checkpoint of a run as a SavedModel (no cluster needed).
+
+  Args:
+    cfg: the run's config.
+    model_dir: the run (its checkpoints/).
+    sources: each task's data source (one batch builds the heads).
+    export_dir: where to write; '' is `<model_dir>/saved_model`.
+    preprocessing: what the SavedModel feeds the trunk (evaluation/backbone.py `EVAL_INPUTS`):
+      'rgb' colour, the paper's for every trunk (Doersch §3.3 evaluates harmonized trunks on
+      colour); 'harmonized' grey; 'as_trained' grey only if every task was harmonized.
 
   Returns:
     The SavedModel directory (default `<model_dir>/saved_model`).
 
   Raises:
     FileNotFoundError: the run has no checkpoint.
+    ValueError: an unknown `preprocessing`.
   """
   import tensorflow as tf
 
   from mtssl_tf.data.images import ReadOptions
+  from mtssl_tf.evaluation.backbone import EVAL_INPUTS
   from mtssl_tf.export.saved_model import export
   from mtssl_tf.tasks import build_tasks
   from mtssl_tf.tasks.multitask import MultiTaskModel
 
+  if preprocessing not in EVAL_INPUTS:
+    raise ValueError(f'export preprocessing: must be one of {EVAL_INPUTS}, got {preprocessing!r}')
   checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
   if not checkpoint:
     raise FileNotFoundError(f'no checkpoint under {model_dir}/checkpoints to export')
@@ -224,10 +267,10 @@ def export_latest(cfg: ExperimentConfig, model_dir: str, sources: Dict[str, str]
   model = MultiTaskModel(cfg.trunk, tasks, cfg.lasso, cfg.runtime.precision)
   model.build_all({n: next(iter(t.dataset(ReadOptions(), sources[n], repeat=False))) for n, t in tasks.items()})
   tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
-  # The export preprocesses as the trunk was trained: harmonized only if every task was.
-  harmonized = all(t.harmonized_input for t in tasks.values())
+  if preprocessing == 'as_trained':
+    preprocessing = 'harmonized' if all(t.harmonized_input for t in tasks.values()) else 'rgb'
   export_dir = export_dir or os.path.join(model_dir, 'saved_model')
-  export(model, export_dir, 'harmonized' if harmonized else 'rgb', cfg.trunk.output_stride)
+  export(model, export_dir, preprocessing, cfg.trunk.output_stride)
   return export_dir
 
 
