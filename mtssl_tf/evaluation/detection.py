@@ -1,12 +1,15 @@
 """PASCAL VOC 2007 detection transfer (Doersch & Zisserman 2017, §5): Faster R-CNN on the trunk.
 
 Protocol: the trunk (blocks 1-3, stride 16) is the Faster R-CNN backbone, ResNet block 4
-the per-proposal head on ROI crops (randomly initialised), all weights fine-tuned on
-VOC07 trainval with multi-scale training (random shorter side from `scales`) and
-horizontal flips; test mAP at IoU 0.5 and 0.75. With `use_lasso` a new lasso row mixes
-the block-3 units for both the RPN and the ROI features. The model is built from Model
-Garden parts in `detection_model`; this module holds the config, the input pipeline,
-the training loop and the evaluation.
+the per-proposal head on ROI crops, all weights fine-tuned on VOC07 trainval with
+multi-scale training (random shorter side from `scales`) and horizontal flips; test mAP
+at IoU 0.5 and 0.75, both with the VOC2007 11-point AP by default (`map_conventions`).
+Block 4 is randomly initialised for self-supervised trunks and transferred from the
+ImageNet-labels network (the supervised baseline's checkpoint), as §5 says
+(`box_head_init`). With `use_lasso` a new lasso row mixes the block-3 units for both the
+RPN and the ROI features. The model is built from Model Garden parts in
+`detection_model`; this module holds the config, the input pipeline, the training loop
+and the evaluation.
 
 Input pipeline: `data.detection.detection_dataset` -> flip (normalised boxes) -> resize
 the shorter side to the chosen scale, the longer side capped -> the trunk's
@@ -23,7 +26,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -38,9 +41,11 @@ from mtssl_tf.data.detection import VOC_CLASSES, detection_dataset
 from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.evaluation import backbone, voc_metrics
 from mtssl_tf.evaluation.detection_model import STRIDE, FasterRCNN, build_detector
+from mtssl_tf.trunk import block4
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
 
 NAME = 'detection'
+BOX_HEAD_INITS = ('auto', 'random', 'checkpoint')
 
 
 @dataclasses.dataclass
@@ -99,10 +104,25 @@ class DetectionEvalConfig(Config):
     roi_crop_size: ROI-align output side; block 4 strides it by 2 (14 -> 7x7, as the
       ResNet Faster R-CNN pools 14x14 before conv5).
     block4_units: residual units in the block-4 head (3 in ResNet-101).
+    box_head_init: where block 4 (the box head) starts. 'checkpoint': transferred from
+      the init source's trained block 4 (the supervised baseline's checkpoint holds it
+      at `model/block4`), with its input convention (it crops the raw block-3 sum it
+      was trained on) and its BatchNorm frozen like the trunk's; an error when the
+      source has none. 'random': new, as for self-supervised trunks. 'auto' (default,
+      the paper's §5: "transfer block 4 into the proposal categorization head ...
+      except that we initialize [it] randomly" for self-supervised networks):
+      'checkpoint' when the init source holds a block 4, else 'random'.
     frcnn_huber_delta: box-head smooth-L1 transition (sigma 1 -> 1).
     detection_score_threshold: test detections kept above this score (0.05).
     detection_nms_iou: per-class NMS IoU at test (py-faster-rcnn: 0.3).
     max_detections: detections per image (100).
+    map_conventions: the mAP conventions computed, each at IoU 0.5 and 0.75 so both
+      columns share one AP rule; the first is the headline (logged, `map_convention` in
+      the results). 'voc07' (default first, the paper's: VOC2007 devkit / py-faster-rcnn
+      `voc_eval` with `use_07_metric=True`: 11-point AP, +1 pixel IoU, IoU > threshold;
+      keys end in `_VOC07_11point`) and 'od_api' (the TF Object Detection API's PASCAL
+      metric: all-point AP, IoU >= threshold; keys without suffix), kept as a cross-check
+      with TF detection code. See `voc_metrics`.
     use_lasso: heads read a learned lasso mix of the block-3 units (§3.2).
     lasso_l1_weight: L1 weight on the detection alpha row.
     lasso_init: 'last' (start from the plain trunk output) or 'uniform'.
@@ -153,10 +173,12 @@ class DetectionEvalConfig(Config):
   roi_bg_iou_low: float = 0.0
   roi_crop_size: int = 14
   block4_units: int = 3
+  box_head_init: str = 'auto'
   frcnn_huber_delta: float = 1.0
   detection_score_threshold: float = 0.05
   detection_nms_iou: float = 0.3
   max_detections: int = 100
+  map_conventions: Tuple[str, ...] = (voc_metrics.VOC07, voc_metrics.OD_API)
   use_lasso: bool = False
   lasso_l1_weight: float = 1e-3
   lasso_init: str = 'last'
@@ -222,6 +244,14 @@ class DetectionEvalConfig(Config):
       fail('roi_crop_size', f'must be even (block 4 strides it by 2), got {self.roi_crop_size}')
     if self.lasso_init not in LASSO_INITS:
       fail('lasso_init', f'must be one of {LASSO_INITS}, got {self.lasso_init!r}')
+    if self.box_head_init not in BOX_HEAD_INITS:
+      fail('box_head_init', f'must be one of {BOX_HEAD_INITS}, got {self.box_head_init!r}')
+    conventions = list(self.map_conventions)
+    if not conventions or len(set(conventions)) != len(conventions):
+      fail('map_conventions', f'need distinct conventions, the headline first, got {conventions}')
+    for convention in conventions:
+      if convention not in voc_metrics.CONVENTIONS:
+        fail('map_conventions', f'each must be one of {voc_metrics.CONVENTIONS}, got {convention!r}')
 
 
 # --- Input pipeline -------------------------------------------------------------------------------
@@ -436,6 +466,43 @@ def _train(model, optimizer, cfg, dataset, manager, writer, progress: bool) -> D
   return {'train_seconds': end - train_start, 'seconds_per_step': steady, 'num_skipped_train': skips.count}
 
 
+# --- Box head initialisation ---------------------------------------------------------------------
+
+
+def resolve_box_head_init(cfg: DetectionEvalConfig, init_source: str) -> Tuple[str, str]:
+  """Where block 4 starts: ('checkpoint', prefix holding it) or ('random', ''), from `cfg.box_head_init`.
+
+  Args:
+    cfg: the detection config.
+    init_source: the trunk's source (`backbone.resolve_source` forms; '' or 'random'
+      for a random trunk).
+
+  Raises:
+    ConfigError: 'checkpoint' asked of a source without a block 4, or a stored block 4
+      whose unit count differs from `block4_units` (the key and the file are named).
+  """
+  if cfg.box_head_init == 'random':
+    return 'random', ''
+  kind, path = backbone.resolve_source(init_source)
+  # A SavedModel's variables are a checkpoint with the same object paths (`backbone.load_trunk`).
+  prefix = {'checkpoint': path, 'saved_model': os.path.join(path, 'variables', 'variables')}.get(kind, '')
+  units = block4.stored_units(prefix) if prefix else 0
+  if not units:
+    if cfg.box_head_init == 'checkpoint':
+      raise ConfigError(
+        f"{NAME}.box_head_init: 'checkpoint' needs an init source holding a trained block 4 at "
+        f"{block4.CHECKPOINT_PATH} (the supervised baseline's checkpoints do), but "
+        f'{prefix or init_source or backbone.RANDOM!r} has none; use auto or random'
+      )
+    return 'random', ''
+  if units != cfg.block4_units:
+    raise ConfigError(
+      f'{NAME}.block4_units: {cfg.block4_units}, but the block 4 that box_head_init: {cfg.box_head_init} transfers '
+      f'from {prefix!r} has {units} units; set block4_units: {units}, or box_head_init: random'
+    )
+  return 'checkpoint', prefix
+
+
 # --- Evaluation -----------------------------------------------------------------------------------
 
 
@@ -445,19 +512,30 @@ def detections_to_normalized(boxes: np.ndarray, image_shape: np.ndarray) -> np.n
   return np.clip(np.asarray(boxes, np.float64) / np.array([height, width, height, width]), 0.0, 1.0)
 
 
-def evaluate(model: FasterRCNN, dataset: tf.data.Dataset, progress: bool = True) -> Dict[str, Any]:
+def evaluate(
+  model: FasterRCNN,
+  dataset: tf.data.Dataset,
+  progress: bool = True,
+  conventions: Sequence[str] = (voc_metrics.VOC07, voc_metrics.OD_API),
+) -> Dict[str, Any]:
   """Detects on every test image and scores them with `voc_metrics.VOCEvaluation`.
 
+  Args:
+    model: the detector.
+    dataset: `eval_dataset` batches.
+    progress: log progress lines.
+    conventions: mAP conventions, each computed at IoU 0.5 and 0.75.
+
   Returns:
-    The evaluator's metrics (OD API mAP and per-class AP at IoU 0.5 and 0.75, VOC07
-    11-point at 0.5, 'conventions') and counts.
+    The evaluator's metrics (mAP and per-class AP of every convention at IoU 0.5 and
+    0.75, 'conventions') and counts.
   """
 
   @tf.function(autograph=False)  # As the train step: nothing to convert, much faster to trace.
   def detect(images, image_shape):
     return model.detect(images, image_shape)
 
-  evaluation = voc_metrics.VOCEvaluation(VOC_CLASSES[: model.num_classes])
+  evaluation = voc_metrics.VOCEvaluation(VOC_CLASSES[: model.num_classes], conventions)
   counts = {'num_test_images': 0, 'num_groundtruth_boxes': 0, 'num_difficult_boxes': 0, 'num_detections': 0}
   num_skipped, tick = 0, time.perf_counter()
   for batch in dataset:
@@ -504,9 +582,9 @@ def run_detection(
 
   Everything goes to `<model_dir>/eval/detection`: TensorBoard scalars
   (`detection/<loss>`, `detection/learning_rate`, `detection/steps_per_second`, and
-  the final `detection/mAP@0.5IOU`, `detection/mAP@0.75IOU`,
-  `detection/mAP@0.5IOU_VOC07_11point`), `checkpoints/` (resumed from when present)
-  and `results.json`.
+  the final mAPs named as their result keys, e.g. `detection/mAP@0.5IOU_VOC07_11point`,
+  `detection/mAP@0.75IOU_VOC07_11point`, and without suffix for 'od_api'),
+  `checkpoints/` (resumed from when present) and `results.json`.
 
   Args:
     cfg: the protocol (validated here).
@@ -515,16 +593,19 @@ def run_detection(
     train_spec: training source; default `cfg.train_source`.
     test_spec: test source; default `cfg.test_source`.
     preprocessing: the trunk's input convention, 'rgb' or 'harmonized'.
-    init_source: where the trunk came from, recorded in the results.
+    init_source: where the trunk came from, recorded in the results; it also decides
+      the box head's start under `box_head_init: auto` (see `resolve_box_head_init`).
     progress: log progress lines.
 
   Returns:
     The results: the `voc_metrics.VOCEvaluation` metrics (keys
-    'PascalBoxes_Precision/mAP@0.5IOU', '...@0.75IOU', '...@0.5IOU_VOC07_11point' and
-    per class), 'conventions', counts, timing and the protocol.
+    'PascalBoxes_Precision/mAP@<t>IOU_VOC07_11point' and 'PascalBoxes_Precision/mAP@<t>IOU'
+    for t = 0.5, 0.75 and the chosen conventions, and per class), 'conventions',
+    'map_convention' (the headline), 'box_head_init' ('checkpoint' or 'random') with
+    'box_head_source' and 'box_head_input', counts, timing and the protocol.
 
   Raises:
-    ConfigError: invalid config or no source.
+    ConfigError: invalid config, no source, or a box head init the source cannot give.
     FloatingPointError: a non-finite loss (the step is named).
     ValueError: a checkpoint that does not fit the config, or an empty source.
   """
@@ -532,9 +613,13 @@ def run_detection(
   train_spec, test_spec = train_spec or cfg.train_source, test_spec or cfg.test_source
   if not train_spec or not test_spec:
     raise ConfigError(f'{NAME}.{"train_source" if not train_spec else "test_source"}: no VOC source given')
+  box_head_init, box_head_source = resolve_box_head_init(cfg, init_source)
   out_dir = backbone.eval_dir(model_dir, NAME)
   tf.random.set_seed(cfg.seed)
-  model = build_detector(cfg, trunk)
+  # A resumed run restores its own block 4 below, over the transferred one.
+  model = build_detector(cfg, trunk, block4_checkpoint=box_head_source)
+  if progress:
+    logging.info('%s: box head (block 4) %s', NAME, f'from {box_head_source}' if box_head_source else 'random')
   optimizer = make_optimizer(cfg)
   # Slots exist before a restore, so a resumed momentum is restored, not re-created as 0.
   optimizer.build(model.trainable_variables)
@@ -555,13 +640,17 @@ def run_detection(
   if int(optimizer.iterations) < cfg.train_steps:
     data = train_dataset(cfg, train_spec, preprocessing, start_step=int(optimizer.iterations))
     timing = _train(model, optimizer, cfg, data, manager, writer, progress)
-  results = evaluate(model, eval_dataset(cfg, test_spec, preprocessing), progress)
+  results = evaluate(model, eval_dataset(cfg, test_spec, preprocessing), progress, cfg.map_conventions)
   steps = int(optimizer.iterations)
+  map_keys = {
+    (convention, threshold): voc_metrics.mean_ap_key(convention, threshold)
+    for convention in cfg.map_conventions
+    for threshold in voc_metrics.VOCEvaluation.IOU_THRESHOLDS
+  }
   with writer.as_default(step=steps):
-    for threshold, suffix in ((0.5, ''), (0.75, ''), (0.5, '_VOC07_11point')):
-      key = f'mAP@{threshold}IOU{suffix}'
-      if results.get(f'PascalBoxes_Precision/{key}') is not None:
-        tf.summary.scalar(f'{NAME}/{key}', results[f'PascalBoxes_Precision/{key}'])
+    for key in map_keys.values():
+      if results.get(key) is not None:
+        tf.summary.scalar(f'{NAME}/{key.split("/", 1)[1]}', results[key])
   writer.flush()
   results.update(timing)
   results.update(
@@ -575,6 +664,10 @@ def run_detection(
     use_lasso=cfg.use_lasso,
     freeze_batch_norm=cfg.freeze_batch_norm,
     train_difficult=cfg.train_difficult,
+    map_convention=cfg.map_conventions[0],
+    box_head_init=box_head_init,
+    box_head_source=box_head_source,
+    box_head_input=model.backbone.box_input,
     preprocessing=preprocessing,
     train_source=train_spec,
     test_source=test_spec,
@@ -585,9 +678,9 @@ def run_detection(
     results['init'] = init_source
   path = backbone.write_results(model_dir, NAME, results)
   if progress:
+    headline = cfg.map_conventions[0]
     logging.info(
-      '%s: mAP@0.5 %s, mAP@0.75 %s, VOC07 11-point mAP@0.5 %s on %d images -> %s', NAME,
-      *(results.get(f'PascalBoxes_Precision/mAP@{k}') for k in ('0.5IOU', '0.75IOU', '0.5IOU_VOC07_11point')),
-      results['num_test_images'], path,
+      '%s: mAP (%s) @0.5 %s, @0.75 %s on %d images -> %s', NAME, headline, results.get(map_keys[headline, 0.5]),
+      results.get(map_keys[headline, 0.75]), results['num_test_images'], path,
     )  # fmt: skip
   return results

@@ -2,8 +2,9 @@
 
 Doersch & Zisserman (2017, §5) evaluate on PASCAL VOC 2007 detection with Faster R-CNN:
 the trunk (blocks 1-3, stride 16) is the backbone, ResNet block 4 is the per-proposal
-head applied to ROI-pooled features (randomly initialised for self-supervised trunks),
-and everything is fine-tuned. This is the ResNet "C4" Faster R-CNN of He et al. (2016).
+head applied to ROI-pooled features (randomly initialised for self-supervised trunks,
+transferred from the ImageNet-labels network), and everything is fine-tuned. This is the
+ResNet "C4" Faster R-CNN of He et al. (2016).
 
 `official.vision.modeling.maskrcnn_model.MaskRCNNModel` (no mask head) runs exactly
 that graph when given a backbone returning one pyramid level and a detection head that
@@ -18,7 +19,10 @@ runs block 4, so the detector is that model with our parts plugged in:
   `layers.DetectionGenerator` (per-class NMS);
 * box head: `Block4BoxHead`, our `Block4` (stride 2: 14x14 -> 7x7) then average pooling
   then `heads.instance_heads.DetectionHead` with no extra convs or fcs (its class and
-  box layers with the Fast R-CNN initialisers);
+  box layers with the Fast R-CNN initialisers). Its ROI crops come from the RPN's
+  features (`final`: block 3 after BN-ReLU) when block 4 is new, and from the raw
+  block-3 sum (the `block3` endpoint, which a trained ResNet-v2 block 4 reads) when
+  block 4 is transferred (`build_detector(..., block4_checkpoint=...)`);
 * anchors: `ops.anchor_generator.AnchorGenerator` (explicit sizes: Faster R-CNN's
   128/256/512 are octaves apart, which `ops.anchor.Anchor`'s 2^(i/n) scales cannot
   express); RPN targets: `ops.anchor.RpnAnchorLabeler`; losses:
@@ -45,7 +49,7 @@ from official.vision.modeling.heads import dense_prediction_heads, instance_head
 from official.vision.modeling.layers import detection_generator, roi_aligner, roi_generator, roi_sampler
 from official.vision.ops import anchor, anchor_generator
 
-from mtssl_tf.trunk.block4 import Block4
+from mtssl_tf.trunk.block4 import Block4, load_block4
 from mtssl_tf.trunk.lasso import LassoMix
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
 
@@ -54,6 +58,10 @@ if TYPE_CHECKING:  # The config lives with the evaluation, which imports this mo
 
 STRIDE = 16
 LEVEL = '4'  # log2(STRIDE): the one feature level, keyed as official.vision keys pyramid levels.
+# Backbone output read by the ROI aligner instead of LEVEL when present (the RPN reads LEVEL).
+BOX_INPUT_KEY = 'box_head_input'
+# What the box head's ROI crops are cut from: the RPN's BN-ReLU features, or the raw block-3 sum.
+BOX_HEAD_INPUTS = ('final', 'block3')
 LOSS_NAMES = ('rpn_score_loss', 'rpn_box_loss', 'frcnn_class_loss', 'frcnn_box_loss')
 
 
@@ -63,7 +71,9 @@ class DetectionBackbone(tf.keras.Model):
   Without lasso the features are the trunk's `final` endpoint (block 3 after BN-ReLU).
   With lasso they are a new, learned lasso row mixing every block-3 unit, then BN-ReLU,
   as the pre-training heads read it (`MultiTaskModel.features`); the pre-training
-  alphas are not loaded because detection is a new consumer.
+  alphas are not loaded because detection is a new consumer. With `box_input='block3'`
+  the output also holds, at `BOX_INPUT_KEY`, the same features before that BN-ReLU (the
+  `block3` endpoint, or the raw lasso mix), for a transferred block 4.
   """
 
   def __init__(
@@ -73,6 +83,7 @@ class DetectionBackbone(tf.keras.Model):
     lasso_l1_weight: float = 1e-3,
     lasso_init: str = 'last',
     freeze_batch_norm: bool = True,
+    box_input: str = 'final',
     name: str = 'backbone',
   ):
     """Wraps a built trunk.
@@ -85,9 +96,17 @@ class DetectionBackbone(tf.keras.Model):
       freeze_batch_norm: run the trunk's BatchNorm layers in inference mode with
         fixed scale and offset, as ResNet Faster R-CNN implementations do (one or two
         images per step give poor batch statistics). New layers keep training theirs.
+      box_input: 'final' (the box head crops the features above) or 'block3' (it crops
+        them before their closing BN-ReLU, returned at `BOX_INPUT_KEY`).
       name: model name.
+
+    Raises:
+      ValueError: an unknown `box_input`.
     """
     super().__init__(name=name)
+    if box_input not in BOX_HEAD_INPUTS:
+      raise ValueError(f'box_input must be one of {BOX_HEAD_INPUTS}, got {box_input!r}')
+    self.box_input = box_input
     self.trunk = trunk
     self.freeze_batch_norm = freeze_batch_norm
     if freeze_batch_norm:
@@ -106,19 +125,34 @@ class DetectionBackbone(tf.keras.Model):
     return self.trunk.output_channels
 
   def call(self, images, training=None) -> Dict[str, tf.Tensor]:
-    """Preprocessed images [B, H, W, 3] -> {'4': float32 [B, ceil(H/16), ceil(W/16), C]}."""
+    """Preprocessed images [B, H, W, 3] -> {'4': float32 [B, ceil(H/16), ceil(W/16), C]} (+ BOX_INPUT_KEY)."""
     endpoints = self.trunk(images, training=False if self.freeze_batch_norm else training, output_stride=STRIDE)
     if self.lasso is None:
-      features = endpoints['final']
+      raw, features = endpoints['block3'], endpoints['final']
     else:
-      mixed = self.lasso(self.trunk.block3_units(endpoints), consumer=0)
-      features = tf.nn.relu(self.lasso_norm(tf.cast(mixed, tf.float32), training=training))
+      raw = self.lasso(self.trunk.block3_units(endpoints), consumer=0)
+      features = tf.nn.relu(self.lasso_norm(tf.cast(raw, tf.float32), training=training))
     # The heads run in float32 whatever the trunk's precision policy.
-    return {LEVEL: tf.cast(features, tf.float32)}
+    out = {LEVEL: tf.cast(features, tf.float32)}
+    if self.box_input == 'block3':
+      out[BOX_INPUT_KEY] = tf.cast(raw, tf.float32)
+    return out
 
   def lasso_penalty(self) -> tf.Tensor:
     """The L1 penalty of the detection alpha row (0 without lasso)."""
     return self.lasso.penalty(0) if self.lasso is not None else tf.constant(0.0)
+
+
+class BoxInputROIAligner(roi_aligner.MultilevelROIAligner):
+  """`MultilevelROIAligner` on the backbone's `BOX_INPUT_KEY` features when present, else on level 4.
+
+  `MaskRCNNModel` hands the RPN and the ROI aligner the same feature dict; this lets the
+  box head crop the raw block-3 sum a transferred block 4 expects while the RPN keeps
+  reading the normalised level-4 features.
+  """
+
+  def call(self, features: Mapping[str, tf.Tensor], boxes: tf.Tensor, training: bool = None):
+    return super().call({LEVEL: features.get(BOX_INPUT_KEY, features[LEVEL])}, boxes, training=training)
 
 
 class Block4BoxHead(tf.keras.layers.Layer):
@@ -130,24 +164,35 @@ class Block4BoxHead(tf.keras.layers.Layer):
   regressor with Fast R-CNN's N(0, 0.01) / N(0, 0.001) initialisers.
   """
 
-  def __init__(self, trunk: ResNetV2Trunk, num_classes: int, block4_units: int = 3, **kwargs):
+  def __init__(
+    self, trunk: ResNetV2Trunk, num_classes: int, block4_units: int = 3, freeze_batch_norm: bool = False, **kwargs
+  ):
     """Creates the layers.
 
     Args:
       trunk: the trunk, for block 4's width and BatchNorm settings.
       num_classes: object classes, without background.
       block4_units: residual units of block 4 (3 in ResNet-50/101).
+      freeze_batch_norm: run block 4's BatchNorm in inference mode with fixed scale and
+        offset, as the trunk's (for a transferred block 4, whose statistics are trained;
+        a new block 4 has none and trains them).
       **kwargs: passed to `tf.keras.layers.Layer`.
     """
     kwargs.setdefault('name', 'block4_head')
     super().__init__(**kwargs)
     self.block4 = Block4(trunk.config, units=block4_units, stride=2, name='block4')
+    self.freeze_batch_norm = freeze_batch_norm
+    if freeze_batch_norm:
+      for layer in self.block4.submodules:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+          layer.trainable = False
     self.box_head = instance_heads.DetectionHead(num_classes=num_classes + 1, num_convs=0, num_fcs=0, name='box_head')
 
   def call(self, roi_features, training=None) -> Tuple[tf.Tensor, tf.Tensor]:
     """[B, N, S, S, C] ROI crops -> class logits [B, N, K + 1], box deltas [B, N, 4 (K + 1)]."""
     _, num_rois, height, width, channels = roi_features.shape.as_list()
-    x = self.block4(tf.reshape(roi_features, [-1, height, width, channels]), training=training)
+    x = tf.reshape(roi_features, [-1, height, width, channels])
+    x = self.block4(x, training=False if self.freeze_batch_norm else training)
     x = tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2])
     # DetectionHead flattens [B, N, h, w, C]; a 1x1 "crop" makes that the pooled vector.
     x = tf.reshape(x, [-1, num_rois, 1, 1, x.shape[-1]])
@@ -161,12 +206,16 @@ class FasterRCNN(maskrcnn_model.MaskRCNNModel):
   training)`; `train_losses(batch)` and `detect(images, image_shape)` wrap that.
   """
 
-  def __init__(self, cfg: DetectionEvalConfig, trunk: ResNetV2Trunk, **kwargs):
+  def __init__(self, cfg: DetectionEvalConfig, trunk: ResNetV2Trunk, transferred_block4: bool = False, **kwargs):
     """Builds the components from the config (variables are created on the first call).
 
     Args:
       cfg: the detection config (RPN, ROI and detection settings are read).
       trunk: the loaded trunk.
+      transferred_block4: block 4 will be filled from a trained network: its ROI crops
+        come from the raw block-3 sum it was trained on, and its BatchNorm is frozen
+        as the trunk's is (`cfg.freeze_batch_norm`). Otherwise block 4 is new: it crops
+        the RPN's features and trains its BatchNorm.
       **kwargs: passed to `MaskRCNNModel`.
     """
     backbone = DetectionBackbone(
@@ -175,6 +224,7 @@ class FasterRCNN(maskrcnn_model.MaskRCNNModel):
       lasso_l1_weight=cfg.lasso_l1_weight,
       lasso_init=cfg.lasso_init,
       freeze_batch_norm=cfg.freeze_batch_norm,
+      box_input='block3' if transferred_block4 else 'final',
     )
     num_anchors = len(cfg.anchor_sizes) * len(cfg.anchor_aspect_ratios)
     super().__init__(
@@ -188,7 +238,9 @@ class FasterRCNN(maskrcnn_model.MaskRCNNModel):
         num_filters=cfg.rpn_filters,
         name='rpn_head',
       ),
-      detection_head=Block4BoxHead(trunk, cfg.num_classes, cfg.block4_units),
+      detection_head=Block4BoxHead(
+        trunk, cfg.num_classes, cfg.block4_units, freeze_batch_norm=transferred_block4 and cfg.freeze_batch_norm
+      ),
       roi_generator=roi_generator.MultilevelROIGenerator(
         pre_nms_top_k=cfg.rpn_pre_nms_top_k,
         pre_nms_min_size_threshold=cfg.rpn_min_size,
@@ -207,7 +259,7 @@ class FasterRCNN(maskrcnn_model.MaskRCNNModel):
         background_iou_high_threshold=cfg.roi_bg_iou_high,
         background_iou_low_threshold=cfg.roi_bg_iou_low,
       ),
-      roi_aligner=roi_aligner.MultilevelROIAligner(crop_size=cfg.roi_crop_size, sample_offset=0.5),
+      roi_aligner=BoxInputROIAligner(crop_size=cfg.roi_crop_size, sample_offset=0.5),
       detection_generator=detection_generator.DetectionGenerator(
         apply_nms=True,
         pre_nms_score_threshold=cfg.detection_score_threshold,
@@ -337,13 +389,25 @@ class FasterRCNN(maskrcnn_model.MaskRCNNModel):
     }
 
 
-def build_detector(cfg: DetectionEvalConfig, trunk: ResNetV2Trunk) -> FasterRCNN:
+def build_detector(cfg: DetectionEvalConfig, trunk: ResNetV2Trunk, block4_checkpoint: str = '') -> FasterRCNN:
   """The Faster R-CNN with all variables created (one small inference pass).
 
   Variables exist before any step is traced, so optimizer slots can be built and a
   checkpoint restored eagerly.
+
+  Args:
+    cfg: the detection config.
+    trunk: the loaded trunk.
+    block4_checkpoint: a checkpoint prefix holding a trained block 4 at
+      `block4.CHECKPOINT_PATH` (the supervised baseline's) to transfer into the box head;
+      '' keeps block 4 randomly initialised.
+
+  Raises:
+    ValueError: `block4_checkpoint` holds no block 4, or one that does not fit (named).
   """
-  model = FasterRCNN(cfg, trunk)
+  model = FasterRCNN(cfg, trunk, transferred_block4=bool(block4_checkpoint))
   size = 2 * STRIDE
   model.detect(tf.zeros([1, size, size, 3]), tf.constant([[size, size]], tf.float32))
+  if block4_checkpoint:
+    load_block4(model.detection_head[0].block4, block4_checkpoint)
   return model

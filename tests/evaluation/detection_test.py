@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from mtssl_tf.configs import ConfigError, override
 from mtssl_tf.evaluation import backbone, detection, detection_model
+from mtssl_tf.evaluation.supervised import SupervisedModel
 
 
 def tiny_cfg(**values) -> detection.DetectionEvalConfig:
@@ -40,6 +41,10 @@ def test_config_errors_name_the_key():
     ({'rpn_negative_iou': 0.8}, 'detection.rpn_negative_iou'),
     ({'lasso_init': 'first'}, 'detection.lasso_init'),
     ({'batch_size': 0}, 'detection.batch_size'),
+    ({'box_head_init': 'imagenet'}, 'detection.box_head_init'),
+    ({'map_conventions': []}, 'detection.map_conventions'),
+    ({'map_conventions': ['voc07', 'voc12']}, 'detection.map_conventions'),
+    ({'map_conventions': ['voc07', 'voc07']}, 'detection.map_conventions'),
   ]:
     cfg = override(detection.DetectionEvalConfig(), values)
     with pytest.raises(ConfigError, match=key.replace('.', r'\.')):
@@ -166,9 +171,10 @@ def _event_tags(folder):
 
 
 METRICS = (
+  'PascalBoxes_Precision/mAP@0.5IOU_VOC07_11point',
+  'PascalBoxes_Precision/mAP@0.75IOU_VOC07_11point',
   'PascalBoxes_Precision/mAP@0.5IOU',
   'PascalBoxes_Precision/mAP@0.75IOU',
-  'PascalBoxes_Precision/mAP@0.5IOU_VOC07_11point',
 )
 
 
@@ -182,6 +188,9 @@ def test_end_to_end_from_checkpoint_then_resume(pretrained, tiny_world, tmp_path
   )  # fmt: skip
   saved = json.load(open(tmp_path / 'eval' / 'detection' / 'results.json'))
   assert saved['steps'] == 3 and saved['init'] == pretrained['checkpoint']
+  # A self-supervised checkpoint has no block 4: the box head starts random (§5).
+  assert saved['box_head_init'] == 'random' and saved['box_head_input'] == 'final'
+  assert saved['map_convention'] == 'voc07'
   for key in METRICS:
     assert 0.0 <= saved[key] <= 1.0, key
   per_class = [k for k in saved if k.startswith('PascalBoxes_PerformanceByCategory/AP@0.5IOU/')]
@@ -191,7 +200,7 @@ def test_end_to_end_from_checkpoint_then_resume(pretrained, tiny_world, tmp_path
   out_dir = str(tmp_path / 'eval' / 'detection')
   tags = _event_tags(out_dir)
   assert {'detection/total_loss', 'detection/rpn_score_loss', 'detection/frcnn_box_loss'} <= tags
-  assert {'detection/mAP@0.5IOU', 'detection/mAP@0.75IOU', 'detection/mAP@0.5IOU_VOC07_11point'} <= tags
+  assert {f'detection/{key.split("/")[1]}' for key in METRICS} <= tags
   assert tf.train.latest_checkpoint(os.path.join(out_dir, 'checkpoints')).endswith('ckpt-3')
   # Resuming: two more steps from step 3, not five from scratch.
   more = tiny_cfg(train_steps=5)
@@ -224,3 +233,69 @@ def test_non_finite_loss_names_the_step(pretrained, tiny_world, tmp_path):
     detection.run_detection(
       cfg, trunk, str(tmp_path), tiny_world['sources']['detection_trainval'], 'voc:/unused:test', progress=False
     )
+
+
+# --- the box head's block 4: transferred from the supervised baseline, random otherwise -------------
+
+
+@pytest.fixture(scope='module')
+def supervised_run(trunk_config, tmp_path_factory):
+  """A supervised baseline's eval folder holding a checkpoint with a distinctive block 4 (3 units)."""
+  folder = str(tmp_path_factory.mktemp('labels') / 'eval' / 'supervised')
+  model = SupervisedModel(trunk_config, num_classes=3)
+  model(tf.zeros([1, 64, 64, 3]))
+  rng = np.random.default_rng(11)
+  for v in model.block4.variables:
+    v.assign(rng.normal(0, 0.1, v.shape).astype(np.float32) + (1.0 if 'gamma' in v.name or 'variance' in v.name else 0))
+  prefix = tf.train.Checkpoint(model=model).save(os.path.join(folder, 'checkpoints', 'ckpt'))
+  return {'dir': folder, 'prefix': prefix, 'block4': {_in_block4(v): v.numpy() for v in model.block4.variables}}
+
+
+def _in_block4(variable) -> str:
+  """A variable's name inside block 4 ('conv5_block1/0_conv/kernel:0'), whatever holds the block."""
+  return variable.name.rsplit('/block4/', 1)[1]
+
+
+def test_supervised_block4_reaches_the_box_head(supervised_run, trunk_config):
+  cfg = tiny_cfg(block4_units=3)
+  assert detection.resolve_box_head_init(cfg, supervised_run['dir']) == ('checkpoint', supervised_run['prefix'])
+  assert detection.resolve_box_head_init(tiny_cfg(block4_units=3, box_head_init='random'), supervised_run['dir']) == (
+    'random', '',
+  )  # fmt: skip
+  model = detection_model.build_detector(cfg, backbone.load_trunk('random', trunk_config), supervised_run['prefix'])
+  head = model.detection_head[0].block4
+  assert sorted(_in_block4(v) for v in head.variables) == sorted(supervised_run['block4'])
+  for variable in head.variables:
+    # Copied, not computed: equal to the bit.
+    np.testing.assert_array_equal(variable.numpy(), supervised_run['block4'][_in_block4(variable)], variable.name)
+  # Its input convention: ROI crops of the raw block-3 sum, BatchNorm frozen like the trunk's.
+  assert model.backbone.box_input == 'block3'
+  assert not any('gamma' in v.name or 'beta' in v.name for v in model.variable_groups()['block4'])
+  images = tf.random.stateless_normal([1, 64, 64, 3], seed=[3, 4])
+  features = model.backbone(images, training=False)
+  expected = model.backbone.trunk(images, training=False, output_stride=detection_model.STRIDE)['block3']
+  # The same ops on the same input: only float32 rounding can differ between calls.
+  np.testing.assert_allclose(features[detection_model.BOX_INPUT_KEY].numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+  losses = model.train_losses(_batch())
+  assert np.isfinite(losses['total_loss'].numpy())
+
+
+def test_self_supervised_trunk_gets_a_random_box_head(supervised_run, pretrained):
+  cfg = tiny_cfg(block4_units=3)
+  for source in (pretrained['checkpoint'], pretrained['saved_model'], 'random', ''):
+    assert detection.resolve_box_head_init(cfg, source) == ('random', ''), source
+  model = detection_model.build_detector(cfg, backbone.load_trunk(pretrained['checkpoint'], pretrained['trunk_config']))
+  head = model.detection_head[0].block4
+  assert model.backbone.box_input == 'final' and any('gamma' in v.name for v in model.variable_groups()['block4'])
+  kernels = [v for v in head.variables if 'kernel' in v.name]
+  assert kernels and not any(np.array_equal(v.numpy(), supervised_run['block4'][_in_block4(v)]) for v in kernels)
+
+
+def test_box_head_init_errors_name_the_key_and_file(supervised_run, pretrained):
+  with pytest.raises(ConfigError, match=r"detection\.box_head_init: 'checkpoint'.*model/block4.*ckpt-1"):
+    detection.resolve_box_head_init(tiny_cfg(box_head_init='checkpoint'), pretrained['checkpoint'])
+  with pytest.raises(ConfigError, match=r"detection\.box_head_init: 'checkpoint'.*'random'"):
+    detection.resolve_box_head_init(tiny_cfg(box_head_init='checkpoint'), 'random')
+  # tiny_cfg has a one-unit block 4; the stored one has 3.
+  with pytest.raises(ConfigError, match=r'detection\.block4_units: 1.*ckpt-1.* has 3 units'):
+    detection.resolve_box_head_init(tiny_cfg(), supervised_run['dir'])
