@@ -41,9 +41,13 @@ class CostTracker(tf.Module):
     # The last tick index already checkpointed; restored with the counters.
     self.last_tick = tf.Variable(0, dtype=tf.int64, trainable=False, name='last_tick')
 
-  def add(self, task: str, steps: int = 1) -> None:
-    """Counts `steps` more steps of `task`."""
-    self.steps[task].assign_add(steps)
+  def add(self, task: str, steps=1):
+    """Counts `steps` more steps of `task` (a Python int or an integer tensor, e.g. inside a tf.function).
+
+    Returns:
+      The assign op.
+    """
+    return self.steps[task].assign_add(tf.cast(steps, tf.int64))
 
   def task_steps(self) -> Dict[str, int]:
     """Steps per task so far."""

@@ -8,7 +8,9 @@ How a step flows:
    index makes each worker read only its own task's pipeline. (`schedule` cannot pin a
    closure to a worker; the worker's dataset decides what it trains.)
 2. Compute closures. The coordinator keeps two generic closures per worker in flight,
-   each with a gradient slot of its own. On the worker it switches on the task id, computes
+   each with a gradient slot of its own, and takes each as it finishes, not in schedule
+   order (`in_flight.py`), so a slow task's closure holds back no other task's results
+   and keeps no worker idle. On the worker it switches on the task id, computes
    that task's loss and gradients and assigns them into its slot on the parameter
    servers (`GradientSlots`; assignment makes re-run closures harmless). Under
    `train.accumulate: worker` a closure reads its weights once, runs its task's K_t
@@ -20,17 +22,19 @@ How a step flows:
    never re-run, with every op on the parameter servers; tasks never wait for each
    other ('hybrid'); 'async' is K_t = 1; 'sync' runs rounds of one closure per worker,
    then updates every task, then the next round.
-4. Accounting. Each finished closure adds its steps' cost; crossing a cost tick keeps a
-   checkpoint (besides time-based ones; one checkpoint if a closure crosses several);
-   counters live in the checkpoint.
+4. Accounting. Each update counts the steps whose gradients it applied (in the same
+   function as the apply): steps of a task that have not yet filled an aggregate are
+   not counted, so a checkpoint's counters are exactly the steps in its weights, and a
+   resume after a crash re-does (at most K_t - 1 per task) rather than loses counted
+   work. Crossing a cost tick keeps a checkpoint (besides time-based ones; one
+   checkpoint if an update crosses several); counters live in the checkpoint.
 """
 
 from __future__ import annotations
 
-import collections
 import os
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -45,46 +49,12 @@ from mtssl_tf.tasks.multitask import MultiTaskModel
 from mtssl_tf.train import snapshot
 from mtssl_tf.train.cost import CostTracker
 from mtssl_tf.train.grad_slots import GradientSlots
+from mtssl_tf.train.in_flight import ORDERS, InFlight
 from mtssl_tf.train.rmsprop import PerTaskRMSProp
 from mtssl_tf.trunk.lasso import alpha_image
 
 # Metrics a task may report per batch (padded to this many in the closure's result).
 MAX_BATCH_METRICS = 4
-
-
-# A step's result is read back from its worker when fetched; these many re-runs of a
-# step whose worker died in between are tried before giving up.
-FETCH_RETRIES = 3
-
-
-def fetch_step(remote, reschedule: Callable[[], object], retries: int = FETCH_RETRIES):
-  """A finished step's result; if its worker died before the result was read, the step is re-run.
-
-  `ClusterCoordinator` re-runs a closure that fails on a dead worker, but a closure that
-  *finished* keeps its outputs on its worker until fetched: if the worker dies in
-  between, `fetch()` raises `UnavailableError` outside any closure, which would end
-  training. Such a step has written its gradient slot but has not been counted, so
-  re-running it into the same slot (an assignment) keeps every count exact, as a
-  coordinator re-run does. Errors from a parameter server are cluster failures and pass.
-
-  Args:
-    remote: the step's `RemoteValue`.
-    reschedule: schedules the same step (same gradient slot) again; returns its `RemoteValue`.
-    retries: re-runs tried before the error is raised.
-
-  Raises:
-    tf.errors.UnavailableError, tf.errors.AbortedError: a parameter server failed, or
-      `retries` re-runs all lost their workers.
-  """
-  for attempt in range(retries + 1):
-    try:
-      return remote.fetch()
-    except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:
-      if '/job:ps' in str(e) or attempt == retries:
-        raise
-      logging.warning('a finished step lost its worker before its result was read (%s); re-running it',
-                      str(e).splitlines()[0][:200])  # fmt: skip
-      remote = reschedule()
 
 
 def worker_pools(tasks: Dict[str, Task]) -> List[int]:
@@ -122,7 +92,9 @@ def unique_variables(groups) -> List[tf.Variable]:
 class DistributedTrainer:
   """Builds everything on the coordinator, then trains with `run()`."""
 
-  def __init__(self, cfg: ExperimentConfig, model_dir: str, resolver, sources: Dict[str, str]):
+  def __init__(
+    self, cfg: ExperimentConfig, model_dir: str, resolver, sources: Dict[str, str], fetch_order: str = 'finished'
+  ):  # fmt: skip
     """Creates the strategy, model, optimizer, gradient slots, datasets and checkpoints.
 
     Args:
@@ -130,6 +102,8 @@ class DistributedTrainer:
       model_dir: checkpoints, summaries and export go here.
       resolver: cluster resolver (workers and PS).
       sources: task name -> default data source (used where a task's config has none).
+      fetch_order: 'finished' (§4: closures taken as they finish) or 'scheduled' (the
+        old in-order fetch, for benchmarks/task_balance.py's before/after comparison).
     """
     self.cfg = cfg
     self.model_dir = model_dir
@@ -140,6 +114,9 @@ class DistributedTrainer:
     t = cfg.train
     self.num_workers = len(self.pools)
     self.window = 2 * self.num_workers
+    if fetch_order not in ORDERS:
+      raise ValueError(f'fetch_order must be one of {ORDERS}, got {fetch_order!r}')
+    self.fetch_order = fetch_order
     aggregate = {n: 1 if t.mode == 'async' else task.config.aggregate_steps for n, task in self.tasks.items()}
     self.aggregate = aggregate
     # Worker accumulation: a closure runs its task's K_t steps and writes their sum once.
@@ -258,10 +235,15 @@ class DistributedTrainer:
 
     @tf.function
     def worker_step(iterator, slot, budget):
-      first = next(iterator)
+      # The worker's clock around the whole closure (input included): busy time per pool.
+      start = tf.timestamp()
+      with tf.control_dependencies([start]):
+        first = next(iterator)
       branches = [lambda n=n: branch(n, first, iterator, slot, budget) for n in names]
-      steps, loss, metrics, skipped = tf.switch_case(first['task'], branches)
-      return first['task'], steps, loss, metrics, skipped
+      outputs = tf.switch_case(first['task'], branches)
+      with tf.control_dependencies(outputs):
+        end = tf.timestamp()
+      return (first['task'], *outputs, start, end)
 
     return worker_step
 
@@ -272,77 +254,85 @@ class DistributedTrainer:
 
       @tf.function(input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32)])
       def apply(slots, steps):
-        return self.optimizer.apply(name, [(self.slots.mean(v, slots, steps), v) for v in variables])
+        update = self.optimizer.apply(name, [(self.slots.mean(v, slots, steps), v) for v in variables])
+        # The accounting counts steps in the function that applies them, never before
+        # (module docstring, 4): a checkpoint's counters are the steps in its weights.
+        with tf.control_dependencies([update]):
+          self.cost.add(name, steps)
 
       self.apply_fns[name] = apply
     return self.apply_fns[name]
 
   def _update(self, name: str, pending: List[Tuple[int, int]]) -> None:
-    """Applies one update of `name` from its pending (slot, steps) pairs and frees the slots."""
+    """Applies one update of `name` from its pending (slot, steps) pairs, counts their steps, frees the slots."""
     slots = [slot for slot, _ in pending]
     self._apply_fn(name)(tf.constant(slots, tf.int32), tf.constant(sum(n for _, n in pending), tf.int32))
     self.free_slots.extend(slots)
 
   # ----- coordinator loop -----
 
-  def _schedule(self, budget: int):
-    slot = self.free_slots.pop()
-    return self._schedule_into(slot, budget), slot, budget
-
-  def _schedule_into(self, slot: int, budget: int):
+  def _schedule(self, key: Tuple[int, int]):
+    slot, budget = key  # The same key schedules a re-run into the same slot.
     args = (self.iterator, tf.constant(slot, tf.int32), tf.constant(budget, tf.int32))
     return self.coordinator.schedule(self.worker_step, args=args)
 
-  def run(self) -> Dict[str, Dict[str, int]]:
+  def run(self) -> Dict[str, Dict[str, float]]:
     """Trains until `train.total_steps` worker steps are done (counting resumed ones).
 
     Each closure runs up to `steps_per_closure` steps (its task's K_t under worker
     accumulation, else 1), within a budget the coordinator reserves, so the run ends
     at exactly `total_steps`: a closure with less budget than its K_t runs only when
-    no other is in flight, and it is the last.
+    no other is in flight, and it is the last. Closures are taken as they finish
+    (`fetch_order`); 'sync' takes a whole round before its updates.
 
     Returns:
-      Per task: steps and optimizer updates so far (restored ones included), closures
-      fetched by this run, and the last logged window's loss and batch metrics.
+      Per task: steps (all applied) and optimizer updates so far (restored ones
+      included), closures fetched by this run, the fraction of this run its pool's
+      workers spent in closures (`worker_busy`, on the workers' clocks, from its first
+      closure's start to its last one's end), and the last logged window's loss and
+      batch metrics.
 
     Raises:
       FloatingPointError: a non-finite loss, naming the task and its steps; no
         checkpoint is written after it, so the last one on disk is good.
     """
     t = self.cfg.train
-    done = reserved = sum(self.cost.task_steps().values())
-    in_flight = collections.deque()
+    # Steps taken from finished closures; the counters hold only the applied ones, and
+    # every taken step is applied by the end of the run.
+    fetched = self.cost.task_steps()
+    done = reserved = sum(fetched.values())
+    in_flight = InFlight(self._schedule, self.fetch_order)
     pending = {n: [] for n in self.names}
     closures = {n: 0 for n in self.names}
+    busy = {n: [0.0, np.inf, -np.inf] for n in self.names}  # Seconds in closures, first start, last end.
     window = _Window(self.names)
     last_log = last_ckpt = start = time.time()
     start_done = done
     while done < t.total_steps:
       if t.mode == 'sync':
         round_size = min(self.num_workers, t.total_steps - done)
-        in_flight.extend(self._schedule(1) for _ in range(round_size))
+        for _ in range(round_size):
+          in_flight.add((self.free_slots.pop(), 1))
         reserved += round_size
       else:
         while len(in_flight) < self.window and reserved < t.total_steps:
           budget = min(self.steps_per_closure, t.total_steps - reserved)
-          if budget < self.steps_per_closure and in_flight:
+          if budget < self.steps_per_closure and len(in_flight):
             break  # The tail: one short closure at a time (see the docstring).
-          in_flight.append(self._schedule(budget))
+          in_flight.add((self.free_slots.pop(), budget))
           reserved += budget
-      finished = [in_flight.popleft() for _ in range(len(in_flight) if t.mode == 'sync' else 1)]
-      for remote, slot, budget in finished:
-        reschedule = lambda slot=slot, budget=budget: self._schedule_into(slot, budget)  # noqa: E731
-        task_index, steps, loss, metrics, skipped = fetch_step(remote, reschedule)
+      for _ in range(len(in_flight) if t.mode == 'sync' else 1):
+        (slot, budget), (task_index, steps, loss, metrics, skipped, began, ended), _ = in_flight.next()
         name, steps = self.names[int(task_index)], int(steps)
         if not np.isfinite(loss):
-          first = self.cost.task_steps()[name] + 1
           raise FloatingPointError(
-            f'{name}: non-finite loss {loss} at task step {first}'
+            f'{name}: non-finite loss {loss} at task step {fetched[name] + 1}'
             + (f' (of a closure of {steps} steps)' if steps > 1 else '')
             + f'; the last checkpoint in {self.manager.directory} is kept'
           )
-        self.cost.add(name, steps)
+        fetched[name] += steps
         closures[name] += 1
+        busy[name] = [busy[name][0] + ended - began, min(busy[name][1], began), max(busy[name][2], ended)]
         done += steps
         reserved -= budget - steps  # A task with a smaller K_t returns the rest.
         window.add(name, float(loss), metrics, int(skipped), steps)
@@ -369,6 +359,8 @@ class DistributedTrainer:
     for name in self.names:
       if pending[name]:
         self._update(name, pending[name])
+    if self.cost.due_ticks():
+      self._save(self.tick_manager, done)
     self._save(self.manager, done)
     steps = self.cost.task_steps()
     return {
@@ -376,6 +368,7 @@ class DistributedTrainer:
         'steps': steps[n],
         'updates': int(self.optimizer.iterations[n].numpy()),
         'closures': closures[n],
+        'worker_busy': _busy_fraction(*busy[n], self.tasks[n].config.workers),
         **self.last_logged.get(n, {}),
       }
       for n in self.names
@@ -432,6 +425,12 @@ class DistributedTrainer:
         for key, images in task.image_summaries(outputs, self.samples[name]).items():
           tf.summary.image(f'{name}/{key}', images, max_outputs=4)
     self.writer.flush()
+
+
+def _busy_fraction(seconds: float, first: float, last: float, workers: int) -> float:
+  """Time in closures over the pool's span (its first closure's start to its last one's end)."""
+  span = last - first
+  return round(seconds / (workers * span), 4) if span > 0 else 0.0
 
 
 class _Window:
