@@ -47,6 +47,7 @@ from mtssl_tf.tasks import build_tasks
 from mtssl_tf.tasks.base import Task
 from mtssl_tf.tasks.multitask import MultiTaskModel
 from mtssl_tf.train import snapshot
+from mtssl_tf.train.checkpointing import TracedCheckpoint
 from mtssl_tf.train.cost import CostTracker
 from mtssl_tf.train.grad_slots import GradientSlots
 from mtssl_tf.train.in_flight import ORDERS, InFlight
@@ -142,7 +143,8 @@ class DistributedTrainer:
         self.variables, t.learning_rate, t.rmsprop_decay, t.rmsprop_momentum, t.rmsprop_epsilon, t.rmsprop_variant
       )
       self.cost = CostTracker({n: task.config.cost_per_step for n, task in self.tasks.items()}, t.cost_tick)
-    self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, cost=self.cost)
+    # Traced once per run: TF's eager save retraces at every save on several devices (checkpointing.py).
+    self.checkpoint = TracedCheckpoint(model=self.model, optimizer=self.optimizer, cost=self.cost)
     self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(model_dir, 'checkpoints'), max_to_keep=3)
     self.tick_manager = tf.train.CheckpointManager(
       self.checkpoint, os.path.join(model_dir, 'ticks'), max_to_keep=None, checkpoint_name='tick'
