@@ -27,7 +27,7 @@ from mtssl_tf.data.images import ReadOptions  # noqa: E402
 from mtssl_tf.data.synthetic.world import make_world  # noqa: E402
 from mtssl_tf.tasks import build_tasks  # noqa: E402
 from mtssl_tf.tasks.multitask import MultiTaskModel  # noqa: E402
-from mtssl_tf.train.local import make_optimizer  # noqa: E402
+from mtssl_tf.train import rmsprop  # noqa: E402
 
 define_config_flags()
 flags.DEFINE_integer('examples', 400, 'Examples timed per input pipeline.')
@@ -66,13 +66,12 @@ def _baseline(pattern, size):
 def _train_rate(trunk_cfg, task, batch, steps):
   model = MultiTaskModel(trunk_cfg, {task.name: task}, ExperimentConfig().lasso)
   model.build_all({task.name: batch})
-  optimizer = make_optimizer(1e-3)
-  optimizer.build(model.task_variables(task.name))
+  optimizer = rmsprop.from_config(ExperimentConfig().train, {task.name: model.task_variables(task.name)})
 
   @tf.function
   def step(b):
     total, _, _, grads, variables = model.compute_gradients(task.name, b)
-    optimizer.apply_gradients(zip(grads, variables))
+    optimizer.apply(task.name, zip(grads, variables))
     return total
 
   step(batch).numpy()

@@ -24,7 +24,6 @@ from mtssl_tf.train.local import LocalTrainer  # noqa: E402
 define_config_flags()
 flags.DEFINE_integer('steps', 600, 'Total steps (tasks take turns).')
 flags.DEFINE_integer('log_every', 50, 'Per-task steps per logging window.')
-flags.DEFINE_float('learning_rate', 1e-3, 'RMSProp learning rate of every task.')
 flags.DEFINE_string('world_dir', '/tmp/mtssl_world_small', 'Synthetic world location (generated if missing).')
 FLAGS = flags.FLAGS
 
@@ -40,9 +39,8 @@ def main(argv):
     name: t.dataset(ReadOptions(seed=cfg.runtime.seed), defaults[name], cfg.runtime.seed) for name, t in tasks.items()
   }
   model = MultiTaskModel(cfg.trunk, tasks, cfg.lasso, cfg.runtime.precision)
-  trainer = LocalTrainer(
-    model, datasets, FLAGS.learning_rate, summary_dir=FLAGS.model_dir and f'{FLAGS.model_dir}/train'
-  )
+  # The per-task RMSProp of the config's train.learning_rate and train.rmsprop_*, as mtssl-train's.
+  trainer = LocalTrainer(model, datasets, cfg.train, summary_dir=FLAGS.model_dir and f'{FLAGS.model_dir}/train')
   logs = trainer.run(FLAGS.steps, FLAGS.log_every)
   for name, log in logs.items():
     for key, values in log.values.items():

@@ -12,6 +12,7 @@ from typing import Tuple
 
 from mtssl_tf.configs.base import Config, ConfigError
 from mtssl_tf.tasks import TasksConfig
+from mtssl_tf.train import rmsprop
 
 OUTPUT_STRIDES = (8, 16, 32)
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
@@ -139,10 +140,19 @@ class TrainConfig(Config):
       'async' and 'sync'.
     total_steps: worker steps over all tasks.
     learning_rate: RMSProp learning rate.
-    rmsprop_variant: 'tf1' (mean square starts at 1) or 'keras' (starts at 0).
-    rmsprop_decay: decay of the mean square.
-    rmsprop_momentum: momentum.
-    rmsprop_epsilon: epsilon (inside the square root).
+    rmsprop_variant: initial mean square of the per-task RMSProp (§4). 'keras' (0, as
+      Keras 2.15's RMSprop): a loss x c trains alike from the first step. 'tf1' (1, as
+      TF1's RMSPropOptimizer): steps are damped and scale dependent for about
+      log(E[g^2]) / log(decay) updates (131 at a gradient RMS of 1e-3), the whole of a
+      miniature run. Both the local and the distributed trainer use these fields
+      (`mtssl_tf.train.rmsprop.from_config`, whose docstring has the derivation).
+    rmsprop_decay: decay of the mean square (0.9, slim's ImageNet recipe and TF1's default).
+    rmsprop_momentum: momentum (0.9, slim's ImageNet recipe).
+    rmsprop_epsilon: added to the mean square inside the square root. 1e-10 (TF1
+      RMSPropOptimizer's default) is small next to any realistic squared gradient, so §4's
+      "multiplying the loss by a constant factor does not change how quickly the network
+      learns" holds; 1e-7 (Keras's default) is 5% off at a gradient RMS of 1e-3; 1.0
+      (slim's recipe) makes it momentum SGD for gradients much smaller than 1.
     num_ps: parameter servers of the local cluster.
     cost_tick: a checkpoint is kept each time total compute crosses a multiple of it
       (same unit as the tasks' cost_per_step; the paper used ~2.4K GPU-hours).
@@ -157,10 +167,10 @@ class TrainConfig(Config):
   accumulate: str = 'parameter_server'
   total_steps: int = 600
   learning_rate: float = 1e-3
-  rmsprop_variant: str = 'tf1'
-  rmsprop_decay: float = 0.9
-  rmsprop_momentum: float = 0.9
-  rmsprop_epsilon: float = 1.0
+  rmsprop_variant: str = rmsprop.DEFAULT_VARIANT
+  rmsprop_decay: float = rmsprop.DEFAULT_DECAY
+  rmsprop_momentum: float = rmsprop.DEFAULT_MOMENTUM
+  rmsprop_epsilon: float = rmsprop.DEFAULT_EPSILON
   num_ps: int = 1
   cost_tick: float = 100.0
   checkpoint_every_seconds: float = 600.0
@@ -176,8 +186,14 @@ class TrainConfig(Config):
       raise ConfigError(f'train.accumulate: must be one of {ACCUMULATE}, got {self.accumulate!r}')
     if self.total_steps < 1 or self.num_ps < 1:
       raise ConfigError('train.total_steps and train.num_ps: must be positive')
-    if self.rmsprop_variant not in ('tf1', 'keras'):
-      raise ConfigError(f"train.rmsprop_variant: must be 'tf1' or 'keras', got {self.rmsprop_variant!r}")
+    if self.rmsprop_variant not in rmsprop.VARIANTS:
+      raise ConfigError(f'train.rmsprop_variant: must be one of {rmsprop.VARIANTS}, got {self.rmsprop_variant!r}')
+    if not 0.0 <= self.rmsprop_decay < 1.0:
+      raise ConfigError(f'train.rmsprop_decay: must be in [0, 1), got {self.rmsprop_decay}')
+    if not 0.0 <= self.rmsprop_momentum < 1.0:
+      raise ConfigError(f'train.rmsprop_momentum: must be in [0, 1), got {self.rmsprop_momentum}')
+    if not self.rmsprop_epsilon > 0:
+      raise ConfigError(f'train.rmsprop_epsilon: must be positive (inside the square root), got {self.rmsprop_epsilon}')
     if self.learning_rate <= 0 or self.cost_tick <= 0:
       raise ConfigError('train.learning_rate and train.cost_tick: must be positive')
 

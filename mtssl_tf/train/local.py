@@ -4,20 +4,23 @@ This is the single-machine form of Doersch & Zisserman's scheme (§3.1, §4): on
 active per step, each task with its own RMSProp (so its own moving averages of
 squared gradients for the shared trunk), the overall objective the sum of task
 losses. It serves tests, the pretext sanity check of every task, and debugging; the
-cluster trainer distributes the same per-task steps.
+cluster trainer distributes the same per-task steps with the same optimizer, built
+from the same `train.*` config fields (`mtssl_tf.train.rmsprop.from_config`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Dict, Iterator, List, Mapping, Optional
 
 import tensorflow as tf
 from absl import logging
 
+from mtssl_tf.configs.experiment import TrainConfig
 from mtssl_tf.data import pipeline
 from mtssl_tf.tasks.multitask import MultiTaskModel
+from mtssl_tf.train import rmsprop
 
 
 @dataclasses.dataclass
@@ -34,11 +37,6 @@ class TaskLog:
       self.values.setdefault(key, []).append(float(value))
 
 
-def make_optimizer(learning_rate: float) -> tf.keras.optimizers.Optimizer:
-  """RMSProp as in the paper's trainer (decay 0.9, momentum 0.9)."""
-  return tf.keras.optimizers.RMSprop(learning_rate=learning_rate, rho=0.9, momentum=0.9, epsilon=1e-3)
-
-
 class LocalTrainer:
   """Round-robin multi-task training in one process, with summaries under `<task>/<metric>`."""
 
@@ -46,44 +44,41 @@ class LocalTrainer:
     self,
     model: MultiTaskModel,
     datasets: Mapping[str, tf.data.Dataset],
-    learning_rate: float = 1e-3,
+    train: Optional[TrainConfig] = None,
     summary_dir: Optional[str] = None,
-    optimizer_fn: Callable[[float], tf.keras.optimizers.Optimizer] = make_optimizer,
   ):
     """Creates the trainer.
 
     Args:
       model: the multi-task model (variables are created on the first batches).
       datasets: task name -> batched, repeated dataset.
-      learning_rate: learning rate of every task's optimizer.
+      train: the experiment's `train` config; its learning rate and `rmsprop_*` fields
+        make the per-task RMSProp, as in the distributed trainer (None: the defaults).
       summary_dir: where to write TensorBoard events (None: no summaries).
-      optimizer_fn: learning rate -> optimizer; called once per task.
     """
     self.model = model
     self.names = list(datasets)
     self.iterators: Dict[str, Iterator] = {name: iter(ds) for name, ds in datasets.items()}
-    self.optimizers = {name: optimizer_fn(learning_rate) for name in self.names}
     self.metrics = {name: model.tasks[name].metrics() for name in self.names}
     self.skips = {name: pipeline.SkipCounter(name) for name in self.names}
     self.logs = {name: TaskLog() for name in self.names}
     # Variables (model and optimizer slots) are created eagerly, before any tf.function
     # traces a step: a step must not create variables when it is retraced.
     model.build_all({name: next(self.iterators[name]) for name in self.names})
-    for name in self.names:
-      self.optimizers[name].build(model.task_variables(name))
+    self.variables = {name: model.task_variables(name) for name in self.names}
+    self.optimizer = rmsprop.from_config(train if train is not None else TrainConfig(), self.variables)
     self.writer = tf.summary.create_file_writer(summary_dir) if summary_dir else None
     self.step_fns = {name: self._make_step(name) for name in self.names}
     self.global_step = 0
 
   def _make_step(self, name: str):
     task = self.model.tasks[name]
-    optimizer = self.optimizers[name]
     metrics = self.metrics[name]
 
     @tf.function
     def step(batch):
       total, task_loss, outputs, grads, variables = self.model.compute_gradients(name, batch)
-      optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+      self.optimizer.apply(name, zip(grads, variables))
       task.update_metrics(metrics, outputs, batch, task_loss)
       return total
 
@@ -104,7 +99,7 @@ class LocalTrainer:
         raise FloatingPointError(f'{name}: non-finite loss at step {self.global_step}')
       self.skips[name].update(batch[pipeline.SKIPPED_KEY])
       self.global_step += 1
-      task_step = self.optimizers[name].iterations.numpy()
+      task_step = self.optimizer.iterations[name].numpy()
       if task_step % log_every == 0:
         self._log(name, int(task_step), time.perf_counter() - start)
     if self.writer:
