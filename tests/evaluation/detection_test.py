@@ -299,3 +299,14 @@ def test_box_head_init_errors_name_the_key_and_file(supervised_run, pretrained):
   # tiny_cfg has a one-unit block 4; the stored one has 3.
   with pytest.raises(ConfigError, match=r'detection\.block4_units: 1.*ckpt-1.* has 3 units'):
     detection.resolve_box_head_init(tiny_cfg(), supervised_run['dir'])
+
+
+def test_end_to_end_from_the_supervised_baseline(supervised_run, trunk_config, tiny_world, tmp_path):
+  sources = tiny_world['sources']
+  trunk = backbone.load_trunk(supervised_run['dir'], trunk_config)
+  results = detection.run_detection(
+    tiny_cfg(train_steps=1, block4_units=3), trunk, str(tmp_path), sources['detection_trainval'],
+    sources['detection_test'], progress=False, init_source=supervised_run['dir'],
+  )  # fmt: skip
+  assert results['box_head_init'] == 'checkpoint' and results['box_head_source'] == supervised_run['prefix']
+  assert results['box_head_input'] == 'block3' and all(0.0 <= results[key] <= 1.0 for key in METRICS)
