@@ -25,6 +25,7 @@ _HEADLINE = {
   'supervised': ('top1', 'top5'),
   'detection': (
     'PascalBoxes_Precision/mAP@0.5IOU_VOC07_11point',
+    'PascalBoxes_Precision/mAP@0.75IOU_VOC07_11point',
     'PascalBoxes_Precision/mAP@0.5IOU',
     'PascalBoxes_Precision/mAP@0.75IOU',
   ),

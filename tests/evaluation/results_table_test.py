@@ -40,7 +40,7 @@ def test_rows_carry_our_numbers_and_the_papers(runs):
   assert rows[0][:4] == ['RP', '60.00 [59.21]', '25.00', '50.00 [66.75]']
   assert rows[0][header.index('NYU delta<1.25 (%)')] == '70.00 [80.54]'
   assert rows[0][header.index('NYU rms (m)')] == '0.90'
-  assert rows[0][header.index('VOC07 mAP@0.75 (%)')] == ''  # Not in that results file.
+  assert rows[0][header.index('VOC07 mAP@0.75 11-pt (%)')] == ''  # Not in that results file.
   assert rows[1][0] == 'random' and rows[1][1] == '30.00' and rows[1][3] == ''
   parsed = list(csv.reader(io.StringIO(results_table.to_csv(header, rows))))
   assert parsed[0] == header and parsed[2][1] == '30.00'
