@@ -10,7 +10,9 @@ flipped; validation reports recall@1 and @5 on one centre crop.
 The checkpoints in `<model_dir>/eval/supervised/checkpoints` hold the trunk at the
 object path `model/trunk`, the same as a pre-training checkpoint, so every other
 evaluation can start from the supervised trunk:
-`backbone.load_trunk('<model_dir>/eval/supervised', trunk_config)`. A `config.yaml`
+`backbone.load_trunk('<model_dir>/eval/supervised', trunk_config)`. Block 4 sits at
+`model/block4` (`block4.CHECKPOINT_PATH`), where the detection evaluation finds it and
+transfers it into its box head (Doersch §5; `detection.box_head_init`). A `config.yaml`
 with the `trunk` section sits beside them for `backbone.run_trunk_config`. The trunk's
 closing BatchNorm (the `final` endpoint) gets no gradient here, since block 4 reads
 `block3`, but its moving statistics are learned, so `final` is still well scaled.
