@@ -2,9 +2,13 @@
 
     mtssl-export --model_dir=runs/demo                       # config from runs/demo/config.yaml
     mtssl-export --model_dir=/runs/a --export_dir=/models/a
+    mtssl-export --model_dir=runs/rp_h --preprocessing=harmonized   # grey input, when asked
 
 Signatures: `final`, `block3_units` and (with lasso) `lasso`, on uint8 images of any
-size; `saved_model_cli show --dir <export_dir> --all` lists them.
+size; `saved_model_cli show --dir <export_dir> --all` lists them. The model feeds its
+trunk colour by default, harmonized runs too (Doersch §3.3: "so that the network can be
+evaluated on color images"); `--preprocessing=harmonized` feeds grey (L replicated),
+`as_trained` grey only when every task of the run was harmonized.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from mtssl_tf.train import launch  # noqa: E402
 flags.DEFINE_string('model_dir', None, 'The pre-training run (holds config.yaml and checkpoints/).')
 flags.DEFINE_string('export_dir', '', 'Where to write the SavedModel (default <model_dir>/saved_model).')
 flags.DEFINE_multi_string('override', [], 'key.path=value applied over the run config.')
+flags.DEFINE_string(
+  'preprocessing', 'rgb', "Trunk input: 'rgb' colour (the paper's), 'harmonized' grey, or 'as_trained'."
+)
 flags.mark_flag_as_required('model_dir')
 FLAGS = flags.FLAGS
 
@@ -32,8 +39,9 @@ def main(argv):
   try:
     cfg = load_config(ExperimentConfig, [os.path.join(FLAGS.model_dir, 'config.yaml')], FLAGS.override)
     prepared = launch.prepare(cfg)
-    print(f'SavedModel: {launch.export_latest(cfg, FLAGS.model_dir, prepared.sources, FLAGS.export_dir)}')
-  except (ConfigError, DataError, FileNotFoundError) as e:
+    path = launch.export_latest(cfg, FLAGS.model_dir, prepared.sources, FLAGS.export_dir, FLAGS.preprocessing)
+    print(f'SavedModel: {path}')
+  except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
     sys.exit(f'error: {e}')
 
 

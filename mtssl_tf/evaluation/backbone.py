@@ -11,6 +11,14 @@ Only the trunk's variables are read (pre-training heads, optimizer slots and the
 lasso alphas are ignored), by object path, so the same code reads both: a checkpoint
 holds `model.trunk`, a SavedModel's `variables/` holds the exported module's
 `model.trunk`. A trunk config that does not match the stored one is a clear error.
+
+What the trunk sees (`EVAL_INPUTS`, one choice for evaluation, transfer extraction and
+export): Doersch & Zisserman §3.3 replicate L three times "so that the network can be
+evaluated on color images", so every trunk, harmonized or not, is evaluated on colour
+by default: 'rgb', sRGB scaled to [-1, 1], the range of the harmonized L / 50 - 1
+(on grey pixels the two differ by at most 0.07). 'harmonized' feeds grey (L
+replicated) when asked; 'as_trained' feeds each trunk its pre-training input (grey
+only when every task of the run was harmonized), the other column of Table 3.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ from mtssl_tf.export.saved_model import PREPROCESSING, preprocess
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk, build_trunk
 
 RANDOM = 'random'
+# Evaluation input choices (see the module docstring); colour is the paper's.
+EVAL_INPUTS = ('rgb', 'harmonized', 'as_trained')
+DEFAULT_EVAL_INPUT = 'rgb'
 
 
 def resolve_source(source: str) -> Tuple[str, str]:
@@ -72,8 +83,14 @@ def run_config_section(source: str, section: str) -> Dict[str, Any]:
 
 
 def run_input_convention(preprocessing: str, source: str) -> str:
-  """'rgb' or 'harmonized': `preprocessing` itself, or for 'auto' the convention of the run behind `source`."""
-  if preprocessing != 'auto':
+  """'rgb' or 'harmonized': `preprocessing` itself, or for 'as_trained' the pre-training input of the run at `source`.
+
+  Raises:
+    ValueError: `preprocessing` is not one of `EVAL_INPUTS`.
+  """
+  if preprocessing not in EVAL_INPUTS:
+    raise ValueError(f'preprocessing: must be one of {EVAL_INPUTS}, got {preprocessing!r}')
+  if preprocessing != 'as_trained':
     return preprocessing
   from mtssl_tf.tasks import input_convention
 
@@ -121,7 +138,7 @@ def load_trunk(source: str, config: TrunkConfig, precision: str = 'float32') -> 
 
 
 def input_fn(mode: str) -> Callable[[tf.Tensor], tf.Tensor]:
-  """uint8 images -> trunk input, as the trunk was pre-trained ('rgb' or 'harmonized')."""
+  """uint8 images -> trunk input: colour ('rgb') or grey ('harmonized'), see `EVAL_INPUTS`."""
   if mode not in PREPROCESSING:
     raise ValueError(f'preprocessing must be one of {PREPROCESSING}, got {mode!r}')
   return lambda images: preprocess(images, mode)

@@ -27,8 +27,10 @@ class EvalConfig(Config):
       baseline ignores it (it trains from scratch).
     trunk: the trunk's shape. When `init` is a run whose config.yaml is found, its
       trunk section is the default here (files and overrides still win).
-    preprocessing: 'rgb', 'harmonized', or 'auto' (harmonized when every task of
-      the pre-training run was; otherwise rgb).
+    preprocessing: the trunk's input (`backbone.EVAL_INPUTS`): 'rgb' colour, the
+      paper's for every trunk (Doersch §3.3: harmonized trunks are evaluated on
+      colour); 'harmonized' grey (L replicated); 'as_trained' the pre-training run's
+      input (grey when every task was harmonized).
     precision: Keras dtype policy of the evaluation.
     world_preset: synthetic world used for sources left empty.
     world_dir: where that world lives (empty: ~/.cache/mtssl_tf/world_<preset>).
@@ -40,7 +42,7 @@ class EvalConfig(Config):
 
   init: str = backbone.RANDOM
   trunk: TrunkConfig = dataclasses.field(default_factory=TrunkConfig)
-  preprocessing: str = 'auto'
+  preprocessing: str = backbone.DEFAULT_EVAL_INPUT
   precision: str = 'float32'
   world_preset: str = 'small'
   world_dir: str = ''
@@ -50,8 +52,8 @@ class EvalConfig(Config):
   supervised: SupervisedConfig = dataclasses.field(default_factory=SupervisedConfig)
 
   def validate(self) -> None:
-    if self.preprocessing not in ('auto', 'rgb', 'harmonized'):
-      raise ConfigError(f"preprocessing: must be 'auto', 'rgb' or 'harmonized', got {self.preprocessing!r}")
+    if self.preprocessing not in backbone.EVAL_INPUTS:
+      raise ConfigError(f'preprocessing: must be one of {backbone.EVAL_INPUTS}, got {self.preprocessing!r}')
     if self.precision not in PRECISIONS:
       raise ConfigError(f'precision: must be one of {PRECISIONS}, got {self.precision!r}')
 
@@ -91,5 +93,5 @@ def load_eval_config(files: Iterable[str] = (), overrides: Iterable[str] = (), i
 
 
 def run_preprocessing(cfg: EvalConfig) -> str:
-  """The trunk's input convention: the config's, or the pre-training run's for 'auto'."""
+  """The trunk's input, 'rgb' or 'harmonized': the config's, or the pre-training run's for 'as_trained'."""
   return backbone.run_input_convention(cfg.preprocessing, cfg.init)

@@ -22,13 +22,14 @@ from typing import Iterable, Tuple
 
 from mtssl_tf.configs.base import Config, ConfigError, override, parse_override, read_yaml, validate_all
 from mtssl_tf.configs.experiment import PRECISIONS, TrunkConfig
+from mtssl_tf.evaluation.backbone import DEFAULT_EVAL_INPUT, EVAL_INPUTS
 from mtssl_tf.evaluation.classification import check_training_fields
 from mtssl_tf.transfer.kmeans import KMeansConfig
 
 FEATURES = ('network', 'hog')
 POOLINGS = ('max', 'avg')
 DTYPES = ('float32', 'float16')
-PREPROCESSINGS = ('auto', 'rgb', 'harmonized')
+PREPROCESSINGS = EVAL_INPUTS  # As mtssl-eval: colour by default (Doersch §3.3), see evaluation/backbone.py.
 # Step -> its folder under model_dir.
 OUTPUTS = {'extract': 'features', 'cluster': 'clusters', 'assign': 'pseudo_labels', 'train': 'student'}
 PROBE_DIR = os.path.join('student', 'probe')
@@ -53,8 +54,10 @@ class ExtractConfig(Config):
       'final'). A SavedModel of ours serves 'final' and 'block3/unit_NN'.
     signature: SavedModel signature; '' derives it from `endpoint` ('final', 'block3_units').
     output_key: output of that signature; '' derives it from `endpoint`.
-    preprocessing: trunk input: 'rgb', 'harmonized', or 'auto' (the run's convention).
-      A SavedModel taking uint8 images preprocesses itself; one taking floats gets this.
+    preprocessing: trunk input: 'rgb' colour (default, as the paper evaluates every trunk),
+      'harmonized' grey (L replicated), or 'as_trained' (the pre-training run's input).
+      A SavedModel of ours preprocesses its uint8 images itself as it was exported, which
+      must be this input (else a clear error); a foreign one taking floats gets this.
     precision: Keras dtype policy of a trunk read from a checkpoint.
     pooling: 'max' adaptive max pooling to `grid` x `grid` (the paper's 4x4), or 'avg'
       global average pooling (`grid` ignored).
@@ -80,7 +83,7 @@ class ExtractConfig(Config):
   endpoint: str = 'final'
   signature: str = ''
   output_key: str = ''
-  preprocessing: str = 'auto'
+  preprocessing: str = DEFAULT_EVAL_INPUT
   precision: str = 'float32'
   pooling: str = 'max'
   grid: int = 4

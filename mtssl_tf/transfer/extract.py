@@ -94,7 +94,7 @@ def pool_features(maps: tf.Tensor, pooling: str = 'max', grid: int = 4) -> tf.Te
 
 
 def resolve_preprocessing(cfg: ExtractConfig) -> str:
-  """'rgb' or 'harmonized': the config's, or for 'auto' the pre-training run's convention."""
+  """'rgb' or 'harmonized': the config's, or for 'as_trained' the pre-training run's input."""
   return backbone.run_input_convention(cfg.preprocessing, cfg.init)
 
 
@@ -165,6 +165,14 @@ class NetworkFeatures:
     if spec.dtype != tf.uint8:
       # A foreign model taking floats gets our preprocessing; ours preprocess uint8 themselves.
       self.fingerprint['preprocessing'] = mode
+    elif hasattr(self._loaded, 'input_convention'):
+      # Ours record the input they feed their trunk (export/saved_model.py): it must be the one asked for.
+      exported = self._loaded.input_convention.numpy().decode()
+      if exported != mode:
+        raise ConfigError(
+          f'extract.preprocessing: {path} feeds its trunk {exported!r} input (chosen at export), not {mode!r}; '
+          f"set extract.preprocessing={exported}, extract from the run's checkpoint, or export with {mode!r}"
+        )
 
     def maps(images):
       x = images if spec.dtype == tf.uint8 else tf.cast(preprocess(images, mode), spec.dtype)
