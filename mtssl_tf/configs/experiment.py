@@ -145,14 +145,15 @@ class TrainConfig(Config):
       TF1's RMSPropOptimizer): steps are damped and scale dependent for about
       log(E[g^2]) / log(decay) updates (131 at a gradient RMS of 1e-3), the whole of a
       miniature run. Both the local and the distributed trainer use these fields
-      (`mtssl_tf.train.rmsprop.from_config`, whose docstring has the derivation).
+      (`mtssl_tf.train.rmsprop.from_config`; the module docstring has the derivation).
     rmsprop_decay: decay of the mean square (0.9, slim's ImageNet recipe and TF1's default).
     rmsprop_momentum: momentum (0.9, slim's ImageNet recipe).
     rmsprop_epsilon: added to the mean square inside the square root. 1e-10 (TF1
-      RMSPropOptimizer's default) is small next to any realistic squared gradient, so §4's
-      "multiplying the loss by a constant factor does not change how quickly the network
-      learns" holds; 1e-7 (Keras's default) is 5% off at a gradient RMS of 1e-3; 1.0
-      (slim's recipe) makes it momentum SGD for gradients much smaller than 1.
+      RMSPropOptimizer's default) is small next to the squared gradients (0.5% error at a
+      gradient RMS of 1e-4, less above), so §4's "multiplying the loss by a constant factor
+      does not change how quickly the network learns" holds; 1e-7 (Keras's default) is 5%
+      off at a gradient RMS of 1e-3; 1.0 (slim's recipe) makes it momentum SGD for
+      gradients much smaller than 1.
     num_ps: parameter servers of the local cluster.
     cost_tick: a checkpoint is kept each time total compute crosses a multiple of it
       (same unit as the tasks' cost_per_step; the paper used ~2.4K GPU-hours).

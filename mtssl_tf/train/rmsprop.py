@@ -26,7 +26,7 @@ epsilon and the initial mean square are small next to E[g^2]. Two settings decid
 * the initial mean square (`variant`, default 'keras'):
   - 'keras' (Keras 2.15 RMSprop): 0. Scale invariant from the first step; the first
     steps are larger than later ones (lr / sqrt(1 - decay^t) per coordinate for a
-    steady gradient: 3.2 lr at t = 1, 1.4 lr at t = 5).
+    steady gradient: 3.2 lr at t = 1, 1.6 lr at t = 5, 1.2 lr at t = 10).
   - 'tf1' (TF1 RMSPropOptimizer, the paper's era): 1. ms = decay^t + (1 - decay^t) E[g^2]
     is dominated by the initial 1 for about log(E[g^2]) / log(decay) steps (131 steps
     at a gradient RMS of 1e-3 and decay 0.9; 44 for the same loss x100), during which
