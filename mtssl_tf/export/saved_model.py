@@ -14,9 +14,12 @@ readers (transfer extraction) can check it.
 
 from __future__ import annotations
 
-from typing import Dict
+import logging
+import re
+from typing import Dict, List
 
 import tensorflow as tf
+from absl import logging as absl_logging
 
 from mtssl_tf.data import color
 from mtssl_tf.tasks.multitask import MultiTaskModel
@@ -24,6 +27,44 @@ from mtssl_tf.trunk.resnet_v2 import unit_endpoint_name
 
 PREPROCESSING = ('rgb', 'harmonized')
 _IMAGES = tf.TensorSpec([None, None, None, 3], tf.uint8, name='images')
+
+
+class ModelRef:
+  """Holds a Keras model on an export module without putting it in the SavedModel.
+
+  `tf.saved_model.save` serializes every Keras layer the module tracks: it traces each
+  layer's call functions apart from the signatures (TF's "Found untraced functions" and
+  "Skipping full serialization of Keras layer" pages) and writes Keras metadata no
+  reader of these exports uses. An export module keeps its model in a ModelRef (a plain
+  object, which TF does not track) and tracks `variables_read(...)` of its signatures.
+  """
+
+  def __init__(self, model: tf.keras.Model):
+    self.model = model
+
+
+def variables_read(functions) -> List[tf.Variable]:
+  """The variables the tf.functions (with input signatures) read, each once; traces them."""
+  read = {v.ref(): v for f in functions for v in f.get_concrete_function().variables}
+  return list(read.values())
+
+
+# TF 2.15 names every variable a tf.function captures 'resource' (TensorSpec.placeholder_value
+# records the op's input name as `_user_specified_name`), so signature_serialization logs
+# "Function `f` contains input name(s) resource with unsupported characters which will be
+# renamed ..." for every signature that reads a variable. Only those captured handles are
+# renamed (the signatures' own input keeps its explicit name, `images`), so the line is
+# harmless and cannot be avoided; a rename of any other input is still logged. TF's two
+# "written to" lines repeat the path the caller reports.
+_HARMLESS_SAVE_LOGS = re.compile(
+  r'Function `[^`]*` contains input name\(s\) resource with unsupported characters'
+  r'|Assets written to: |Writing fingerprint to '
+)
+
+
+class _HarmlessSaveLogs(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not _HARMLESS_SAVE_LOGS.match(record.getMessage())
 
 
 def preprocess(images: tf.Tensor, mode: str) -> tf.Tensor:
@@ -50,15 +91,24 @@ class TrunkExport(tf.Module):
     super().__init__(name='mtssl_trunk')
     if preprocessing not in PREPROCESSING:
       raise ValueError(f'preprocessing must be one of {PREPROCESSING}, got {preprocessing!r}')
-    self.model = model
+    self._held = ModelRef(model)
     self.preprocessing = preprocessing
     # Saved with the model: what its signatures feed the trunk ('rgb' or 'harmonized').
     self.input_convention = tf.Variable(preprocessing, trainable=False, name='input_convention')
     self.output_stride = output_stride
     self.num_units = model.trunk.num_units
+    functions = [self.final, self.block3_units]
     if model.lasso is not None:
       # Only a model with lasso gets the function: saving traces every tf.function.
       self.lasso = tf.function(self._lasso, input_signature=[_IMAGES])
+      functions.append(self.lasso)
+    # Trace the exported functions now and save exactly the variables they read.
+    self.trunk_variables = variables_read(functions)
+
+  @property
+  def model(self) -> MultiTaskModel:
+    """The wrapped model (not saved itself: see `ModelRef`)."""
+    return self._held.model
 
   def _endpoints(self, images):
     return self.model.trunk(preprocess(images, self.preprocessing), training=False, output_stride=self.output_stride)
@@ -96,5 +146,18 @@ def export(model: MultiTaskModel, export_dir: str, preprocessing: str = 'rgb', o
   signatures = {'serving_default': module.final, 'final': module.final, 'block3_units': module.block3_units}
   if model.lasso is not None:
     signatures['lasso'] = module.lasso
-  tf.saved_model.save(module, export_dir, signatures=signatures)
+  return save(module, export_dir, signatures)
+
+
+def save(module: tf.Module, export_dir: str, signatures: Dict[str, tf.types.experimental.GenericFunction]) -> str:
+  """`tf.saved_model.save` without TF's known-harmless log lines (`_HARMLESS_SAVE_LOGS`); returns `export_dir`."""
+  harmless = _HarmlessSaveLogs()
+  loggers = [tf.get_logger(), absl_logging.get_absl_logger()]  # builder_impl logs to the first, the rest to absl.
+  for logger in loggers:
+    logger.addFilter(harmless)
+  try:
+    tf.saved_model.save(module, export_dir, signatures=signatures)
+  finally:
+    for logger in loggers:
+      logger.removeFilter(harmless)
   return export_dir

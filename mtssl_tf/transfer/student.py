@@ -31,6 +31,7 @@ from mtssl_tf.configs.base import Config, ConfigError, override, to_plain, valid
 from mtssl_tf.configs.experiment import TrunkConfig
 from mtssl_tf.evaluation import classification
 from mtssl_tf.evaluation.linear import LinearProbes, probe_grid
+from mtssl_tf.export import saved_model
 from mtssl_tf.export.saved_model import preprocess
 from mtssl_tf.transfer.assign import pseudo_label_spec, read_summary
 from mtssl_tf.transfer.config import OUTPUTS, PROBE_DIR, ProbeConfig, StudentConfig, TransferConfig, world_sources
@@ -80,10 +81,15 @@ class StudentExport(tf.Module):
 
   def __init__(self, model: tf.keras.Model, input_size: int):
     super().__init__(name='student')
-    self.model = model
+    self._held = saved_model.ModelRef(model)  # Saved: the variables the signatures read, not Keras layers.
     spec = tf.TensorSpec([None, input_size, input_size, 3], tf.uint8, name='images')
     self.features = tf.function(self._features, input_signature=[spec])
     self.logits = tf.function(self._logits, input_signature=[spec])
+    self.student_variables = saved_model.variables_read([self.features, self.logits])
+
+  @property
+  def model(self) -> tf.keras.Model:
+    return self._held.model
 
   def _features(self, images):
     endpoints = self.model(_to_input(images), training=False)
@@ -175,7 +181,7 @@ def train_student(
   export_dir = os.path.join(out_dir, 'saved_model')
   if export and (start < cfg.steps or not tf.io.gfile.exists(os.path.join(export_dir, 'saved_model.pb'))):
     module = StudentExport(model, cfg.crop_size)
-    tf.saved_model.save(module, export_dir, signatures={'serving_default': module.logits, 'features': module.features})
+    saved_model.save(module, export_dir, {'serving_default': module.logits, 'features': module.features})
   window = max(1, min(cfg.log_every_steps, len(windows)))
 
   def mean(rows, i):
