@@ -32,6 +32,7 @@ from absl import app, flags, logging  # noqa: E402
 from mtssl_tf.configs import ExperimentConfig, override, validate_all  # noqa: E402
 from mtssl_tf.data.images import ReadOptions  # noqa: E402
 from mtssl_tf.data.synthetic.world import make_world  # noqa: E402
+from mtssl_tf.distribute.private_net import open_private_network  # noqa: E402
 from mtssl_tf.tasks import build_tasks  # noqa: E402
 from mtssl_tf.tasks.multitask import MultiTaskModel  # noqa: E402
 from mtssl_tf.train.rmsprop import PerTaskRMSProp  # noqa: E402
@@ -47,6 +48,12 @@ flags.DEFINE_list(
   'accumulate',
   ['parameter_server', 'worker'],
   'train.accumulate modes of the PS trainer to measure: where the K gradients are summed.',
+)
+flags.DEFINE_enum(
+  'private_network',
+  'auto',
+  ['auto', 'on', 'off'],
+  'Run each PS measurement (its servers and coordinator) in a private network namespace, as mtssl-train does.',
 )
 flags.DEFINE_string('ps_child', None, 'Internal: measure this accumulate mode only, in this process, and print it.')
 flags.DEFINE_string('world_dir', None, 'Internal: the synthetic world of the parent process.')
@@ -134,7 +141,15 @@ def _ps_in_child(mode, world_dir):
   # measured slower than the first (0.87 against 0.92-0.96 for the same mode).
   argv = [sys.executable, os.path.abspath(__file__), f'--ps_child={mode}', f'--world_dir={world_dir}']
   argv += [f'--{name}={FLAGS[name].serialize().split("=", 1)[1]}' for name in MEASURE_FLAGS]
-  out = subprocess.run(argv, capture_output=True, text=True, check=False)
+  # TensorFlow's servers listen on every interface, unauthenticated: the child, the
+  # servers its LocalCluster starts and its coordinator run in a network namespace with
+  # only lo where possible (else one warning line), like mtssl-train's local cluster.
+  network = open_private_network(FLAGS.private_network)
+  try:
+    out = subprocess.run(network.command(argv) if network else argv, capture_output=True, text=True, check=False)
+  finally:
+    if network:
+      network.close()
   rates = [line.split()[1] for line in out.stdout.splitlines() if line.startswith('RATE ')]
   if out.returncode or not rates:
     raise RuntimeError(f'PS measurement ({mode}) failed:\n{out.stderr[-3000:]}')
