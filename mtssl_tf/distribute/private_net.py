@@ -47,8 +47,8 @@ MODULE = 'mtssl_tf.distribute.private_net'
 MODES = ('auto', 'on', 'off')
 WARNING = (
   "the local cluster's TensorFlow servers listen on all network interfaces and run any graph sent to them, "
-  'unauthenticated (%s): while this run is up, firewall their ports from other hosts, or run with '
-  'private_network=on (mtssl-train --private_network=on) where Linux network namespaces are available'
+  'unauthenticated (no private network: %s); while the run is up, firewall their ports from other hosts, or keep '
+  'model_dir and data local on Linux so that they run in a private network namespace (private_network=auto|on)'
 )
 
 # <linux/sched.h>, <linux/sockios.h>, <linux/if.h>.
@@ -224,13 +224,12 @@ class PrivateNetwork:
 
   def close(self) -> None:
     """Lets the holder exit (idempotent); the namespace lives on while processes inside it do."""
-    if self._holder.poll() is None:
-      self._holder.stdin.close()
-      try:
-        self._holder.wait(timeout=10)
-      except subprocess.TimeoutExpired:
-        self._holder.kill()
-        self._holder.wait()
+    self._holder.stdin.close()  # EOF: the holder's signal to exit.
+    try:
+      self._holder.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+      self._holder.kill()
+      self._holder.wait()
     self._holder.stdout.close()
 
   def __enter__(self) -> PrivateNetwork:
