@@ -62,6 +62,36 @@ def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
   return image
 
 
+def diagnose(encoded: tf.Tensor) -> tf.Tensor:
+  """Why bytes that failed to decode are bad, as a short scalar string (pure TF).
+
+  Only called for elements that already failed, so it favours a useful reason over
+  speed: empty input, an unrecognised header, or a JPEG/PNG cut short (a JPEG ends with
+  the end-of-image marker FF D9, a PNG with its IEND chunk).
+  """
+  length = tf.strings.length(encoded)
+  head = tf.strings.substr(encoded, 0, 8)
+  tail2 = tf.strings.substr(encoded, tf.maximum(length - 2, 0), 2)
+  tail8 = tf.strings.substr(encoded, tf.maximum(length - 8, 0), 8)
+  is_png = tf.equal(head, b'\x89PNG\r\n\x1a\n')
+  is_other = tf.logical_or(
+    tf.equal(tf.strings.substr(head, 0, 4), b'GIF8'), tf.equal(tf.strings.substr(head, 0, 2), b'BM')
+  )
+  reasons = [
+    (tf.equal(length, 0), 'empty file'),
+    (
+      tf.logical_and(tf.io.is_jpeg(encoded), tf.not_equal(tail2, b'\xff\xd9')),
+      'truncated JPEG (no end-of-image marker)',
+    ),
+    (tf.logical_and(is_png, tf.not_equal(tail8, b'IEND\xaeB`\x82')), 'truncated PNG (no IEND chunk)'),
+    (tf.logical_not(tf.reduce_any([tf.io.is_jpeg(encoded), is_png, is_other])), 'not an image (unrecognised header)'),
+  ]
+  reason = tf.constant('corrupt image data')
+  for condition, text in reversed(reasons):
+    reason = tf.where(condition, tf.constant(text), reason)
+  return reason
+
+
 def image_shape(encoded: tf.Tensor) -> tf.Tensor:
   """[height, width] of encoded image bytes without a full decode when it is a JPEG."""
 

@@ -39,7 +39,7 @@ import tensorflow as tf
 
 from mtssl_tf.data import decode, pipeline
 from mtssl_tf.data.detection import load_tfds
-from mtssl_tf.data.images import ReadOptions, tfrecord_records
+from mtssl_tf.data.images import ReadOptions, named, tfrecord_records
 from mtssl_tf.data.sources import DataError, list_files, parse_source
 
 # Eigen et al. (2014) evaluate on rows 45:471 and columns 41:601 of the 480 x 640
@@ -333,8 +333,8 @@ def nyu_tfrecords(pattern: str, options: Optional[ReadOptions] = None) -> tf.dat
   """Reads TFRecords written by `nyu_mat_to_tfrecords`; bad records skipped and counted."""
   options = options or ReadOptions()
   files = list_files(pattern, 'NYU depth TFRecord files')
-  records = tfrecord_records(files, options)
-  return pipeline.robust_map(records, parse_depth_record)
+  records = tfrecord_records(files, options, with_source=True)
+  return pipeline.robust_map(records, lambda item: parse_depth_record(item[1]), describe=named(': bad depth record'))
 
 
 def tfds_example_to_depth(example: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:

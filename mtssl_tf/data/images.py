@@ -82,11 +82,27 @@ def default_process(options: ReadOptions) -> Process:
   return process
 
 
-def tfrecord_records(files: List[str], options: ReadOptions) -> tf.data.Dataset:
-  """Serialized records of TFRecord `files`, sharded, shuffled and ordered as `options` say."""
+def named(reason: str) -> Callable[[Tuple[tf.Tensor, ...]], tf.Tensor]:
+  """A `robust_map` describer for (source, ...) elements: '<source><reason>'."""
+  return lambda item: tf.strings.join([item[0], reason])
+
+
+def tfrecord_records(files: List[str], options: ReadOptions, with_source: bool = False) -> tf.data.Dataset:
+  """Serialized records of TFRecord `files`, sharded, shuffled and ordered as `options` say.
+
+  With `with_source`, elements are (source, serialized) where source is
+  '<file>#record <n>', so a record that fails later can be named.
+  """
+
+  def read(path):
+    records = tf.data.TFRecordDataset(path)
+    if not with_source:
+      return records
+    return records.enumerate().map(lambda i, r: (tf.strings.join([path, '#record ', tf.strings.as_string(i)]), r))
+
   return pipeline.file_dataset(
     files,
-    tf.data.TFRecordDataset,
+    read,
     shard_index=options.shard_index,
     num_shards=options.num_shards,
     shuffle_files=options.shuffle_files,
@@ -103,21 +119,25 @@ def tfrecord_images(pattern: str, options: Optional[ReadOptions] = None, process
   """
   options = options or ReadOptions()
   files = list_files(pattern, 'image TFRecord files')
-  records = tfrecord_records(files, options)
+  records = tfrecord_records(files, options, with_source=True)
   features = {
     ENCODED_KEY: tf.io.FixedLenFeature([], tf.string, default_value=''),
     LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
   }
   process = process or default_process(options)
 
-  def parse_and_process(serialized):
+  def parse_and_process(item):
     # Parsing inside the robust map: a record that is not an Example is skipped too.
-    parsed = tf.io.parse_single_example(serialized, features)
+    parsed = tf.io.parse_single_example(item[1], features)
     label = parsed[LABEL_KEY]
     label = tf.where(label >= 0, label - options.label_offset, label)
     return process({'encoded': parsed[ENCODED_KEY], 'label': label})
 
-  return pipeline.robust_map(records, parse_and_process)
+  def describe(item):
+    encoded = tf.io.parse_single_example(item[1], features)[ENCODED_KEY]
+    return tf.strings.join([item[0], ': ', decode.diagnose(encoded)])
+
+  return pipeline.robust_map(records, parse_and_process, describe=[describe, named(': not an image Example')])
 
 
 def list_image_folder(root: str) -> Tuple[List[str], List[int], List[str]]:
@@ -163,7 +183,10 @@ def folder_images(root: str, options: Optional[ReadOptions] = None, process: Opt
     path, label = item
     return process({'encoded': tf.io.read_file(path), 'label': label})
 
-  return pipeline.robust_map(ds, read_and_process)
+  def describe(item):
+    return tf.strings.join([item[0], ': ', decode.diagnose(tf.io.read_file(item[0]))])
+
+  return pipeline.robust_map(ds, read_and_process, describe=[describe, named(': unreadable file')])
 
 
 def tfds_images(

@@ -6,12 +6,16 @@ All of it is pure TF, so datasets built here run on ParameterServerStrategy work
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
 SKIPPED_KEY = 'num_skipped'
+SKIPPED_SOURCES_KEY = 'skipped_sources'
+# How many of the most recent skipped elements each batch names (the count is exact).
+MAX_NAMED_SKIPS = 4
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -68,47 +72,120 @@ def robust_map(
   dataset: tf.data.Dataset,
   fn: Callable[[Dict[str, tf.Tensor]], Dict[str, tf.Tensor]],
   num_parallel_calls=AUTOTUNE,
+  describe: Union[None, Callable[..., tf.Tensor], Sequence[Callable[..., tf.Tensor]]] = None,
 ) -> tf.data.Dataset:
-  """Maps `fn` over dict elements, dropping (and counting) elements where it fails.
+  """Maps `fn` over elements, dropping (counting and naming) elements where it fails.
 
   Every output element gets `SKIPPED_KEY`: the number of input elements dropped so
-  far on this pipeline (int64), which the trainer logs and writes to TensorBoard.
-  The map keeps element order (it is still parallel) so that the count is exact.
+  far on this pipeline (int64), and `SKIPPED_SOURCES_KEY`: string [MAX_NAMED_SKIPS],
+  'source: reason' of the most recently dropped ones ('' where fewer), which the
+  trainers log once each, print and write to the run's results. The map keeps element
+  order (it is still parallel) so that the count is exact.
+
+  Each element is tried in a dataset of its own (`ignore_errors` on one element), so a
+  failure becomes a marked element instead of a silent gap; measured on 2 cores, the
+  same throughput as one `map` + `ignore_errors` within noise for JPEG decoding.
 
   Args:
-    dataset: dataset of dicts.
-    fn: dict -> dict; may raise at run time (e.g. undecodable image bytes).
+    dataset: dataset of elements (dicts or tuples, passed to `fn` as one argument).
+    fn: element -> dict; may raise at run time (e.g. undecodable image bytes).
     num_parallel_calls: parallelism of the map.
+    describe: element -> scalar string naming a failed element and why (e.g. its path
+      and `decode.diagnose` of its bytes), or several tried in order: each may itself
+      fail, and after the last 'element <i>' is used.
 
   Returns:
-    Dataset of `fn`'s dicts plus `SKIPPED_KEY`.
+    Dataset of `fn`'s dicts plus `SKIPPED_KEY` and `SKIPPED_SOURCES_KEY`.
   """
+  describers = [] if describe is None else [describe] if callable(describe) else list(describe)
   ds = dataset.enumerate()
-  ds = ds.map(lambda i, x: (i, fn(x)), num_parallel_calls=num_parallel_calls, deterministic=True)
-  ds = ds.ignore_errors()
+  spec = ds.map(lambda i, x: fn(x)).element_spec
+  # A stand-in for a failed element's output: never emitted, only shaped like one.
+  if any(s.shape.rank is None for s in tf.nest.flatten(spec)):
+    raise ValueError('robust_map: fn must return tensors of known rank')
+  stand_in = tf.nest.map_structure(lambda s: tf.zeros([d or 0 for d in s.shape], s.dtype), spec)
 
-  def count(kept, item):
-    index, element = item
-    kept += 1
-    element = dict(element)
-    element[SKIPPED_KEY] = index + 1 - kept
-    return kept, element
+  def attempt(index, element):
+    one = tf.data.Dataset.from_tensors((element,))  # A 1-tuple: map passes the element as one argument.
+    ok = one.map(lambda x: (fn(x), tf.constant(''))).ignore_errors()
+    fallback = tf.data.Dataset.from_tensors((stand_in, tf.strings.format('element {}', index)))
+    candidates = ok
+    for name in describers:
+      candidates = candidates.concatenate(one.map(lambda x, name=name: (stand_in, name(x))).ignore_errors())
+    return candidates.concatenate(fallback).take(1)
 
-  return ds.scan(tf.constant(0, tf.int64), count)
+  cycle = 8 if num_parallel_calls == AUTOTUNE else max(1, int(num_parallel_calls))
+  ds = ds.interleave(
+    attempt, cycle_length=cycle, block_length=1, num_parallel_calls=num_parallel_calls, deterministic=True
+  )
+
+  def count(state, item):
+    skipped, recent = state
+    out, failure = item
+    failed = tf.strings.length(failure) > 0
+    skipped = tf.where(failed, skipped + 1, skipped)
+    recent = tf.cond(failed, lambda: tf.concat([recent[1:], [failure]], 0), lambda: recent)
+    element = dict(out)
+    element[SKIPPED_KEY] = skipped
+    element[SKIPPED_SOURCES_KEY] = recent
+    return (skipped, recent), (failed, element)
+
+  initial = (tf.constant(0, tf.int64), tf.fill([MAX_NAMED_SKIPS], ''))
+  ds = ds.scan(initial, count)
+
+  def kept(failed, element):
+    del element
+    return tf.logical_not(failed)
+
+  def output(failed, element):
+    del failed
+    return element
+
+  return ds.filter(kept).map(output)
+
+
+# Skipped elements logged one by one (after that only the count grows) and listed in results.
+MAX_LOGGED_SKIPS = 10
+MAX_LISTED_SKIPS = 100
 
 
 class SkipCounter:
-  """Tracks the skipped-element count seen in batches and logs when it grows."""
+  """Tracks a pipeline's skipped elements from its batches: the count and their names.
+
+  The count comes from `SKIPPED_KEY` (exact); names from `SKIPPED_SOURCES_KEY` (the
+  most recent few per batch, so with many skips between two batches some go unnamed).
+  The first `MAX_LOGGED_SKIPS` names are logged once each as they appear.
+  """
 
   def __init__(self, name: str):
     """Creates a counter for the pipeline called `name` (used in log lines)."""
     self.name = name
     self.count = 0
+    self.sources: List[str] = []
+    self._seen = set()
 
-  def update(self, num_skipped) -> int:
-    """Feeds a batch's `SKIPPED_KEY` values; returns the running count."""
-    value = int(tf.reduce_max(num_skipped)) if tf.size(num_skipped) > 0 else 0
+  def update(self, num_skipped, sources=None) -> int:
+    """Feeds a batch's `SKIPPED_KEY` (and `SKIPPED_SOURCES_KEY`) values; returns the running count."""
+    num_skipped = np.asarray(num_skipped)
+    value = int(num_skipped.max()) if num_skipped.size else 0
+    if sources is not None:
+      self.add_sources(sources)
     if value > self.count:
       logging.warning('%s: %d undecodable elements skipped so far', self.name, value)
       self.count = value
     return self.count
+
+  def add_sources(self, sources) -> None:
+    """Records (and logs the first few of) 'source: reason' strings, each once."""
+    for source in np.asarray(sources).reshape(-1):
+      text = source.decode('utf-8', 'replace') if isinstance(source, bytes) else str(source)
+      if not text or text in self._seen or len(self._seen) >= MAX_LISTED_SKIPS:
+        continue
+      self._seen.add(text)
+      self.sources.append(text)
+      if len(self.sources) <= MAX_LOGGED_SKIPS:
+        logging.warning('%s: skipped %s', self.name, text)
+
+  def result(self) -> Dict[str, object]:
+    """{'count', 'sources'} for a run's results file."""
+    return {'count': self.count, 'sources': list(self.sources)}

@@ -153,6 +153,7 @@ class Task(abc.ABC):
     def prepare(index, example):
       out = self.preprocess(example, tf.stack([tf.constant(seed, tf.int64), index]))
       out[pipeline.SKIPPED_KEY] = example[pipeline.SKIPPED_KEY]
+      out[pipeline.SKIPPED_SOURCES_KEY] = example[pipeline.SKIPPED_SOURCES_KEY]
       return out
 
     ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=read_options.deterministic)

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from mtssl_tf.data import images
-from mtssl_tf.data.pipeline import SKIPPED_KEY
+from mtssl_tf.data.pipeline import SKIPPED_KEY, SKIPPED_SOURCES_KEY
 from mtssl_tf.data.sources import DataError
 from mtssl_tf.data.synthetic.classification import (
   image_example,
@@ -45,6 +45,13 @@ def test_tfrecord_bad_records_are_skipped_and_counted(tmp_path):
   elements = _read(images.image_dataset(f'tfrecord:{path}'))
   assert [int(e['label']) for e in elements] == [1, 3, 5]
   assert [int(e[SKIPPED_KEY]) for e in elements] == [0, 3, 4]
+  # Each skipped record is named by file and record number, with the reason when it is an image.
+  assert [s.decode() for s in elements[-1][SKIPPED_SOURCES_KEY]] == [
+    f'{path}#record 1: truncated JPEG (no end-of-image marker)',
+    f'{path}#record 2: not an image Example',
+    f'{path}#record 3: empty file',
+    f'{path}#record 5: empty file',
+  ]
 
 
 def test_truncated_shard_keeps_its_readable_records_and_the_other_shards(tmp_path):
@@ -69,6 +76,11 @@ def test_folder_labels_from_subfolders_and_odd_files(tmp_path):
   labels = [int(e['label']) for e in elements]
   assert labels.count(0) == 4 and labels.count(1) == 8 and labels.count(2) == 4
   assert elements[-1][SKIPPED_KEY] == 2
+  named = {s.decode() for e in elements for s in e[SKIPPED_SOURCES_KEY] if s}
+  assert named == {
+    f'{tmp_path}/circle/broken.jpg: truncated JPEG (no end-of-image marker)',
+    f'{tmp_path}/circle/zero.jpg: empty file',
+  }
   assert all(e['image'].shape[-1] == 3 for e in elements)
 
 

@@ -36,6 +36,33 @@ def test_skip_counter_logs_growth_only():
   assert counter.update(np.array([1])) == 2  # A worker lagging behind never lowers it.
 
 
+def test_robust_map_names_the_most_recent_failures():
+  values = tf.constant([4.0, -1.0, 9.0, -2.0, -3.0, 16.0])
+  source = tf.data.Dataset.from_tensor_slices({'v': values})
+  described = pipeline.robust_map(source, _checked_sqrt, describe=lambda x: tf.strings.format('value {}', x['v']))
+  out = list(described.as_numpy_iterator())
+  assert [list(e[pipeline.SKIPPED_SOURCES_KEY]) for e in out] == [
+    [b''] * 4,
+    [b''] * 3 + [b'value -1'],
+    [b'', b'value -1', b'value -2', b'value -3'],
+  ]
+  # Without a describer (or when it fails too) the element's index names it.
+  failing = pipeline.robust_map(source, _checked_sqrt, describe=lambda x: tf.strings.as_string(_checked_sqrt(x)['v']))
+  assert list(list(failing.as_numpy_iterator())[-1][pipeline.SKIPPED_SOURCES_KEY]) == [
+    b'',
+    b'element 1',
+    b'element 3',
+    b'element 4',
+  ]
+
+
+def test_skip_counter_names_each_source_once():
+  counter = pipeline.SkipCounter('images')
+  counter.update(np.array([1]), np.array([[b'', b'a.jpg: empty file']]))
+  counter.update(np.array([2, 2]), np.array([[b'a.jpg: empty file', b'b.png: truncated PNG']] * 2))
+  assert counter.result() == {'count': 2, 'sources': ['a.jpg: empty file', 'b.png: truncated PNG']}
+
+
 def test_file_dataset_shards_by_file_or_by_element(tmp_path):
   files = []
   for i in range(3):

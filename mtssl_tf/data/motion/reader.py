@@ -7,7 +7,7 @@ from typing import Dict, Optional
 import tensorflow as tf
 
 from mtssl_tf.data import decode, pipeline
-from mtssl_tf.data.images import ReadOptions, ensure_min_side, tfrecord_records
+from mtssl_tf.data.images import ReadOptions, ensure_min_side, named, tfrecord_records
 from mtssl_tf.data.motion.writer import ENCODED_KEY, HORIZON_KEY, INDEX_KEY, MASK_KEY
 from mtssl_tf.data.sources import list_files
 
@@ -56,5 +56,7 @@ def motion_dataset(pattern: str, options: Optional[ReadOptions] = None) -> tf.da
   pattern = pattern[len('tfrecord:') :] if pattern.startswith('tfrecord:') else pattern
   # Shard stats files sit beside the shards and share their prefix.
   files = [f for f in list_files(pattern, 'motion-mask TFRecord files') if not f.endswith(('.json', '.tmp'))]
-  records = tfrecord_records(files, options)
-  return pipeline.robust_map(records, lambda s: parse_motion_record(s, options.min_side))
+  records = tfrecord_records(files, options, with_source=True)
+  return pipeline.robust_map(
+    records, lambda item: parse_motion_record(item[1], options.min_side), describe=named(': bad motion record')
+  )
