@@ -9,6 +9,9 @@ from mtssl_tf.data import images
 from mtssl_tf.tasks.exemplar import ExemplarConfig, ExemplarTask, cosine_distance, make_triplets, triplet_loss
 from mtssl_tf.tasks.multitask import MultiTaskModel
 
+# Outcomes depend on floating-point results: CI runs these again with oneDNN off.
+pytestmark = pytest.mark.numerics
+
 
 def _config(**changes):
   cfg = ExemplarConfig()

@@ -18,6 +18,9 @@ from mtssl_tf.tasks.relative_position import (
   normalize_patch,
 )
 
+# Outcomes depend on floating-point results: CI runs these again with oneDNN off.
+pytestmark = pytest.mark.numerics
+
 
 def _config(**changes):
   cfg = RelativePositionConfig()

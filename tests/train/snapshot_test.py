@@ -7,6 +7,9 @@ from tensorflow.python.distribute import ps_values
 
 from mtssl_tf.train import snapshot
 
+# Outcomes depend on floating-point results: CI runs these again with oneDNN off.
+pytestmark = pytest.mark.numerics
+
 
 def _caching_scope():
   # ParameterServerStrategy's own creator (one replica per worker): each variable

@@ -8,6 +8,9 @@ from mtssl_tf.configs.base import ConfigError, load_config
 from mtssl_tf.transfer import kmeans
 from mtssl_tf.transfer.kmeans import KMeans, KMeansConfig
 
+# Outcomes depend on floating-point results: CI runs these again with oneDNN off.
+pytestmark = pytest.mark.numerics
+
 
 def _blobs(n=2000, k=10, dims=32, seed=0, spread=20.0):
   """Well-separated Gaussian blobs: centres ~N(0, spread^2), unit noise."""

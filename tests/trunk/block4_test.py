@@ -10,6 +10,9 @@ from mtssl_tf.trunk import block4
 from mtssl_tf.trunk.block4 import Block4
 from mtssl_tf.trunk.resnet_v2 import build_trunk
 
+# Outcomes depend on floating-point results: CI runs these again with oneDNN off.
+pytestmark = pytest.mark.numerics
+
 
 def test_block4_on_the_trunk(tiny_trunk):
   trunk = build_trunk(tiny_trunk)
