@@ -19,6 +19,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from mtssl_tf import hardware  # noqa: E402
 from mtssl_tf.data import color, decode, depth, detection, images  # noqa: E402
 from mtssl_tf.data.motion import reader as motion_reader  # noqa: E402
 from mtssl_tf.data.synthetic.classification import write_image_folder, write_image_tfrecords  # noqa: E402
@@ -85,6 +86,7 @@ def _time(ds):
 
 def main(argv):
   del argv
+  print(f'CPU: {hardware.describe_cpu()}')
   root = tempfile.mkdtemp(prefix='mtssl_bench_')
   n = FLAGS.num_images
   write_image_tfrecords(os.path.join(root, 'tfr'), n, num_shards=8, size=FLAGS.image_size)

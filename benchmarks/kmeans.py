@@ -25,6 +25,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from mtssl_tf import hardware  # noqa: E402
 from mtssl_tf.transfer.kmeans import INIT_POINTS_PER_CENTROID, KMeans, KMeansConfig, kmeans_plus_plus  # noqa: E402
 
 flags.DEFINE_integer('num_points', 100_000, 'Points of the generated mixture.')
@@ -116,6 +117,7 @@ def _estimate(rate, init_rate):
 
 def main(argv):
   del argv
+  print(f'CPU: {hardware.describe_cpu()}')
   logging.set_verbosity(logging.WARNING)
   n, dims, k = FLAGS.num_points, FLAGS.dims, FLAGS.k
   x = _mixture(n, dims, k, FLAGS.seed)

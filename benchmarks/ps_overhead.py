@@ -29,6 +29,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from mtssl_tf import hardware  # noqa: E402
 from mtssl_tf.configs import ExperimentConfig, override, validate_all  # noqa: E402
 from mtssl_tf.data.images import ReadOptions  # noqa: E402
 from mtssl_tf.data.synthetic.world import make_world  # noqa: E402
@@ -165,6 +166,7 @@ def main(argv):
       rate = ps_rate(_config(FLAGS.world_dir, FLAGS.ps_child), world['sources']['images_train'], tmp)
     print(f'RATE {rate}')
     return
+  print(f'CPU: {hardware.describe_cpu()}')
   with tempfile.TemporaryDirectory() as tmp:
     world_dir = os.path.join(tmp, 'world')
     world = make_world(world_dir, 'small')

@@ -21,6 +21,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from mtssl_tf import hardware  # noqa: E402
 from mtssl_tf.bin.flags import config_from_flags, define_config_flags  # noqa: E402
 from mtssl_tf.configs import ExperimentConfig, TrunkConfig  # noqa: E402
 from mtssl_tf.data.images import ReadOptions  # noqa: E402
@@ -85,6 +86,7 @@ def _train_rate(trunk_cfg, task, batch, steps):
 
 def main(argv):
   del argv
+  print(f'CPU: {hardware.describe_cpu()}')
   cfg = config_from_flags(ExperimentConfig, FLAGS)
   world = make_world(FLAGS.world_dir or tempfile.mkdtemp(prefix='mtssl_world_'), 'small')
   sources = world['sources']

@@ -17,6 +17,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from mtssl_tf import hardware  # noqa: E402
 from mtssl_tf.configs import TrunkConfig  # noqa: E402
 from mtssl_tf.trunk.resnet_v2 import build_trunk, copy_keras_weights  # noqa: E402
 
@@ -78,6 +79,7 @@ def _compare(precision):
 
 def main(argv):
   del argv
+  print(f'CPU: {hardware.describe_cpu()}')
   print(
     f'forward+backward, batch {FLAGS.batch_size}, {FLAGS.image_size} px, our output stride '
     f'{FLAGS.output_stride}, {FLAGS.rounds} rounds x {FLAGS.steps} steps, {os.cpu_count()} CPUs'
