@@ -290,7 +290,7 @@ def train_loop(
       raise FloatingPointError(
         f'{name}: non-finite loss ({float(total)}) at step {step}; last checkpoint: {manager.latest_checkpoint}'
       )
-    skips.update(batch[pipeline.SKIPPED_KEY])
+    skips.update(batch[pipeline.SKIPPED_KEY], batch.get(pipeline.SKIPPED_SOURCES_KEY))
     for tag, value in metrics.items():
       sums[tag] = sums.get(tag, 0.0) + float(value)
     count += 1

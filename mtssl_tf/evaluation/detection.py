@@ -438,7 +438,7 @@ def _train(model, optimizer, cfg, dataset, manager, writer, progress: bool) -> D
       raise FloatingPointError(
         f'{NAME}: non-finite loss at step {step} ({losses}); last checkpoint: {manager.latest_checkpoint}'
       )
-    skips.update(batch[pipeline.SKIPPED_KEY])
+    skips.update(batch[pipeline.SKIPPED_KEY], batch.get(pipeline.SKIPPED_SOURCES_KEY))
     for key, value in losses.items():
       sums[key] = sums.get(key, 0.0) + value
     count += 1

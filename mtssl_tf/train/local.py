@@ -97,7 +97,7 @@ class LocalTrainer:
       loss = self.step_fns[name](batch)
       if not tf.math.is_finite(loss):
         raise FloatingPointError(f'{name}: non-finite loss at step {self.global_step}')
-      self.skips[name].update(batch[pipeline.SKIPPED_KEY])
+      self.skips[name].update(batch[pipeline.SKIPPED_KEY], batch.get(pipeline.SKIPPED_SOURCES_KEY))
       self.global_step += 1
       task_step = self.optimizer.iterations[name].numpy()
       if task_step % log_every == 0:
