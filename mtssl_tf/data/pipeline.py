@@ -154,7 +154,9 @@ class SkipCounter:
 
   The count comes from `SKIPPED_KEY` (exact); names from `SKIPPED_SOURCES_KEY` (the
   most recent few per batch, so with many skips between two batches some go unnamed).
-  The first `MAX_LOGGED_SKIPS` names are logged once each as they appear.
+  The first `MAX_LOGGED_SKIPS` names are logged once each as they appear. Several
+  pipelines of one source (a task's workers, each with its own running count) are told
+  apart by `pipeline_id`: the total is the sum of each pipeline's latest count.
   """
 
   def __init__(self, name: str):
@@ -163,16 +165,20 @@ class SkipCounter:
     self.count = 0
     self.sources: List[str] = []
     self._seen = set()
+    self._per_pipeline: Dict[int, int] = {}
 
-  def update(self, num_skipped, sources=None) -> int:
+  def update(self, num_skipped, sources=None, pipeline_id: int = 0) -> int:
     """Feeds a batch's `SKIPPED_KEY` (and `SKIPPED_SOURCES_KEY`) values; returns the running count."""
     num_skipped = np.asarray(num_skipped)
     value = int(num_skipped.max()) if num_skipped.size else 0
     if sources is not None:
       self.add_sources(sources)
-    if value > self.count:
-      logging.warning('%s: %d undecodable elements skipped so far', self.name, value)
-      self.count = value
+    # A lagging batch of the same pipeline never lowers its count.
+    self._per_pipeline[pipeline_id] = max(self._per_pipeline.get(pipeline_id, 0), value)
+    total = sum(self._per_pipeline.values())
+    if total > self.count:
+      logging.warning('%s: %d undecodable elements skipped so far', self.name, total)
+      self.count = total
     return self.count
 
   def add_sources(self, sources) -> None:

@@ -65,14 +65,15 @@ def worker_pools(tasks: Dict[str, Task]) -> List[int]:
   return pools
 
 
-def _union_dataset(name: str, ds: tf.data.Dataset, dummies: Dict[str, tf.Tensor], index: int):
-  """Task batches in the union structure: own fields filled, the others zeros."""
+def _union_dataset(name: str, ds: tf.data.Dataset, dummies: Dict[str, tf.Tensor], index: int, worker=0):
+  """Task batches in the union structure: own fields filled, the others zeros; 'worker' names the pipeline."""
   others = {k: v for k, v in dummies.items() if not k.startswith(name + '/')}
 
   def merge(batch):
     merged = dict(others)  # Constants, folded into the map (a single-task run has none).
     merged.update({f'{name}/{k}': v for k, v in batch.items()})
     merged['task'] = tf.constant(index, tf.int32)
+    merged['worker'] = tf.cast(worker, tf.int32)
     return merged
 
   return ds.map(merge)
@@ -129,6 +130,7 @@ class DistributedTrainer:
     # Sample batches (coordinator-side) give the union structure, build variables and
     # feed the image summaries.
     self.samples = {n: next(iter(task.dataset(ReadOptions(), sources[n], seed=0))) for n, task in self.tasks.items()}
+    __import__("gc").collect()  # TEMP-EXPERIMENT
     self.strategy = tf.distribute.experimental.ParameterServerStrategy(resolver)
     self.coordinator = tf.distribute.coordinator.ClusterCoordinator(self.strategy)
     with self.strategy.scope():
@@ -158,6 +160,8 @@ class DistributedTrainer:
     self.apply_fns = {}
     self.last_logged: Dict[str, Dict[str, float]] = {}  # Per task: the last window's means.
     self.writer = tf.summary.create_file_writer(os.path.join(model_dir, 'train'))
+    # Undecodable inputs per task, counted per worker pipeline and named (train_result.json).
+    self.skips = {n: pipeline.SkipCounter(n) for n in self.names}
 
   # ----- worker side -----
 
@@ -173,7 +177,7 @@ class DistributedTrainer:
         size = task.config.workers
         shard = tf.clip_by_value(tf.cast(worker, tf.int64) - starts[i], 0, size - 1)
         options = ReadOptions(shard_index=shard, num_shards=size, seed=seed)
-        datasets.append(_union_dataset(name, task.dataset(options, self.sources[name], seed=seed), dummies, i))
+        datasets.append(_union_dataset(name, task.dataset(options, self.sources[name], seed=seed), dummies, i, worker))
       choice = tf.gather(tf.constant(self.pools, tf.int64), worker)
       return tf.data.Dataset.choose_from_datasets(datasets, tf.data.Dataset.from_tensors(choice).repeat())
 
@@ -200,7 +204,9 @@ class DistributedTrainer:
       self.metric_names[name] = sorted(metrics)[:MAX_BATCH_METRICS]
       values = [tf.cast(metrics[k], tf.float32) for k in self.metric_names[name]]
       values += [tf.constant(0.0)] * (MAX_BATCH_METRICS - len(values))
-      return tf.cast(task_loss, tf.float32), tf.stack(values), tf.reduce_max(batch[pipeline.SKIPPED_KEY]), grads
+      # The pipeline's running skip count and the last example's names of recent skips.
+      skipped = (tf.reduce_max(batch[pipeline.SKIPPED_KEY]), batch[pipeline.SKIPPED_SOURCES_KEY][-1])
+      return tf.cast(task_loss, tf.float32), tf.stack(values), skipped, grads
 
     def branch(name, first, iterator, slot, budget):
       variables = self.variables[name]
@@ -221,7 +227,13 @@ class DistributedTrainer:
         # The next steps of the same task: this worker's dataset only holds its task.
         step_loss, m, s, g = strategy.run(lambda x: compute(name, x, snap), args=(next(iterator),))
         g = [b for b, r in zip(g, reached) if r]
-        return i + 1, loss + step_loss, metrics + m, tf.maximum(skipped, s), [a + b for a, b in zip(grads, g)]
+        return (
+          i + 1,
+          loss + step_loss,
+          metrics + m,
+          (tf.maximum(skipped[0], s[0]), s[1]),
+          [a + b for a, b in zip(grads, g)],
+        )
 
       if multi_step:  # Otherwise keep the graph free of a loop that never runs.
         _, loss, metrics, skipped, grads = tf.while_loop(
@@ -242,7 +254,7 @@ class DistributedTrainer:
       outputs = tf.switch_case(first['task'], branches)
       with tf.control_dependencies(outputs):
         end = tf.timestamp()
-      return (first['task'], *outputs, start, end)
+      return (first['task'], first['worker'], *outputs, start, end)
 
     return worker_step
 
@@ -321,7 +333,7 @@ class DistributedTrainer:
           in_flight.add((self.free_slots.pop(), budget))
           reserved += budget
       for _ in range(len(in_flight) if t.mode == 'sync' else 1):
-        (slot, budget), (task_index, steps, loss, metrics, skipped, began, ended), _ = in_flight.next()
+        (slot, budget), (task_index, worker, steps, loss, metrics, skipped, began, ended), _ = in_flight.next()
         name, steps = self.names[int(task_index)], int(steps)
         if not np.isfinite(loss):
           raise FloatingPointError(
@@ -334,7 +346,8 @@ class DistributedTrainer:
         busy[name] = [busy[name][0] + ended - began, min(busy[name][1], began), max(busy[name][2], ended)]
         done += steps
         reserved -= budget - steps  # A task with a smaller K_t returns the rest.
-        window.add(name, float(loss), metrics, int(skipped), steps)
+        window.add(name, float(loss), metrics, steps)
+        self.skips[name].update(skipped[0], skipped[1], pipeline_id=int(worker))
         pending[name].append((slot, steps))
         if t.mode != 'sync' and sum(n for _, n in pending[name]) >= self.aggregate[name]:
           self._update(name, pending[name])
@@ -368,6 +381,8 @@ class DistributedTrainer:
         'updates': int(self.optimizer.iterations[n].numpy()),
         'closures': closures[n],
         'worker_busy': _busy_fraction(*busy[n], self.tasks[n].config.workers),
+        'skipped_examples': self.skips[n].count,
+        'skipped_sources': self.skips[n].sources,
         **self.last_logged.get(n, {}),
       }
       for n in self.names
@@ -398,7 +413,8 @@ class DistributedTrainer:
         means = np.mean(window.metrics[name], axis=0)
         values.update({k: float(v) for k, v in zip(self.metric_names.get(name, []), means)})
         self.last_logged[name] = values
-        parts.append(f'{name} ' + ' '.join(f'{k} {v:.4f}' for k, v in values.items()))
+        skipped = f' skipped {self.skips[name].count}' if self.skips[name].count else ''
+        parts.append(f'{name} ' + ' '.join(f'{k} {v:.4f}' for k, v in values.items()) + skipped)
     logging.info(
       'step %d/%d, %.2f steps/s, cost %.2f, ETA %.0f s | %s',
       done, t.total_steps, rate, self.cost.total(), eta, ', '.join(parts),
@@ -411,7 +427,7 @@ class DistributedTrainer:
           for key, value in self.last_logged[name].items():
             tf.summary.scalar(f'{name}/{key}', value)
         tf.summary.scalar(f'{name}/steps_per_second', window.total_steps[name] / max(elapsed, 1e-6))
-        tf.summary.scalar(f'{name}/skipped_examples', window.skipped[name])
+        tf.summary.scalar(f'{name}/skipped_examples', self.skips[name].count)
       if self.model.lasso is not None:
         tf.summary.image('lasso/abs_alpha', alpha_image(self.model.lasso.alpha()))
     self.writer.flush()
@@ -439,11 +455,9 @@ class _Window:
     self.losses = {n: [] for n in names}
     self.metrics = {n: [] for n in names}
     # Running totals carry over from the previous window.
-    self.skipped = dict(previous.skipped) if previous else {n: 0 for n in names}
     self.total_steps = dict(previous.total_steps) if previous else {n: 0 for n in names}
 
-  def add(self, name, loss, metrics, skipped, steps=1):
+  def add(self, name, loss, metrics, steps=1):
     self.losses[name].append(loss)
     self.metrics[name].append(np.asarray(metrics))
-    self.skipped[name] = max(self.skipped[name], skipped)
     self.total_steps[name] += steps

@@ -61,6 +61,9 @@ def test_skip_counter_names_each_source_once():
   counter.update(np.array([1]), np.array([[b'', b'a.jpg: empty file']]))
   counter.update(np.array([2, 2]), np.array([[b'a.jpg: empty file', b'b.png: truncated PNG']] * 2))
   assert counter.result() == {'count': 2, 'sources': ['a.jpg: empty file', 'b.png: truncated PNG']}
+  # Another pipeline of the same source (another worker) adds its own count.
+  assert counter.update(np.array([3]), pipeline_id=1) == 5
+  assert counter.update(np.array([1]), pipeline_id=1) == 5
 
 
 def test_file_dataset_shards_by_file_or_by_element(tmp_path):
