@@ -32,6 +32,7 @@ How a step flows:
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from typing import Dict, List, Tuple
@@ -130,7 +131,9 @@ class DistributedTrainer:
     # Sample batches (coordinator-side) give the union structure, build variables and
     # feed the image summaries.
     self.samples = {n: next(iter(task.dataset(ReadOptions(), sources[n], seed=0))) for n, task in self.tasks.items()}
-    __import__("gc").collect()  # TEMP-EXPERIMENT
+    # Free the sample pipelines' functions before connecting: collected later, TF's eager
+    # context asks every server to remove them (measured: 168 gRPC errors at connect).
+    gc.collect()
     self.strategy = tf.distribute.experimental.ParameterServerStrategy(resolver)
     self.coordinator = tf.distribute.coordinator.ClusterCoordinator(self.strategy)
     with self.strategy.scope():
