@@ -36,7 +36,12 @@ from absl import logging
 from mtssl_tf.configs.base import ConfigError, save_config
 from mtssl_tf.configs.experiment import ExperimentConfig
 
-# TF start-up probes and gRPC teardown chatter: kept in the log file, not shown.
+# Kept in coordinator.log, not shown: TF's C++ start-up errors about CUDA plugin factories
+# (TF 2.15 registers them twice; harmless on a CPU), and gRPC errors of the remote eager
+# context removing functions the servers never had (several lines each, all matched; the
+# trainer now frees its pre-connect functions first, so none appear in a normal run). Both
+# come from C++, past any Python logger; checkpoint and export warnings are fixed at source
+# (train/checkpointing.py, export/saved_model.py).
 _NOISE = re.compile(rb'cuda|cuDNN|cuFFT|cuBLAS|TensorRT|grpc|GRPC|remote target|Failed to (remove|register) function')
 
 # The coordinator's exit code for "the cluster failed; restart me from the checkpoint".
@@ -118,6 +123,10 @@ def coordinator_main(cfg: ExperimentConfig, model_dir: str, cluster_spec: Dict[s
 
   from mtssl_tf.distribute.cluster import resolver_for
 
+  # TF's INFO lines on connecting to and stopping the cluster (and absl's dump of the session
+  # config, remote.py) describe TF's internals between the user's progress lines; TF warnings still show.
+  tf.get_logger().setLevel('WARNING')
+  logging.get_absl_logger().addFilter(lambda record: not record.getMessage().startswith('default session config:'))
   prepared = prepare(cfg)
   try:
     result = run_coordinator(cfg, model_dir, resolver_for(cluster_spec), prepared.sources)
