@@ -60,11 +60,13 @@ def write_image_tfrecords(
   seed: int = 0,
   prefix: str = 'train',
   label_offset: int = 0,
+  class_cue: str = 'colour',
 ) -> List[str]:
   """Writes `num_images` labelled scenes into `num_shards` TFRecord files.
 
   Labels are balanced (image i has class i mod K) and stored plus `label_offset`
-  (1 mimics Model Garden ImageNet, where 0 is background).
+  (1 mimics Model Garden ImageNet, where 0 is background). `class_cue` is how classes
+  look (`scenes.CLASS_CUES`).
 
   Returns:
     The shard paths (`<prefix>-00000-of-00002`, ...).
@@ -75,7 +77,7 @@ def write_image_tfrecords(
   writers = [tf.io.TFRecordWriter(p) for p in paths]
   try:
     for i in range(num_images):
-      scene = render_scene(rng, size, size, num_classes=num_classes, label=i % num_classes)
+      scene = render_scene(rng, size, size, num_classes=num_classes, label=i % num_classes, class_cue=class_cue)
       example = image_example(encode_jpeg(scene.image), scene.label + label_offset)
       writers[i % num_shards].write(example.SerializeToString())
   finally:
@@ -85,9 +87,14 @@ def write_image_tfrecords(
 
 
 def write_image_folder(
-  root: str, num_images: int, size: int = 96, num_classes: int = len(CLASS_NAMES), seed: int = 0
+  root: str,
+  num_images: int,
+  size: int = 96,
+  num_classes: int = len(CLASS_NAMES),
+  seed: int = 0,
+  class_cue: str = 'colour',
 ) -> Dict[str, int]:
-  """Writes scenes as `root/<class name>/<n>.jpg` (every 4th one as PNG).
+  """Writes scenes as `root/<class name>/<n>.jpg` (every 4th one as PNG), classes looking as `class_cue` says.
 
   Returns:
     Images written per class name.
@@ -96,7 +103,7 @@ def write_image_folder(
   counts: Dict[str, int] = {}
   for i in range(num_images):
     cls = i % num_classes
-    scene = render_scene(rng, size, size, num_classes=num_classes, label=cls)
+    scene = render_scene(rng, size, size, num_classes=num_classes, label=cls, class_cue=class_cue)
     folder = os.path.join(root, CLASS_NAMES[cls])
     os.makedirs(folder, exist_ok=True)
     png = i % 4 == 3

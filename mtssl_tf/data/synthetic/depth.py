@@ -66,7 +66,9 @@ def write_nyu_splits(path: str, train: Sequence[int], test: Sequence[int]) -> No
   _write_header(path)
 
 
-def write_nyu_labeled(folder: str, num_images: int, height: int = 48, seed: int = 0) -> Dict[str, object]:
+def write_nyu_labeled(
+  folder: str, num_images: int, height: int = 48, seed: int = 0, class_cue: str = 'colour'
+) -> Dict[str, object]:
   """Renders `num_images` scenes into `<folder>/nyu_depth_v2_labeled.mat` and `splits.mat`.
 
   Args:
@@ -74,6 +76,7 @@ def write_nyu_labeled(folder: str, num_images: int, height: int = 48, seed: int 
     num_images: images (at least 2: one train, one test).
     height: image height; width is round(4 * height / 3).
     seed: rendering, hole and split seed.
+    class_cue: how the scenes' objects look (`scenes.CLASS_CUES`); depth does not depend on it.
 
   Returns:
     {'mat': path, 'splits': path, 'scenes': List[Scene], 'depths': float32 [N, H, W] as
@@ -83,7 +86,9 @@ def write_nyu_labeled(folder: str, num_images: int, height: int = 48, seed: int 
     raise ValueError(f'an NYU-style file needs at least 2 images (train and test), got {num_images}')
   rng = np.random.default_rng(seed)
   width = int(round(height * 4 / 3))
-  scenes: List[Scene] = [render_scene(rng, height, width, max_objects=5) for _ in range(num_images)]
+  scenes: List[Scene] = [
+    render_scene(rng, height, width, max_objects=5, class_cue=class_cue) for _ in range(num_images)
+  ]
   depths = np.stack([punch_holes(rng, s.depth) for s in scenes])
   mat = os.path.join(folder, 'nyu_depth_v2_labeled.mat')
   write_nyu_mat(mat, np.stack([s.image for s in scenes]), depths)
@@ -104,8 +109,8 @@ def write_depth_part(root: str, preset, seed: int) -> Dict[str, str]:
 
   Args:
     root: world root.
-    preset: a `world.Preset` (uses `depth_images`, `image_size` as the height, and
-      `num_shards`).
+    preset: a `world.Preset` (uses `depth_images`, `image_size` as the height,
+      `num_shards` and `class_cue`).
     seed: world seed.
 
   Returns:
@@ -114,7 +119,9 @@ def write_depth_part(root: str, preset, seed: int) -> Dict[str, str]:
     (`nyu:<mat>:test`, host-loaded).
   """
   folder = os.path.join(root, 'nyu')
-  written = write_nyu_labeled(folder, preset.depth_images, preset.image_size, seed=seed + 20)
+  written = write_nyu_labeled(
+    folder, preset.depth_images, preset.image_size, seed=seed + 20, class_cue=getattr(preset, 'class_cue', 'colour')
+  )
   records = os.path.join(folder, 'tfrecords')
   shards = max(1, getattr(preset, 'num_shards', 1) // 2)
   nyu.nyu_mat_to_tfrecords(written['mat'], records, shards, {'train': written['train'], 'test': written['test']})

@@ -72,7 +72,9 @@ def annotation_xml(image_id: str, scene: Scene, difficult: np.ndarray) -> bytes:
   return ET.tostring(root, encoding='utf-8')
 
 
-def write_vocdevkit(root: str, num_images: int, size: int = 96, seed: int = 0) -> List[Dict[str, object]]:
+def write_vocdevkit(
+  root: str, num_images: int, size: int = 96, seed: int = 0, class_cue: str = 'colour'
+) -> List[Dict[str, object]]:
   """Writes `num_images` scenes as `<root>/VOCdevkit/VOC2007`.
 
   Args:
@@ -80,6 +82,7 @@ def write_vocdevkit(root: str, num_images: int, size: int = 96, seed: int = 0) -
     num_images: images over all splits (at least 2: one trainval, one test).
     size: shorter image side.
     seed: rendering and split seed.
+    class_cue: how object classes look (`scenes.CLASS_CUES`).
 
   Returns:
     Per image: {'id', 'split' ('trainval' or 'test'), 'scene', 'difficult'}, in id order.
@@ -97,7 +100,7 @@ def write_vocdevkit(root: str, num_images: int, size: int = 96, seed: int = 0) -
   for i in range(num_images):
     image_id = f'{i + 1:06d}'
     height, width = (size, long) if i % 3 != 2 else (long, size)
-    scene = render_scene(rng, height, width, max_objects=5)
+    scene = render_scene(rng, height, width, max_objects=5, class_cue=class_cue)
     difficult = difficult_flags(scene)
     with open(os.path.join(voc, 'JPEGImages', f'{image_id}.jpg'), 'wb') as f:
       f.write(encode_jpeg(scene.image, quality=95))
@@ -122,7 +125,7 @@ def write_detection_part(root: str, preset, seed: int) -> Dict[str, str]:
 
   Args:
     root: world root.
-    preset: a `world.Preset` (uses `detection_images` and `image_size`).
+    preset: a `world.Preset` (uses `detection_images`, `image_size` and `class_cue`).
     seed: world seed.
 
   Returns:
@@ -131,7 +134,9 @@ def write_detection_part(root: str, preset, seed: int) -> Dict[str, str]:
     domain beside the object-centred classification images.
   """
   folder = os.path.join(root, 'detection')
-  write_vocdevkit(folder, preset.detection_images, preset.image_size, seed=seed + 10)
+  write_vocdevkit(
+    folder, preset.detection_images, preset.image_size, seed=seed + 10, class_cue=getattr(preset, 'class_cue', 'colour')
+  )
   devkit = os.path.join(folder, 'VOCdevkit')
   return {
     'detection_trainval': f'voc:{devkit}:trainval',

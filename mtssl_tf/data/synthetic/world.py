@@ -8,6 +8,13 @@
 and a `world.json` manifest with the sources to put in configs (`tfrecord:...`).
 A world whose manifest matches the requested preset and seed is reused, so binaries
 can call `make_world` on every start and pay for generation only once.
+
+Presets name sizes and a class cue (`scenes.CLASS_CUES`): 'tiny', 'small' and 'large' are
+the original world, whose classes also differ by colour; 'tiny_shape', 'small_shape' and
+'large_shape' have the same sizes, but their classes differ only by shape and texture,
+with colour drawn independently of the class (the miniature reproduction uses
+'small_shape'). A preset's default folder, ~/.cache/mtssl_tf/world_<preset>, is its own,
+and a manifest records the preset and class cue, so no preset reuses another's world.
 Further parts (detection as a VOCdevkit folder, depth as an NYU .mat file, videos
 with motion masks) are listed explicitly in `_PARTS`; each format's writer lives in
 its own module next to the reader it feeds.
@@ -29,6 +36,7 @@ from absl import logging
 from mtssl_tf.data.synthetic.classification import write_image_folder, write_image_tfrecords
 from mtssl_tf.data.synthetic.depth import write_depth_part
 from mtssl_tf.data.synthetic.detection import write_detection_part
+from mtssl_tf.data.synthetic.scenes import CLASS_CUES
 from mtssl_tf.data.synthetic.video import write_video_part
 
 MANIFEST = 'world.json'
@@ -48,6 +56,9 @@ class Preset:
     depth_images: NYU-style images.
     videos: clips for motion segmentation.
     video_frames: frames per clip.
+    class_cue: how classes look in every class-labelled part (classification images,
+      detection objects; depth frames are rendered alike): 'colour' or 'shape'
+      (`scenes.CLASS_CUES`). Videos carry no classes and do not depend on it.
   """
 
   train_images: int
@@ -59,24 +70,38 @@ class Preset:
   depth_images: int
   videos: int
   video_frames: int
+  class_cue: str = 'colour'
+
+  def __post_init__(self):
+    if self.class_cue not in CLASS_CUES:
+      raise ValueError(f'Preset.class_cue must be one of {CLASS_CUES}, got {self.class_cue!r}')
 
 
-PRESETS = {
+_SIZES = {
   'tiny': Preset(40, 20, 20, 64, 2, 16, 8, 2, 16),
   'small': Preset(2000, 500, 200, 128, 8, 400, 200, 12, 40),
   'large': Preset(20000, 2000, 1000, 224, 32, 2000, 1449, 60, 60),
+}
+# The original presets (class colour) under their old names, so existing caches, configs and tests keep their
+# world; each also as '<name>_shape' (classes by shape and texture only).
+PRESETS = {
+  **_SIZES,
+  **{f'{name}_shape': dataclasses.replace(sizes, class_cue='shape') for name, sizes in _SIZES.items()},
 }
 
 
 def _image_parts(root: str, preset: Preset, seed: int) -> Dict[str, str]:
   images = os.path.join(root, 'images')
-  write_image_tfrecords(images, preset.train_images, preset.num_shards, preset.image_size, seed=seed, prefix='train')
+  cue = preset.class_cue
+  write_image_tfrecords(
+    images, preset.train_images, preset.num_shards, preset.image_size, seed=seed, prefix='train', class_cue=cue
+  )
   write_image_tfrecords(
     images, preset.validation_images, max(1, preset.num_shards // 4), preset.image_size, seed=seed + 1,
-    prefix='validation',
+    prefix='validation', class_cue=cue,
   )  # fmt: skip
   folder = os.path.join(root, 'folder')
-  write_image_folder(folder, preset.folder_images, preset.image_size, seed=seed + 2)
+  write_image_folder(folder, preset.folder_images, preset.image_size, seed=seed + 2, class_cue=cue)
   return {
     'images_train': f'tfrecord:{images}/train-*',
     'images_validation': f'tfrecord:{images}/validation-*',
@@ -97,7 +122,8 @@ def make_world(root: str, preset: str = 'small', seed: int = 0, force: bool = Fa
 
   Args:
     root: output directory.
-    preset: 'tiny' (tests), 'small' (the default local run) or 'large' (benchmarks).
+    preset: 'tiny' (tests), 'small' (the default local run) or 'large' (benchmarks), each
+      optionally '_shape' (classes by shape and texture; 'small_shape' is the miniature's).
     seed: generation seed.
     force: regenerate even if a matching world exists.
 
@@ -129,17 +155,37 @@ def _exclusive(root: str):
       fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+# Every folder the parts write under a world root. When a world is rewritten (another preset, seed or layout in
+# the same folder), they are removed first: shard globs such as images/train-* would otherwise also match the
+# old world's shards when the shard counts differ.
+_PART_FOLDERS = ('images', 'folder', 'detection', 'nyu', 'videos', 'motion')
+
+
+def _remove_parts(root: str) -> None:
+  # Only called where a manifest shows the folder holds a world this module wrote.
+  tf.io.gfile.remove(os.path.join(root, MANIFEST))
+  for name in _PART_FOLDERS:
+    folder = os.path.join(root, name)
+    if tf.io.gfile.isdir(folder):
+      tf.io.gfile.rmtree(folder)
+
+
 def _make_world(root: str, preset: str, seed: int, force: bool) -> Dict[str, object]:
   path = os.path.join(root, MANIFEST)
-  # layout: bumped when a part's manifest entries change, so older worlds are rewritten.
-  wanted = {'preset': preset, 'seed': seed, 'parts': ['images', *sorted(_PARTS)], 'layout': 2}
-  if not force and tf.io.gfile.exists(path):
+  sizes = PRESETS[preset]
+  # layout: bumped when a part's manifest entries or rendering change, so older worlds are rewritten.
+  wanted = {
+    'preset': preset, 'seed': seed, 'parts': ['images', *sorted(_PARTS)], 'layout': 2, 'class_cue': sizes.class_cue,
+  }  # fmt: skip
+  if tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path) as f:
       manifest = json.load(f)
-    if all(manifest.get(k) == v for k, v in wanted.items()):
+    # Manifests from before class cues existed describe 'colour' worlds.
+    manifest.setdefault('class_cue', 'colour')
+    if not force and all(manifest.get(k) == v for k, v in wanted.items()):
       return manifest
+    _remove_parts(root)
   start = time.time()
-  sizes = PRESETS[preset]
   sources = _image_parts(root, sizes, seed)
   for name in sorted(_PARTS):
     logging.info('synthetic world: writing %s', name)

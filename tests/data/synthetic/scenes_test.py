@@ -53,3 +53,25 @@ def test_shapes_differ_between_classes():
   for i in range(len(masks)):
     for j in range(i + 1, len(masks)):
       assert (masks[i] != masks[j]).mean() > 0.05
+
+
+def test_class_cue_is_validated():
+  with pytest.raises(ValueError, match="class_cue.*'hue'"):
+    scenes.render_scene(np.random.default_rng(0), class_cue='hue')
+
+
+def test_shape_cue_scenes_keep_the_geometry_and_labels():
+  rng = np.random.default_rng(4)
+  for label in range(10):
+    s = scenes.render_scene(rng, 64, 64, label=label, class_cue='shape')
+    assert s.label == label and label in s.classes and s.image.dtype == np.uint8
+    for box, mask in zip(s.boxes, s.masks):
+      ys, xs = np.nonzero(mask)
+      np.testing.assert_array_equal(box, [ys.min(), xs.min(), ys.max() + 1, xs.max() + 1])
+
+
+def test_class_patterns_differ_between_classes():
+  patterns = [scenes.class_pattern(c, 32) for c in range(len(scenes.CLASS_NAMES))]
+  for i in range(len(patterns)):
+    for j in range(i + 1, len(patterns)):
+      assert np.abs(patterns[i] - patterns[j]).mean() > 0.1, (i, j)
