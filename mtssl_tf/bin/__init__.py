@@ -12,6 +12,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # TF is imported (tf_logging.get_logger), and absl's app.run adds another: every TF line
 # printed twice ('WARNING:tensorflow:...' and 'W1130 ...'). absl's handler first: once.
 logging.use_absl_handler()
-# google-api-core (imported by TF's GCE cluster resolver) warns at import that it will drop
-# this Python version in 2027: nothing a user of mtssl_tf can act on.
+# Third-party import-time warnings nothing a user of mtssl_tf can act on: google-api-core
+# (imported by TF's GCE cluster resolver) will drop this Python version in 2027;
+# tensorflow_hub imports setuptools' deprecated pkg_resources.
 warnings.filterwarnings('ignore', r'You are using a Python version .* google\.api_core', FutureWarning)
+warnings.filterwarnings('ignore', r'pkg_resources is deprecated as an API', UserWarning)

@@ -13,11 +13,13 @@ from pathlib import Path
 
 from mtssl_tf.configs import ExperimentConfig, override, save_config, validate_all
 
-# TF's Python warnings (its own handler and absl's), C++ warnings, and the messages the
-# saves and exports used to print.
+# TF's Python warnings (its own handler and absl's), C++ warnings, the messages the saves
+# and exports used to print, TF's duplicated or internal INFO lines, gRPC errors and
+# third-party import warnings.
 _TF_NOISE = re.compile(
   r'WARNING:tensorflow|^W\d{4} |^\S+ \S+: W |retracing|untraced|triggered tf\.function|'
-  r'Skipping full serialization|will be renamed',
+  r'Skipping full serialization|will be renamed|INFO:tensorflow|default session config|'
+  r'ClusterCoordinator|Failed to remove function|GRPC|Warning: ',
   re.M,
 )
 _BIN = Path(sys.executable).parent
