@@ -40,7 +40,7 @@ from mtssl_tf.data import decode
 from mtssl_tf.data.images import ENCODED_KEY, LABEL_KEY
 from mtssl_tf.evaluation.classification import resize_shorter_side
 from mtssl_tf.transfer.config import OUTPUTS, TransferConfig, world_sources
-from mtssl_tf.transfer.extract import FeatureShards, Progress, extract_features, image_records
+from mtssl_tf.transfer.extract import FeatureShards, Progress, build_featurizer, extract_features, image_records
 from mtssl_tf.transfer.kmeans import KMeans
 
 MODEL = 'kmeans.npz'
@@ -338,8 +338,10 @@ def run_assign(cfg: TransferConfig, model_dir: str, max_shards: Optional[int] = 
     extract_cfg = copy.deepcopy(cfg.extract)
     extract_cfg.source, extract_cfg.num_images = spec, 0
     extract_cfg.data_dir, extract_cfg.label_offset = cfg.assign.data_dir, cfg.assign.label_offset
+    # The clustered images' extractor: a HOG bag of words keeps their vocabulary.
+    featurizer = build_featurizer(cfg.extract, features_dir, progress)
     features_dir = os.path.join(out_dir, 'features')
-    extract_features(extract_cfg, features_dir, progress=progress)
+    extract_features(extract_cfg, features_dir, featurizer=featurizer, progress=progress)
   shards = FeatureShards(features_dir)
   clustered = read_summary(os.path.join(model_dir, OUTPUTS['cluster']))
   if clustered and clustered['features']['dims'] != shards.dims:

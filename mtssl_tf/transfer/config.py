@@ -27,6 +27,8 @@ from mtssl_tf.evaluation.classification import check_training_fields
 from mtssl_tf.transfer.kmeans import KMeansConfig
 
 FEATURES = ('network', 'hog')
+# How HOG becomes one vector per image (`ExtractConfig.hog_encoding`).
+HOG_ENCODINGS = ('bag_of_words', 'grid')
 POOLINGS = ('max', 'avg')
 DTYPES = ('float32', 'float16')
 PREPROCESSINGS = EVAL_INPUTS  # As mtssl-eval: colour by default (Doersch §3.3), see evaluation/backbone.py.
@@ -60,7 +62,7 @@ class ExtractConfig(Config):
       must be this input (else a clear error); a foreign one taking floats gets this.
     precision: Keras dtype policy of a trunk read from a checkpoint.
     pooling: 'max' adaptive max pooling to `grid` x `grid` (the paper's 4x4), or 'avg'
-      global average pooling (`grid` ignored).
+      global average pooling (`grid` ignored). Network features and `hog_encoding: grid`.
     grid: side of the max-pooling grid (1: global max pooling).
     image_size: images are resized to this shorter side...
     crop_size: ...then centre-cropped to this square (deterministic: no augmentation).
@@ -70,6 +72,16 @@ class ExtractConfig(Config):
     hog_cell_size: HOG cell side in pixels.
     hog_block_cells: HOG block side in cells (blocks stride by one cell).
     hog_bins: HOG orientation bins (unsigned, 0-180 degrees).
+    hog_encoding: 'bag_of_words' (default): Noroozi et al. 2018 cluster "bag of words of
+      HOG" (Table 3 caption, §5): every HOG block of a crop is a local descriptor, a
+      vocabulary of `hog_words` visual words is fitted by k-means on the descriptors of
+      `hog_vocabulary_images` images, and an image is its normalised word histogram
+      (`hog.HogBagOfWords`). 'grid' pools the HOG block grid like a network's map
+      (`pooling`, `grid`): a named alternative that keeps the spatial layout.
+    hog_words: vocabulary size (the paper does not give one; 1000 is a common
+      bag-of-words size and keeps ~256 descriptors per word in the k-means sample).
+    hog_vocabulary_images: images whose descriptors fit the vocabulary, spread over the
+      source when `num_images` is known (every num_images / this-th image), else the first ones.
     seed: initialisation of a random network.
   """
 
@@ -95,21 +107,27 @@ class ExtractConfig(Config):
   hog_cell_size: int = 8
   hog_block_cells: int = 2
   hog_bins: int = 9
+  hog_encoding: str = 'bag_of_words'
+  hog_words: int = 1000
+  hog_vocabulary_images: int = 10_000
   seed: int = 0
 
   def validate(self) -> None:
     for key, allowed in (('features', FEATURES), ('pooling', POOLINGS), ('dtype', DTYPES),
-                         ('preprocessing', PREPROCESSINGS), ('precision', PRECISIONS)):  # fmt: skip
+                         ('preprocessing', PREPROCESSINGS), ('precision', PRECISIONS),
+                         ('hog_encoding', HOG_ENCODINGS)):  # fmt: skip
       if getattr(self, key) not in allowed:
         raise ConfigError(f'extract.{key}: must be one of {allowed}, got {getattr(self, key)!r}')
     for key in ('grid', 'image_size', 'crop_size', 'batch_size', 'shard_size', 'hog_cell_size', 'hog_block_cells',
-                'hog_bins'):  # fmt: skip
+                'hog_bins', 'hog_vocabulary_images'):  # fmt: skip
       if getattr(self, key) < 1:
         raise ConfigError(f'extract.{key}: must be positive, got {getattr(self, key)}')
     if self.num_images < 0 or self.label_offset < 0:
       raise ConfigError(f'extract.{"num_images" if self.num_images < 0 else "label_offset"}: must be >= 0')
     if self.image_size < self.crop_size:
       raise ConfigError(f'extract.image_size: must be >= crop_size ({self.crop_size}), got {self.image_size}')
+    if self.hog_words < 2:
+      raise ConfigError(f'extract.hog_words: need at least 2 visual words, got {self.hog_words}')
     if self.features == 'hog' and self.crop_size < self.hog_cell_size * self.hog_block_cells:
       raise ConfigError(
         f'extract.crop_size: {self.crop_size} px is smaller than one HOG block '

@@ -3,7 +3,8 @@
 Images are read in one deterministic order (files in sorted order, no shuffling), each
 resized to shorter side `image_size` and centre-cropped, then mapped to a feature
 vector by a network (`NetworkFeatures`: a trunk from random init or a checkpoint, or
-any SavedModel signature) or by HOG (`HogFeatures`), pooled by `pool_features`.
+any SavedModel signature, pooled by `pool_features`) or by HOG (`hog.HogBagOfWords`, or
+`HogFeatures`: the HOG block grid pooled as a network's map).
 
 Every image has an id: its position in the source's record stream (before decoding),
 so an image that fails to decode leaves a gap instead of shifting later ids, and a
@@ -36,7 +37,7 @@ from mtssl_tf.evaluation.classification import centre_crop, resize_shorter_side
 from mtssl_tf.evaluation.linear import adaptive_max_pool
 from mtssl_tf.export.saved_model import preprocess
 from mtssl_tf.transfer.config import OUTPUTS, ExtractConfig, TransferConfig, world_sources
-from mtssl_tf.transfer.hog import HogMap
+from mtssl_tf.transfer.hog import HogBagOfWords, HogMap
 
 MANIFEST = 'manifest.json'
 LOG_EVERY_SECONDS = 30.0
@@ -65,11 +66,13 @@ def image_stream(
   start: int = 0,
   data_dir: str = '',
   label_offset: int = 0,
+  every: int = 1,
 ) -> tf.data.Dataset:
   """Batches {'id', 'image' uint8 centre crop, 'label'} from image id `start` on, in order.
 
   Undecodable images are dropped (their ids are missing). Records before `start` are
-  read but not decoded, so a restart costs I/O only.
+  read but not decoded, so a restart costs I/O only; so are all but every `every`-th
+  record after it (a sample spread over the source).
   """
 
   def load(index, record):
@@ -77,6 +80,8 @@ def image_stream(
     return {'id': index, 'image': image, 'label': record['label']}
 
   ds = image_records(spec, data_dir, label_offset).skip(start)
+  if every > 1:
+    ds = ds.shard(every, 0)
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
@@ -204,9 +209,46 @@ class HogFeatures:
     return pool_features(tf.constant(self.hog(images)), self.pooling, self.grid).numpy()
 
 
-def build_featurizer(cfg: ExtractConfig):
-  """`HogFeatures` or `NetworkFeatures`, as `cfg.features` says."""
-  return HogFeatures(cfg) if cfg.features == 'hog' else NetworkFeatures(cfg)
+def hog_bag_of_words(cfg: ExtractConfig, vocabulary_dir: str, progress: bool = True) -> HogBagOfWords:
+  """The bag of HOG words of `cfg`, its vocabulary read from or fitted and saved to `vocabulary_dir`.
+
+  A new vocabulary is fitted on `cfg.hog_vocabulary_images` images of `cfg.source`,
+  every num_images / hog_vocabulary_images-th when `num_images` is known (a sample over
+  the whole source, whatever order its files are in), else the first ones.
+  """
+  hog = HogMap(cfg.crop_size, cfg.hog_cell_size, cfg.hog_block_cells, cfg.hog_bins)
+  every = max(1, cfg.num_images // cfg.hog_vocabulary_images) if cfg.num_images else 1
+  batches = -(-cfg.hog_vocabulary_images // cfg.batch_size)
+
+  def images():
+    stream = image_stream(cfg.source, image_size=cfg.image_size, crop_size=cfg.crop_size, batch_size=cfg.batch_size,
+                          data_dir=cfg.data_dir, label_offset=cfg.label_offset, every=every)  # fmt: skip
+    for batch in stream.unbatch().take(cfg.hog_vocabulary_images).batch(cfg.batch_size).take(batches):
+      yield batch['image'].numpy()
+
+  bag = HogBagOfWords.load_or_fit(vocabulary_dir, hog, images, cfg.hog_words, cfg.seed, progress)
+  bag.fingerprint = {
+    'features': 'hog', 'encoding': 'bag_of_words', 'cell': cfg.hog_cell_size, 'block_cells': cfg.hog_block_cells,
+    'bins': cfg.hog_bins, 'words': cfg.hog_words, 'vocabulary': bag.digest,
+  }  # fmt: skip
+  return bag
+
+
+def build_featurizer(cfg: ExtractConfig, vocabulary_dir: str = '', progress: bool = True):
+  """`NetworkFeatures`, or for HOG a bag of words (`hog_bag_of_words`) or `HogFeatures` (the pooled grid).
+
+  Args:
+    cfg: the extraction.
+    vocabulary_dir: where the HOG vocabulary lives (the clustered images' feature folder).
+    progress: log the fitting of a HOG vocabulary.
+  """
+  if cfg.features != 'hog':
+    return NetworkFeatures(cfg)
+  if cfg.hog_encoding == 'grid':
+    return HogFeatures(cfg)
+  if not vocabulary_dir:
+    raise ValueError('extract: a bag of HOG words needs a folder for its vocabulary')
+  return hog_bag_of_words(cfg, vocabulary_dir, progress)
 
 
 # ----------------------------------------------------------------------------- shard files
@@ -376,7 +418,7 @@ def extract_features(
   spec = spec or cfg.source
   if not spec:
     raise ConfigError('extract.source: no image source given')
-  featurizer = featurizer or build_featurizer(cfg)
+  featurizer = featurizer or build_featurizer(cfg, out_dir, progress)
   fingerprint = dict(featurizer.fingerprint, source=spec, image_size=cfg.image_size, crop_size=cfg.crop_size,
                      shard_size=cfg.shard_size, dtype=cfg.dtype, label_offset=cfg.label_offset)  # fmt: skip
   fingerprint = json.loads(json.dumps(fingerprint))  # Tuples -> lists, as read back.
