@@ -43,8 +43,9 @@ _CLASS_HUES = np.linspace(0, 360, len(CLASS_NAMES), endpoint=False)
 CLASS_CUES = ('colour', 'shape')
 # The 'shape' cue's surface pattern per class: (kind, cycles across the object's side, wave angle in degrees).
 # A named choice of this world, not from the papers: three kinds, angles spread over 180 degrees, and 3-5
-# cycles so that the pattern stays resolvable on the smallest objects (8 px). Cycles are relative to the object's
-# size, so a class's pattern is scale-invariant like its silhouette.
+# cycles, so that a typical classification object (12-40 px at 128 px) shows its pattern at 2.4 px per cycle or
+# more; on the smallest objects (8 px) fine patterns blur and the silhouette is left. Cycles are relative to the
+# object's size, so a class's pattern is scale-invariant like its silhouette.
 CLASS_PATTERNS = (
   ('stripes', 3.0, 0.0),  # circle
   ('stripes', 3.0, 90.0),  # square
