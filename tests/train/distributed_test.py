@@ -261,6 +261,58 @@ def test_killed_parameter_server_restarts_from_checkpoint(tmp_path):
   assert {n: int(values[k]) for k in values for n in steps if k.startswith(f'cost/steps/{n}')} == steps
 
 
+def _counted_and_updates(path, names):
+  """Per task: (steps counted by the compute accounting, RMSProp updates) in one checkpoint."""
+  reader = tf.train.load_checkpoint(path)
+  keys = reader.get_variable_to_shape_map()
+
+  def value(prefix):
+    return int(reader.get_tensor(next(k for k in keys if k.startswith(prefix))))
+
+  return {n: (value(f'cost/steps/{n}/'), value(f'optimizer/iterations/{n}/')) for n in names}
+
+
+def test_coordinator_sigkill_and_resume_count_exactly_the_applied_steps(tmp_path):
+  """A resume loses no counted work: counted steps == applied steps, per task, in every checkpoint.
+
+  The applied steps are read off the optimizer: every update before the end of a run
+  averages exactly K_t steps (the partial aggregate is applied only at the end), so a
+  checkpoint holds K_t x updates applied steps of task t. Steps taken from finished
+  closures but still waiting for their aggregate (up to K_t - 1) must not be counted.
+  """
+  k = {'relative_position': 4, 'exemplar': 3}
+  cfg = _config(str(tmp_path / 'world'), total_steps=80, checkpoint_every_seconds=1.0, cost_tick=4.0)
+  override(cfg, {'tasks': {n: {'aggregate_steps': v} for n, v in k.items()}})
+  model_dir = str(tmp_path / 'run')
+  watch = []
+
+  def kill_coordinator(cluster, coordinator):
+    watch.append(_when_trained(model_dir, 16, coordinator.kill))  # SIGKILL.
+
+  with pytest.raises(RuntimeError, match='coordinator exited with code -9'):
+    _train(cfg, model_dir, kill_coordinator)
+  watch[0].join(timeout=5)
+
+  def checkpoints():
+    paths = [os.path.join(model_dir, d, f[: -len('.index')]) for d in ('checkpoints', 'ticks')
+             for f in os.listdir(os.path.join(model_dir, d)) if f.endswith('.index')]  # fmt: skip
+    return {p: _counted_and_updates(p, k) for p in paths}
+
+  before = checkpoints()
+  resumed = _counted_and_updates(tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints')), k)
+  assert len(before) >= 3 and resumed['relative_position'][1] >= 2  # A few aggregates were applied.
+  result = _train(cfg, model_dir)
+  steps = {n: r['steps'] for n, r in result.items()}
+  assert sum(steps.values()) == 80 and all(steps[n] > resumed[n][0] for n in k)
+  final = _counted_and_updates(tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints')), k)
+  assert final == {n: (steps[n], result[n]['updates']) for n in k}
+  for path, counts in checkpoints().items():
+    for name, (counted, updates) in counts.items():
+      # Full aggregates only, or (saved at the end of the run) after the last partial one.
+      ended = counted == steps[name] and updates == _expected_updates(counted, k[name])
+      assert counted == k[name] * updates or ended, (path, name, counted, updates)
+
+
 def test_nan_loss_names_task_and_step_and_keeps_checkpoint(hybrid_run, tmp_path):
   cfg, model_dir, _ = hybrid_run
   run = tmp_path / 'nan'
