@@ -17,6 +17,8 @@ from mtssl_tf.train import rmsprop
 OUTPUT_STRIDES = (8, 16, 32)
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
 LASSO_INITS = ('last', 'uniform')
+# What follows a lasso mix before the head (`LassoConfig.mix_norm`, trunk/lasso.py).
+LASSO_MIX_NORMS = ('trunk', 'per_consumer')
 
 
 @dataclasses.dataclass
@@ -69,17 +71,26 @@ class LassoConfig(Config):
     l1_weight: weight of the L1 penalty on alpha added to each consumer's loss.
     init: 'last' starts each row on the final unit (the no-lasso network);
       'uniform' spreads it evenly over all units.
+    mix_norm: what a head reads from its mix. 'trunk' (default): the mix takes block 3's
+      place in front of the trunk's own closing BatchNorm + ReLU (`TrunkConfig.
+      final_activation`; nothing when that is off), so lasso adds only alpha, as §3.2
+      describes, and init 'last' is exactly the no-lasso network. 'per_consumer': every
+      consumer gets its own new BatchNorm + ReLU on its mix (this project's earlier
+      choice: separate statistics per task, 2 x channels more parameters each).
   """
 
   enabled: bool = False
   l1_weight: float = 1e-3
   init: str = 'last'
+  mix_norm: str = 'trunk'
 
   def validate(self) -> None:
     if self.l1_weight < 0:
       raise ConfigError(f'lasso.l1_weight: must be >= 0, got {self.l1_weight}')
     if self.init not in LASSO_INITS:
       raise ConfigError(f'lasso.init: must be one of {LASSO_INITS}, got {self.init!r}')
+    if self.mix_norm not in LASSO_MIX_NORMS:
+      raise ConfigError(f'lasso.mix_norm: must be one of {LASSO_MIX_NORMS}, got {self.mix_norm!r}')
 
 
 @dataclasses.dataclass

@@ -30,7 +30,7 @@ import tensorflow as tf
 from absl import logging
 
 from mtssl_tf.configs.base import Config, ConfigError
-from mtssl_tf.configs.experiment import LASSO_INITS
+from mtssl_tf.configs.experiment import LASSO_INITS, LASSO_MIX_NORMS
 from mtssl_tf.data import depth as nyu
 from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.evaluation import backbone
@@ -67,6 +67,8 @@ class DepthEvalConfig(Config):
     use_lasso: decode a learned lasso mix of every block-3 unit (Doersch §3.2).
     lasso_l1_weight: L1 weight on the mix's alpha (the pre-training default).
     lasso_init: 'last' (starts as the plain trunk) or 'uniform'.
+    lasso_mix_norm: 'trunk' (the mix goes through the trunk's own closing BN-ReLU, in
+      block 3's place) or 'per_consumer' (a new BN-ReLU); see `LassoConfig.mix_norm`.
     projection_filters: 1x1 conv after the trunk (FCRN: 1024).
     upproject_filters: one up-projection per entry (Doersch: 512, 256, 128 at stride 16).
     flip: random horizontal flips (Eigen/FCRN: p = 0.5).
@@ -100,6 +102,7 @@ class DepthEvalConfig(Config):
   use_lasso: bool = False
   lasso_l1_weight: float = 1e-3
   lasso_init: str = 'last'
+  lasso_mix_norm: str = 'trunk'
   projection_filters: int = 1024
   upproject_filters: Tuple[int, ...] = (512, 256, 128)
   flip: bool = True
@@ -150,6 +153,8 @@ class DepthEvalConfig(Config):
       fail('lasso_l1_weight', f'must be >= 0, got {self.lasso_l1_weight}')
     if self.lasso_init not in LASSO_INITS:
       fail('lasso_init', f'must be one of {LASSO_INITS}, got {self.lasso_init!r}')
+    if self.lasso_mix_norm not in LASSO_MIX_NORMS:
+      fail('lasso_mix_norm', f'must be one of {LASSO_MIX_NORMS}, got {self.lasso_mix_norm!r}')
     if not self.upproject_filters or min(self.upproject_filters) < 1:
       fail('upproject_filters', f'need one or more positive filter counts, got {list(self.upproject_filters)}')
     low, high = _pair(self.scale_range, 'scale_range')
@@ -304,6 +309,7 @@ def build_model(cfg: DepthEvalConfig, trunk: ResNetV2Trunk) -> DepthModel:
     use_lasso=cfg.use_lasso,
     lasso_l1_weight=cfg.lasso_l1_weight,
     lasso_init=cfg.lasso_init,
+    lasso_mix_norm=cfg.lasso_mix_norm,
   )
   model(tf.zeros([1, cfg.crop_size[0], cfg.crop_size[1], 3]), training=False)
   return model

@@ -25,6 +25,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from mtssl_tf.trunk import lasso as lasso_lib
 from mtssl_tf.trunk.lasso import LassoMix
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
 
@@ -120,6 +121,7 @@ class DepthModel(tf.keras.Model):
     use_lasso: bool = False,
     lasso_l1_weight: float = 1e-3,
     lasso_init: str = 'last',
+    lasso_mix_norm: str = 'trunk',
     name: str = 'depth_model',
     **kwargs,
   ):
@@ -133,6 +135,8 @@ class DepthModel(tf.keras.Model):
       use_lasso: read a learned lasso mix of every block-3 unit instead of `final`.
       lasso_l1_weight: L1 weight on the evaluation's alpha row.
       lasso_init: 'last' or 'uniform' (see `lasso.initial_alpha`).
+      lasso_mix_norm: 'trunk' (the mix, in block 3's place, goes through the trunk's
+        closing BN-ReLU) or 'per_consumer' (a new BN-ReLU); see `LassoConfig.mix_norm`.
       name: model name.
       **kwargs: passed to `tf.keras.Model`.
 
@@ -151,10 +155,10 @@ class DepthModel(tf.keras.Model):
     trunk.trainable = fine_tune_trunk
     self.prediction_stride = output_stride // 2 ** len(upproject_filters)
     self.lasso = None
+    self.lasso_norm = None
     if use_lasso:
       self.lasso = LassoMix(1, trunk.num_units, lasso_l1_weight, lasso_init, consumer_names=['depth'], name='lasso')
-      # As MultiTaskModel: pre-activation units are un-normalised, so BN + ReLU the mix.
-      self.lasso_norm = tf.keras.layers.BatchNormalization(name='lasso_bn')
+      self.lasso_norm = lasso_lib.consumer_norm(lasso_mix_norm, 'lasso_bn')
     self.projection = tf.keras.layers.Conv2D(projection_filters, 1, name='projection')
     self.projection_bn = tf.keras.layers.BatchNormalization(name='projection_bn')
     self.up_projections = [UpProjection(f, name=f'up_projection_{i + 1}') for i, f in enumerate(upproject_filters)]
@@ -162,11 +166,16 @@ class DepthModel(tf.keras.Model):
 
   def features(self, images: tf.Tensor, training=None) -> tf.Tensor:
     """Block-3 features (float32) the decoder reads."""
-    endpoints = self.trunk(images, training=bool(training) and self.fine_tune_trunk)
+    trunk_training = bool(training) and self.fine_tune_trunk
+    # A 'trunk' lasso mix takes block 3's place before the closing BN-ReLU, which then sees only it.
+    final = self.lasso is None or self.lasso_norm is not None
+    endpoints = self.trunk(images, training=trunk_training, final=final)
     if self.lasso is None:
       return tf.cast(endpoints['final'], tf.float32)
-    mixed = tf.cast(self.lasso(self.trunk.block3_units(endpoints), consumer=0), tf.float32)
-    return tf.nn.relu(self.lasso_norm(mixed, training=training))
+    mixed = self.lasso(self.trunk.block3_units(endpoints), consumer=0)
+    if self.lasso_norm is not None:
+      return tf.nn.relu(self.lasso_norm(tf.cast(mixed, tf.float32), training=training))
+    return tf.cast(lasso_lib.final_activation(self.trunk, mixed, trunk_training), tf.float32)
 
   def call(self, images, training=None):
     x = self.projection_bn(self.projection(self.features(images, training)), training=training)

@@ -34,13 +34,13 @@ import dataclasses
 import math
 import os
 import re
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
 from absl import logging
 
 from mtssl_tf.configs.base import Config, ConfigError, validate_all
-from mtssl_tf.configs.experiment import LASSO_INITS
+from mtssl_tf.configs.experiment import LASSO_INITS, LASSO_MIX_NORMS
 from mtssl_tf.evaluation import backbone
 from mtssl_tf.evaluation.classification import (
   TOP_K,
@@ -52,6 +52,7 @@ from mtssl_tf.evaluation.classification import (
   restore_or_start,
   train_and_evaluate,
 )
+from mtssl_tf.trunk import lasso as lasso_lib
 from mtssl_tf.trunk.lasso import LassoMix
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
 
@@ -87,6 +88,10 @@ class LinearEvalConfig(Config):
     use_lasso: the main layer reads a fresh lasso mix of all block-3 units.
     lasso_l1_weight: L1 weight on that alpha (LassoConfig's default).
     lasso_init: 'last' (starts as the plain block-3 output) or 'uniform'.
+    lasso_mix_norm: 'trunk' (default): the mix takes block 3's place, so with endpoint
+      'final' it goes through the trunk's own closing BN-ReLU (frozen, as the trunk) and
+      with 'block3' it is read bare; 'per_consumer': a new BN-ReLU trained on the mix
+      (see `LassoConfig.mix_norm`).
     image_size: images are resized to this shorter side (ImageNet convention: 256).
     crop_size: side of the random (train) and centre (test) crop (224).
     brightness: maximum brightness delta on [0, 1] images (TF-slim Inception: 32/255).
@@ -120,6 +125,7 @@ class LinearEvalConfig(Config):
   use_lasso: bool = False
   lasso_l1_weight: float = 1e-3
   lasso_init: str = 'last'
+  lasso_mix_norm: str = 'trunk'
   image_size: int = 256
   crop_size: int = 224
   brightness: float = 32.0 / 255.0
@@ -152,6 +158,8 @@ class LinearEvalConfig(Config):
       raise ConfigError(f'linear.use_lasso: the lasso mix replaces the block-3 output, but endpoint={self.endpoint!r}')
     if self.lasso_init not in LASSO_INITS:
       raise ConfigError(f'linear.lasso_init: must be one of {LASSO_INITS}, got {self.lasso_init!r}')
+    if self.lasso_mix_norm not in LASSO_MIX_NORMS:
+      raise ConfigError(f'linear.lasso_mix_norm: must be one of {LASSO_MIX_NORMS}, got {self.lasso_mix_norm!r}')
     check_training_fields(self, 'linear')
     for key in ('pool_size', 'probe_max_dims', 'lr_decay_steps'):
       if getattr(self, key) < 1:
@@ -234,6 +242,8 @@ class LinearProbes(tf.keras.Model):
     lasso_units: int = 0,
     lasso_l1_weight: float = 1e-3,
     lasso_init: str = 'last',
+    lasso_mix_norm: str = 'trunk',
+    final_norm: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
   ):
     """Creates the layers.
 
@@ -245,16 +255,20 @@ class LinearProbes(tf.keras.Model):
       lasso_units: block-3 units; > 0 makes the main classifier read a lasso mix of them.
       lasso_l1_weight: L1 weight on alpha.
       lasso_init: alpha's initialisation.
+      lasso_mix_norm: 'trunk' (the mix goes through `final_norm`) or 'per_consumer' (a new BN-ReLU).
+      final_norm: the frozen trunk's closing BN-ReLU for a 'trunk' mix (None: the bare mix).
     """
     # float32 whatever the global policy: a mixed-precision trunk feeds float32 classifiers.
     super().__init__(name='linear_probes', dtype='float32')
     self.sources = dict(sources)
     self.heads = {k: LinearHead(num_classes, grids[k], feature_norm, name=f'head_{k}') for k in sources}
     self.lasso = None
+    self.lasso_norm = None
+    # A plain function, not tracked: the trunk's variables stay out of the probes' own.
+    self._final_norm = final_norm or (lambda x: x)
     if lasso_units:
       self.lasso = LassoMix(1, lasso_units, lasso_l1_weight, lasso_init, name='lasso')
-      # As in pre-training (MultiTaskModel): the mix of un-normalised units gets its own BN-ReLU.
-      self.lasso_norm = tf.keras.layers.BatchNormalization(name='lasso_bn', dtype='float32')
+      self.lasso_norm = lasso_lib.consumer_norm(lasso_mix_norm, 'lasso_bn', 'float32')
 
   def call(self, endpoints: Dict[str, tf.Tensor], units: Sequence[tf.Tensor] = (), training=None):
     """Endpoints (and block-3 units for lasso) -> ({key: logits}, lasso penalty)."""
@@ -262,7 +276,10 @@ class LinearProbes(tf.keras.Model):
     for key, head in self.heads.items():
       if key == MAIN and self.lasso is not None:
         mixed = self.lasso([tf.cast(u, tf.float32) for u in units], consumer=0)
-        features = tf.nn.relu(self.lasso_norm(mixed, training=training))
+        if self.lasso_norm is not None:
+          features = tf.nn.relu(self.lasso_norm(mixed, training=training))
+        else:  # In block 3's place (trunk/lasso.py): then the trunk's closing BN-ReLU if the endpoint has it.
+          features = tf.cast(self._final_norm(mixed), tf.float32)
         penalty = self.lasso.penalty(0)
       else:
         features = endpoints[self.sources[key]]
@@ -334,7 +351,11 @@ def run_linear(
     train_count, num_classes = count_labels(train_spec, cfg.label_offset, cfg.data_dir)
   sources, grids, dims = _head_layout(cfg, trunk)
   lasso_units = trunk.num_units if cfg.use_lasso else 0
-  probes = LinearProbes(sources, grids, num_classes, cfg.feature_norm, lasso_units, cfg.lasso_l1_weight, cfg.lasso_init)
+  final_norm = None
+  if cfg.endpoint == 'final':  # The frozen trunk's closing BN-ReLU, in inference mode as the trunk runs.
+    final_norm = lambda x: lasso_lib.final_activation(trunk, x, training=False)  # noqa: E731
+  probes = LinearProbes(sources, grids, num_classes, cfg.feature_norm, lasso_units, cfg.lasso_l1_weight,
+                        cfg.lasso_init, cfg.lasso_mix_norm, final_norm)  # fmt: skip
   schedule = tf.keras.optimizers.schedules.ExponentialDecay(
     cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_factor, staircase=True
   )

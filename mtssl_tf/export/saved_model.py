@@ -132,11 +132,9 @@ class TrunkExport(tf.Module):
     inputs = preprocess(images, self.preprocessing)
     model = self.model
     outputs = {}
-    endpoints = model.trunk(inputs, training=False, output_stride=self.output_stride)
-    units = model.trunk.block3_units(endpoints)
+    endpoints = model.trunk_endpoints(inputs, training=False, output_stride=self.output_stride)
     for name in model.task_names:
-      mixed = model.lasso(units, consumer=name)
-      outputs[name] = tf.cast(tf.nn.relu(model.lasso_norms[name](mixed, training=False)), tf.float32)
+      outputs[name] = tf.cast(model.mix_features(name, endpoints, training=False), tf.float32)
     return outputs
 
 

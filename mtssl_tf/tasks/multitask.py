@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from mtssl_tf.configs.experiment import LassoConfig, TrunkConfig
 from mtssl_tf.tasks.base import Task
+from mtssl_tf.trunk import lasso as lasso_lib
 from mtssl_tf.trunk.lasso import LassoMix
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
 
@@ -46,24 +47,33 @@ class MultiTaskModel(tf.keras.Model):
     self.heads = {name: task.build_head(dtype=precision) for name, task in self.tasks.items()}
     self.lasso = None
     self.lasso_norms = {}
+    self.mix_norm = lasso_config.mix_norm
     if lasso_config.enabled:
       self.lasso = LassoMix(
         len(tasks), trunk_config.units_per_block[2], lasso_config.l1_weight, lasso_config.init,
         consumer_names=self.task_names, name='lasso',
       )  # fmt: skip
-      # Unit outputs are pre-activation sums; each consumer normalises its own mix.
-      self.lasso_norms = {
-        name: tf.keras.layers.BatchNormalization(name=f'{name}_lasso_bn', dtype=precision) for name in tasks
-      }
+      if self.mix_norm == 'per_consumer':  # Else the mix goes through the trunk's own closing BN (lasso.py).
+        self.lasso_norms = {
+          name: lasso_lib.consumer_norm(self.mix_norm, f'{name}_lasso_bn', precision) for name in tasks
+        }
+
+  def trunk_endpoints(self, images: tf.Tensor, training: bool, output_stride: Optional[int] = None):
+    """The trunk's endpoints; without `final` when lasso mixes go through its closing BatchNorm instead."""
+    final = self.lasso is None or self.mix_norm == 'per_consumer'
+    return self.trunk(images, training=training, output_stride=output_stride, final=final)
+
+  def mix_features(self, name: str, endpoints: Mapping[str, tf.Tensor], training: bool) -> tf.Tensor:
+    """What task `name`'s head reads from its lasso mix of the block-3 units in `endpoints`."""
+    mixed = self.lasso(self.trunk.block3_units(endpoints), consumer=name)
+    return lasso_lib.head_input(mixed, self.lasso_norms.get(name), self.trunk, training)
 
   def features(self, name: str, images: tf.Tensor, training: bool) -> Tuple[tf.Tensor, tf.Tensor]:
     """Trunk features for task `name` and its lasso penalty (0 without lasso)."""
-    endpoints = self.trunk(images, training=training, output_stride=self.tasks[name].output_stride)
+    endpoints = self.trunk_endpoints(images, training, self.tasks[name].output_stride)
     if self.lasso is None:
       return endpoints['final'], tf.constant(0.0)
-    mixed = self.lasso(self.trunk.block3_units(endpoints), consumer=name)
-    features = tf.nn.relu(self.lasso_norms[name](mixed, training=training))
-    return features, self.lasso.penalty(name)
+    return self.mix_features(name, endpoints, training), self.lasso.penalty(name)
 
   def task_step_outputs(self, name: str, batch: Dict[str, tf.Tensor], training: bool = True):
     """Runs task `name` on a batch.
@@ -81,7 +91,9 @@ class MultiTaskModel(tf.keras.Model):
     """Trainable variables a step of task `name` updates: trunk, its head, lasso."""
     variables = list(self.trunk.trainable_variables) + list(self.heads[name].trainable_variables)
     if self.lasso is not None:
-      variables += list(self.lasso.trainable_variables) + list(self.lasso_norms[name].trainable_variables)
+      variables += list(self.lasso.trainable_variables)
+      if name in self.lasso_norms:
+        variables += list(self.lasso_norms[name].trainable_variables)
     return variables
 
   def compute_gradients(self, name: str, batch: Dict[str, tf.Tensor], sources: Optional[List[tf.Tensor]] = None):

@@ -8,6 +8,18 @@ The unit-norm constraint is kept by reparameterisation: the layer stores free
 weights `v` and uses alpha = v / ||v|| row-wise. Unlike a projection after each
 update, this holds for every optimizer, including the per-task RMSProp applied on
 parameter servers with raw resource ops, where Keras constraints never run.
+
+What a head reads from its mix (`LassoConfig.mix_norm`, `head_input`). §3.2 adds
+nothing but alpha: the head receives the mix, and the row constraint is there "to
+control the output variance". Our pre-activation units leave their outputs
+un-normalised, and the no-lasso trunk closes block 3 with a BatchNorm + ReLU (TF-Slim's
+resnet_v2 'postnorm', `TrunkConfig.final_activation`). So by default ('trunk') the mix
+takes block 3's place in front of that same closing BatchNorm + ReLU, shared by every
+consumer as the trunk is: no parameters beyond alpha, alpha = e_M (init 'last') is
+exactly the no-lasso network, and with `final_activation` off a head reads the bare
+mix of the paper's formula. The row constraint keeps each mix at a unit's scale, so
+the one BatchNorm sees comparable inputs from every task. 'per_consumer' instead gives
+each consumer a new BatchNorm + ReLU of its own (the earlier choice of this project).
 """
 
 from __future__ import annotations
@@ -17,7 +29,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from mtssl_tf.configs.experiment import LASSO_INITS
+from mtssl_tf.configs.experiment import LASSO_INITS, LASSO_MIX_NORMS
 
 _NORM_EPSILON = 1e-12
 
@@ -134,6 +146,34 @@ class LassoMix(tf.keras.layers.Layer):
       consumer_names=self.consumer_names,
     )
     return config
+
+
+def consumer_norm(mix_norm: str, name: str, dtype=None) -> Optional[tf.keras.layers.BatchNormalization]:
+  """A consumer's own BatchNorm for `mix_norm` 'per_consumer'; None for 'trunk' (the trunk's closes the mix)."""
+  if mix_norm not in LASSO_MIX_NORMS:
+    raise ValueError(f'lasso mix_norm must be one of {LASSO_MIX_NORMS}, got {mix_norm!r}')
+  return tf.keras.layers.BatchNormalization(name=name, dtype=dtype) if mix_norm == 'per_consumer' else None
+
+
+def final_activation(trunk, x: tf.Tensor, training=None) -> tf.Tensor:
+  """The trunk's closing BatchNorm + ReLU on a block-3-shaped tensor (identity without `final_activation`)."""
+  return x if trunk.post_bn is None else tf.nn.relu(trunk.post_bn(x, training=training))
+
+
+def head_input(mixed: tf.Tensor, norm, trunk=None, training=None) -> tf.Tensor:
+  """The features a head reads from its lasso mix (see the module docstring).
+
+  Args:
+    mixed: the consumer's mix of block-3 units.
+    norm: its own BatchNorm ('per_consumer', from `consumer_norm`), or None ('trunk').
+    trunk: the `ResNetV2Trunk` whose closing BatchNorm + ReLU a 'trunk' mix goes through.
+    training: BatchNorm mode (for 'trunk', the mode the trunk itself runs in).
+  """
+  if norm is not None:
+    return tf.nn.relu(norm(mixed, training=training))
+  if trunk is None:
+    raise ValueError("lasso mix_norm 'trunk' needs the trunk whose closing BatchNorm the mix goes through")
+  return final_activation(trunk, mixed, training)
 
 
 def alpha_image(alpha, cell: int = 12) -> tf.Tensor:

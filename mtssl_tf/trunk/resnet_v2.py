@@ -200,13 +200,18 @@ class ResNetV2Trunk(tf.keras.Model):
     """Number of block-3 units, the M of lasso's N x M alpha."""
     return self.config.units_per_block[2]
 
-  def call(self, images, training=None, output_stride: Optional[int] = None) -> Dict[str, tf.Tensor]:
+  def call(
+    self, images, training=None, output_stride: Optional[int] = None, final: bool = True
+  ) -> Dict[str, tf.Tensor]:
     """Runs the trunk.
 
     Args:
       images: float [batch, height, width, 3], already normalised by the task.
       training: BatchNorm mode.
       output_stride: overrides the config's output stride for this call.
+      final: compute the `final` endpoint. A lasso consumer whose mix takes block 3's
+        place before the closing BatchNorm (`lasso.final_activation`) leaves it out, so
+        that BatchNorm's statistics are those of the mixes alone.
 
     Returns:
       Dict of endpoint name -> tensor (see the module docstring).
@@ -223,10 +228,8 @@ class ResNetV2Trunk(tf.keras.Model):
         if b == 2:
           endpoints[unit_endpoint_name(u + 1)] = x
       endpoints[f'block{b + 1}'] = x
-    final = x
-    if self.post_bn is not None:
-      final = tf.nn.relu(self.post_bn(x, training=training))
-    endpoints['final'] = final
+    if final:
+      endpoints['final'] = x if self.post_bn is None else tf.nn.relu(self.post_bn(x, training=training))
     return endpoints
 
   def block3_units(self, endpoints: Dict[str, tf.Tensor]) -> List[tf.Tensor]:

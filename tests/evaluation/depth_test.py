@@ -109,7 +109,8 @@ def test_model_output_shape_and_frozen_trunk(pretrained, use_lasso):
   assert model.predict_at(images, (80, 112)).shape == (2, 80, 112)
   trainable = {v.name for v in model.trainable_variables}
   assert not trainable & {v.name for v in trunk.variables}
-  assert any('lasso' in name for name in trainable) == use_lasso
+  lasso = {v.name for v in model.lasso.trainable_variables} if use_lasso else set()
+  assert bool(lasso) == use_lasso and lasso <= trainable
   assert float(model.penalty()) == pytest.approx(1e-3 if use_lasso else 0.0)
 
 

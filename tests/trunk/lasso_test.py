@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mtssl_tf.configs import ConfigError, LassoConfig, override, validate_all
+from mtssl_tf.tasks import TasksConfig, build_tasks
+from mtssl_tf.tasks.multitask import MultiTaskModel
 from mtssl_tf.trunk.lasso import LassoMix, alpha_image, initial_alpha
 from mtssl_tf.trunk.resnet_v2 import build_trunk
 
@@ -122,3 +125,86 @@ def test_alpha_image_renders_abs_alpha():
   np.testing.assert_array_equal(pixels[0, 0], [255, 255, 255])  # |alpha| = 0 is white.
   np.testing.assert_array_equal(pixels[0, 3], [140, 0, 13])  # The largest |alpha| is dark red.
   assert 140 < pixels[3, 0, 0] < 255 and pixels[3, 0, 1] == 128  # Halfway.
+
+
+def _multitask(trunk_config, **lasso):
+  tasks = TasksConfig()
+  tasks.relative_position.enabled = tasks.colorization.enabled = True
+  lasso_config = LassoConfig()
+  override(lasso_config, {'enabled': True, **lasso})
+  validate_all(lasso_config)
+  model = MultiTaskModel(trunk_config, build_tasks(tasks, 16), lasso_config)
+  return model, tf.random.uniform([4, 32, 32, 3], -1, 1, seed=3)
+
+
+def test_default_mix_goes_through_the_trunks_closing_batch_norm():
+  # §3.2 adds only alpha: no consumer gets a normalisation layer of its own by default.
+  assert LassoConfig().mix_norm == 'trunk'
+  with pytest.raises(ConfigError, match='lasso.mix_norm'):
+    validate_all(override(LassoConfig(), {'mix_norm': 'none'}))
+
+
+@pytest.mark.parametrize('training', [False, True])
+def test_last_init_through_the_trunks_norm_is_the_no_lasso_network(tiny_trunk, training):
+  model, images = _multitask(tiny_trunk)
+  features, _ = model.features('relative_position', images, training=training)
+  final = model.trunk(images, training=training, output_stride=16)['final']
+  # alpha = e_M: the mix is 0 * u_1 + 1 * u_2 = u_2 exactly, then the same BN + ReLU on it.
+  np.testing.assert_allclose(features.numpy(), final.numpy(), rtol=1e-6, atol=1e-6)
+  assert not model.lasso_norms
+  plain = {v.name for v in model.trunk.trainable_variables} | {
+    v.name for v in model.heads['relative_position'].variables
+  }
+  assert {v.name for v in model.task_variables('relative_position')} == plain | {model.lasso.raw_alpha.name}
+
+
+def test_the_trunks_closing_batch_norm_learns_the_mixes_statistics_only(tiny_trunk):
+  model, images = _multitask(tiny_trunk, init='uniform')
+  model.features('colorization', images[:1], training=False)  # Creates the variables.
+  post_bn = model.trunk.post_bn
+  before = post_bn.moving_mean.numpy()
+  model.features('colorization', images, training=True)
+  units = model.trunk.block3_units(model.trunk(images, training=True, output_stride=8, final=False))
+  mixed = model.lasso(units, consumer='colorization').numpy()
+  # One moving-average step towards the mix's batch mean, not towards block 3's (the
+  # uniform mix differs from the last unit). Tolerance: float32 means of ~1e2 values.
+  momentum = post_bn.momentum
+  expected = momentum * before + (1 - momentum) * mixed.mean(axis=(0, 1, 2))
+  np.testing.assert_allclose(post_bn.moving_mean.numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_without_final_activation_a_head_reads_the_bare_mix(tiny_trunk):
+  tiny_trunk.final_activation = False
+  model, images = _multitask(tiny_trunk, init='uniform')
+  features, _ = model.features('relative_position', images, training=False)
+  units = model.trunk.block3_units(model.trunk(images, training=False, output_stride=16))
+  expected = sum(u.numpy() for u in units) / np.sqrt(len(units))  # The paper's sum_m alpha_m Unit_m.
+  np.testing.assert_allclose(features.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_per_consumer_choice_gives_each_task_its_own_batch_norm(tiny_trunk):
+  model, images = _multitask(tiny_trunk, mix_norm='per_consumer')
+  features, _ = model.features('relative_position', images, training=False)
+  assert sorted(model.lasso_norms) == ['colorization', 'relative_position']
+  norm = model.lasso_norms['relative_position']
+  assert {v.name for v in norm.trainable_variables} <= {v.name for v in model.task_variables('relative_position')}
+  endpoints = model.trunk(images, training=False, output_stride=16)
+  mixed = model.lasso(model.trunk.block3_units(endpoints), consumer='relative_position')
+  np.testing.assert_allclose(features.numpy(), tf.nn.relu(norm(mixed, training=False)).numpy(), rtol=1e-6)
+
+
+def test_evaluation_lasso_rows_follow_the_same_choice(tiny_trunk):
+  from mtssl_tf.evaluation.depth_model import DepthModel
+
+  trunk = build_trunk(tiny_trunk, image_size=32)
+  images = tf.random.uniform([2, 32, 32, 3], -1, 1, seed=4)
+  final = trunk(images, training=False)['final'].numpy()
+  default = DepthModel(trunk, 8, (8,), fine_tune_trunk=False, use_lasso=True)
+  assert default.lasso_norm is None
+  # A new 'last' row through the frozen trunk's closing BN-ReLU reads exactly `final`.
+  np.testing.assert_allclose(default.features(images, training=True).numpy(), final, rtol=1e-6, atol=1e-6)
+  own = DepthModel(trunk, 8, (8,), fine_tune_trunk=False, use_lasso=True, lasso_mix_norm='per_consumer')
+  own(images, training=False)
+  assert own.lasso_norm is not None and {v.name for v in own.lasso_norm.trainable_variables} <= {
+    v.name for v in own.trainable_variables
+  }
