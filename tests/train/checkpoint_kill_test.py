@@ -1,7 +1,8 @@
 """A process SIGKILLed while it writes checkpoints never leaves one that fails to restore.
 
-The trainer saves through `tf.train.CheckpointManager` (data and index written under
-temporary names, then the `checkpoint` state file replaced atomically). This kills a
+The trainer saves through `tf.train.CheckpointManager` and its traced `TracedCheckpoint`
+(data and index written under temporary names, then the `checkpoint` state file replaced
+atomically). This kills a
 process that saves the trainer's objects (model, per-task RMSProp, cost counters) in a
 tight loop, at several moments, and restores the latest checkpoint each time.
 """
@@ -25,9 +26,10 @@ import sys
 import tensorflow as tf
 sys.path.insert(0, {tests!r})
 from checkpoint_kill_test import objects
+from mtssl_tf.train.checkpointing import TracedCheckpoint
 model, optimizer, cost = objects()
 manager = tf.train.CheckpointManager(
-  tf.train.Checkpoint(model=model, optimizer=optimizer, cost=cost), {directory!r}, max_to_keep=2)
+  TracedCheckpoint(model=model, optimizer=optimizer, cost=cost), {directory!r}, max_to_keep=2)
 if manager.latest_checkpoint:
   manager.checkpoint.restore(manager.latest_checkpoint)
 while True:
