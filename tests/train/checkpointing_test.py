@@ -10,8 +10,12 @@ import os
 import pytest
 import tensorflow as tf
 
+from mtssl_tf.configs import LassoConfig
+from mtssl_tf.tasks import TasksConfig, build_tasks
+from mtssl_tf.tasks.multitask import MultiTaskModel
 from mtssl_tf.train.checkpointing import TracedCheckpoint
 from mtssl_tf.train.cost import CostTracker
+from mtssl_tf.train.rmsprop import PerTaskRMSProp
 
 
 class _Objects(tf.Module):
@@ -52,6 +56,25 @@ def test_manager_saves_trace_once_and_keep_numbering_retention_and_state(tmp_pat
   restored = _Objects()
   tf.train.Checkpoint(objects=restored).restore(manager.latest_checkpoint).assert_existing_objects_matched()
   assert restored.cost.task_steps() == {'a': 3 + 7 + 12 + 20 + 31}
+
+
+def test_the_trainers_objects_trace_once(tmp_path, tiny_trunk):
+  # Keras models build some of their checkpoint children on demand: the object set must
+  # still compare equal from save to save, or every save would trace again.
+  cfg = TasksConfig()
+  cfg.relative_position.enabled = True
+  cfg.relative_position.patch_size = 32
+  model = MultiTaskModel(tiny_trunk, build_tasks(cfg, 16), LassoConfig())
+  model.build_all({'relative_position': {'patches': tf.zeros([1, 2, 32, 32, 3]), 'label': tf.zeros([1], tf.int32)}})
+  optimizer = PerTaskRMSProp({'relative_position': model.task_variables('relative_position')})
+  checkpoint = TracedCheckpoint(model=model, optimizer=optimizer, cost=CostTracker({'relative_position': 1.0}, 10.0))
+  manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=1)
+  for step in range(1, 5):
+    manager.save(checkpoint_number=step)
+  assert checkpoint.traces == 1
+  tf.train.Checkpoint(model=model, optimizer=optimizer).read(
+    manager.latest_checkpoint
+  ).assert_existing_objects_matched()
 
 
 def test_a_variable_added_after_a_save_is_saved(tmp_path):
