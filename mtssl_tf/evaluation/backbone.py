@@ -122,10 +122,13 @@ def load_trunk(source: str, config: TrunkConfig, precision: str = 'float32') -> 
   if kind == RANDOM:
     return trunk
   prefix = path if kind == 'checkpoint' else os.path.join(path, 'variables', 'variables')
-  # Both stores hold the trunk at model/trunk: MultiTaskModel in a checkpoint, the
-  # exported TrunkExport module's `model` attribute in a SavedModel.
-  reader = tf.train.Checkpoint(model=tf.train.Checkpoint(trunk=trunk))
   try:
+    if kind == 'saved_model' and not _holds_model_trunk(prefix):
+      _assign_by_name(trunk, tf.saved_model.load(path), path)
+      return trunk
+    # A checkpoint holds the trunk at model/trunk (MultiTaskModel); so does a SavedModel
+    # exported before TrunkExport kept only its signatures' variables (`trunk_variables`).
+    reader = tf.train.Checkpoint(model=tf.train.Checkpoint(trunk=trunk))
     status = reader.read(prefix)
     status.expect_partial()
     status.assert_existing_objects_matched()
@@ -135,6 +138,32 @@ def load_trunk(source: str, config: TrunkConfig, precision: str = 'float32') -> 
       f'{tuple(config.units_per_block)}, width={config.width}: {str(e).splitlines()[0][:300]}'
     ) from None
   return trunk
+
+
+def _holds_model_trunk(prefix: str) -> bool:
+  return any(name.startswith('model/trunk/') for name, _ in tf.train.list_variables(prefix))
+
+
+def _variable_key(variable: tf.Variable) -> str:
+  # Without the top layer's name: 'trunk/conv1/kernel:0' and 'trunk_1/conv1/kernel:0' are one weight.
+  return variable.name.split('/', 1)[-1]
+
+
+def _assign_by_name(trunk: ResNetV2Trunk, loaded, path: str) -> None:
+  """Fills `trunk` from a TrunkExport SavedModel's `trunk_variables`, matched by variable name.
+
+  Raises:
+    ValueError: a trunk variable is missing from the export or has another shape.
+  """
+  stored = {_variable_key(v): v for v in getattr(loaded, 'trunk_variables', [])}
+  missing = [v.name for v in trunk.variables if _variable_key(v) not in stored]
+  if missing:
+    raise ValueError(f'{len(missing)} trunk variables are not in {path}, e.g. {missing[:3]}')
+  for v in trunk.variables:
+    value = stored[_variable_key(v)]
+    if value.shape != v.shape:
+      raise ValueError(f'{v.name} has shape {value.shape.as_list()} in {path}, expected {v.shape.as_list()}')
+    v.assign(value)
 
 
 def input_fn(mode: str) -> Callable[[tf.Tensor], tf.Tensor]:
