@@ -9,7 +9,8 @@
 
 Each step reads the previous one's output under model_dir (features/, clusters/,
 pseudo_labels/, student/) and resumes where it stopped. The controls: HOG features
-(--override=extract.features=hog) and a random network (--override=extract.init=random).
+(--override=extract.features=hog: a bag of HOG words) and a random network
+(--config=configs/transfer/random_control.yaml after the dataset's config: random init, lr 0.001).
 """
 
 from __future__ import annotations
