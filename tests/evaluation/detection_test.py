@@ -256,6 +256,7 @@ def _in_block4(variable) -> str:
   return variable.name.rsplit('/block4/', 1)[1]
 
 
+@pytest.mark.numerics  # Compares the block-3 features with a float tolerance.
 def test_supervised_block4_reaches_the_box_head(supervised_run, trunk_config):
   cfg = tiny_cfg(block4_units=3)
   assert detection.resolve_box_head_init(cfg, supervised_run['dir']) == ('checkpoint', supervised_run['prefix'])
