@@ -205,7 +205,7 @@ def test_dataset_head_and_training_step(tiny_world, tiny_trunk, precision):
   task = JigsawTask(_config(batch_size=3))
   ds = task.dataset(images.ReadOptions(), tiny_world['sources']['images_train'], seed=1)
   batch = next(iter(ds))
-  assert set(batch) == {'tiles', 'label', 'occluded', 'num_skipped'}
+  assert set(batch) == {'tiles', 'label', 'occluded', 'num_skipped', 'skipped_sources'}
   assert batch['tiles'].shape == (3, 9, 12, 12, 3) and batch['label'].shape == (3,)
   model = MultiTaskModel(tiny_trunk, {task.name: task}, LassoConfig(), precision=precision)
   total, task_loss, outputs, grads, variables = model.compute_gradients(task.name, batch)
