@@ -187,12 +187,15 @@ def _when_trained(model_dir, steps, then):
 
 
 TOTAL_AFTER_KILL = 80
+# Seconds per relative-position step (at least; a sleep on the worker, conftest.py's paced_train).
+# Relative position alone must not use up the steps before the restarted worker (a new
+# process: TF import, server start, coordinator reconnect, ~5-10 s) rejoins, however idle
+# the machine: 72 steps take at least 14 s.
+RP_PACE = 0.2
 
 
-def _kill_worker_scenario(root, accumulate):
+def _kill_worker_scenario(paced_train, root, accumulate):
   """One run: kill the exemplar pool's worker after 8 steps, restart it, check the counts."""
-  # Enough steps that the restarted worker (a new process: TF import, server start,
-  # coordinator reconnect) usually rejoins before relative position alone uses them up.
   cfg = _config(str(root / 'world'), total_steps=TOTAL_AFTER_KILL, accumulate=accumulate)
   model_dir = str(root / 'run')
   seen = {}
@@ -216,7 +219,7 @@ def _kill_worker_scenario(root, accumulate):
 
     seen['thread'] = _when_trained(model_dir, 8, fault)
 
-  result = _train(cfg, model_dir, kill_and_restart)
+  result, _ = paced_train(cfg, model_dir, {'relative_position': RP_PACE}, on_cluster=kill_and_restart)
   seen['thread'].join(timeout=5)
   steps = {n: r['steps'] for n, r in result.items()}
   assert sum(steps.values()) == TOTAL_AFTER_KILL
@@ -228,15 +231,15 @@ def _kill_worker_scenario(root, accumulate):
 
 
 @pytest.mark.parametrize('accumulate', ['parameter_server', 'worker'])
-def test_killed_worker_rejoins_and_counts_stay_exact(accumulate, tmp_path):
+def test_killed_worker_rejoins_and_counts_stay_exact(accumulate, paced_train, tmp_path):
   # Two attempts: whether the restarted worker rejoins before the last step depends on
   # process timing on a busy 2-core machine. A real regression fails both attempts. (A
   # step that finished on the worker just before the kill used to fail its fetch with
-  # UnavailableError and end training; `fetch_step` now re-runs it, tests/train/fetch_test.py.)
+  # UnavailableError and end training; `InFlight` now re-runs it, tests/train/fetch_test.py.)
   errors = []
   for attempt in range(2):
     try:
-      _kill_worker_scenario(tmp_path / f'attempt{attempt}', accumulate)
+      _kill_worker_scenario(paced_train, tmp_path / f'attempt{attempt}', accumulate)
       return
     except (AssertionError, RuntimeError) as e:
       errors.append(f'attempt {attempt}: {type(e).__name__}: {str(e)[:300]}')

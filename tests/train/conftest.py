@@ -1,0 +1,116 @@
+"""Fixtures of the trainer tests: pre-training whose task steps take at least a set time on their worker.
+
+Tests of scheduling and faults need steps of a known cost that holds on a busy 2-core
+machine and on an idle one alike. Each paced task's step reads a one-element `tf.data`
+SleepDataset before its gradients, inside the closure on the worker (no input buffer
+absorbs it), so the step takes at least its pace and uses no CPU while it waits.
+
+The coordinator runs in a subprocess with the patch applied (the test process never
+joins a cluster); servers and coordinator share a private network namespace where
+Linux allows it, as the launcher's. It records every closure it takes: task, the
+worker's clock at the closure's start and end, and whether the result was held behind
+another closure.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mtssl_tf.configs import save_config
+from mtssl_tf.distribute.cluster import LocalCluster
+from mtssl_tf.distribute.private_net import open_private_network
+from mtssl_tf.tasks import build_tasks
+
+_SCRIPT = """
+import functools, json, sys
+import tensorflow as tf
+from tensorflow.python.data.experimental.ops import testing
+from mtssl_tf.configs import ExperimentConfig, load_config
+from mtssl_tf.tasks.multitask import MultiTaskModel
+from mtssl_tf.train import distributed, in_flight, launch
+
+paces = {paces!r}
+compute_gradients = MultiTaskModel.compute_gradients
+
+def paced(self, name, batch, *args, **kwargs):
+  if paces.get(name):
+    # take(1): get_single_element reads twice (to see the end), and each read would sleep.
+    pause = tf.data.Dataset.from_tensors(0).apply(testing.sleep(int(paces[name] * 1e6))).take(1)
+    with tf.control_dependencies([pause.get_single_element()]):
+      batch = {{k: tf.identity(v) for k, v in batch.items()}}
+  return compute_gradients(self, name, batch, *args, **kwargs)
+
+MultiTaskModel.compute_gradients = paced
+distributed.DistributedTrainer = functools.partial(distributed.DistributedTrainer, fetch_order={order!r})
+taken, take = [], in_flight.InFlight.next
+
+def record(self):
+  out = take(self)  # The worker step returns the task index first, its clock at start and end last.
+  taken.append(dict(task=int(out.value[0]), start=float(out.value[-2]), end=float(out.value[-1]), held=bool(out.held)))
+  return out
+
+in_flight.InFlight.next = record
+code = launch.coordinator_main(load_config(ExperimentConfig, [{config!r}]), {run!r}, {spec!r})
+with open({trace!r}, 'w') as f:
+  json.dump(taken, f)
+sys.exit(code)
+"""
+
+
+def train(cfg, run_dir, paces, order='finished', on_cluster=None, timeout=600):
+  """Trains `cfg` on a local cluster; the tasks in `paces` take at least that many seconds per step.
+
+  Args:
+    cfg: a validated experiment config.
+    run_dir: the run's model_dir (server logs in its logs/).
+    paces: task name -> seconds per step.
+    order: the trainer's fetch order.
+    on_cluster: optional callback(LocalCluster, coordinator Popen), called once both run.
+    timeout: seconds the coordinator may take.
+
+  Returns:
+    train_result.json's content, and the closures the coordinator took, in order.
+
+  Raises:
+    RuntimeError: the coordinator failed (its exit code and the end of its output).
+  """
+  run_dir = str(run_dir)
+  config = save_config(cfg, run_dir, 'input.yaml')
+  trace = os.path.join(run_dir, 'taken.json')
+  workers = sum(t.config.workers for t in build_tasks(cfg.tasks, cfg.trunk.output_stride).values())
+  network = open_private_network('auto')
+  try:
+    cluster = LocalCluster(workers, cfg.train.num_ps, log_dir=os.path.join(run_dir, 'logs'), network=network)
+    try:
+      script = _SCRIPT.format(paces=paces, order=order, config=config, run=run_dir, spec=cluster.spec, trace=trace)
+      cmd = [sys.executable, '-c', script]
+      proc = subprocess.Popen(network.command(cmd) if network else cmd, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
+      if on_cluster:
+        on_cluster(cluster, proc)
+      try:
+        out, _ = proc.communicate(timeout=timeout)
+      finally:
+        if proc.poll() is None:
+          proc.kill()
+          proc.wait()
+    finally:
+      cluster.stop()
+  finally:
+    if network:
+      network.close()
+  if proc.returncode:
+    raise RuntimeError(f'coordinator exited with code {proc.returncode}:\n{out[-3000:]}')
+  with open(os.path.join(run_dir, 'train_result.json'), encoding='utf-8') as f:
+    result = json.load(f)
+  with open(trace, encoding='utf-8') as f:
+    return result, json.load(f)
+
+
+@pytest.fixture
+def paced_train():
+  """`train(cfg, run_dir, paces, order='finished', on_cluster=None, timeout=600)` (see its docstring)."""
+  return train
