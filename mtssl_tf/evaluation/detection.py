@@ -35,7 +35,7 @@ from official.modeling.optimization import lr_schedule
 from official.vision.ops import box_ops, preprocess_ops
 
 from mtssl_tf.configs.base import Config, ConfigError, validate_all
-from mtssl_tf.configs.experiment import LASSO_INITS
+from mtssl_tf.configs.experiment import LASSO_INITS, LASSO_MIX_NORMS
 from mtssl_tf.data import pipeline
 from mtssl_tf.data.detection import VOC_CLASSES, detection_dataset
 from mtssl_tf.data.images import ReadOptions
@@ -126,6 +126,8 @@ class DetectionEvalConfig(Config):
     use_lasso: heads read a learned lasso mix of the block-3 units (§3.2).
     lasso_l1_weight: L1 weight on the detection alpha row.
     lasso_init: 'last' (start from the plain trunk output) or 'uniform'.
+    lasso_mix_norm: 'trunk' (the mix goes through the trunk's closing BN-ReLU, in block
+      3's place) or 'per_consumer' (a new BN-ReLU); see `LassoConfig.mix_norm`.
     freeze_batch_norm: trunk BatchNorm in inference mode with fixed scale/offset (ResNet
       Faster R-CNN practice); the new layers' BatchNorm always trains.
     log_every_steps: console and TensorBoard interval (py-faster-rcnn displays every 20).
@@ -182,6 +184,7 @@ class DetectionEvalConfig(Config):
   use_lasso: bool = False
   lasso_l1_weight: float = 1e-3
   lasso_init: str = 'last'
+  lasso_mix_norm: str = 'trunk'
   freeze_batch_norm: bool = True
   log_every_steps: int = 20
   checkpoint_every_steps: int = 5000
@@ -244,6 +247,8 @@ class DetectionEvalConfig(Config):
       fail('roi_crop_size', f'must be even (block 4 strides it by 2), got {self.roi_crop_size}')
     if self.lasso_init not in LASSO_INITS:
       fail('lasso_init', f'must be one of {LASSO_INITS}, got {self.lasso_init!r}')
+    if self.lasso_mix_norm not in LASSO_MIX_NORMS:
+      fail('lasso_mix_norm', f'must be one of {LASSO_MIX_NORMS}, got {self.lasso_mix_norm!r}')
     if self.box_head_init not in BOX_HEAD_INITS:
       fail('box_head_init', f'must be one of {BOX_HEAD_INITS}, got {self.box_head_init!r}')
     conventions = list(self.map_conventions)
@@ -662,6 +667,7 @@ def run_detection(
     flip=cfg.flip,
     batch_size=cfg.batch_size,
     use_lasso=cfg.use_lasso,
+    lasso_mix_norm=cfg.lasso_mix_norm,
     freeze_batch_norm=cfg.freeze_batch_norm,
     train_difficult=cfg.train_difficult,
     map_convention=cfg.map_conventions[0],

@@ -49,6 +49,7 @@ from official.vision.modeling.heads import dense_prediction_heads, instance_head
 from official.vision.modeling.layers import detection_generator, roi_aligner, roi_generator, roi_sampler
 from official.vision.ops import anchor, anchor_generator
 
+from mtssl_tf.trunk import lasso as lasso_lib
 from mtssl_tf.trunk.block4 import Block4, load_block4
 from mtssl_tf.trunk.lasso import LassoMix
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
@@ -69,8 +70,9 @@ class DetectionBackbone(tf.keras.Model):
   """The trunk at output stride 16 as a one-level feature pyramid `{'4': features}`.
 
   Without lasso the features are the trunk's `final` endpoint (block 3 after BN-ReLU).
-  With lasso they are a new, learned lasso row mixing every block-3 unit, then BN-ReLU,
-  as the pre-training heads read it (`MultiTaskModel.features`); the pre-training
+  With lasso they are a new, learned lasso row mixing every block-3 unit, then BN-ReLU
+  (`lasso_mix_norm`: the trunk's own closing BN in block 3's place by default, or a new
+  one), as the pre-training heads read it (`MultiTaskModel.features`); the pre-training
   alphas are not loaded because detection is a new consumer. With `box_input='block3'`
   the output also holds, at `BOX_INPUT_KEY`, the same features before that BN-ReLU (the
   `block3` endpoint, or the raw lasso mix), for a transferred block 4.
@@ -82,6 +84,7 @@ class DetectionBackbone(tf.keras.Model):
     use_lasso: bool = False,
     lasso_l1_weight: float = 1e-3,
     lasso_init: str = 'last',
+    lasso_mix_norm: str = 'trunk',
     freeze_batch_norm: bool = True,
     box_input: str = 'final',
     name: str = 'backbone',
@@ -93,6 +96,8 @@ class DetectionBackbone(tf.keras.Model):
       use_lasso: read a lasso mix of the block-3 units instead of `final`.
       lasso_l1_weight: L1 weight on the new alpha row.
       lasso_init: 'last' or 'uniform' (see `lasso.initial_alpha`).
+      lasso_mix_norm: 'trunk' (the mix goes through the trunk's closing BN-ReLU, in
+        block 3's place, as `LassoConfig.mix_norm` says of §3.2) or 'per_consumer' (a new BN-ReLU).
       freeze_batch_norm: run the trunk's BatchNorm layers in inference mode with
         fixed scale and offset, as ResNet Faster R-CNN implementations do (one or two
         images per step give poor batch statistics). New layers keep training theirs.
@@ -117,7 +122,7 @@ class DetectionBackbone(tf.keras.Model):
     self.lasso_norm = None
     if use_lasso:
       self.lasso = LassoMix(1, trunk.num_units, lasso_l1_weight, lasso_init, consumer_names=['detection'], name='lasso')
-      self.lasso_norm = tf.keras.layers.BatchNormalization(name='lasso_bn')
+      self.lasso_norm = lasso_lib.consumer_norm(lasso_mix_norm, 'lasso_bn')
 
   @property
   def output_channels(self) -> int:
@@ -126,12 +131,18 @@ class DetectionBackbone(tf.keras.Model):
 
   def call(self, images, training=None) -> Dict[str, tf.Tensor]:
     """Preprocessed images [B, H, W, 3] -> {'4': float32 [B, ceil(H/16), ceil(W/16), C]} (+ BOX_INPUT_KEY)."""
-    endpoints = self.trunk(images, training=False if self.freeze_batch_norm else training, output_stride=STRIDE)
+    trunk_training = False if self.freeze_batch_norm else training
+    # A 'trunk' lasso mix takes block 3's place before the closing BN-ReLU, which then sees only it.
+    final = self.lasso is None or self.lasso_norm is not None
+    endpoints = self.trunk(images, training=trunk_training, output_stride=STRIDE, final=final)
     if self.lasso is None:
       raw, features = endpoints['block3'], endpoints['final']
     else:
       raw = self.lasso(self.trunk.block3_units(endpoints), consumer=0)
-      features = tf.nn.relu(self.lasso_norm(tf.cast(raw, tf.float32), training=training))
+      if self.lasso_norm is not None:
+        features = tf.nn.relu(self.lasso_norm(tf.cast(raw, tf.float32), training=training))
+      else:
+        features = lasso_lib.final_activation(self.trunk, raw, trunk_training)
     # The heads run in float32 whatever the trunk's precision policy.
     out = {LEVEL: tf.cast(features, tf.float32)}
     if self.box_input == 'block3':
@@ -223,6 +234,7 @@ class FasterRCNN(maskrcnn_model.MaskRCNNModel):
       use_lasso=cfg.use_lasso,
       lasso_l1_weight=cfg.lasso_l1_weight,
       lasso_init=cfg.lasso_init,
+      lasso_mix_norm=cfg.lasso_mix_norm,
       freeze_batch_norm=cfg.freeze_batch_norm,
       box_input='block3' if transferred_block4 else 'final',
     )
@@ -378,11 +390,10 @@ class FasterRCNN(maskrcnn_model.MaskRCNNModel):
   def variable_groups(self) -> Dict[str, List[tf.Variable]]:
     """Trainable variables by part: trunk, lasso, rpn, block4, box_head."""
     head = self.detection_head[0]
+    lasso = [part for part in (self.backbone.lasso, self.backbone.lasso_norm) if part is not None]
     return {
       'trunk': list(self.backbone.trunk.trainable_variables),
-      'lasso': list(self.backbone.lasso.trainable_variables) + list(self.backbone.lasso_norm.trainable_variables)
-      if self.backbone.lasso is not None
-      else [],
+      'lasso': [v for part in lasso for v in part.trainable_variables],
       'rpn': list(self.rpn_head.trainable_variables),
       'block4': list(head.block4.trainable_variables),
       'box_head': list(head.box_head.trainable_variables),

@@ -40,6 +40,7 @@ def test_config_errors_name_the_key():
     ({'roi_crop_size': 7}, 'detection.roi_crop_size'),
     ({'rpn_negative_iou': 0.8}, 'detection.rpn_negative_iou'),
     ({'lasso_init': 'first'}, 'detection.lasso_init'),
+    ({'lasso_mix_norm': 'own'}, 'detection.lasso_mix_norm'),
     ({'batch_size': 0}, 'detection.batch_size'),
     ({'box_head_init': 'imagenet'}, 'detection.box_head_init'),
     ({'map_conventions': []}, 'detection.map_conventions'),
@@ -108,6 +109,20 @@ def test_training_batches_are_multiscale_canvases(tiny_world):
 def lasso_model(trunk_config):
   cfg = tiny_cfg(use_lasso=True)
   return cfg, detection_model.build_detector(cfg, backbone.load_trunk('random', trunk_config))
+
+
+@pytest.mark.numerics
+def test_lasso_mix_goes_through_the_trunks_closing_norm_by_default(trunk_config):
+  trunk = backbone.load_trunk('random', trunk_config)
+  images = tf.random.stateless_normal([2, 64, 64, 3], seed=[3, 4])
+  plain = detection_model.DetectionBackbone(trunk)(images)['4']
+  mixed = detection_model.DetectionBackbone(trunk, use_lasso=True)  # 'last' init: the plain network.
+  assert mixed.lasso_norm is None
+  # The mix is 1 x the last unit plus 0 x the others, then the same BN-ReLU: equal to float32 rounding.
+  np.testing.assert_allclose(mixed(images)['4'], plain, rtol=1e-5, atol=1e-5)
+  own = detection_model.DetectionBackbone(trunk, use_lasso=True, lasso_mix_norm='per_consumer')
+  own(images)
+  assert own.lasso_norm is not None and own.lasso_norm.built
 
 
 def _batch():
