@@ -30,7 +30,7 @@ import tensorflow as tf
 from absl import logging
 
 from mtssl_tf.configs.base import ConfigError, to_plain
-from mtssl_tf.data import decode
+from mtssl_tf.data import decode, pipeline
 from mtssl_tf.data.images import ReadOptions, image_dataset
 from mtssl_tf.evaluation import backbone
 from mtssl_tf.evaluation.classification import centre_crop, resize_shorter_side
@@ -70,19 +70,25 @@ def image_stream(
 ) -> tf.data.Dataset:
   """Batches {'id', 'image' uint8 centre crop, 'label'} from image id `start` on, in order.
 
-  Undecodable images are dropped (their ids are missing). Records before `start` are
+  Undecodable images are dropped (their ids are missing), counted and named in
+  `pipeline.SKIPPED_KEY` / `SKIPPED_SOURCES_KEY` ('<spec> image <id>: <reason>'). Records before `start` are
   read but not decoded, so a restart costs I/O only; so are all but every `every`-th
   record after it (a sample spread over the source).
   """
 
-  def load(index, record):
+  def load(item):
+    index, record = item
     image = centre_crop(resize_shorter_side(decode.decode_rgb(record['encoded']), image_size), crop_size)
     return {'id': index, 'image': image, 'label': record['label']}
+
+  def describe(item):
+    index, record = item
+    return tf.strings.join([spec, ' image ', tf.strings.as_string(index), ': ', decode.diagnose(record['encoded'])])
 
   ds = image_records(spec, data_dir, label_offset).skip(start)
   if every > 1:
     ds = ds.shard(every, 0)
-  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
+  ds = pipeline.robust_map(ds, load, describe=describe)
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -410,7 +416,8 @@ def extract_features(
     progress: log progress lines.
 
   Returns:
-    The manifest: fingerprint, dims, complete, rows, shards, seconds.
+    The manifest: fingerprint, dims, complete, rows, shards, seconds, skipped_examples
+    and skipped_sources (undecodable images, '<spec> image <id>: <reason>').
 
   Raises:
     ValueError: `out_dir` holds features extracted differently (the differing keys named).
@@ -439,6 +446,8 @@ def extract_features(
     manifest = {'fingerprint': fingerprint, 'dims': featurizer.dims, 'complete': False, 'seconds': 0.0}
     _write_json(manifest_path, manifest)
 
+  skipped_before = manifest.get('skipped_examples', 0)
+  sources_before = list(manifest.get('skipped_sources', []))
   marks = committed_shards(out_dir)
   _drop_shards_from(out_dir, len(marks))
   start_id = marks[-1]['next_id'] if marks else 0
@@ -450,6 +459,12 @@ def extract_features(
   dtype = np.dtype(cfg.dtype)
   buffers: Dict[str, List[np.ndarray]] = {'features': [], 'ids': [], 'labels': []}
   buffered, written = 0, 0
+  skips = pipeline.SkipCounter(f'extract {spec}')
+
+  def record_skips() -> None:
+    # Totals over every run that extracted into out_dir (a resume reads only new records).
+    manifest['skipped_examples'] = skipped_before + skips.count
+    manifest['skipped_sources'] = sources_before + [s for s in skips.sources if s not in sources_before]
 
   def commit(count: int) -> None:
     nonlocal buffered, rows
@@ -472,12 +487,14 @@ def extract_features(
     buffers['ids'].append(batch['id'].numpy().astype(np.int64))
     buffers['labels'].append(batch['label'].numpy().astype(np.int64))
     buffered += len(buffers['ids'][-1])
+    skips.update(batch[pipeline.SKIPPED_KEY], batch[pipeline.SKIPPED_SOURCES_KEY])
     meter.update(len(buffers['ids'][-1]))
     while buffered >= cfg.shard_size:
       commit(cfg.shard_size)
       written += 1
       if max_shards is not None and written >= max_shards:
         manifest.update(rows=rows, shards=len(marks), seconds=manifest['seconds'] + time.perf_counter() - tick)
+        record_skips()
         _write_json(manifest_path, manifest)
         return manifest
   if buffered:
@@ -485,10 +502,15 @@ def extract_features(
   if not rows:
     raise ValueError(f'{spec!r}: no decodable image to extract features from')
   manifest.update(complete=True, rows=rows, shards=len(marks), seconds=manifest['seconds'] + time.perf_counter() - tick)
+  record_skips()
   _write_json(manifest_path, manifest)
   meter.update(0, force=True)
   if progress:
     logging.info('extract: %d images x %d dims in %d shards -> %s', rows, manifest['dims'], len(marks), out_dir)
+    if manifest['skipped_examples']:
+      logging.warning(
+        'extract: %d undecodable images skipped (named in %s)', manifest['skipped_examples'], manifest_path
+      )
   return manifest
 
 

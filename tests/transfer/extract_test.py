@@ -146,3 +146,9 @@ def test_undecodable_images_leave_gaps_in_the_ids(tmp_path):
   assert batches[0]['id'].numpy().tolist() == [0, 2] and batches[0]['label'].numpy().tolist() == [-1, -1]
   assert [int(b['id'][0]) for b in extract.image_stream(f'tfrecord:{path}', image_size=32, crop_size=32,
                                                           batch_size=8, start=1)] == [2]  # fmt: skip
+  # Counted and named like the training readers' skips (id, then the reason).
+  assert int(batches[0]['num_skipped'][-1]) == 1
+  assert (
+    batches[0]['skipped_sources'][-1][-1].numpy().decode()
+    == f'tfrecord:{path} image 1: not an image (unrecognised header)'
+  )
