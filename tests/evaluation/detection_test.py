@@ -12,6 +12,9 @@ from mtssl_tf.configs import ConfigError, override
 from mtssl_tf.evaluation import backbone, detection, detection_model
 from mtssl_tf.evaluation.supervised import SupervisedModel
 
+# Outcomes depend on floating-point results: CI runs these again with oneDNN off.
+pytestmark = pytest.mark.numerics
+
 
 def tiny_cfg(**values) -> detection.DetectionEvalConfig:
   """A protocol small enough for CPU tests: 64-pixel canvases, one block-4 unit, few ROIs."""
@@ -111,7 +114,6 @@ def lasso_model(trunk_config):
   return cfg, detection_model.build_detector(cfg, backbone.load_trunk('random', trunk_config))
 
 
-@pytest.mark.numerics
 def test_lasso_mix_goes_through_the_trunks_closing_norm_by_default(trunk_config):
   trunk = backbone.load_trunk('random', trunk_config)
   images = tf.random.stateless_normal([2, 64, 64, 3], seed=[3, 4])

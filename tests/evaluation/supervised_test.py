@@ -11,6 +11,9 @@ import tensorflow as tf
 from mtssl_tf.configs import ConfigError, override, validate_all
 from mtssl_tf.evaluation import backbone, supervised
 
+# Outcomes depend on floating-point results: CI runs these again with oneDNN off.
+pytestmark = pytest.mark.numerics
+
 
 def tiny_cfg(**values) -> supervised.SupervisedConfig:
   cfg = supervised.SupervisedConfig()

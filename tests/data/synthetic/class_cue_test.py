@@ -16,6 +16,9 @@ import pytest
 
 from mtssl_tf.data.synthetic import scenes
 
+# Outcomes depend on floating-point results: CI runs these again with oneDNN off.
+pytestmark = pytest.mark.numerics
+
 K = len(scenes.CLASS_NAMES)
 _SIGMAS = 4.0  # A false alarm under the null has probability ~3e-5 per comparison.
 _PER_CLASS = 40  # Scenes per class: 200 scored, so chance is 0.10 +- 0.085.
@@ -76,7 +79,6 @@ def _largest(scene: scenes.Scene) -> int:
   return int(np.argmax(scene.masks.sum((1, 2))))
 
 
-@pytest.mark.numerics
 def test_image_colour_is_at_chance(shape_scenes):
   labels = np.array([s.label for s in shape_scenes])
   whole = np.stack([_colour(s.image) for s in shape_scenes])
@@ -88,7 +90,6 @@ def test_image_colour_is_at_chance(shape_scenes):
   assert labelled_accuracy < bound  # The labelled object's own pixels.
 
 
-@pytest.mark.numerics
 def test_object_colour_is_at_chance_in_multi_object_scenes():
   # Detection and depth scenes: every visible object, whatever its class (balanced by subsampling).
   rng = np.random.default_rng(1)
@@ -104,7 +105,6 @@ def test_object_colour_is_at_chance_in_multi_object_scenes():
   assert accuracy < _chance_bound(len(labels) // 2)
 
 
-@pytest.mark.numerics
 def test_grey_shape_and_texture_separate_the_classes(shape_scenes):
   labels = np.array([s.label for s in shape_scenes])
   crops = []
@@ -118,7 +118,6 @@ def test_grey_shape_and_texture_separate_the_classes(shape_scenes):
   assert accuracy > 0.5
 
 
-@pytest.mark.numerics
 def test_colour_cue_world_does_carry_colour():
   # The same colour statistic is far above chance in the original world: the test above can see colour.
   colour_scenes = _labelled_scenes('colour', per_class=_PER_CLASS // 2)
