@@ -183,10 +183,12 @@ def test_shipped_grids_parse_and_cover_every_paper_row():
   noroozi |= {('cc_table4', label) for label in ('CC+HOG', 'Random', 'Supervised')}
   # Not run: the Jigsaw++ and VGG teachers' own AlexNets (this project's teachers are ResNet trunks).
   extra = {'mini': {('cc_table4', 'CC+RP+Col+Ex+MS')}, 'paper': {('cc_table4', 'CC+Jigsaw++')}}
+  # Table 3 also read with the other evaluation input: the /H networks fed grey (their pre-training input).
+  grey = {('table3', 'RP / H, grey eval'), ('table3', 'RP+Col / H, grey eval')}
   for name in ('mini', 'paper'):
     grid = spec.load_grid(os.path.join(ROOT, 'configs', 'grid', f'{name}.yaml'))
     covered = {(t, label) for c in grid.cells for t, label in c.rows.items()}
-    expected = doersch | noroozi | extra[name]
+    expected = doersch | noroozi | extra[name] | grey
     assert covered == expected, (expected - covered, covered - expected)
   assert spec.load_grid(os.path.join(ROOT, 'configs', 'grid', 'paper.yaml')).checkpoint == 'tick:7'
 
