@@ -107,11 +107,13 @@ def robust_map(
 
   def attempt(index, element):
     one = tf.data.Dataset.from_tensors((element,))  # A 1-tuple: map passes the element as one argument.
-    ok = one.map(lambda x: (fn(x), tf.constant(''))).ignore_errors()
-    fallback = tf.data.Dataset.from_tensors((stand_in, tf.strings.format('element {}', index)))
+    # (output, failed, 'source: reason'); the first candidate that does not raise wins.
+    ok = one.map(lambda x: (fn(x), tf.constant(False), tf.constant(''))).ignore_errors()
+    fallback = tf.data.Dataset.from_tensors((stand_in, tf.constant(True), tf.strings.format('element {}', index)))
     candidates = ok
     for name in describers:
-      candidates = candidates.concatenate(one.map(lambda x, name=name: (stand_in, name(x))).ignore_errors())
+      named = one.map(lambda x, name=name: (stand_in, tf.constant(True), name(x))).ignore_errors()
+      candidates = candidates.concatenate(named)
     return candidates.concatenate(fallback).take(1)
 
   cycle = 8 if num_parallel_calls == AUTOTUNE else max(1, int(num_parallel_calls))
@@ -121,8 +123,7 @@ def robust_map(
 
   def count(state, item):
     skipped, recent = state
-    out, failure = item
-    failed = tf.strings.length(failure) > 0
+    out, failed, failure = item
     skipped = tf.where(failed, skipped + 1, skipped)
     recent = tf.cond(failed, lambda: tf.concat([recent[1:], [failure]], 0), lambda: recent)
     element = dict(out)
