@@ -32,6 +32,7 @@ How a step flows:
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import time
@@ -264,18 +265,22 @@ class DistributedTrainer:
   def _apply_fn(self, name: str):
     """Coordinator-side update of task `name` from the mean gradient held in some of its slots."""
     if name not in self.apply_fns:
-      variables = self.touched[name]
-
-      @tf.function(input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32)])
-      def apply(slots, steps):
-        update = self.optimizer.apply(name, [(self.slots.mean(v, slots, steps), v) for v in variables])
-        # The accounting counts steps in the function that applies them, never before
-        # (module docstring, 4): a checkpoint's counters are the steps in its weights.
-        with tf.control_dependencies([update]):
-          self.cost.add(name, steps)
-
-      self.apply_fns[name] = apply
+      # One trace per task. A partial, not a closure: TF's frequent-retracing warning counts
+      # traces per Python code object, so five tasks' closures of one `def` looked like one
+      # function retraced five times; each partial is keyed apart.
+      self.apply_fns[name] = tf.function(
+        functools.partial(self._apply, name),
+        input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32)],
+      )
     return self.apply_fns[name]
+
+  def _apply(self, name: str, slots: tf.Tensor, steps: tf.Tensor) -> None:
+    variables = self.touched[name]
+    update = self.optimizer.apply(name, [(self.slots.mean(v, slots, steps), v) for v in variables])
+    # The accounting counts steps in the function that applies them, never before
+    # (module docstring, 4): a checkpoint's counters are the steps in its weights.
+    with tf.control_dependencies([update]):
+      self.cost.add(name, steps)
 
   def _update(self, name: str, pending: List[Tuple[int, int]]) -> None:
     """Applies one update of `name` from its pending (slot, steps) pairs, counts their steps, frees the slots."""
