@@ -33,6 +33,7 @@ from mtssl_tf.tasks.multitask import MultiTaskModel
 from mtssl_tf.train import distributed, in_flight, launch
 
 paces = {paces!r}
+gates = {gates!r}
 compute_gradients = MultiTaskModel.compute_gradients
 
 def paced(self, name, batch, *args, **kwargs):
@@ -40,6 +41,20 @@ def paced(self, name, batch, *args, **kwargs):
     # take(1): get_single_element reads twice (to see the end), and each read would sleep.
     pause = tf.data.Dataset.from_tensors(0).apply(testing.sleep(int(paces[name] * 1e6))).take(1)
     with tf.control_dependencies([pause.get_single_element()]):
+      batch = {{k: tf.identity(v) for k, v in batch.items()}}
+  if gates.get(name):
+    # While `<gate>.slow` exists each step first sleeps 1 s; while `<gate>` exists it waits (polls every 50 ms).
+    def nap(us):
+      return tf.data.Dataset.from_tensors(0).apply(testing.sleep(us)).take(1).get_single_element()
+    def exists(path):
+      # Inside a tf.data map: a MatchingFiles of a constant path is not stateful, so grappler
+      # would fold it into the graph once, at the file's state when the step was optimized.
+      found = tf.data.Dataset.from_tensors(path).map(lambda p: tf.size(tf.io.matching_files(p)) > 0)
+      return found.get_single_element()
+    slowed = tf.cond(exists(gates[name] + '.slow'), lambda: nap(1000000), lambda: tf.constant(0))
+    with tf.control_dependencies([slowed]):
+      waited = tf.while_loop(lambda i: exists(gates[name]), lambda i: i + nap(50000) + 1, [tf.constant(0)])
+    with tf.control_dependencies([waited]):
       batch = {{k: tf.identity(v) for k, v in batch.items()}}
   return compute_gradients(self, name, batch, *args, **kwargs)
 
@@ -60,7 +75,7 @@ sys.exit(code)
 """
 
 
-def train(cfg, run_dir, paces, order='finished', on_cluster=None, timeout=600):
+def train(cfg, run_dir, paces, order='finished', on_cluster=None, timeout=600, gates=None):
   """Trains `cfg` on a local cluster; the tasks in `paces` take at least that many seconds per step.
 
   Args:
@@ -70,6 +85,9 @@ def train(cfg, run_dir, paces, order='finished', on_cluster=None, timeout=600):
     order: the trainer's fetch order.
     on_cluster: optional callback(LocalCluster, coordinator Popen), called once both run.
     timeout: seconds the coordinator may take.
+    gates: task name -> path; that task's steps wait on their worker while the file exists
+      and take at least 1 s while `<path>.slow` exists, so a test can hold a task back for as
+      long as a fault takes, however slow the machine.
 
   Returns:
     train_result.json's content, and the closures the coordinator took, in order.
@@ -85,7 +103,9 @@ def train(cfg, run_dir, paces, order='finished', on_cluster=None, timeout=600):
   try:
     cluster = LocalCluster(workers, cfg.train.num_ps, log_dir=os.path.join(run_dir, 'logs'), network=network)
     try:
-      script = _SCRIPT.format(paces=paces, order=order, config=config, run=run_dir, spec=cluster.spec, trace=trace)
+      script = _SCRIPT.format(
+        paces=paces, gates=gates or {}, order=order, config=config, run=run_dir, spec=cluster.spec, trace=trace
+      )
       cmd = [sys.executable, '-c', script]
       proc = subprocess.Popen(network.command(cmd) if network else cmd, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -112,5 +132,5 @@ def train(cfg, run_dir, paces, order='finished', on_cluster=None, timeout=600):
 
 @pytest.fixture
 def paced_train():
-  """`train(cfg, run_dir, paces, order='finished', on_cluster=None, timeout=600)` (see its docstring)."""
+  """`train(cfg, run_dir, paces, order='finished', on_cluster=None, timeout=600, gates=None)` (see its docstring)."""
   return train
