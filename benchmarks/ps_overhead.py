@@ -68,6 +68,8 @@ def _config(world_dir, accumulate='parameter_server'):
     'tasks': {'relative_position': dict(enabled=True, batch_size=FLAGS.batch_size, patch_size=64, gap=16, jitter=4,
                                         min_area=65536, max_area=65536, min_downsample=16, hidden_units=256,
                                         data={'shuffle_buffer': 0}, aggregate_steps=FLAGS.aggregate_steps)},
+    # float32 as measured in benchmarks/README.md; 'auto' is printed (mixed_bfloat16 on AVX512_BF16 or AMX).
+    'runtime': {'precision': 'float32'},
     'train': dict(mode='hybrid', accumulate=accumulate, world_dir=world_dir, world_preset='small',
                   checkpoint_every_seconds=1e9, log_every_seconds=1e9, cost_tick=1e9),
   })  # fmt: skip
@@ -167,6 +169,8 @@ def main(argv):
     print(f'RATE {rate}')
     return
   print(f'CPU: {hardware.describe_cpu()}')
+  auto, why = hardware.explain_precision('auto')
+  print(f'precision: float32 (set in _config; auto here would be {auto}: {why})')
   with tempfile.TemporaryDirectory() as tmp:
     world_dir = os.path.join(tmp, 'world')
     world = make_world(world_dir, 'small')

@@ -65,6 +65,8 @@ def _config(world_dir, alone=False):
       'colorization': dict(enabled=True, batch_size=FLAGS.col_batch, crop_size=FLAGS.col_crop, hidden_units=128,
                            output_stride=8, aggregate_steps=4),
     },
+    # float32 as measured in benchmarks/README.md; 'auto' is printed (mixed_bfloat16 on AVX512_BF16 or AMX).
+    'runtime': {'precision': 'float32'},
     'train': dict(mode='hybrid', world_dir=world_dir, world_preset='small', checkpoint_every_seconds=1e9,
                   log_every_seconds=1e9, cost_tick=1e9),
   })  # fmt: skip
@@ -141,6 +143,8 @@ def main(argv):
   from mtssl_tf.data.synthetic.world import make_world
 
   print(hardware.describe_cpu())
+  auto, why = hardware.explain_precision('auto')
+  print(f'precision: float32 (set in _config; auto here would be {auto}: {why})')
   with tempfile.TemporaryDirectory() as tmp:
     world_dir = os.path.join(tmp, 'world')
     make_world(world_dir, 'small')

@@ -25,7 +25,9 @@ flags.DEFINE_integer('batch_size', 8, 'Images per step.')
 flags.DEFINE_integer('image_size', 128, 'Square input side.')
 flags.DEFINE_integer('steps', 3, 'Timed steps per round.')
 flags.DEFINE_integer('rounds', 5, 'Alternating rounds (ours, Keras); the median is reported.')
-flags.DEFINE_list('precisions', ['float32', 'mixed_bfloat16'], 'Dtype policies to compare.')
+flags.DEFINE_list(
+  'precisions', ['float32', 'mixed_bfloat16'], "Dtype policies to compare ('auto': this machine's choice)."
+)
 flags.DEFINE_integer('output_stride', 32, "Our trunk's output stride (32 = the same computation as Keras).")
 FLAGS = flags.FLAGS
 
@@ -52,6 +54,7 @@ def _time(step, images, steps):
 
 
 def _compare(precision):
+  precision = hardware.resolve_precision(precision)
   tf.keras.mixed_precision.set_global_policy(precision)  # Keras applications read the global policy.
   try:
     keras_full = tf.keras.applications.ResNet101V2(weights=None, include_top=False, input_shape=(None, None, 3))
@@ -80,6 +83,8 @@ def _compare(precision):
 def main(argv):
   del argv
   print(f'CPU: {hardware.describe_cpu()}')
+  auto, why = hardware.explain_precision('auto')
+  print(f'precision auto on this machine: {auto} ({why})')
   print(
     f'forward+backward, batch {FLAGS.batch_size}, {FLAGS.image_size} px, our output stride '
     f'{FLAGS.output_stride}, {FLAGS.rounds} rounds x {FLAGS.steps} steps, {os.cpu_count()} CPUs'

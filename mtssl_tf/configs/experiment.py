@@ -15,7 +15,8 @@ from mtssl_tf.tasks import TasksConfig
 from mtssl_tf.train import rmsprop
 
 OUTPUT_STRIDES = (8, 16, 32)
-PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
+# 'auto': mixed_bfloat16 where the hardware computes bfloat16 natively, else float32 (hardware.py).
+PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
 LASSO_INITS = ('last', 'uniform')
 # What follows a lasso mix before the head (`LassoConfig.mix_norm`, trunk/lasso.py).
 LASSO_MIX_NORMS = ('trunk', 'per_consumer')
@@ -98,11 +99,16 @@ class RuntimeConfig(Config):
   """Numerics and determinism.
 
   Attributes:
-    precision: Keras dtype policy of the trunk and heads; variables stay float32.
+    precision: Keras dtype policy of the trunk and heads; variables stay float32. 'auto'
+      (default) resolves per machine (`mtssl_tf.hardware.resolve_precision`): mixed_bfloat16
+      on a CPU with AVX512_BF16 or AMX or on GPUs of compute capability >= 8.0, else float32
+      (emulated bf16 is 7.7x slower than float32 on an AVX2-only CPU, issue 20); the trainer
+      logs the choice. Tests and miniature configs whose figures were measured in float32 set
+      float32.
     seed: global seed for initialisers and data order.
   """
 
-  precision: str = 'float32'
+  precision: str = 'auto'
   seed: int = 0
 
   def validate(self) -> None:

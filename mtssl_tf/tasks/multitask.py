@@ -13,6 +13,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import tensorflow as tf
 
+from mtssl_tf import hardware
 from mtssl_tf.configs.experiment import LassoConfig, TrunkConfig
 from mtssl_tf.tasks.base import Task
 from mtssl_tf.trunk import lasso as lasso_lib
@@ -37,10 +38,12 @@ class MultiTaskModel(tf.keras.Model):
       trunk_config: the shared trunk.
       tasks: task name -> Task, in a fixed order (the lasso rows follow it).
       lasso_config: whether heads read a lasso mix of block-3 units.
-      precision: Keras dtype policy for trunk and heads.
+      precision: Keras dtype policy for trunk and heads; 'auto' is resolved for this machine
+        (`mtssl_tf.hardware.resolve_precision`).
       **kwargs: passed to tf.keras.Model.
     """
     super().__init__(**kwargs)
+    precision = hardware.resolve_precision(precision)
     self.tasks = dict(tasks)
     self.task_names: List[str] = list(tasks)
     self.trunk = ResNetV2Trunk(trunk_config, precision=precision)

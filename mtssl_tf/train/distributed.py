@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from mtssl_tf import hardware
 from mtssl_tf.configs.experiment import ExperimentConfig
 from mtssl_tf.data import pipeline
 from mtssl_tf.data.images import ReadOptions
@@ -137,8 +138,10 @@ class DistributedTrainer:
     gc.collect()
     self.strategy = tf.distribute.experimental.ParameterServerStrategy(resolver)
     self.coordinator = tf.distribute.coordinator.ClusterCoordinator(self.strategy)
+    precision, why = hardware.explain_precision(cfg.runtime.precision)
+    logging.info('precision: %s (%s)', precision, why)
     with self.strategy.scope():
-      self.model = MultiTaskModel(cfg.trunk, self.tasks, cfg.lasso, cfg.runtime.precision)
+      self.model = MultiTaskModel(cfg.trunk, self.tasks, cfg.lasso, precision)
       self.model.build_all(self.samples)
       self.variables = {n: self.model.task_variables(n) for n in self.names}
       self.slots = GradientSlots(unique_variables(self.variables.values()), num_slots)

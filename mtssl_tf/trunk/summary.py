@@ -8,6 +8,7 @@ from typing import Dict, Tuple
 
 import tensorflow as tf
 
+from mtssl_tf import hardware
 from mtssl_tf.configs.experiment import ExperimentConfig
 from mtssl_tf.trunk.lasso import LassoMix
 from mtssl_tf.trunk.resnet_v2 import build_trunk
@@ -63,7 +64,8 @@ def summarize_trunk(cfg: ExperimentConfig) -> TrunkSummary:
   """
   tf.random.set_seed(cfg.runtime.seed)
   start = time.perf_counter()
-  trunk = build_trunk(cfg.trunk, precision=cfg.runtime.precision)
+  precision = hardware.resolve_precision(cfg.runtime.precision)
+  trunk = build_trunk(cfg.trunk, precision=precision)
   build_seconds = time.perf_counter() - start
   shape = (cfg.demo.batch_size, cfg.demo.image_size, cfg.demo.image_size, 3)
   images = tf.random.uniform(shape, -1.0, 1.0, seed=cfg.runtime.seed)
@@ -80,7 +82,7 @@ def summarize_trunk(cfg: ExperimentConfig) -> TrunkSummary:
   return TrunkSummary(
     units_per_block=tuple(cfg.trunk.units_per_block),
     output_stride=cfg.trunk.output_stride,
-    precision=cfg.runtime.precision,
+    precision=precision,
     input_shape=shape,
     endpoint_shapes={k: tuple(v.shape) for k, v in endpoints.items()},
     endpoint_dtypes={k: v.dtype.name for k, v in endpoints.items()},

@@ -23,7 +23,7 @@ def test_defaults_are_the_papers_trunk():
   cfg = load_config(ExperimentConfig)
   assert cfg.trunk.units_per_block == (3, 4, 23)
   assert cfg.trunk.output_stride == 16
-  assert cfg.runtime.precision == 'float32'
+  assert cfg.runtime.precision == 'auto'  # Resolved per machine (hardware.resolve_precision).
 
 
 def test_override_sets_nested_values_and_coerces():

@@ -85,6 +85,7 @@ def test_export_feeds_colour_unless_grey_is_asked_and_extraction_agrees(tiny_tru
   # A harmonized run (RP/H): Doersch §3.3 still evaluates it on colour images.
   cfg = ExperimentConfig()
   cfg.trunk = tiny_trunk
+  cfg.runtime.precision = 'float32'  # As the model built below; 'auto' is bf16 on some CPUs.
   rp = dict(enabled=True, harmonize=True, batch_size=2, patch_size=16, gap=4, jitter=1, min_area=4096, max_area=4096,
             min_downsample=4, hidden_units=8)  # fmt: skip
   override(cfg, {'tasks': {'relative_position': rp}})

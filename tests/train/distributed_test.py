@@ -27,6 +27,7 @@ def _config(world_dir, **train):
   cfg = ExperimentConfig()
   override(cfg, {
     'trunk': {'units_per_block': [1, 1, 2], 'width': 8},
+    'runtime': {'precision': 'float32'},  # Pinned: 'auto' is mixed_bfloat16 on CPUs with AVX512_BF16 or AMX.
     'tasks': {
       'relative_position': dict(enabled=True, batch_size=4, patch_size=16, gap=4, jitter=1, min_area=4096,
                                 max_area=4096, min_downsample=4, hidden_units=16, aggregate_steps=3),

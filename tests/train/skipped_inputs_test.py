@@ -36,6 +36,7 @@ def test_bad_files_train_to_the_end_and_are_named(tmp_path):
   cfg = ExperimentConfig()
   override(cfg, {
     'trunk': {'units_per_block': [1, 1, 2], 'width': 8},
+    'runtime': {'precision': 'float32'},  # Pinned: 'auto' is mixed_bfloat16 on CPUs with AVX512_BF16 or AMX.
     'tasks': {
       'relative_position': dict(enabled=True, batch_size=4, patch_size=16, gap=4, jitter=1, min_area=4096,
                                 max_area=4096, min_downsample=4, hidden_units=16,

@@ -25,6 +25,7 @@ def _run(train, root, name, paces, total_steps, order='finished'):
   }  # fmt: skip
   override(cfg, {
     'trunk': {'units_per_block': [1, 1, 2], 'width': 8},
+    'runtime': {'precision': 'float32'},  # Pinned: 'auto' is mixed_bfloat16 on CPUs with AVX512_BF16 or AMX.
     'tasks': {n: c for n, c in tasks.items() if n in paces},
     'train': dict(mode='hybrid', total_steps=total_steps, world_preset='tiny', world_dir=str(root / 'world'),
                   log_every_seconds=5.0, checkpoint_every_seconds=1e6, cost_tick=1e6),
