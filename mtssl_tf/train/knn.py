@@ -1,0 +1,410 @@
+"""Weighted kNN classification of frozen features, and the kNN monitor of pre-training.
+
+The classifier is the one DINO (`eval_knn.py`, Caron et al. 2021, after Wu et al.
+2018) and solo-learn (`solo/utils/knn.py`) run on a labelled split: features are
+L2-normalised, a query's similarity to a bank image is their cosine, its k most
+similar bank images vote for their labels with weight exp(similarity / T), T = 0.07
+(both projects' default), and classes are ranked by summed votes. Top-1 / top-5 ask
+whether the label is the first / among the first min(5, classes) of that ranking.
+Deterministic ties: among neighbours of equal similarity the lower bank index comes
+first, among classes of equal votes the lower class index (both what
+`tf.math.top_k` does). Queries are processed in chunks of `chunk_size`, so memory is
+O(chunk_size x bank) whatever the number of queries; k is capped at the bank size.
+
+The monitor (`KnnMonitor`) gives pre-training a signal of representation quality: at
+every `every_ticks`-th compute tick the trainer calls it with the tick checkpoint it
+has just written. The monitor reads the trunk's weights from that file into a trunk
+of its own (float32, inference mode), embeds a fixed, bounded subsample of a labelled
+source (`bank_size` training images, `query_size` validation images, decoded once
+and kept in memory) in batches of `batch_size`, and writes `knn/top1_k<k>` and
+`knn/top5_k<k>` to `<model_dir>/knn` (a TensorBoard run of its own, at the
+trainer's step) and one JSON line per tick to `<model_dir>/knn/ticks.jsonl`. It
+never touches the training model, its optimizer or any random state: its trunk is
+created by restoring the checkpoint (so no initializer draws a random number), its
+data order uses fixed op seeds, and it runs after the checkpoint is saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from mtssl_tf.configs.base import Config, ConfigError
+from mtssl_tf.data import color, decode
+from mtssl_tf.data.images import ReadOptions, image_dataset
+
+# DINO eval_knn.py (--temperature 0.07) and solo-learn's WeightedKNNClassifier (T = 0.07).
+TEMPERATURE = 0.07
+# solo-learn's default k is 20; DINO reports k = 20 and 200 (--nb_knn 10 20 100 200).
+K_VALUES = (20, 200)
+TOP_K = 5
+INPUT_MODES = ('rgb', 'harmonized')
+
+
+# ----------------------------------------------------------------------------- the classifier
+
+
+def l2_normalize(features) -> tf.Tensor:
+  """Rows scaled to unit length (a zero row stays zero), float32."""
+  return tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1)
+
+
+def knn_votes(
+  bank: tf.Tensor,
+  bank_labels: tf.Tensor,
+  queries: tf.Tensor,
+  num_classes: int,
+  k_values: Sequence[int] = K_VALUES,
+  temperature: float = TEMPERATURE,
+  chunk_size: int = 256,
+) -> Dict[int, tf.Tensor]:
+  """Summed neighbour weights per class for every query and k (see the module docstring).
+
+  Args:
+    bank: [N, D] bank features (normalised here).
+    bank_labels: [N] int labels in [0, num_classes).
+    queries: [Q, D] query features (normalised here).
+    num_classes: classes.
+    k_values: neighbour counts; each is capped at N.
+    temperature: T in exp(similarity / T).
+    chunk_size: queries per similarity block.
+
+  Returns:
+    {k: float32 [Q, num_classes] votes}, keyed by the requested (uncapped) k.
+
+  Raises:
+    ValueError: an empty bank, no k, a non-positive k or temperature.
+  """
+  bank = l2_normalize(bank)
+  queries = l2_normalize(queries)
+  bank_labels = tf.cast(bank_labels, tf.int32)
+  size = int(bank.shape[0])
+  if size == 0:
+    raise ValueError('kNN: the feature bank is empty')
+  if not k_values or min(k_values) < 1 or temperature <= 0 or chunk_size < 1:
+    raise ValueError(f'kNN: need k >= 1, temperature > 0 and chunk_size >= 1, got {list(k_values)}, {temperature}')
+  k_max = min(max(k_values), size)
+  votes = {k: [] for k in k_values}
+  for start in range(0, int(queries.shape[0]), chunk_size):
+    similarity = tf.matmul(queries[start : start + chunk_size], bank, transpose_b=True)
+    # top_k is stable: equal similarities keep the lower bank index first.
+    nearest = tf.math.top_k(similarity, k=k_max)
+    weights = tf.exp(nearest.values / temperature)
+    labels = tf.one_hot(tf.gather(bank_labels, nearest.indices), num_classes, dtype=tf.float32)
+    for k in k_values:
+      n = min(k, size)
+      votes[k].append(tf.einsum('qk,qkc->qc', weights[:, :n], labels[:, :n]))
+  return {k: tf.concat(v, 0) if v else tf.zeros([0, num_classes]) for k, v in votes.items()}
+
+
+def ranked_classes(votes: tf.Tensor, n: int) -> tf.Tensor:
+  """int32 [Q, min(n, classes)]: the classes with most votes first (ties: lower class first)."""
+  return tf.math.top_k(votes, k=min(n, int(votes.shape[-1]))).indices
+
+
+def knn_accuracy(
+  bank: tf.Tensor,
+  bank_labels: tf.Tensor,
+  queries: tf.Tensor,
+  query_labels: tf.Tensor,
+  num_classes: int,
+  k_values: Sequence[int] = K_VALUES,
+  temperature: float = TEMPERATURE,
+  chunk_size: int = 256,
+) -> Dict[str, float]:
+  """{'top1_k<k>', 'top5_k<k>'}: fractions of queries whose label is ranked first / in the top 5."""
+  labels = tf.cast(query_labels, tf.int32)[:, None]
+  scores = {}
+  for k, votes in knn_votes(bank, bank_labels, queries, num_classes, k_values, temperature, chunk_size).items():
+    ranking = ranked_classes(votes, TOP_K)
+    hits = tf.cast(tf.equal(ranking, labels), tf.float32)
+    scores[f'top1_k{k}'] = float(tf.reduce_mean(hits[:, 0]))
+    scores[f'top5_k{k}'] = float(tf.reduce_mean(tf.reduce_max(hits, axis=1)))
+  return scores
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def trunk_input(images: tf.Tensor, mode: str = 'rgb') -> tf.Tensor:
+  """uint8 images -> the trunk's input, as `export.saved_model.preprocess` (colour in [-1, 1], or L replicated)."""
+  if mode not in INPUT_MODES:
+    raise ValueError(f'trunk input mode must be one of {INPUT_MODES}, got {mode!r}')
+  return color.harmonize(images) if mode == 'harmonized' else tf.cast(images, tf.float32) / 127.5 - 1.0
+
+
+def adaptive_avg_pool(x: tf.Tensor, grid: int) -> tf.Tensor:
+  """[B, H, W, C] -> [B, grid * grid * C]: the mean over each cell of a grid x grid tiling.
+
+  Cell i spans rows floor(i H / grid) .. ceil((i + 1) H / grid) - 1 (PyTorch's
+  AdaptiveAvgPool2d); grid 1 is global average pooling.
+  """
+  x = tf.cast(x, tf.float32)
+  height, width = int(x.shape[1]), int(x.shape[2])
+  cells = []
+  for i in range(grid):
+    rows = slice((i * height) // grid, -((-(i + 1) * height) // grid))
+    for j in range(grid):
+      cols = slice((j * width) // grid, -((-(j + 1) * width) // grid))
+      cells.append(tf.reduce_mean(x[:, rows, cols, :], axis=[1, 2]))
+  return tf.concat(cells, axis=-1)
+
+
+def embed(
+  trunk: tf.keras.Model,
+  images: np.ndarray,
+  endpoint: str,
+  pool_grid: int = 1,
+  batch_size: int = 64,
+  input_fn: Callable[[tf.Tensor], tf.Tensor] = trunk_input,
+) -> np.ndarray:
+  """float32 [N, grid * grid * C] pooled `endpoint` features of uint8 `images`, inference mode.
+
+  Raises:
+    ValueError: the trunk has no such endpoint (the message lists its endpoints).
+  """
+
+  @tf.function(reduce_retracing=True)
+  def forward(batch):
+    endpoints = trunk(input_fn(batch), training=False)
+    if endpoint not in endpoints:
+      raise ValueError(f'endpoint {endpoint!r}: the trunk has {sorted(endpoints)}')
+    return adaptive_avg_pool(endpoints[endpoint], pool_grid)
+
+  out = [forward(tf.constant(images[i : i + batch_size])).numpy() for i in range(0, len(images), batch_size)]
+  return np.concatenate(out) if out else np.zeros([0, 0], np.float32)
+
+
+def square_image(image: tf.Tensor, size: int) -> tf.Tensor:
+  """uint8 [H, W, 3] -> its central square, resized to size x size (antialiased bilinear), uint8."""
+  shape = tf.shape(image)
+  side = tf.minimum(shape[0], shape[1])
+  crop = tf.image.crop_to_bounding_box(image, (shape[0] - side) // 2, (shape[1] - side) // 2, side, side)
+  resized = tf.image.resize(crop, [size, size], method='bilinear', antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def labelled_images(
+  spec: str, count: int, image_size: int, seed: int = 0, data_dir: str = '', label_offset: int = 0
+) -> Tuple[np.ndarray, np.ndarray]:
+  """A seeded subsample of at most `count` labelled images of a source, squared to `image_size`.
+
+  Files are read in a seeded order and images pass a seeded shuffle buffer of `count`,
+  so at most about 2 x `count` records are read (a bounded cost on ImageNet).
+
+  Returns:
+    (uint8 [n, image_size, image_size, 3], int64 [n]) with n <= count.
+
+  Raises:
+    ValueError: the source holds no labelled image.
+  """
+  options = ReadOptions(shuffle_files=True, seed=seed, data_dir=data_dir or None, label_offset=label_offset)
+
+  def process(record):
+    return {'image': square_image(decode.decode_rgb(record['encoded']), image_size), 'label': record['label']}
+
+  ds = image_dataset(spec, options, process).filter(lambda x: x['label'] >= 0)
+  ds = ds.shuffle(max(count, 1), seed=seed, reshuffle_each_iteration=False).take(count)
+  images, labels = [], []
+  for batch in ds.batch(256):
+    images.append(batch['image'].numpy())
+    labels.append(batch['label'].numpy())
+  if not images:
+    raise ValueError(f'kNN: {spec!r} holds no labelled images')
+  return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+
+
+def restore_trunk(trunk_config, checkpoint: str, trunk: Optional[tf.keras.Model] = None) -> tf.keras.Model:
+  """A float32 trunk holding the `model/trunk` weights of a pre-training checkpoint.
+
+  A new trunk is created after the checkpoint is read, so its variables take their
+  values from the file (deferred restoration) and no initializer runs: building it
+  consumes no random numbers. An existing `trunk` is overwritten in place.
+
+  Raises:
+    ValueError: the checkpoint holds no trunk of this shape.
+  """
+  from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
+
+  fresh = trunk is None
+  if fresh:
+    trunk = ResNetV2Trunk(trunk_config, precision='float32')
+  status = tf.train.Checkpoint(model=tf.train.Checkpoint(trunk=trunk)).read(checkpoint)
+  status.expect_partial()
+  if fresh:
+    trunk(tf.zeros([1, 32, 32, 3]), training=False)
+  try:
+    status.assert_existing_objects_matched()
+  except AssertionError as e:
+    raise ValueError(f'{checkpoint}: no trunk of this shape ({str(e).splitlines()[0][:200]})') from None
+  return trunk
+
+
+# ----------------------------------------------------------------------------- the monitor
+
+
+@dataclasses.dataclass
+class KnnMonitorConfig(Config):
+  """The kNN monitor of pre-training (module docstring).
+
+  Attributes:
+    enabled: run it at compute ticks.
+    every_ticks: run at every n-th tick (1: every tick).
+    bank_source: labelled training images (image source spec); '' = the synthetic
+      world's 'images_train'.
+    query_source: labelled held-out images; '' = the world's 'images_validation'.
+    data_dir: tensorflow-datasets data directory for `tfds:` sources.
+    label_offset: subtracted from labels (1 for Model Garden ImageNet).
+    bank_size: bank images (a seeded subsample; bounds the cost).
+    query_size: query images (likewise).
+    image_size: images are centre-squared and resized to this side.
+    batch_size: images per forward pass.
+    endpoint: trunk endpoint ('final': block 3 after its closing BN-ReLU).
+    pool_grid: the endpoint is average-pooled to pool_grid x pool_grid (1: global,
+      DINO / solo-learn's pooled backbone output).
+    k: neighbour counts (issue 17: 20 and 200, DINO's).
+    temperature: T of the vote weights (DINO / solo-learn: 0.07).
+    preprocessing: the trunk's input, 'rgb' (evaluation's default, Doersch §3.3) or 'harmonized'.
+    seed: subsample seed.
+  """
+
+  enabled: bool = False
+  every_ticks: int = 1
+  bank_source: str = ''
+  query_source: str = ''
+  data_dir: str = ''
+  label_offset: int = 0
+  bank_size: int = 1000
+  query_size: int = 500
+  image_size: int = 64
+  batch_size: int = 100
+  endpoint: str = 'final'
+  pool_grid: int = 1
+  k: Tuple[int, ...] = K_VALUES
+  temperature: float = TEMPERATURE
+  preprocessing: str = 'rgb'
+  seed: int = 0
+
+  def validate(self) -> None:
+    for key in ('every_ticks', 'bank_size', 'query_size', 'batch_size', 'pool_grid'):
+      if getattr(self, key) < 1:
+        raise ConfigError(f'knn.{key}: must be positive, got {getattr(self, key)}')
+    if self.image_size < 32:
+      raise ConfigError(f'knn.image_size: must be at least 32 pixels, got {self.image_size}')
+    if not self.k or min(self.k) < 1 or len(set(self.k)) != len(self.k):
+      raise ConfigError(f'knn.k: need distinct positive neighbour counts, got {list(self.k)}')
+    if self.temperature <= 0:
+      raise ConfigError(f'knn.temperature: must be positive, got {self.temperature}')
+    if self.preprocessing not in INPUT_MODES:
+      raise ConfigError(f'knn.preprocessing: must be one of {INPUT_MODES}, got {self.preprocessing!r}')
+    if self.label_offset < 0:
+      raise ConfigError(f'knn.label_offset: must be >= 0, got {self.label_offset}')
+
+
+class KnnMonitor:
+  """Runs the weighted kNN on tick checkpoints and writes `knn/*` summaries (module docstring)."""
+
+  def __init__(self, cfg: KnnMonitorConfig, trunk_config, out_dir: str, bank_source: str, query_source: str):
+    """Creates the monitor; data and trunk are loaded at the first evaluation.
+
+    Args:
+      cfg: the monitor config.
+      trunk_config: the run's `TrunkConfig`.
+      out_dir: summaries and ticks.jsonl go here (`<model_dir>/knn`).
+      bank_source: resolved bank source spec.
+      query_source: resolved query source spec.
+    """
+    self.cfg = cfg
+    self.trunk_config = trunk_config
+    self.out_dir = out_dir
+    self.sources = (bank_source, query_source)
+    self.trunk = None
+    self.data = None
+    self.writer = tf.summary.create_file_writer(out_dir)
+
+  def due(self, tick: int) -> bool:
+    """Whether tick number `tick` (1-based) is one the monitor runs at."""
+    return self.cfg.enabled and tick % self.cfg.every_ticks == 0
+
+  def _load(self):
+    c = self.cfg
+    bank = labelled_images(self.sources[0], c.bank_size, c.image_size, c.seed, c.data_dir, c.label_offset)
+    queries = labelled_images(self.sources[1], c.query_size, c.image_size, c.seed + 1, c.data_dir, c.label_offset)
+    num_classes = int(max(bank[1].max(), queries[1].max())) + 1
+    return bank, queries, num_classes
+
+  def evaluate(self, checkpoint: str, step: int, extra: Optional[Dict[str, float]] = None) -> Dict[str, float]:
+    """Scores the trunk of `checkpoint`, writes the summaries at `step`, returns the scores.
+
+    Args:
+      checkpoint: a pre-training checkpoint prefix (its `model/trunk` is read).
+      step: the summaries' step (the trainer's total worker steps).
+      extra: further values recorded in ticks.jsonl (e.g. tick, cost).
+    """
+    c = self.cfg
+    start = time.perf_counter()
+    if self.data is None:
+      self.data = self._load()
+    (bank_images, bank_labels), (query_images, query_labels), num_classes = self.data
+    self.trunk = restore_trunk(self.trunk_config, checkpoint, self.trunk)
+    input_fn = lambda x: trunk_input(x, c.preprocessing)  # noqa: E731
+    bank = embed(self.trunk, bank_images, c.endpoint, c.pool_grid, c.batch_size, input_fn)
+    queries = embed(self.trunk, query_images, c.endpoint, c.pool_grid, c.batch_size, input_fn)
+    scores = knn_accuracy(bank, bank_labels, queries, query_labels, num_classes, c.k, c.temperature)
+    seconds = time.perf_counter() - start
+    with self.writer.as_default(step=step):
+      for key, value in scores.items():
+        tf.summary.scalar(f'knn/{key}', value)
+      tf.summary.scalar('knn/seconds', seconds)
+    self.writer.flush()
+    record = dict(extra or {}, step=step, checkpoint=checkpoint, seconds=round(seconds, 3), **scores)
+    with tf.io.gfile.GFile(os.path.join(self.out_dir, 'ticks.jsonl'), 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    logging.info('knn at step %d (%.1f s): %s', step, seconds, ', '.join(f'{k} {v:.4f}' for k, v in scores.items()))
+    return scores
+
+
+def resolve_sources(cfg: KnnMonitorConfig, world_sources: Optional[Dict[str, str]] = None) -> Tuple[str, str]:
+  """(bank, query) specs: the config's, else the synthetic world's 'images_train' / 'images_validation'.
+
+  Raises:
+    ConfigError: a source is empty and no world is given.
+  """
+  world_sources = world_sources or {}
+  out = []
+  for key, world_key in (('bank_source', 'images_train'), ('query_source', 'images_validation')):
+    spec = getattr(cfg, key) or world_sources.get(world_key, '')
+    if not spec:
+      raise ConfigError(f'knn.{key}: empty and no synthetic world source {world_key!r} to default to')
+    out.append(spec)
+  return out[0], out[1]
+
+
+def monitor_for_run(cfg: KnnMonitorConfig, trunk_config, model_dir: str, train_cfg) -> Optional[KnnMonitor]:
+  """The monitor of a pre-training run (None when disabled); empty sources read the run's synthetic world."""
+  if not cfg.enabled:
+    return None
+  world = {}
+  if not (cfg.bank_source and cfg.query_source):
+    from mtssl_tf.data.synthetic.world import make_world
+    from mtssl_tf.train.launch import default_world_dir
+
+    world = make_world(train_cfg.world_dir or default_world_dir(train_cfg.world_preset), train_cfg.world_preset)
+  bank, query = resolve_sources(cfg, world.get('sources'))
+  return KnnMonitor(cfg, trunk_config, os.path.join(model_dir, 'knn'), bank, query)
+
+
+def read_ticks(model_dir: str) -> Iterable[Dict]:
+  """The monitor's records of a run (`<model_dir>/knn/ticks.jsonl`), in order; none if absent."""
+  path = os.path.join(model_dir, 'knn', 'ticks.jsonl')
+  if not tf.io.gfile.exists(path):
+    return []
+  with tf.io.gfile.GFile(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
