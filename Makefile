@@ -1,25 +1,75 @@
 # mtssl_tf: `make demo` and `make test` are all a fresh clone needs (see README.md).
-# Both create .venv on first use and refresh it when setup.py or constraints.txt change.
+# Both create the line's venv on first use and refresh it when setup.py or its constraints file change.
+#
+# Two dependency lines (BUILD.md, "Two dependency lines"); the Python found picks one:
+#   reference: TF 2.15.1 (+ tensorflow-addons, tensorflow-io), Python 3.9-3.11: constraints.txt, .venv
+#   current:   TF 2.20 + tf-keras, numpy 2, Python 3.12: constraints-current.txt, .venv-current
+# A python3.11/3.10/3.9 on PATH is preferred (the reference line), else python3.12, else python3.
+# Overrides: PYTHON=/path/to/python (its version decides the line), or LINE=current / LINE=reference
+# (STACK= works too) to look for that line's Python.
 
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+ifdef STACK
+LINE ?= $(STACK)
+endif
+REFERENCE_PYTHONS := python3.11 python3.10 python3.9
+CURRENT_PYTHONS := python3.12
+ifeq ($(LINE),current)
+CANDIDATES := $(CURRENT_PYTHONS) python3
+else ifeq ($(LINE),reference)
+CANDIDATES := $(REFERENCE_PYTHONS) python3
+else
+CANDIDATES := $(REFERENCE_PYTHONS) $(CURRENT_PYTHONS) python3
+endif
+# The first candidate that runs (a pyenv shim exists for every installed version but fails
+# unless that version is selected).
+PYTHON ?= $(firstword $(foreach p,$(CANDIDATES),$(shell command -v $(p) >/dev/null 2>&1 && $(p) -c '' >/dev/null 2>&1 && command -v $(p))) python3)
+PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+PYTHON_LINE := $(if $(filter 3.9 3.10 3.11,$(PYTHON_VERSION)),reference,$(if $(filter 3.12,$(PYTHON_VERSION)),current,none))
+LINE ?= $(PYTHON_LINE)
+ifeq ($(LINE),current)
+VENV ?= .venv-current
+CONSTRAINTS := constraints-current.txt
+LINE_PYTHONS := 3.12
+else
 VENV ?= .venv
+CONSTRAINTS := constraints.txt
+LINE_PYTHONS := 3.9-3.11
+endif
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Two test processes: one per core of the reference machine (TF ops also use both).
 TEST_WORKERS ?= 2
 
-.PHONY: install demo summary test test-numerics lint format benchmark reproduce-mini clean
+ifneq ($(filter-out clean,$(or $(MAKECMDGOALS),install)),)
+$(info mtssl_tf: $(LINE) line ($(CONSTRAINTS), $(VENV)): $(PYTHON) is Python $(or $(PYTHON_VERSION),?), which $(if $(filter $(LINE),$(PYTHON_LINE)),selects it,was overridden by LINE=$(LINE)).)
+endif
+# The venv records its line and Python; another one (LINE or PYTHON switched with the same VENV)
+# reinstalls it, and another Python rebuilds it.
+.DEFAULT_GOAL := install
+ifneq ($(shell cat $(STAMP) 2>/dev/null),$(LINE) $(PYTHON_VERSION))
+$(STAMP): FORCE
+endif
+
+.PHONY: install demo summary test test-numerics lint format benchmark reproduce-mini clean FORCE
 
 install: $(STAMP)
 
-$(STAMP): setup.py constraints.txt
-	@$(PYTHON) -c 'import sys; sys.exit(not (3, 9) <= sys.version_info[:2] <= (3, 11))' || \
-	  { echo "mtssl_tf needs Python 3.9-3.11 (TensorFlow 2.15); $(PYTHON) is $$($(PYTHON) --version 2>&1). Set PYTHON=/path/to/python3.11." >&2; exit 1; }
+$(STAMP): setup.py $(CONSTRAINTS)
+	@test "$(PYTHON_LINE)" != none || \
+	  { echo "mtssl_tf needs Python 3.9-3.11 (reference line, TensorFlow 2.15) or 3.12 (current line," \
+	    "TensorFlow 2.20); $(PYTHON) is $$($(PYTHON) --version 2>&1). Set PYTHON=/path/to/python3.12 or 3.11." >&2; exit 1; }
+	@test "$(LINE)" = "$(PYTHON_LINE)" || \
+	  { echo "LINE=$(LINE): the reference line needs Python 3.9-3.11 and the current line 3.12;" \
+	    "$(PYTHON) is $$($(PYTHON) --version 2>&1) ($(PYTHON_LINE) line). Set PYTHON=/path/to/python of that line." >&2; exit 1; }
+	@if test -x $(BIN)/python && test "$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != "$(PYTHON_VERSION)"; then \
+	  echo "$(VENV) holds another Python; rebuilding it with $(PYTHON) ($(LINE) line)."; rm -rf $(VENV); fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt pip setuptools setuptools-scm wheel
-	$(BIN)/python -m pip install -q --no-build-isolation -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) pip setuptools setuptools-scm wheel
+	$(BIN)/python -m pip install -q --no-build-isolation -c $(CONSTRAINTS) -e ".[dev]"
 	$(BIN)/python -m pip check
-	@touch $(STAMP)
+	@echo "$(LINE) $(PYTHON_VERSION)" > $(STAMP)
+
+FORCE:
 
 # The main job on its built-in default: local cluster, synthetic world, export.
 demo: $(STAMP)

@@ -49,6 +49,11 @@ from official.vision.modeling.heads import dense_prediction_heads, instance_head
 from official.vision.modeling.layers import detection_generator, roi_aligner, roi_generator, roi_sampler
 from official.vision.ops import anchor, anchor_generator
 
+try:  # Model Garden 2.20 (current line) renamed AnchorGenerator to AnchorGeneratorv1, code unchanged;
+  _AnchorGenerator = anchor_generator.AnchorGeneratorv1  # 2.15 (reference) has the old name only.
+except AttributeError:  # BUILD.md, "Two dependency lines".
+  _AnchorGenerator = anchor_generator.AnchorGenerator
+
 from mtssl_tf.trunk import lasso as lasso_lib
 from mtssl_tf.trunk.block4 import Block4, load_block4
 from mtssl_tf.trunk.lasso import LassoMix
@@ -287,7 +292,7 @@ class FasterRCNN(maskrcnn_model.MaskRCNNModel):
     )
     self.num_classes = cfg.num_classes
     self.rpn_batch_size = cfg.rpn_batch_size
-    self.anchor_generator = anchor_generator.AnchorGenerator(
+    self.anchor_generator = _AnchorGenerator(
       anchor_sizes={LEVEL: float(cfg.anchor_sizes[0])},
       scales=[float(s) / cfg.anchor_sizes[0] for s in cfg.anchor_sizes],
       aspect_ratios=[float(r) for r in cfg.anchor_aspect_ratios],
