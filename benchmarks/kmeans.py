@@ -31,9 +31,11 @@ import time
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from mtssl_tf import hardware  # noqa: E402
+from mtssl_tf.transfer import kmeans  # noqa: E402
 from mtssl_tf.transfer.kmeans import INIT_POINTS_PER_CENTROID, KMeans, KMeansConfig, default_trials  # noqa: E402
 
 flags.DEFINE_integer('num_points', 100_000, 'Points of the generated mixture.')
@@ -54,6 +56,7 @@ flags.DEFINE_enum(
 flags.DEFINE_list('methods', ['ours', 'faiss'], 'Lloyd methods to run (ours, faiss, sklearn).')
 flags.DEFINE_bool('numpy_baseline', True, 'Also time the previous numpy k-means++ start (before).')
 flags.DEFINE_bool('whole_fit', True, 'Also run the whole fits (both our starts, faiss with its own).')
+flags.DEFINE_bool('breakdown', True, 'Time the parts of one Lloyd pass over one batch.')
 flags.DEFINE_integer('quality_seeds', 10, 'Seeds of the miniature-like start-quality comparison (0: skip).')
 FLAGS = flags.FLAGS
 
@@ -133,6 +136,45 @@ def _objective(centroids, x):
   return float(np.mean(evaluator.assign(x)[1], dtype=np.float64))
 
 
+def _host_update(sums, counts):
+  total = np.zeros(sums.shape, np.float64)
+  total += sums
+  return (total / counts[:, None]).astype(np.float32)
+
+
+def _breakdown(x, init):
+  """Where one Lloyd pass over one batch spends its time: copies, GEMM, argmin/min, segment sums, host update."""
+  batch = np.ascontiguousarray(x[: FLAGS.batch_size])
+  centroids = kmeans._Centroids(init)
+  rows = centroids.rows
+
+  @tf.function
+  def gemm_only(x):  # The blocked GEMM with a trivial reduction, to time the GEMM alone.
+    total = tf.constant(0.0)
+    for i in tf.range((tf.shape(x)[0] + rows - 1) // rows):
+      total += tf.reduce_sum(tf.linalg.matmul(x[i * rows : (i + 1) * rows], centroids.neg2, transpose_b=True)[:, 0])
+    return total
+
+  tensor = tf.convert_to_tensor(batch)
+  labels, _ = centroids.nearest(tensor)
+  sums = tf.math.unsorted_segment_sum(tensor, labels, len(init)).numpy()
+  counts = np.maximum(np.bincount(labels.numpy(), minlength=len(init)), 1)
+  parts = {
+    'host -> TF (convert_to_tensor)': lambda: tf.convert_to_tensor(batch),
+    'blocked GEMM alone': lambda: gemm_only(tensor).numpy(),
+    'GEMM + argmin + min (assignment)': lambda: centroids.nearest(tensor)[0].numpy(),
+    'segment sums (unsorted_segment_sum)': lambda: tf.math.unsorted_segment_sum(tensor, labels, len(init)).numpy(),
+    'whole batch step (one call, to host)': lambda: [t.numpy() for t in centroids.assign_and_sum(tensor)],
+    'host update (float64 sums, means)': lambda: _host_update(sums, counts),
+  }
+  print(f'\nbreakdown of one Lloyd pass over one batch ({len(batch)} rows, score blocks of {int(rows)} rows), '
+        'best of 3 after one untimed call')  # fmt: skip
+  for name, fn in parts.items():
+    fn()
+    best = min(_timed(fn)[1] for _ in range(3))
+    print(f'  {name:<40}{best:>8.3f} s')
+
+
 def _start_quality(seeds):
   """Final objective from k-means++ and from random starts on a miniature-like case, per seed."""
   ratios = []
@@ -206,6 +248,8 @@ def main(argv):
   print(f'  one assignment pass (ours): {pass_s:.2f} s = {pass_flops / pass_s / 1e9:.1f} GFLOP/s; '
         f'k-means++ start objective {init_objective:.6g}, random start {_objective(random_init, x):.6g}')  # fmt: skip
 
+  if FLAGS.breakdown:
+    _breakdown(x, init)
   runners = {'ours': _ours, 'sklearn': _sklearn, 'faiss': _faiss}
   seconds, results = {}, {}
   for method in FLAGS.methods:

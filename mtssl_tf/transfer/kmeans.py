@@ -74,6 +74,9 @@ class KMeansConfig(Config):
       for the measured choice of the default.
     init_trials: k-means++ candidates per step (1: plain k-means++); 0 takes scikit-learn's
       2 + ln(k) (`default_trials`).
+    init_dims: > 0 runs k-means++ on a Gaussian random projection of the sample to this
+      many dims (a cheaper start: its cost scales with the dims; +1.3% final objective at
+      1024 -> 128 or 256 in the measurement of the module docstring); 0 on the features.
     iterations: Lloyd iterations (assignment + centroid update); 0 keeps the initial centroids.
     max_points_per_centroid: fit on a seeded uniform sample of at most k times this many
       points (faiss's convention); 0 fits on all points (held in memory).
@@ -89,6 +92,7 @@ class KMeansConfig(Config):
   num_clusters: int = 2000
   init: str = 'kmeans++'
   init_trials: int = 0
+  init_dims: int = 0
   iterations: int = 20
   max_points_per_centroid: int = 256
   pca_dims: int = 0
@@ -104,7 +108,7 @@ class KMeansConfig(Config):
       raise ConfigError(f'cluster.init: must be one of {INITS}, got {self.init!r}')
     if self.batch_size < 1:
       raise ConfigError(f'cluster.batch_size: must be positive, got {self.batch_size}')
-    for key in ('init_trials', 'iterations', 'max_points_per_centroid', 'pca_dims', 'seed'):
+    for key in ('init_trials', 'init_dims', 'iterations', 'max_points_per_centroid', 'pca_dims', 'seed'):
       if getattr(self, key) < 0:
         raise ConfigError(f'cluster.{key}: must be >= 0, got {getattr(self, key)}')
     if not 0 <= self.tolerance < 1:
@@ -336,7 +340,7 @@ def default_trials(k: int) -> int:
   return 2 + int(np.log(k))
 
 
-def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator, trials: int = 0) -> np.ndarray:
+def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator, trials: int = 0, dims: int = 0) -> np.ndarray:
   """Indices [k] of rows of `x` chosen by greedy D^2 sampling (Arthur & Vassilvitskii 2007), in TF.
 
   Args:
@@ -345,11 +349,17 @@ def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator, trials: in
     rng: draws the first row (uniform) and the uniforms that sample candidates, so a
       seeded generator gives the same rows on the same machine.
     trials: candidates per step (1: plain k-means++); 0 takes `default_trials(k)`.
+    dims: 0 < dims < D samples by the distances of a seeded Gaussian random projection of
+      `x` to `dims` dimensions (one GEMM); 0 or >= D by the distances of `x` itself.
 
   Returns:
     int64 [k] row indices in the order chosen.
   """
   x = tf.convert_to_tensor(np.asarray(x, np.float32))
+  if 0 < dims < x.shape[1]:
+    # Entries N(0, 1/dims): squared distances are preserved in expectation (Johnson-Lindenstrauss).
+    projection = rng.standard_normal((int(x.shape[1]), dims), dtype=np.float32) / np.float32(np.sqrt(dims))
+    x = tf.linalg.matmul(x, projection)
   trials = trials or default_trials(k)
   first = np.int32(rng.integers(int(x.shape[0])))
   draws = rng.random((k - 1, trials))
@@ -463,7 +473,7 @@ class KMeans:
       return np.array(x[np.sort(rng.choice(n, k, replace=False))], np.float32)
     limit = k * INIT_POINTS_PER_CENTROID
     subset = x if n <= limit else x[np.sort(rng.choice(n, limit, replace=False))]
-    return np.array(subset[kmeans_plus_plus(subset, k, rng, cfg.init_trials)], np.float32)
+    return np.array(subset[kmeans_plus_plus(subset, k, rng, cfg.init_trials, cfg.init_dims)], np.float32)
 
   def _lloyd(self, x: np.ndarray, centroids: np.ndarray, progress: bool) -> np.ndarray:
     """Runs the Lloyd iterations on the transformed sample; fills the histories; returns the centroids."""
