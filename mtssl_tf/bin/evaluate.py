@@ -25,9 +25,11 @@ from absl import app, flags, logging  # noqa: E402
 from mtssl_tf.bin.flags import define_config_flags  # noqa: E402
 from mtssl_tf.configs import ConfigError  # noqa: E402
 from mtssl_tf.data.sources import DataError  # noqa: E402
+from mtssl_tf.evaluation import protocols  # noqa: E402  (names only: no TensorFlow import)
 
 define_config_flags()
-flags.DEFINE_enum('eval', None, ['linear', 'detection', 'depth', 'supervised'], 'Which evaluation to run.')
+flags.DEFINE_enum('eval', None, list(protocols.names()), 'Which evaluation protocol to run (the registry, '
+                  'mtssl_tf/evaluation/protocols.py; BUILD.md lists what each measures).')  # fmt: skip
 flags.DEFINE_string('init', '', "Trunk source: 'random', checkpoint, run dir or SavedModel (overrides the config).")
 flags.mark_flag_as_required('eval')
 FLAGS = flags.FLAGS

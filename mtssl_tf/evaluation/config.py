@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
+from typing import Dict, Iterable, Tuple
 
 from mtssl_tf.configs.base import Config, ConfigError, override, parse_override, read_yaml, validate_all
 from mtssl_tf.configs.experiment import TrunkConfig
-from mtssl_tf.evaluation import backbone
-from mtssl_tf.evaluation.depth import DepthEvalConfig
-from mtssl_tf.evaluation.detection import DetectionEvalConfig
-from mtssl_tf.evaluation.linear import LinearEvalConfig
-from mtssl_tf.evaluation.supervised import SupervisedConfig
+from mtssl_tf.evaluation import backbone, protocols
 
-EVALUATIONS = ('linear', 'detection', 'depth', 'supervised')
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
 
 
 @dataclasses.dataclass
-class EvalConfig(Config):
-  """Root config of `mtssl-eval`.
+class EvalConfigBase(Config):
+  """Root config of `mtssl-eval`; `eval_config_class()` adds one section per registered protocol.
 
   Attributes:
     init: the trunk's source: 'random' (the paper's control), a checkpoint prefix or
-      folder, a pre-training run's model_dir, or a SavedModel folder. The supervised
-      baseline ignores it (it trains from scratch).
+      folder, a pre-training run's model_dir, or a SavedModel folder. Protocols that
+      train their own trunk (the supervised baseline) ignore it.
     trunk: the trunk's shape. When `init` is a run whose config.yaml is found, its
       trunk section is the default here (files and overrides still win).
     preprocessing: the trunk's input (`backbone.EVAL_INPUTS`): 'rgb' colour, the
@@ -34,10 +29,10 @@ class EvalConfig(Config):
     precision: Keras dtype policy of the evaluation.
     world_preset: synthetic world used for sources left empty.
     world_dir: where that world lives (empty: ~/.cache/mtssl_tf/world_<preset>).
-    linear: frozen linear classification (and per-layer probes).
-    detection: Faster R-CNN on VOC07.
-    depth: NYU depth with up-projection.
-    supervised: the "ImageNet labels" baseline.
+    <protocol>: each registered protocol's section (`protocols.py`), e.g. linear
+      (frozen linear classification and per-layer probes), detection (Faster R-CNN on
+      VOC07), depth (NYU depth with up-projection), supervised (the "ImageNet labels"
+      baseline).
   """
 
   init: str = backbone.RANDOM
@@ -46,10 +41,6 @@ class EvalConfig(Config):
   precision: str = 'float32'
   world_preset: str = 'small'
   world_dir: str = ''
-  linear: LinearEvalConfig = dataclasses.field(default_factory=LinearEvalConfig)
-  detection: DetectionEvalConfig = dataclasses.field(default_factory=DetectionEvalConfig)
-  depth: DepthEvalConfig = dataclasses.field(default_factory=DepthEvalConfig)
-  supervised: SupervisedConfig = dataclasses.field(default_factory=SupervisedConfig)
 
   def validate(self) -> None:
     if self.preprocessing not in backbone.EVAL_INPUTS:
@@ -57,8 +48,30 @@ class EvalConfig(Config):
     if self.precision not in PRECISIONS:
       raise ConfigError(f'precision: must be one of {PRECISIONS}, got {self.precision!r}')
 
+  def section(self, name: str) -> Config:
+    """The config section of protocol `name`."""
+    return getattr(self, name)
 
-def load_eval_config(files: Iterable[str] = (), overrides: Iterable[str] = (), init: str = '') -> EvalConfig:
+
+_CLASSES: Dict[Tuple[str, ...], type] = {}
+
+
+def eval_config_class() -> type:
+  """`EvalConfigBase` plus one section per registered protocol (rebuilt when the registry changes)."""
+  key = protocols.names()
+  if key not in _CLASSES:
+    fields = []
+    for cls in protocols.protocol_classes():
+      fields.append((cls.name, cls.config_class, dataclasses.field(default_factory=cls.config_class)))
+    _CLASSES[key] = dataclasses.make_dataclass('EvalConfig', fields, bases=(EvalConfigBase,))
+    _CLASSES[key].__module__ = __name__
+  return _CLASSES[key]
+
+
+EvalConfig = eval_config_class()
+
+
+def load_eval_config(files: Iterable[str] = (), overrides: Iterable[str] = (), init: str = '') -> EvalConfigBase:
   """Defaults, then the init run's trunk section, then YAML files, then overrides.
 
   Args:
@@ -69,7 +82,7 @@ def load_eval_config(files: Iterable[str] = (), overrides: Iterable[str] = (), i
   Raises:
     ConfigError: a bad key, type or value (named), or an init source that does not exist.
   """
-  cfg = EvalConfig()
+  cfg = eval_config_class()()
   layers = [(path, read_yaml(path)) for path in files]
   layers += [('--override', parse_override(text)) for text in overrides]
   if init:
@@ -92,6 +105,6 @@ def load_eval_config(files: Iterable[str] = (), overrides: Iterable[str] = (), i
   return cfg
 
 
-def run_preprocessing(cfg: EvalConfig) -> str:
+def run_preprocessing(cfg: EvalConfigBase) -> str:
   """The trunk's input, 'rgb' or 'harmonized': the config's, or the pre-training run's for 'as_trained'."""
   return backbone.run_input_convention(cfg.preprocessing, cfg.init)

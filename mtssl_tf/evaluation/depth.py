@@ -35,6 +35,7 @@ from mtssl_tf.data import depth as nyu
 from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.evaluation import backbone
 from mtssl_tf.evaluation.depth_model import DepthMetrics, DepthModel, berhu_loss, valid_mask
+from mtssl_tf.evaluation.protocol import Column, Context, Protocol
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
 
 NAME = 'depth'
@@ -474,3 +475,22 @@ def run_depth(
       path,
     )
   return results
+
+
+class DepthProtocol(Protocol):
+  """Doersch & Zisserman §5: NYU depth with up-projection (Laina et al.), fine-tuning the trunk."""
+
+  name = NAME
+  summary = 'NYU depth with up-projection, trunk fine-tuned (% of pixels with delta < 1.25)'
+  config_class = DepthEvalConfig
+  world_sources = ('depth_train', 'depth_test')
+  headline = ('delta1', 'delta2', 'delta3', 'abs_rel', 'rms', 'log10')
+  columns = (
+    Column('NYU delta<1.25 (%)', 'delta1', 100.0, 2),
+    Column('NYU abs rel', 'abs_rel', 1.0),
+    Column('NYU rms (m)', 'rms', 1.0),
+  )
+
+  def run(self, ctx: Context) -> Dict[str, Any]:
+    return run_depth(ctx.section, ctx.trunk(), ctx.model_dir, ctx.train_spec, ctx.test_spec,
+                     preprocessing=ctx.preprocessing, progress=ctx.progress, init_source=ctx.init)  # fmt: skip

@@ -41,6 +41,7 @@ from mtssl_tf.data.detection import VOC_CLASSES, detection_dataset
 from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.evaluation import backbone, voc_metrics
 from mtssl_tf.evaluation.detection_model import STRIDE, FasterRCNN, build_detector
+from mtssl_tf.evaluation.protocol import Column, Context, Protocol
 from mtssl_tf.trunk import block4
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
 
@@ -690,3 +691,30 @@ def run_detection(
       results.get(map_keys[headline, 0.75]), results['num_test_images'], path,
     )  # fmt: skip
   return results
+
+
+class DetectionProtocol(Protocol):
+  """Doersch & Zisserman §5: Faster R-CNN on PASCAL VOC07, trunk fine-tuned."""
+
+  name = NAME
+  summary = 'Faster R-CNN on PASCAL VOC07 trainval -> test, trunk fine-tuned (mAP, 11-point and all-point)'
+  config_class = DetectionEvalConfig
+  world_sources = ('detection_trainval', 'detection_test')
+  headline = (
+    'PascalBoxes_Precision/mAP@0.5IOU_VOC07_11point',
+    'PascalBoxes_Precision/mAP@0.75IOU_VOC07_11point',
+    'PascalBoxes_Precision/mAP@0.5IOU',
+    'PascalBoxes_Precision/mAP@0.75IOU',
+  )
+  # In pairs sharing one AP rule: the paper's 11-point (VOC2007 devkit) at IoU 0.5 and
+  # 0.75, then the OD API's all-point AP at both (see voc_metrics.py).
+  columns = (
+    Column('VOC07 mAP@0.5 11-pt (%)', 'PascalBoxes_Precision/mAP@0.5IOU_VOC07_11point', 100.0, 1),
+    Column('VOC07 mAP@0.75 11-pt (%)', 'PascalBoxes_Precision/mAP@0.75IOU_VOC07_11point', 100.0),
+    Column('VOC07 mAP@0.5 all-pt (%)', 'PascalBoxes_Precision/mAP@0.5IOU', 100.0),
+    Column('VOC07 mAP@0.75 all-pt (%)', 'PascalBoxes_Precision/mAP@0.75IOU', 100.0),
+  )
+
+  def run(self, ctx: Context) -> Dict[str, Any]:
+    return run_detection(ctx.section, ctx.trunk(), ctx.model_dir, ctx.train_spec, ctx.test_spec,
+                         preprocessing=ctx.preprocessing, init_source=ctx.init, progress=ctx.progress)  # fmt: skip

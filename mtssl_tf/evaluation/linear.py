@@ -52,6 +52,7 @@ from mtssl_tf.evaluation.classification import (
   restore_or_start,
   train_and_evaluate,
 )
+from mtssl_tf.evaluation.protocol import Column, Context, Protocol
 from mtssl_tf.trunk import lasso as lasso_lib
 from mtssl_tf.trunk.lasso import LassoMix
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
@@ -453,3 +454,19 @@ def run_linear(
     logging.info('linear: top1 %.4f, top5 %.4f over %d images -> %s', results['top1'], results['top5'],
                  validation_count, path)  # fmt: skip
   return results
+
+
+class LinearProtocol(Protocol):
+  """Doersch & Zisserman §5: frozen trunk, linear classifiers on pooled endpoints (ImageNet)."""
+
+  name = NAME
+  summary = 'frozen trunk, linear classifiers on pooled endpoints (ImageNet top-1/top-5)'
+  config_class = LinearEvalConfig
+  source_fields = ('train_source', 'validation_source')
+  world_sources = ('images_train', 'images_validation')
+  headline = ('top1', 'top5')
+  columns = (Column('ImageNet top-5 (%)', 'top5', 100.0, 0), Column('ImageNet top-1 (%)', 'top1', 100.0))
+
+  def run(self, ctx: Context) -> Dict:
+    return run_linear(ctx.section, ctx.trunk(), ctx.model_dir, ctx.train_spec, ctx.test_spec,
+                      preprocessing=ctx.preprocessing, init_source=ctx.init, progress=ctx.progress)  # fmt: skip

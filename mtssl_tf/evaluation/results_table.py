@@ -30,20 +30,18 @@ PAPER_TABLE2 = {
   'ImageNet labels': (85.10, 74.17, 80.06),
 }
 
-# (column title, evaluation, result key, scale to percent, index into the paper triple)
-COLUMNS: List[Tuple[str, str, str, float, Optional[int]]] = [
-  ('ImageNet top-5 (%)', 'linear', 'top5', 100.0, 0),
-  ('ImageNet top-1 (%)', 'linear', 'top1', 100.0, None),
-  # VOC07 mAP in pairs sharing one AP rule: the paper's 11-point (VOC2007 devkit) at IoU 0.5
-  # and 0.75, then the OD API's all-point AP at both (see evaluation/voc_metrics.py).
-  ('VOC07 mAP@0.5 11-pt (%)', 'detection', 'PascalBoxes_Precision/mAP@0.5IOU_VOC07_11point', 100.0, 1),
-  ('VOC07 mAP@0.75 11-pt (%)', 'detection', 'PascalBoxes_Precision/mAP@0.75IOU_VOC07_11point', 100.0, None),
-  ('VOC07 mAP@0.5 all-pt (%)', 'detection', 'PascalBoxes_Precision/mAP@0.5IOU', 100.0, None),
-  ('VOC07 mAP@0.75 all-pt (%)', 'detection', 'PascalBoxes_Precision/mAP@0.75IOU', 100.0, None),
-  ('NYU delta<1.25 (%)', 'depth', 'delta1', 100.0, 2),
-  ('NYU abs rel', 'depth', 'abs_rel', 1.0, None),
-  ('NYU rms (m)', 'depth', 'rms', 1.0, None),
-]
+
+def columns() -> List[Tuple[str, str, str, float, Optional[int]]]:
+  """(column title, evaluation, result key, scale, index into the paper triple) of every registered protocol.
+
+  Each protocol declares its columns (`Protocol.columns`), so a newly registered one
+  appears in the tables with no edit here.
+  """
+  from mtssl_tf.evaluation import protocols
+
+  return [
+    (c.header, cls.name, c.key, c.scale, c.paper_index) for cls in protocols.protocol_classes() for c in cls.columns
+  ]
 
 
 def read_run(run_dir: str) -> Dict[str, Dict]:
@@ -73,7 +71,7 @@ def cell_text(value: Optional[float], scale: float = 100.0, reference: Optional[
 
 
 def format_row(evaluations: Dict[str, Dict], columns, reference: Optional[Sequence[float]]) -> List[str]:
-  """The cells of `columns` (COLUMNS-shaped tuples) from one run's results, with `reference[index]` beside."""
+  """The cells of `columns` (`columns()`-shaped tuples) from one run's results, with `reference[index]` beside."""
   return [
     cell_text(
       lookup(evaluations.get(evaluation, {}), key),
@@ -86,8 +84,9 @@ def format_row(evaluations: Dict[str, Dict], columns, reference: Optional[Sequen
 
 def build_rows(runs: Sequence[Tuple[str, str]]) -> Tuple[List[str], List[List[str]]]:
   """Header and rows: one row per (label, run_dir); paper numbers in [brackets]."""
-  header = ['Pre-training'] + [c[0] for c in COLUMNS]
-  rows = [[label] + format_row(read_run(run_dir), COLUMNS, PAPER_TABLE2.get(label)) for label, run_dir in runs]
+  table = columns()
+  header = ['Pre-training'] + [c[0] for c in table]
+  rows = [[label] + format_row(read_run(run_dir), table, PAPER_TABLE2.get(label)) for label, run_dir in runs]
   return header, rows
 
 

@@ -31,6 +31,7 @@ from absl import logging
 from mtssl_tf.configs.base import Config, ConfigError, to_plain, validate_all
 from mtssl_tf.configs.experiment import TrunkConfig
 from mtssl_tf.evaluation import backbone, classification
+from mtssl_tf.evaluation.protocol import Context, Protocol
 from mtssl_tf.trunk.block4 import Block4
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
 
@@ -242,3 +243,19 @@ def run_supervised(
   if progress:
     logging.info('supervised baseline: top1 %.4f, top5 %.4f -> %s', results['top1'], results['top5'], path)
   return results
+
+
+class SupervisedProtocol(Protocol):
+  """The "ImageNet labels" row: block 1-4 trained from scratch on labels, then scored."""
+
+  name = NAME
+  summary = 'the "ImageNet labels" baseline: the trunk and block 4 trained on labels (ignores --init)'
+  config_class = SupervisedConfig
+  source_fields = ('train_source', 'validation_source')
+  world_sources = ('images_train', 'images_validation')
+  headline = ('top1', 'top5')
+  uses_init = False
+
+  def run(self, ctx: Context) -> Dict:
+    return run_supervised(ctx.section, ctx.config.trunk, ctx.model_dir, ctx.train_spec, ctx.test_spec,
+                          precision=ctx.precision, progress=ctx.progress)  # fmt: skip

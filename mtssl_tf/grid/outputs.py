@@ -84,11 +84,11 @@ def select_checkpoint(run_dir: str, which: str) -> str:
 
 
 def _columns(table: str) -> List[Tuple[str, str, str, float, Optional[int]]]:
-  """results_table.COLUMNS with the paper's triple mapped to this table's ImageNet metric."""
+  """results_table.columns() with the paper's triple mapped to this table's ImageNet metric."""
   from mtssl_tf.evaluation import results_table
 
   columns = []
-  for title, evaluation, key, scale, index in results_table.COLUMNS:
+  for title, evaluation, key, scale, index in results_table.columns():
     if evaluation == 'linear' and key in ('top1', 'top5'):
       index = 0 if key == paper.IMAGENET_METRIC[table] else None
     columns.append((title, evaluation, key, scale, index))

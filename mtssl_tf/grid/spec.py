@@ -42,9 +42,8 @@ from typing import Dict, List, Optional, Tuple
 
 import yaml
 
+from mtssl_tf.evaluation import protocols
 from mtssl_tf.grid import paper
-
-EVALUATIONS = ('linear', 'detection', 'depth', 'supervised')
 
 
 class GridError(ValueError):
@@ -132,8 +131,8 @@ _GRID_KEYS = {'name', 'cells', 'train_configs', 'train_overrides', 'transfer_con
 def _parse_evaluations(data: dict, base_dir: str) -> Dict[str, Tuple[List[str], List[str]]]:
   evaluations = {}
   for kind, spec in (data.get('evaluations') or {}).items():
-    if kind not in EVALUATIONS:
-      raise GridError(f'evaluations.{kind}: unknown evaluation; choose from {EVALUATIONS}')
+    if kind not in protocols.names():
+      raise GridError(f'evaluations.{kind}: unknown evaluation; choose from {protocols.names()}')
     spec = spec or {}
     configs = [_resolve(p, base_dir) for p in _strings(spec.get('configs'), f'evaluations.{kind}.configs')]
     evaluations[kind] = (configs, _strings(spec.get('overrides'), f'evaluations.{kind}.overrides'))
@@ -168,8 +167,8 @@ def _parse_cell(i: int, raw, base_dir: str) -> Cell:
     teacher=str(raw.get('teacher') or ''),
   )
   for kind in cell.evaluate + cell.ticks:
-    if kind not in EVALUATIONS or kind == 'supervised':
-      raise GridError(f'{where}: evaluation {kind!r}: choose from linear, detection, depth')
+    if kind not in protocols.with_init():
+      raise GridError(f'{where}: evaluation {kind!r}: choose from {", ".join(protocols.with_init())}')
   if not set(cell.ticks) <= set(cell.evaluate):
     raise GridError(f'{where}: ticks {cell.ticks} must also be in evaluate {cell.evaluate}')
   if cell.transfers:
