@@ -1,4 +1,5 @@
-"""K-means: exact recovery, monotone objective, empty clusters, determinism, streaming, PCA/L2, files, config."""
+"""K-means: exact recovery, monotone objective, empty clusters, determinism, streaming, PCA/L2, files, config,
+the starts (D^2 sampling, seeding) and the Lloyd step against a float64 reference."""
 
 import numpy as np
 import pytest
@@ -203,6 +204,8 @@ def test_save_load_roundtrip(tmp_path):
     ('batch_size=0', 'cluster.batch_size: must be positive'),
     ('tolerance=1.5', 'cluster.tolerance: must be in [0, 1)'),
     ('seed=-1', 'cluster.seed: must be >= 0'),
+    ('init_trials=-1', 'cluster.init_trials: must be >= 0'),
+    ('init_dims=-2', 'cluster.init_dims: must be >= 0'),
   ],
 )
 def test_config_errors_name_the_key(text, fragment):
@@ -219,3 +222,117 @@ def test_data_errors_name_the_key():
   km = KMeans(_config()).fit(x)
   with pytest.raises(ValueError, match='16 dims, the clustering was fitted on 32'):
     km.assign(x[:, :16])
+
+
+# ----------------------------------------------------------------------------- starts and the Lloyd step
+
+
+def _start_indices(x, k, seed, **options):
+  return kmeans.kmeans_plus_plus(x, k, np.random.default_rng(seed), **options)
+
+
+def test_kmeans_plus_plus_samples_by_squared_distance():
+  # Plain k-means++ (1 candidate): the first row is uniform, the second drawn with probability
+  # D^2 / sum D^2. Small integers make every distance exact in float32, so the expected
+  # frequencies are exact; 1000 seeds give a binomial sigma <= 0.016 per row.
+  x = np.array([[0, 0], [1, 0], [3, 0], [6, 0], [10, 0]], np.float32)
+  d2 = np.sum((x[:, None] - x[None]) ** 2, axis=-1)
+  expected = np.mean(d2 / d2.sum(axis=1, keepdims=True), axis=0)
+  counts = np.zeros(len(x))
+  for seed in range(1000):
+    first, second = _start_indices(x, 2, seed, trials=1)
+    assert first != second  # A chosen row has D^2 = 0: never drawn again.
+    counts[second] += 1
+  frequencies = counts / 1000
+  np.testing.assert_allclose(frequencies, expected, atol=5 * np.sqrt(0.25 / 1000))
+  assert frequencies[-1] - 0.2 > 0.15  # Expected 0.458, far from uniform (0.2): D^2, not chance.
+
+
+@pytest.mark.parametrize('options', [{}, {'trials': 1}, {'dims': 8}])
+def test_kmeans_plus_plus_puts_one_centre_in_each_blob(options):
+  # Blob centres >= 330 apart (spread 60 in 32 dims), unit noise: a point of a blob that holds a
+  # centre has D^2 ~ 64, one of an uncovered blob >= 1e5, so a step misses an uncovered blob with
+  # probability < 9 * 64 / 1e5 even with one candidate: every blob covered in nearly every seed
+  # (also on an 8-dim projection, which keeps the blobs apart).
+  x, truth = _blobs(n=1000, spread=60.0)
+  covered = 0
+  for seed in range(20):
+    index = _start_indices(x, 10, seed, **options)
+    assert len(set(index.tolist())) == 10
+    covered += len(np.unique(truth[index])) == 10
+  assert covered >= 19, covered
+
+
+@pytest.mark.parametrize('init', ['kmeans++', 'random'])
+def test_starts_are_seeded(init):
+  x = _mixture()
+  start = {seed: KMeans(_config(num_clusters=20, init=init, seed=seed)).initialize(x) for seed in (3, 4)}
+  np.testing.assert_array_equal(KMeans(_config(num_clusters=20, init=init, seed=3)).initialize(x), start[3])
+  assert not np.array_equal(start[3], start[4])
+  # Every centre is a distinct row of the data.
+  rows = {row.tobytes() for row in x}
+  assert all(c.tobytes() in rows for c in start[3]) and len({c.tobytes() for c in start[3]}) == 20
+
+
+def _float32_error_bound(x, centroids):
+  """Worst-case error of our float32 ||x||^2 - 2 x.c + ||c||^2 against exact arithmetic, per point and centroid.
+
+  Each term is a D-term float32 dot product, off by at most gamma_D = D u / (1 - D u) times
+  the sum of the absolute products (Higham, Accuracy and Stability, eq. 3.5), which
+  Cauchy-Schwarz bounds by the norms; the two additions add u per term.
+  """
+  u = np.finfo(np.float32).eps / 2
+  gamma = x.shape[1] * u / (1 - x.shape[1] * u) + 2 * u
+  x_norm = np.linalg.norm(x.astype(np.float64), axis=1)[:, None]
+  c_norm = np.linalg.norm(centroids.astype(np.float64), axis=1)[None]
+  return gamma * (x_norm + c_norm) ** 2
+
+
+def test_lloyd_steps_equal_a_float64_reference():
+  x = _mixture(n=3000, dims=16)
+  centroids = KMeans(_config(num_clusters=20)).initialize(x)
+  x64 = x.astype(np.float64)
+  for _ in range(3):
+    model = KMeans(_config(num_clusters=20, iterations=1)).fit(x, progress=False, init_centroids=centroids)
+    probe = KMeans(_config(num_clusters=20))
+    probe.centroids, probe.input_dims = centroids, x.shape[1]
+    labels, sq_dist = probe.assign(x)
+
+    exact = np.sum((x64[:, None] - centroids.astype(np.float64)[None]) ** 2, axis=-1)
+    bound = _float32_error_bound(x, centroids)
+    best, second = np.sort(exact, axis=1)[:, :2].T
+    # A label may differ only where the best and second-best distances are within both errors.
+    clear = second - best > 2 * bound.max(axis=1)
+    assert clear.mean() > 0.95  # The comparison covers nearly every point.
+    np.testing.assert_array_equal(labels[clear], np.argmin(exact, axis=1)[clear])
+    # Distances and objective: each within its own point's bound.
+    chosen = exact[np.arange(len(x)), labels]
+    assert np.all(np.abs(sq_dist - chosen) <= bound[np.arange(len(x)), labels] + 1e-30)
+    assert abs(model.objective_history[0] - chosen.mean()) <= bound.max(axis=1).mean()
+
+    # The update: means of the points by our labels (no cluster empties on this data). Float32
+    # segment sums of m points are off by at most m u sum|x|, so the mean by m u max|x|, plus the
+    # final rounding to float32 (u |mean|).
+    counts = np.bincount(labels, minlength=20)
+    assert counts.min() > 0 and model.reseeded_history == [0, 0]
+    means = np.stack([x64[labels == j].mean(axis=0) for j in range(20)])
+    u = np.finfo(np.float32).eps / 2
+    tolerance = counts[:, None] * u * np.abs(x).max() + u * np.abs(means)
+    assert np.all(np.abs(model.centroids - means) <= tolerance)
+    centroids = model.centroids
+
+
+def test_assignment_blocks_do_not_change_the_result(monkeypatch):
+  # Score blocks of 7 rows (a partial last block) against one block for all rows.
+  x = _mixture(n=1000)
+  km = KMeans(_config(num_clusters=20, iterations=3)).fit(x, progress=False)
+  labels, sq_dist = km.assign(x)
+  monkeypatch.setattr(kmeans, '_block_rows', lambda k: 7)
+  blocked_labels, blocked_dist = km.assign(x)
+  # Other GEMM shapes may round differently: distances within the float32 bound, labels where clear.
+  bound = _float32_error_bound(x, km.centroids).max(axis=1)
+  np.testing.assert_array_less(np.abs(blocked_dist - sq_dist), bound + 1e-30)
+  exact = np.sort(np.sum((x[:, None].astype(np.float64) - km.centroids[None]) ** 2, axis=-1), axis=1)
+  clear = exact[:, 1] - exact[:, 0] > 2 * bound
+  assert clear.mean() > 0.95
+  np.testing.assert_array_equal(blocked_labels[clear], labels[clear])
