@@ -30,12 +30,13 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from mtssl_tf import hardware  # noqa: E402
-from mtssl_tf.configs import ExperimentConfig, override, validate_all  # noqa: E402
+from mtssl_tf.configs import override, validate_all  # noqa: E402
 from mtssl_tf.data.images import ReadOptions  # noqa: E402
 from mtssl_tf.data.synthetic.world import make_world  # noqa: E402
 from mtssl_tf.distribute.private_net import open_private_network  # noqa: E402
 from mtssl_tf.tasks import build_tasks  # noqa: E402
 from mtssl_tf.tasks.multitask import MultiTaskModel  # noqa: E402
+from mtssl_tf.train.experiment import ExperimentConfig  # noqa: E402
 from mtssl_tf.train.rmsprop import PerTaskRMSProp  # noqa: E402
 
 MEASURE_FLAGS = ('steps', 'warmup', 'units', 'width', 'batch_size', 'aggregate_steps')

@@ -33,7 +33,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging  # noqa: E402
 
 from mtssl_tf import hardware  # noqa: E402
-from mtssl_tf.configs import ExperimentConfig, override, validate_all  # noqa: E402
+from mtssl_tf.configs import override, validate_all  # noqa: E402
+from mtssl_tf.train.experiment import ExperimentConfig  # noqa: E402
 
 MEASURE_FLAGS = ('steps', 'warmup', 'units', 'width', 'rp_batch', 'col_batch', 'col_crop')
 flags.DEFINE_integer('steps', 160, 'Timed worker steps (both tasks together).')

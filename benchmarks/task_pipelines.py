@@ -23,12 +23,13 @@ from absl import app, flags  # noqa: E402
 
 from mtssl_tf import hardware  # noqa: E402
 from mtssl_tf.bin.flags import config_from_flags, define_config_flags  # noqa: E402
-from mtssl_tf.configs import ExperimentConfig, TrunkConfig  # noqa: E402
+from mtssl_tf.configs import TrunkConfig  # noqa: E402
 from mtssl_tf.data.images import ReadOptions  # noqa: E402
 from mtssl_tf.data.synthetic.world import make_world  # noqa: E402
 from mtssl_tf.tasks import build_tasks  # noqa: E402
 from mtssl_tf.tasks.multitask import MultiTaskModel  # noqa: E402
 from mtssl_tf.train import rmsprop  # noqa: E402
+from mtssl_tf.train.experiment import ExperimentConfig  # noqa: E402
 
 define_config_flags()
 flags.DEFINE_integer('examples', 400, 'Examples timed per input pipeline.')

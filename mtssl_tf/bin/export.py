@@ -20,9 +20,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags  # noqa: E402
 
-from mtssl_tf.configs import ConfigError, ExperimentConfig, load_config  # noqa: E402
+from mtssl_tf.configs import ConfigError, load_config  # noqa: E402
 from mtssl_tf.data.sources import DataError  # noqa: E402
 from mtssl_tf.train import launch  # noqa: E402
+from mtssl_tf.train.experiment import ExperimentConfig  # noqa: E402
 
 flags.DEFINE_string('model_dir', None, 'The pre-training run (holds config.yaml and checkpoints/).')
 flags.DEFINE_string('export_dir', '', 'Where to write the SavedModel (default <model_dir>/saved_model).')

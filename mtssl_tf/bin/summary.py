@@ -11,7 +11,8 @@ import sys
 from absl import app, flags
 
 from mtssl_tf.bin.flags import config_from_flags, define_config_flags
-from mtssl_tf.configs import ConfigError, ExperimentConfig, save_config
+from mtssl_tf.configs import ConfigError, save_config
+from mtssl_tf.train.experiment import ExperimentConfig
 from mtssl_tf.trunk.summary import summarize_trunk
 
 FLAGS = flags.FLAGS

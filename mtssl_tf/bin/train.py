@@ -22,11 +22,12 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app, flags, logging  # noqa: E402
 
 from mtssl_tf.bin.flags import define_config_flags  # noqa: E402
-from mtssl_tf.configs import ConfigError, ExperimentConfig, load_config  # noqa: E402
+from mtssl_tf.configs import ConfigError, load_config  # noqa: E402
 from mtssl_tf.configs.presets import DEMO_CONFIG  # noqa: E402
 from mtssl_tf.data.sources import DataError  # noqa: E402
 from mtssl_tf.distribute.private_net import PrivateNetworkError  # noqa: E402
 from mtssl_tf.train import launch  # noqa: E402
+from mtssl_tf.train.experiment import ExperimentConfig  # noqa: E402
 
 define_config_flags()
 flags.DEFINE_bool('export', True, 'Export a SavedModel of the trunk after training.')

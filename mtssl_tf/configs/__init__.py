@@ -1,8 +1,7 @@
-"""Typed configs: dataclasses, YAML files and `key.path=value` overrides.
+"""Typed configs: dataclasses, YAML files and `key.path=value` overrides, and the shared sections.
 
-The experiment-level classes are loaded lazily (PEP 562): `ExperimentConfig` holds
-every task's config, and task modules import `mtssl_tf.configs.base`, so an eager
-import here would be circular.
+The root config of a pre-training run, `ExperimentConfig`, nests every task's config and
+lives with the trainer (`mtssl_tf.train.experiment`); this package imports no task.
 """
 
 from mtssl_tf.configs.base import (
@@ -15,26 +14,19 @@ from mtssl_tf.configs.base import (
   to_plain,
   validate_all,
 )
-
-_EXPERIMENT_NAMES = ('DemoConfig', 'ExperimentConfig', 'LassoConfig', 'RuntimeConfig', 'TrunkConfig')
-
-
-def __getattr__(name):
-  if name in _EXPERIMENT_NAMES:
-    from mtssl_tf.configs import experiment
-
-    return getattr(experiment, name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-
+from mtssl_tf.configs.experiment import DemoConfig, LassoConfig, RuntimeConfig, TrunkConfig
 
 __all__ = [
   'Config',
   'ConfigError',
+  'DemoConfig',
+  'LassoConfig',
+  'RuntimeConfig',
+  'TrunkConfig',
   'load_config',
   'override',
   'parse_override',
   'save_config',
   'to_plain',
   'validate_all',
-  *_EXPERIMENT_NAMES,
 ]

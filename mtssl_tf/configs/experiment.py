@@ -1,8 +1,12 @@
-"""Config classes for the trunk, lasso mixing, the runtime and the whole experiment.
+"""Config sections every binary shares: the trunk, lasso mixing, the runtime and the demo input.
 
-Defaults follow Doersch & Zisserman 2017 (§3.1, §3.2): ResNet-101 v2 kept to the end
-of block 3 (units 3, 4, 23), every block-3 unit at one resolution so that lasso can mix
-them (output stride 16, or 8 with atrous convolution).
+The root config of a pre-training run (`ExperimentConfig`, which nests every task's config)
+and its `train` section live with the trainer, in `mtssl_tf.train.experiment`, so that this
+layer imports no task.
+
+Defaults follow Doersch & Zisserman 2017 (§3.1, §3.2): ResNet-101 v2 kept to the end of
+block 3 (units 3, 4, 23), every block-3 unit at one resolution so that lasso can mix them
+(output stride 16, or 8 with atrous convolution).
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ import dataclasses
 from typing import Tuple
 
 from mtssl_tf.configs.base import Config, ConfigError
-from mtssl_tf.tasks import TasksConfig
-from mtssl_tf.train import rmsprop
 
 OUTPUT_STRIDES = (8, 16, 32)
-# 'auto': mixed_bfloat16 where the hardware computes bfloat16 natively, else float32 (hardware.py).
-PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
+# Keras dtype policies.
+PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
+# `runtime.precision` may also be 'auto': mixed_bfloat16 where the hardware computes bfloat16
+# natively, else float32 (`mtssl_tf.hardware.resolve_precision`).
+RUNTIME_PRECISIONS = ('auto', *PRECISIONS)
 LASSO_INITS = ('last', 'uniform')
 # What follows a lasso mix before the head (`LassoConfig.mix_norm`, trunk/lasso.py).
 LASSO_MIX_NORMS = ('trunk', 'per_consumer')
@@ -112,8 +117,8 @@ class RuntimeConfig(Config):
   seed: int = 0
 
   def validate(self) -> None:
-    if self.precision not in PRECISIONS:
-      raise ConfigError(f'runtime.precision: must be one of {PRECISIONS}, got {self.precision!r}')
+    if self.precision not in RUNTIME_PRECISIONS:
+      raise ConfigError(f'runtime.precision: must be one of {RUNTIME_PRECISIONS}, got {self.precision!r}')
 
 
 @dataclasses.dataclass
@@ -133,103 +138,3 @@ class DemoConfig(Config):
       raise ConfigError(f'demo.batch_size: must be positive, got {self.batch_size}')
     if self.image_size < 32:
       raise ConfigError(f'demo.image_size: must be at least 32 pixels, got {self.image_size}')
-
-
-TRAIN_MODES = ('hybrid', 'async', 'sync')
-ACCUMULATE = ('parameter_server', 'worker')
-
-
-@dataclasses.dataclass
-class TrainConfig(Config):
-  """Distributed pre-training (Doersch & Zisserman §4).
-
-  Attributes:
-    mode: 'hybrid' (each task averages `aggregate_steps` worker steps per update and
-      never waits for other tasks: the paper's scheme), 'async' (every step applied
-      at once) or 'sync' (all tasks in lock step: a round of one step per worker,
-      then every task's update).
-    accumulate: where a hybrid run sums a task's K_t gradients. 'parameter_server'
-      (the paper's scheme): every step writes its gradients to the parameter servers
-      and any K_t steps of the task's pool make an update. 'worker': one closure reads
-      the weights once, runs K_t steps of its task on them on one worker and writes
-      the gradients' sum once, K_t times less traffic each way; an update's K_t
-      gradients are then taken at one set of weights on one worker. Ignored by
-      'async' and 'sync'.
-    total_steps: worker steps over all tasks.
-    learning_rate: RMSProp learning rate.
-    rmsprop_variant: initial mean square of the per-task RMSProp (§4). 'keras' (0, as
-      Keras 2.15's RMSprop): a loss x c trains alike from the first step. 'tf1' (1, as
-      TF1's RMSPropOptimizer): steps are damped and scale dependent for about
-      log(E[g^2]) / log(decay) updates (131 at a gradient RMS of 1e-3), the whole of a
-      miniature run. Both the local and the distributed trainer use these fields
-      (`mtssl_tf.train.rmsprop.from_config`; the module docstring has the derivation).
-    rmsprop_decay: decay of the mean square (0.9, slim's ImageNet recipe and TF1's default).
-    rmsprop_momentum: momentum (0.9, slim's ImageNet recipe).
-    rmsprop_epsilon: added to the mean square inside the square root. 1e-10 (TF1
-      RMSPropOptimizer's default) is small next to the squared gradients (0.5% error at a
-      gradient RMS of 1e-4, less above), so §4's "multiplying the loss by a constant factor
-      does not change how quickly the network learns" holds; 1e-7 (Keras's default) is 5%
-      off at a gradient RMS of 1e-3; 1.0 (slim's recipe) makes it momentum SGD for
-      gradients much smaller than 1.
-    num_ps: parameter servers of the local cluster.
-    cost_tick: a checkpoint is kept each time total compute crosses a multiple of it
-      (same unit as the tasks' cost_per_step; the paper used ~2.4K GPU-hours).
-    checkpoint_every_seconds: time-based checkpoints besides the ticks.
-    log_every_seconds: console progress and scalar summaries.
-    world_preset: synthetic world used for tasks whose data source is empty.
-    world_dir: where that world lives (empty: ~/.cache/mtssl_tf/world_<preset>).
-    export: write a SavedModel of the trunk at the end.
-  """
-
-  mode: str = 'hybrid'
-  accumulate: str = 'parameter_server'
-  total_steps: int = 600
-  learning_rate: float = 1e-3
-  rmsprop_variant: str = rmsprop.DEFAULT_VARIANT
-  rmsprop_decay: float = rmsprop.DEFAULT_DECAY
-  rmsprop_momentum: float = rmsprop.DEFAULT_MOMENTUM
-  rmsprop_epsilon: float = rmsprop.DEFAULT_EPSILON
-  num_ps: int = 1
-  cost_tick: float = 100.0
-  checkpoint_every_seconds: float = 600.0
-  log_every_seconds: float = 10.0
-  world_preset: str = 'small'
-  world_dir: str = ''
-  export: bool = True
-
-  def validate(self) -> None:
-    if self.mode not in TRAIN_MODES:
-      raise ConfigError(f'train.mode: must be one of {TRAIN_MODES}, got {self.mode!r}')
-    if self.accumulate not in ACCUMULATE:
-      raise ConfigError(f'train.accumulate: must be one of {ACCUMULATE}, got {self.accumulate!r}')
-    if self.total_steps < 1 or self.num_ps < 1:
-      raise ConfigError('train.total_steps and train.num_ps: must be positive')
-    if self.rmsprop_variant not in rmsprop.VARIANTS:
-      raise ConfigError(f'train.rmsprop_variant: must be one of {rmsprop.VARIANTS}, got {self.rmsprop_variant!r}')
-    if not 0.0 <= self.rmsprop_decay < 1.0:
-      raise ConfigError(f'train.rmsprop_decay: must be in [0, 1), got {self.rmsprop_decay}')
-    if not 0.0 <= self.rmsprop_momentum < 1.0:
-      raise ConfigError(f'train.rmsprop_momentum: must be in [0, 1), got {self.rmsprop_momentum}')
-    if not self.rmsprop_epsilon > 0:
-      raise ConfigError(f'train.rmsprop_epsilon: must be positive (inside the square root), got {self.rmsprop_epsilon}')
-    if self.learning_rate <= 0 or self.cost_tick <= 0:
-      raise ConfigError('train.learning_rate and train.cost_tick: must be positive')
-
-
-@dataclasses.dataclass
-class ExperimentConfig(Config):
-  """The root config every binary loads."""
-
-  trunk: TrunkConfig = dataclasses.field(default_factory=TrunkConfig)
-  lasso: LassoConfig = dataclasses.field(default_factory=LassoConfig)
-  runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
-  demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
-  tasks: TasksConfig = dataclasses.field(default_factory=TasksConfig)
-  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-
-  def validate(self) -> None:
-    if self.lasso.enabled and self.trunk.output_stride == 32:
-      raise ConfigError(
-        'trunk.output_stride: lasso.enabled needs every block-3 unit at one resolution, '
-        'so the output stride must be 8 or 16, not 32'
-      )

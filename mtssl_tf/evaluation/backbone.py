@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from mtssl_tf.configs import TrunkConfig
 from mtssl_tf.configs.base import read_yaml
-from mtssl_tf.export.saved_model import PREPROCESSING, preprocess
+from mtssl_tf.trunk.inputs import PREPROCESSING, preprocess
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk, build_trunk
 
 RANDOM = 'random'

@@ -21,11 +21,10 @@ from typing import Dict, List
 import tensorflow as tf
 from absl import logging as absl_logging
 
-from mtssl_tf.data import color
 from mtssl_tf.tasks.multitask import MultiTaskModel
+from mtssl_tf.trunk.inputs import PREPROCESSING, preprocess
 from mtssl_tf.trunk.resnet_v2 import unit_endpoint_name
 
-PREPROCESSING = ('rgb', 'harmonized')
 _IMAGES = tf.TensorSpec([None, None, None, 3], tf.uint8, name='images')
 
 
@@ -65,13 +64,6 @@ _HARMLESS_SAVE_LOGS = re.compile(
 class _HarmlessSaveLogs(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     return not _HARMLESS_SAVE_LOGS.match(record.getMessage())
-
-
-def preprocess(images: tf.Tensor, mode: str) -> tf.Tensor:
-  """uint8 images -> the trunk's float input: colour in [-1, 1] ('rgb') or L / 50 - 1 replicated ('harmonized')."""
-  if mode == 'harmonized':
-    return color.harmonize(images)
-  return tf.cast(images, tf.float32) / 127.5 - 1.0
 
 
 class TrunkExport(tf.Module):

@@ -43,7 +43,6 @@ import tensorflow as tf
 from absl import logging
 
 from mtssl_tf import hardware
-from mtssl_tf.configs.experiment import ExperimentConfig
 from mtssl_tf.data import pipeline
 from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.tasks import build_tasks
@@ -52,6 +51,7 @@ from mtssl_tf.tasks.multitask import MultiTaskModel
 from mtssl_tf.train import rmsprop, snapshot
 from mtssl_tf.train.checkpointing import TracedCheckpoint
 from mtssl_tf.train.cost import CostTracker
+from mtssl_tf.train.experiment import ExperimentConfig
 from mtssl_tf.train.grad_slots import GradientSlots
 from mtssl_tf.train.in_flight import ORDERS, InFlight
 from mtssl_tf.trunk.lasso import alpha_image

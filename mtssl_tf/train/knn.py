@@ -393,8 +393,7 @@ def monitor_for_run(cfg: KnnMonitorConfig, trunk_config, model_dir: str, train_c
     return None
   world = {}
   if not (cfg.bank_source and cfg.query_source):
-    from mtssl_tf.data.synthetic.world import make_world
-    from mtssl_tf.train.launch import default_world_dir
+    from mtssl_tf.data.synthetic.world import default_world_dir, make_world
 
     world = make_world(train_cfg.world_dir or default_world_dir(train_cfg.world_preset), train_cfg.world_preset)
   bank, query = resolve_sources(cfg, world.get('sources'))

@@ -34,7 +34,8 @@ from typing import Dict, List, Optional, Sequence
 from absl import logging
 
 from mtssl_tf.configs.base import ConfigError, save_config
-from mtssl_tf.configs.experiment import ExperimentConfig
+from mtssl_tf.train.experiment import ExperimentConfig
+from mtssl_tf.trunk.inputs import PREPROCESSING
 
 # Kept in coordinator.log, not shown: TF's C++ start-up errors about CUDA plugin factories
 # (TF 2.15 registers them twice; harmless on a CPU), and gRPC errors of the remote eager
@@ -46,6 +47,8 @@ _NOISE = re.compile(rb'cuda|cuDNN|cuFFT|cuBLAS|TensorRT|grpc|GRPC|remote target|
 
 # The coordinator's exit code for "the cluster failed; restart me from the checkpoint".
 EXIT_CLUSTER_FAILURE = 75
+# What an export may feed the trunk: a `trunk.inputs.PREPROCESSING` convention, or 'as_trained' (the run's).
+EXPORT_INPUTS = (*PREPROCESSING, 'as_trained')
 
 
 @dataclasses.dataclass
@@ -54,12 +57,6 @@ class Prepared:
 
   sources: Dict[str, str]
   world: Optional[dict]
-
-
-def default_world_dir(preset: str) -> str:
-  """~/.cache/mtssl_tf/world_<preset> (or $XDG_CACHE_HOME)."""
-  cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-  return os.path.join(cache, 'mtssl_tf', f'world_{preset}')
 
 
 def prepare(cfg: ExperimentConfig) -> Prepared:
@@ -74,7 +71,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     DataError: a task's data cannot be read (the message names the source).
   """
   from mtssl_tf.data.images import ReadOptions  # Local: TF import is slow; config errors come first.
-  from mtssl_tf.data.synthetic.world import make_world
+  from mtssl_tf.data.synthetic.world import default_world_dir, make_world
   from mtssl_tf.tasks import build_tasks
 
   tasks = build_tasks(cfg.tasks, cfg.trunk.output_stride)
@@ -248,7 +245,7 @@ def export_latest(
     model_dir: the run (its checkpoints/).
     sources: each task's data source (one batch builds the heads).
     export_dir: where to write; '' is `<model_dir>/saved_model`.
-    preprocessing: what the SavedModel feeds the trunk (evaluation/backbone.py `EVAL_INPUTS`):
+    preprocessing: what the SavedModel feeds the trunk (`EXPORT_INPUTS`, as evaluation/backbone.py's `EVAL_INPUTS`):
       'rgb' colour, the paper's for every trunk (Doersch §3.3 evaluates harmonized trunks on
       colour); 'harmonized' grey; 'as_trained' grey only if every task was harmonized.
 
@@ -262,13 +259,12 @@ def export_latest(
   import tensorflow as tf
 
   from mtssl_tf.data.images import ReadOptions
-  from mtssl_tf.evaluation.backbone import EVAL_INPUTS
   from mtssl_tf.export.saved_model import export
   from mtssl_tf.tasks import build_tasks
   from mtssl_tf.tasks.multitask import MultiTaskModel
 
-  if preprocessing not in EVAL_INPUTS:
-    raise ValueError(f'export preprocessing: must be one of {EVAL_INPUTS}, got {preprocessing!r}')
+  if preprocessing not in EXPORT_INPUTS:
+    raise ValueError(f'export preprocessing: must be one of {EXPORT_INPUTS}, got {preprocessing!r}')
   checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
   if not checkpoint:
     raise FileNotFoundError(f'no checkpoint under {model_dir}/checkpoints to export')

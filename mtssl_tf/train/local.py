@@ -17,10 +17,10 @@ from typing import Dict, Iterator, List, Mapping, Optional
 import tensorflow as tf
 from absl import logging
 
-from mtssl_tf.configs.experiment import TrainConfig
 from mtssl_tf.data import pipeline
 from mtssl_tf.tasks.multitask import MultiTaskModel
 from mtssl_tf.train import rmsprop
+from mtssl_tf.train.experiment import TrainConfig
 
 
 @dataclasses.dataclass

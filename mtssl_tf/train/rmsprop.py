@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Sequence, Tuple
 import tensorflow as tf
 
 if TYPE_CHECKING:
-  from mtssl_tf.configs.experiment import TrainConfig
+  from mtssl_tf.train.experiment import TrainConfig
 
 # Initial mean square of each variant (see the module docstring).
 INITIAL_MEAN_SQUARE = {'keras': 0.0, 'tf1': 1.0}

@@ -389,8 +389,7 @@ def world_sources(cfg: TransferConfig) -> TransferConfig:
     return cfg
   from absl import logging
 
-  from mtssl_tf.data.synthetic.world import make_world
-  from mtssl_tf.train.launch import default_world_dir
+  from mtssl_tf.data.synthetic.world import default_world_dir, make_world
 
   world_dir = cfg.world_dir or default_world_dir(cfg.world_preset)
   logging.info('transfer: world sources read the synthetic world in %s', world_dir)

@@ -35,9 +35,9 @@ from mtssl_tf.data.images import ReadOptions, image_dataset
 from mtssl_tf.evaluation import backbone
 from mtssl_tf.evaluation.classification import centre_crop, resize_shorter_side
 from mtssl_tf.evaluation.linear import adaptive_max_pool
-from mtssl_tf.export.saved_model import preprocess
 from mtssl_tf.transfer.config import OUTPUTS, ExtractConfig, TransferConfig, world_sources
 from mtssl_tf.transfer.hog import HogBagOfWords, HogMap
+from mtssl_tf.trunk.inputs import preprocess
 
 MANIFEST = 'manifest.json'
 LOG_EVERY_SECONDS = 30.0

@@ -32,10 +32,10 @@ from mtssl_tf.configs.experiment import TrunkConfig
 from mtssl_tf.evaluation import classification
 from mtssl_tf.evaluation.linear import LinearProbes, probe_grid
 from mtssl_tf.export import saved_model
-from mtssl_tf.export.saved_model import preprocess
 from mtssl_tf.transfer.assign import pseudo_label_spec, read_summary
 from mtssl_tf.transfer.config import OUTPUTS, PROBE_DIR, ProbeConfig, StudentConfig, TransferConfig, world_sources
 from mtssl_tf.transfer.models import LOGITS, build_model
+from mtssl_tf.trunk.inputs import preprocess
 
 NAME = 'transfer'
 META = 'student.json'

@@ -9,7 +9,7 @@ from typing import Dict, Tuple
 import tensorflow as tf
 
 from mtssl_tf import hardware
-from mtssl_tf.configs.experiment import ExperimentConfig
+from mtssl_tf.configs.base import Config
 from mtssl_tf.trunk.lasso import LassoMix
 from mtssl_tf.trunk.resnet_v2 import build_trunk
 
@@ -53,11 +53,12 @@ class TrunkSummary:
     return '\n'.join(lines)
 
 
-def summarize_trunk(cfg: ExperimentConfig) -> TrunkSummary:
+def summarize_trunk(cfg: Config) -> TrunkSummary:
   """Builds the configured trunk, runs it on seeded random images and measures it.
 
   Args:
-    cfg: a validated experiment config (its `demo` section sets the input).
+    cfg: a validated experiment config (`mtssl_tf.train.experiment.ExperimentConfig`; this layer
+      reads only its trunk, lasso, runtime and demo sections; `demo` sets the input).
 
   Returns:
     A `TrunkSummary`.

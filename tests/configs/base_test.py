@@ -8,13 +8,13 @@ import yaml
 
 from mtssl_tf.configs import (
   ConfigError,
-  ExperimentConfig,
   load_config,
   override,
   parse_override,
   save_config,
   to_plain,
 )
+from mtssl_tf.train.experiment import ExperimentConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

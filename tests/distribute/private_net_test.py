@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from mtssl_tf.configs import ExperimentConfig, override, save_config, validate_all
+from mtssl_tf.configs import override, save_config, validate_all
 from mtssl_tf.distribute import private_net
 from mtssl_tf.distribute.private_net import (
   PrivateNetwork,
@@ -29,6 +29,7 @@ from mtssl_tf.distribute.private_net import (
   socket_inodes,
   sockets_of,
 )
+from mtssl_tf.train.experiment import ExperimentConfig
 
 # x86-64 is little-endian: the kernel prints each 32-bit address word as a host-order integer.
 TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode

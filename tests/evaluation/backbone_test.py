@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 from mtssl_tf.configs import ConfigError, TrunkConfig, override, save_config
-from mtssl_tf.configs.experiment import ExperimentConfig
 from mtssl_tf.evaluation import backbone, linear, runner
 from mtssl_tf.evaluation.config import load_eval_config
+from mtssl_tf.train.experiment import ExperimentConfig
 
 # Outcomes depend on floating-point results: CI runs these again with oneDNN off.
 pytestmark = pytest.mark.numerics

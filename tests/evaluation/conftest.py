@@ -7,10 +7,10 @@ import pytest
 import tensorflow as tf
 
 from mtssl_tf.configs import LassoConfig, TrunkConfig, save_config
-from mtssl_tf.configs.experiment import ExperimentConfig
 from mtssl_tf.export.saved_model import export
 from mtssl_tf.tasks.multitask import MultiTaskModel
 from mtssl_tf.tasks.relative_position import RelativePositionConfig, RelativePositionTask
+from mtssl_tf.train.experiment import ExperimentConfig
 
 
 def tiny_trunk_config() -> TrunkConfig:

@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtssl_tf.configs import ConfigError, ExperimentConfig, LassoConfig, override, save_config, validate_all
+from mtssl_tf.configs import ConfigError, LassoConfig, override, save_config, validate_all
 from mtssl_tf.data.images import ReadOptions
-from mtssl_tf.export.saved_model import export, preprocess
+from mtssl_tf.export.saved_model import export
 from mtssl_tf.tasks import TasksConfig, build_tasks
 from mtssl_tf.tasks.multitask import MultiTaskModel
 from mtssl_tf.train import launch
+from mtssl_tf.train.experiment import ExperimentConfig
 from mtssl_tf.transfer.config import ExtractConfig
 from mtssl_tf.transfer.extract import NetworkFeatures, resolve_preprocessing
+from mtssl_tf.trunk.inputs import preprocess
 
 # Outcomes depend on floating-point results: CI runs these again with oneDNN off.
 pytestmark = pytest.mark.numerics

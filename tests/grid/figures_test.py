@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtssl_tf.configs import ExperimentConfig, override, save_config
+from mtssl_tf.configs import override, save_config
 from mtssl_tf.grid import figures
 from mtssl_tf.tasks import build_tasks
 from mtssl_tf.tasks.multitask import MultiTaskModel
+from mtssl_tf.train.experiment import ExperimentConfig
 
 
 def _png_size(path):

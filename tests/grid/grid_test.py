@@ -230,7 +230,8 @@ def test_cells_run_after_the_cells_they_reuse(tmp_path):
 
 
 def test_every_pre_training_cell_and_row_file_makes_a_valid_config():
-  from mtssl_tf.configs import ExperimentConfig, load_config
+  from mtssl_tf.configs import load_config
+  from mtssl_tf.train.experiment import ExperimentConfig
 
   tasks = ('relative_position', 'colorization', 'exemplar', 'motion_segmentation', 'jigsaw')
   for name in ('mini', 'paper'):

@@ -2,8 +2,9 @@
 
 import pytest
 
-from mtssl_tf.configs import ExperimentConfig, override
+from mtssl_tf.configs import override
 from mtssl_tf.tasks import build_tasks, input_convention
+from mtssl_tf.train.experiment import ExperimentConfig
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,8 @@ _SCRIPT = """
 import functools, json, sys
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import testing
-from mtssl_tf.configs import ExperimentConfig, load_config
+from mtssl_tf.configs import load_config
+from mtssl_tf.train.experiment import ExperimentConfig
 from mtssl_tf.tasks.multitask import MultiTaskModel
 from mtssl_tf.train import distributed, in_flight, launch
 

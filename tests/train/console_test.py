@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mtssl_tf.configs import ExperimentConfig, override, save_config, validate_all
+from mtssl_tf.configs import override, save_config, validate_all
+from mtssl_tf.train.experiment import ExperimentConfig
 
 # TF's Python warnings (its own handler and absl's), C++ warnings, the messages the saves
 # and exports used to print, TF's duplicated or internal INFO lines, gRPC errors and

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtssl_tf.configs import ExperimentConfig, override, save_config, validate_all
+from mtssl_tf.configs import override, save_config, validate_all
 from mtssl_tf.train import launch
+from mtssl_tf.train.experiment import ExperimentConfig
 
 SAVED_MODEL_CLI = str(__import__('pathlib').Path(sys.executable).with_name('saved_model_cli'))
 
@@ -355,7 +356,8 @@ def test_nan_loss_names_task_and_step_and_keeps_checkpoint(hybrid_run, tmp_path)
       'import sys, tensorflow as tf\n'
       'from mtssl_tf.tasks import relative_position as rp\n'
       'rp.RelativePositionTask.loss = lambda self, outputs, batch: tf.constant(float("nan"))\n'
-      'from mtssl_tf.configs import ExperimentConfig, load_config\n'
+      'from mtssl_tf.configs import load_config\n'
+      'from mtssl_tf.train.experiment import ExperimentConfig\n'
       'from mtssl_tf.train import launch\n'
       f'cfg = load_config(ExperimentConfig, [{path!r}])\n'
       f'launch.coordinator_main(cfg, {str(run)!r}, {cluster.spec!r})\n'

@@ -8,10 +8,10 @@ import pytest
 import tensorflow as tf
 
 from mtssl_tf.configs import LassoConfig, override
-from mtssl_tf.configs.experiment import TrainConfig
 from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.tasks import TasksConfig, build_tasks
 from mtssl_tf.tasks.multitask import MultiTaskModel
+from mtssl_tf.train.experiment import TrainConfig
 from mtssl_tf.train.local import LocalTrainer
 from mtssl_tf.train.rmsprop import PerTaskRMSProp
 

@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from mtssl_tf.configs import ConfigError, ExperimentConfig, load_config
-from mtssl_tf.configs.experiment import TrainConfig
+from mtssl_tf.configs import ConfigError, load_config
 from mtssl_tf.grid import spec
+from mtssl_tf.train.experiment import ExperimentConfig, TrainConfig
 from mtssl_tf.train.rmsprop import DEFAULT_EPSILON, DEFAULT_VARIANT, PerTaskRMSProp, from_config
 
 # Outcomes depend on floating-point results: CI runs these again with oneDNN off.

@@ -10,8 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mtssl_tf.configs import ExperimentConfig, override, save_config, validate_all
+from mtssl_tf.configs import override, save_config, validate_all
 from mtssl_tf.data.synthetic.classification import write_image_folder
+from mtssl_tf.train.experiment import ExperimentConfig
 
 _BIN = Path(sys.executable).parent
 

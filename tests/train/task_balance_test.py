@@ -8,7 +8,8 @@ on what else runs.
 
 import numpy as np
 
-from mtssl_tf.configs import ExperimentConfig, override, validate_all
+from mtssl_tf.configs import override, validate_all
+from mtssl_tf.train.experiment import ExperimentConfig
 
 # Seconds per step. The fast task's pace is several times its tiny-trunk compute, so its
 # speed is the pace; the slow task's is 5x (colorization at stride 8 is ~10x relative

@@ -117,6 +117,12 @@ _PARTS: Dict[str, Callable[[str, Preset, int], Dict[str, str]]] = {
 }
 
 
+def default_world_dir(preset: str) -> str:
+  """~/.cache/mtssl_tf/world_<preset> (or under $XDG_CACHE_HOME): where a preset's world lives by default."""
+  cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(cache, 'mtssl_tf', f'world_{preset}')
+
+
 def make_world(root: str, preset: str = 'small', seed: int = 0, force: bool = False) -> Dict[str, object]:
   """Writes (or reuses) a synthetic world and returns its manifest.
 

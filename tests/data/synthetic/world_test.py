@@ -53,7 +53,7 @@ def test_concurrent_requests_write_the_world_once(tmp_path, monkeypatch):
 
 
 def test_every_size_has_a_shape_cue_preset():
-  from mtssl_tf.train.launch import default_world_dir
+  from mtssl_tf.data.synthetic.world import default_world_dir
 
   for name in ('tiny', 'small', 'large'):
     assert world.PRESETS[name].class_cue == 'colour'  # The original worlds keep their names.
