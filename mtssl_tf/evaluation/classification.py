@@ -1,21 +1,19 @@
-"""Shared by the classification evaluations (linear probes, supervised baseline).
+"""Shared by the classification evaluations (linear probes, supervised baseline, student probes).
 
 Data (resize, crops, colour jitter, the labelled-image pipeline), recall@k metrics,
-the checkpointed training loop and config checks common to both protocols.
+config checks and the train-then-score tail over the fine-tuning engine.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
-from absl import logging
 
 from mtssl_tf.configs.base import ConfigError
 from mtssl_tf.data import decode, pipeline
 from mtssl_tf.data.images import ReadOptions, image_dataset
+from mtssl_tf.train.finetune import FineTune
 
 TOP_K = 5
 
@@ -228,90 +226,8 @@ def resolve_sources(cfg, train_spec: str, validation_spec: str, section: str) ->
   return train, validation
 
 
-def restore_or_start(checkpoint: tf.train.Checkpoint, directory: str, what: str) -> tf.train.CheckpointManager:
-  """A manager over `directory`, with `checkpoint` restored from its latest save if any.
-
-  Raises:
-    ValueError: the saved objects do not fit the ones built from this config.
-  """
-  manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2)
-  if manager.latest_checkpoint:
-    try:
-      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as e:
-      raise ValueError(
-        f'{what} checkpoint {manager.latest_checkpoint} does not fit this config (use a fresh model_dir or delete '
-        f'{directory}): {str(e).splitlines()[0][:300]}'
-      ) from None
-    logging.info('%s: resuming from %s', what, manager.latest_checkpoint)
-  return manager
-
-
-def train_loop(
-  name: str,
-  step_fn: Callable,
-  data: tf.data.Dataset,
-  cfg,
-  *,
-  start: int,
-  schedule: Callable[[int], tf.Tensor],
-  manager: tf.train.CheckpointManager,
-  writer,
-  progress: bool = True,
-  extra_summaries: Optional[Callable[[], Dict[str, float]]] = None,
-) -> int:
-  """Steps start+1 .. cfg.steps: NaN check, progress lines, `<name>/<tag>` summaries, checkpoints.
-
-  Args:
-    name: summary prefix and log name ('linear', 'supervised').
-    step_fn: batch -> (total loss, {tag: value}), the tags including 'loss' and 'train_top1'.
-    data: training batches.
-    cfg: a config with steps, log_every_steps, checkpoint_every_steps.
-    start: the step already done (restored).
-    schedule: the learning rate schedule (logged).
-    manager: saves every `checkpoint_every_steps` and at the end.
-    writer: summary writer; each log window writes the tags' means, learning_rate,
-      steps_per_second and `extra_summaries()`.
-    progress: log a line per window.
-    extra_summaries: more scalars per window.
-
-  Returns:
-    Undecodable training records skipped.
-
-  Raises:
-    FloatingPointError: a non-finite loss, naming the step (the last checkpoint is kept).
-  """
-  skips = pipeline.SkipCounter(f'{name}/train')
-  sums: Dict[str, float] = {}
-  count, tick = 0, time.perf_counter()
-  for step, batch in zip(range(start + 1, cfg.steps + 1), data):
-    total, metrics = step_fn(batch)
-    if not math.isfinite(float(total)):
-      raise FloatingPointError(
-        f'{name}: non-finite loss ({float(total)}) at step {step}; last checkpoint: {manager.latest_checkpoint}'
-      )
-    skips.update(batch[pipeline.SKIPPED_KEY], batch.get(pipeline.SKIPPED_SOURCES_KEY))
-    for tag, value in metrics.items():
-      sums[tag] = sums.get(tag, 0.0) + float(value)
-    count += 1
-    if step % cfg.log_every_steps == 0 or step == cfg.steps:
-      means = {tag: value / count for tag, value in sums.items()}
-      means.update(learning_rate=float(schedule(step - 1)), steps_per_second=count / (time.perf_counter() - tick))
-      means.update(extra_summaries() if extra_summaries else {})
-      if progress:
-        logging.info('%s step %d/%d: loss %.4f, train top1 %.3f, lr %.3g, %.2f steps/s', name, step, cfg.steps,
-                     means['loss'], means['train_top1'], means['learning_rate'], means['steps_per_second'])  # fmt: skip
-      with writer.as_default(step=step):
-        for tag, value in means.items():
-          tf.summary.scalar(f'{name}/{tag}', value)
-      sums, count, tick = {}, 0, time.perf_counter()
-    if step % cfg.checkpoint_every_steps == 0 or step == cfg.steps:
-      manager.save(checkpoint_number=step)
-  return skips.count
-
-
 def train_and_evaluate(
-  name: str,
+  tune: FineTune,
   cfg,
   train_step: Callable,
   predict: Callable,
@@ -319,24 +235,35 @@ def train_and_evaluate(
   train_spec: str,
   validation_spec: str,
   *,
-  start: int,
   schedule: Callable[[int], tf.Tensor],
-  manager: tf.train.CheckpointManager,
-  writer,
-  progress: bool = True,
   color: Optional[ColorJitter] = None,
   flip: bool = False,
   extra_summaries: Optional[Callable[[], Dict[str, float]]] = None,
 ) -> Tuple[Dict, int, int, int]:
-  """Trains from step `start` to `cfg.steps` (if not there yet), then scores the validation set.
+  """Trains from the restored step to `cfg.steps` (if not there yet), then scores the validation set.
 
   The shared tail of the linear, supervised and probe protocols: training batches with
-  the protocol's augmentation, `train_loop`, then one centre crop per validation image.
+  the protocol's augmentation, the fine-tuning engine's loop (`tune.fit`), then one
+  centre crop per validation image.
+
+  Args:
+    tune: the protocol's engine, restored (`FineTune.restore`).
+    cfg: a config with the classification data fields (image_size, crop_size, batch_size, ...).
+    train_step: batch -> (total loss, {tag: value}) with 'loss' and 'train_top1'.
+    predict: uint8 images -> {name: logits}.
+    num_classes: classes.
+    train_spec: training source.
+    validation_spec: validation source.
+    schedule: the learning rate schedule (logged).
+    color: colour jitter of training views.
+    flip: random horizontal flips.
+    extra_summaries: more scalars per logging window.
 
   Returns:
     (scores per head as `evaluate` gives them, validation images, training records
     skipped, validation records skipped).
   """
+  start = tune.step
   train_skipped = 0
   if start < cfg.steps:
     data = classification_dataset(
@@ -344,10 +271,9 @@ def train_and_evaluate(
       seed=cfg.seed, color=color, flip=flip, label_offset=cfg.label_offset, data_dir=cfg.data_dir,
       shuffle_buffer=cfg.shuffle_buffer, start=start * cfg.batch_size,
     )  # fmt: skip
-    train_skipped = train_loop(
-      name, train_step, data, cfg, start=start, schedule=schedule, manager=manager, writer=writer,
-      progress=progress, extra_summaries=extra_summaries,
-    )  # fmt: skip
+    stats = tune.fit(train_step, data, schedule=schedule, log_keys=('loss', 'train_top1'),
+                     extra_summaries=extra_summaries)  # fmt: skip
+    train_skipped = stats['num_skipped_train']
   validation = classification_dataset(
     validation_spec, image_size=cfg.image_size, crop_size=cfg.crop_size, batch_size=cfg.eval_batch_size,
     training=False, label_offset=cfg.label_offset, data_dir=cfg.data_dir,

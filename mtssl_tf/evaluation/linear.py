@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -49,10 +48,10 @@ from mtssl_tf.evaluation.classification import (
   correct_at_k,
   count_labels,
   resolve_sources,
-  restore_or_start,
   train_and_evaluate,
 )
 from mtssl_tf.evaluation.protocol import Column, Context, Protocol
+from mtssl_tf.train.finetune import FineTune
 from mtssl_tf.trunk import lasso as lasso_lib
 from mtssl_tf.trunk.lasso import LassoMix
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
@@ -374,10 +373,9 @@ def run_linear(
 
   # Variables (heads, optimizer slots) exist before any restore or traced step.
   forward(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3], tf.uint8), False)
-  optimizer.build(probes.trainable_variables)
-  checkpoint = tf.train.Checkpoint(probes=probes, optimizer=optimizer)
-  manager = restore_or_start(checkpoint, os.path.join(out_dir, 'checkpoints'), 'linear evaluation')
-  start = int(optimizer.iterations.numpy())
+  tune = FineTune(NAME, out_dir, steps=cfg.steps, log_every_steps=cfg.log_every_steps,
+                  checkpoint_every_steps=cfg.checkpoint_every_steps, progress=progress)  # fmt: skip
+  tune.restore(optimizer, probes.trainable_variables, probes=probes)
 
   @tf.function
   def train_step(batch):
@@ -406,11 +404,11 @@ def run_linear(
   def predict(images):
     return forward(images, False)[0]
 
-  writer = tf.summary.create_file_writer(out_dir)
+  writer = tune.writer
   color = ColorJitter(cfg.brightness, tuple(cfg.contrast_range), tuple(cfg.saturation_range), cfg.max_hue)
   scores, validation_count, train_skipped, validation_skipped = train_and_evaluate(
-    NAME, cfg, train_step, predict, num_classes, train_spec, validation_spec, start=start, schedule=schedule,
-    manager=manager, writer=writer, progress=progress, color=color, extra_summaries=alpha_summaries,
+    tune, cfg, train_step, predict, num_classes, train_spec, validation_spec, schedule=schedule, color=color,
+    extra_summaries=alpha_summaries,
   )  # fmt: skip
   step = int(optimizer.iterations.numpy())
   with writer.as_default(step=step):

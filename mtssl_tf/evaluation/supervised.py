@@ -32,6 +32,7 @@ from mtssl_tf.configs.base import Config, ConfigError, to_plain, validate_all
 from mtssl_tf.configs.experiment import TrunkConfig
 from mtssl_tf.evaluation import backbone, classification
 from mtssl_tf.evaluation.protocol import Context, Protocol
+from mtssl_tf.train.finetune import FineTune
 from mtssl_tf.trunk.block4 import Block4
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
 
@@ -178,11 +179,10 @@ def run_supervised(
   model(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3]), training=False)
   schedule = learning_rate_schedule(cfg, epoch_size)
   optimizer = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
-  optimizer.build(model.trainable_variables)
   kernels = [v for v in model.trainable_variables if 'kernel' in v.name]
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-  manager = classification.restore_or_start(checkpoint, os.path.join(out_dir, 'checkpoints'), 'supervised baseline')
-  start = int(optimizer.iterations.numpy())
+  tune = FineTune(NAME, out_dir, steps=cfg.steps, log_every_steps=cfg.log_every_steps,
+                  checkpoint_every_steps=cfg.checkpoint_every_steps, progress=progress)  # fmt: skip
+  tune.restore(optimizer, model.trainable_variables, model=model)
 
   @tf.function
   def train_step(batch):
@@ -204,10 +204,9 @@ def run_supervised(
   def predict(images):
     return {NAME: model(to_input(images), training=False)}
 
-  writer = tf.summary.create_file_writer(out_dir)
+  writer = tune.writer
   scores, validation_count, train_skipped, validation_skipped = classification.train_and_evaluate(
-    NAME, cfg, train_step, predict, num_classes, train_spec, validation_spec, start=start, schedule=schedule,
-    manager=manager, writer=writer, progress=progress, flip=cfg.flip,
+    tune, cfg, train_step, predict, num_classes, train_spec, validation_spec, schedule=schedule, flip=cfg.flip,
   )  # fmt: skip
   step = int(optimizer.iterations.numpy())
   with writer.as_default(step=step):
@@ -218,7 +217,7 @@ def run_supervised(
     'top1': scores[NAME]['top1'],
     'top5': scores[NAME]['top5'],
     'trunk_source': out_dir,
-    'checkpoint': manager.latest_checkpoint,
+    'checkpoint': tune.latest_checkpoint,
     'protocol': {
       'model': 'ResNet-v2 trunk (blocks 1-3) + block 4 + global average pool + linear softmax, from random init',
       'optimizer': f'momentum SGD {cfg.momentum}, lr {cfg.learning_rate} x {cfg.lr_decay_factor} every '

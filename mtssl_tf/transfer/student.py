@@ -32,6 +32,7 @@ from mtssl_tf.configs.experiment import TrunkConfig
 from mtssl_tf.evaluation import classification
 from mtssl_tf.evaluation.linear import LinearProbes, probe_grid
 from mtssl_tf.export import saved_model
+from mtssl_tf.train.finetune import FineTune
 from mtssl_tf.transfer.assign import pseudo_label_spec, read_summary
 from mtssl_tf.transfer.config import OUTPUTS, PROBE_DIR, ProbeConfig, StudentConfig, TransferConfig, world_sources
 from mtssl_tf.transfer.models import LOGITS, build_model
@@ -141,11 +142,10 @@ def train_student(
     cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_factor, staircase=True
   )
   optimizer = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
-  optimizer.build(model.trainable_variables)
   kernels = [v for v in model.trainable_variables if 'kernel' in v.name]
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-  manager = classification.restore_or_start(checkpoint, os.path.join(out_dir, 'checkpoints'), 'transfer student')
-  start = int(optimizer.iterations.numpy())
+  tune = FineTune(NAME, out_dir, steps=cfg.steps, log_every_steps=cfg.log_every_steps,
+                  checkpoint_every_steps=cfg.checkpoint_every_steps, progress=progress)  # fmt: skip
+  start = tune.restore(optimizer, model.trainable_variables, model=model)
 
   @tf.function
   def train_step(batch):
@@ -167,17 +167,14 @@ def train_student(
     windows.append((float(metrics['loss']), float(metrics['train_top1'])))
     return total, metrics
 
-  writer = tf.summary.create_file_writer(out_dir)
   skipped = 0
   if start < cfg.steps:
     data = classification.classification_dataset(
       train_spec, image_size=cfg.image_size, crop_size=cfg.crop_size, batch_size=cfg.batch_size, training=True,
       seed=cfg.seed, flip=cfg.flip, shuffle_buffer=cfg.shuffle_buffer, start=start * cfg.batch_size,
     )  # fmt: skip
-    skipped = classification.train_loop(
-      NAME, recorded_step, data, cfg, start=start, schedule=schedule, manager=manager, writer=writer, progress=progress
-    )
-  writer.flush()
+    stats = tune.fit(recorded_step, data, schedule=schedule, log_keys=('loss', 'train_top1'))
+    skipped = stats['num_skipped_train']
   export_dir = os.path.join(out_dir, 'saved_model')
   if export and (start < cfg.steps or not tf.io.gfile.exists(os.path.join(export_dir, 'saved_model.pb'))):
     module = StudentExport(model, cfg.crop_size)
@@ -194,7 +191,7 @@ def train_student(
     'first_window': {'loss': mean(windows[:window], 0), 'train_top1': mean(windows[:window], 1)},
     'last_window': {'loss': mean(windows[-window:], 0), 'train_top1': mean(windows[-window:], 1)},
     'train_source': train_spec,
-    'checkpoint': manager.latest_checkpoint,
+    'checkpoint': tune.latest_checkpoint,
     'saved_model': export_dir if export else None,
     'skipped_train_records': skipped,
   }
@@ -275,10 +272,10 @@ def probe_student(
     return out
 
   probes(frozen(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3], tf.uint8)), training=False)
-  optimizer.build(probes.trainable_variables)
-  checkpoint = tf.train.Checkpoint(probes=probes, optimizer=optimizer)
-  manager = classification.restore_or_start(checkpoint, os.path.join(out_dir, 'checkpoints'), 'student probes')
-  start = int(optimizer.iterations.numpy())
+  name = f'{NAME}/probe'
+  tune = FineTune(name, out_dir, steps=cfg.steps, log_every_steps=cfg.log_every_steps,
+                  checkpoint_every_steps=cfg.checkpoint_every_steps, progress=progress)  # fmt: skip
+  tune.restore(optimizer, probes.trainable_variables, probes=probes)
 
   @tf.function
   def train_step(batch):
@@ -303,11 +300,9 @@ def probe_student(
   def predict(images):
     return probes(frozen(images), training=False)[0]
 
-  writer = tf.summary.create_file_writer(out_dir)
-  name = f'{NAME}/probe'
+  writer = tune.writer
   scores, validation_count, train_skipped, validation_skipped = classification.train_and_evaluate(
-    name, cfg, train_step, predict, num_classes, train_spec, validation_spec, start=start,
-    schedule=schedule, manager=manager, writer=writer, progress=progress, flip=True,
+    tune, cfg, train_step, predict, num_classes, train_spec, validation_spec, schedule=schedule, flip=True,
   )  # fmt: skip
   step = int(optimizer.iterations.numpy())
   with writer.as_default(step=step):
