@@ -41,7 +41,7 @@ STAMP := $(VENV)/.installed
 TEST_WORKERS ?= 2
 
 ifneq ($(filter-out clean,$(or $(MAKECMDGOALS),install)),)
-$(info mtssl_tf: $(LINE) line ($(CONSTRAINTS), $(VENV)): $(PYTHON) is Python $(or $(PYTHON_VERSION),?), which $(if $(filter $(LINE),$(PYTHON_LINE)),selects it,was overridden by LINE=$(LINE)).)
+$(info mtssl_tf: $(if $(filter none,$(LINE)),no dependency line for $(PYTHON) (Python $(or $(PYTHON_VERSION),?)),$(LINE) line ($(CONSTRAINTS), $(VENV)): $(PYTHON) is Python $(or $(PYTHON_VERSION),?), which $(if $(filter $(LINE),$(PYTHON_LINE)),selects it,was overridden by LINE=$(LINE))).)
 endif
 # The venv records its line and Python; another one (LINE or PYTHON switched with the same VENV)
 # reinstalls it, and another Python rebuilds it.
