@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -36,6 +33,7 @@ from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.evaluation import backbone
 from mtssl_tf.evaluation.depth_model import DepthMetrics, DepthModel, berhu_loss, valid_mask
 from mtssl_tf.evaluation.protocol import Column, Context, Protocol
+from mtssl_tf.train.finetune import FineTune
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
 
 NAME = 'depth'
@@ -316,7 +314,8 @@ def build_model(cfg: DepthEvalConfig, trunk: ResNetV2Trunk) -> DepthModel:
   return model
 
 
-def _train(model, optimizer, schedule, cfg, dataset, manager, writer, progress: bool) -> None:
+def make_train_step(model: DepthModel, optimizer: tf.keras.optimizers.Optimizer, cfg: DepthEvalConfig):
+  """batch -> (loss + penalty, {'loss': reverse Huber loss}), one update (a tf.function)."""
   variables = model.trainable_variables
   crop = tuple(cfg.crop_size)
 
@@ -327,34 +326,9 @@ def _train(model, optimizer, schedule, cfg, dataset, manager, writer, progress: 
       total = loss + model.penalty()
     grads = tape.gradient(total, variables)
     optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
-    return loss
+    return total, {'loss': loss}
 
-  iterator = iter(dataset)
-  window_start, window_loss, window_steps = time.perf_counter(), 0.0, 0
-  while int(optimizer.iterations) < cfg.steps:
-    step = int(optimizer.iterations) + 1
-    try:
-      batch = next(iterator)
-    except StopIteration:
-      raise ValueError('depth: the training source yields no batch (fewer images than batch_size?)') from None
-    loss = float(step_fn(batch))
-    if not np.isfinite(loss):
-      raise FloatingPointError(f'depth: non-finite training loss ({loss}) at step {step}')
-    window_loss, window_steps = window_loss + loss, window_steps + 1
-    if step % cfg.summary_every_steps == 0 or step == cfg.steps:
-      with writer.as_default(step=step):
-        tf.summary.scalar(f'{NAME}/loss', loss)
-        # The rate this step used: the schedule at the iteration count before it.
-        tf.summary.scalar(f'{NAME}/learning_rate', float(schedule(step - 1)) if callable(schedule) else schedule)
-    if step % cfg.log_every_steps == 0 or step == cfg.steps:
-      rate = window_steps / max(time.perf_counter() - window_start, 1e-9)
-      if progress:
-        logging.info('depth step %d/%d: loss %.4f, %.2f steps/s', step, cfg.steps, window_loss / window_steps, rate)
-      with writer.as_default(step=step):
-        tf.summary.scalar(f'{NAME}/steps_per_second', rate)
-      window_start, window_loss, window_steps = time.perf_counter(), 0.0, 0
-    if step % cfg.checkpoint_every_steps == 0 or step == cfg.steps:
-      manager.save(checkpoint_number=step)
+  return step_fn
 
 
 def evaluate(model: DepthModel, dataset: tf.data.Dataset, cfg: DepthEvalConfig) -> Dict[str, Any]:
@@ -427,25 +401,19 @@ def run_depth(
   model = build_model(cfg, trunk)
   schedule = learning_rate_schedule(cfg)
   optimizer = make_optimizer(cfg, schedule)
+  tune = FineTune(NAME, out_dir, steps=cfg.steps, log_every_steps=cfg.log_every_steps,
+                  checkpoint_every_steps=cfg.checkpoint_every_steps, progress=progress, max_to_keep=1,
+                  summary_every_steps=cfg.summary_every_steps)  # fmt: skip
   # Slots exist before a restore, so a resumed momentum is restored, not re-created as 0.
-  optimizer.build(model.trainable_variables)
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-  manager = tf.train.CheckpointManager(checkpoint, os.path.join(out_dir, 'checkpoints'), max_to_keep=1)
-  if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    logging.info('depth: resumed from %s at step %d', manager.latest_checkpoint, int(optimizer.iterations))
-  writer = tf.summary.create_file_writer(out_dir)
-  start = int(optimizer.iterations)
+  start = tune.restore(optimizer, model.trainable_variables, model=model)
   if start < cfg.steps:
     dataset = training_dataset(train_spec, cfg, preprocess, start_step=start)
-    _train(model, optimizer, schedule, cfg, dataset, manager, writer, progress)
+    tune.fit(make_train_step(model, optimizer, cfg), dataset, schedule=schedule,
+             empty_message='the training source yields no batch (fewer images than batch_size?)')  # fmt: skip
   test = eval_dataset(test_spec, cfg).map(lambda b: dict(b, image=preprocess(b['image'])))
   results = evaluate(model, test, cfg)
-  steps = int(optimizer.iterations)
-  with writer.as_default(step=steps):
-    for key in ('delta1', 'delta2', 'delta3', 'abs_rel', 'rms', 'log10'):
-      tf.summary.scalar(f'{NAME}/{key}', results[key])
-  writer.flush()
+  steps = tune.step
+  tune.scalars({key: results[key] for key in ('delta1', 'delta2', 'delta3', 'abs_rel', 'rms', 'log10')})
   results.update(
     steps=steps,
     eval_crop=cfg.eval_crop,

@@ -40,6 +40,9 @@ class FineTune:
     checkpoint_every_steps: a checkpoint every this many steps (and at the last).
     progress: log progress lines.
     max_to_keep: checkpoints kept.
+    summary_every_steps: if set, the step's own values and learning rate are written
+      every this many steps (and at the last), and the logging windows write only
+      steps/s and extras; otherwise each window writes its means.
   """
 
   def __init__(
@@ -52,6 +55,7 @@ class FineTune:
     checkpoint_every_steps: int,
     progress: bool = True,
     max_to_keep: int = 2,
+    summary_every_steps: int = 0,
   ):
     self.name = name
     self.out_dir = out_dir
@@ -60,6 +64,7 @@ class FineTune:
     self.checkpoint_every_steps = int(checkpoint_every_steps)
     self.progress = progress
     self.max_to_keep = max_to_keep
+    self.summary_every_steps = int(summary_every_steps)
     self.manager: Optional[tf.train.CheckpointManager] = None
     self.optimizer: Optional[tf.keras.optimizers.Optimizer] = None
     self._writer = None
@@ -168,6 +173,8 @@ class FineTune:
       for tag, value in metrics.items():
         sums[tag] = sums.get(tag, 0.0) + float(value)
       count += 1
+      if self.summary_every_steps and (step % self.summary_every_steps == 0 or step == self.steps):
+        self.scalars(dict({k: float(v) for k, v in metrics.items()}, learning_rate=self._rate(schedule, step)), step)
       if first_done is None:
         first_done = time.perf_counter()
       if step % self.log_every_steps == 0 or step == self.steps:
@@ -189,6 +196,8 @@ class FineTune:
       shown = ', '.join(f'{k} {means[k]:.4f}' for k in log_keys if k in means)
       logging.info('%s step %d/%d: %s, lr %.3g, %.2f steps/s', self.name, step, self.steps, shown,
                    means['learning_rate'], means['steps_per_second'])  # fmt: skip
+    if self.summary_every_steps:  # The step values went out already; keep the window's rate.
+      means = {k: v for k, v in means.items() if k not in sums and k != 'learning_rate'}
     self.scalars(means, step)
 
   def _rate(self, schedule, step: int) -> float:
