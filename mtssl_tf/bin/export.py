@@ -39,8 +39,8 @@ def main(argv):
   del argv
   try:
     cfg = load_config(ExperimentConfig, [os.path.join(FLAGS.model_dir, 'config.yaml')], FLAGS.override)
-    prepared = launch.prepare(cfg)
-    path = launch.export_latest(cfg, FLAGS.model_dir, prepared.sources, FLAGS.export_dir, FLAGS.preprocessing)
+    # Restores the trunk (and lasso) only: the run's task data need not exist any more.
+    path = launch.export_latest(cfg, FLAGS.model_dir, FLAGS.export_dir, FLAGS.preprocessing)
     print(f'SavedModel: {path}')
   except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
     sys.exit(f'error: {e}')

@@ -60,28 +60,30 @@ def main(argv):
     cluster = {k: v for k, v in tf_config['cluster'].items() if k in ('ps', 'worker')}
     run_server(cluster, role, int(tf_config['task'].get('index', 0)))
     return
+  # The run is set up once per process (issue 15): the tasks built here and what `prepare`
+  # read are what the cluster check, the supervisor, the trainer and the export use.
   try:
+    tasks = launch.enabled_tasks(cfg)
     if FLAGS.cluster_spec or role == 'chief':
       spec = json.loads(FLAGS.cluster_spec) if FLAGS.cluster_spec else tf_config['cluster']
       spec = {k: v for k, v in spec.items() if k in ('ps', 'worker')}
-      launch.check_cluster(cfg, spec)
+      launch.check_cluster(cfg, spec, tasks)
       launch.write_run_config(cfg, model_dir)
-      code = launch.coordinator_main(cfg, model_dir, spec)
+      code = launch.coordinator_main(cfg, model_dir, spec, launch.prepare(cfg, tasks))
       if code:
         sys.exit(code)
     else:
-      prepared = launch.prepare(cfg)  # Config and data errors surface before any server starts.
+      launch.prepare(cfg, tasks)  # Config and data errors surface before any server starts.
       launch.write_run_config(cfg, model_dir)
       config_argv = [f'--config={os.path.abspath(f)}' for f in files] + [f'--override={o}' for o in FLAGS.override]
       result = launch.supervise_local(
-        cfg, model_dir, config_argv, FLAGS.max_restarts, private_network=FLAGS.private_network
+        cfg, model_dir, config_argv, FLAGS.max_restarts, private_network=FLAGS.private_network, tasks=tasks
       )
       print('per task:', json.dumps(result))
   except (ConfigError, DataError, PrivateNetworkError) as e:
     sys.exit(f'error: {e}')
   if FLAGS.export and role != 'worker':
-    prepared = launch.prepare(cfg)
-    export_dir = launch.export_latest(cfg, model_dir, prepared.sources)
+    export_dir = launch.export_latest(cfg, model_dir, tasks=tasks)
     print(f'checkpoints: {model_dir}/checkpoints (compute ticks: {model_dir}/ticks)')
     print(f'TensorBoard: tensorboard --logdir {model_dir}')
     print(f'SavedModel:  {export_dir}')

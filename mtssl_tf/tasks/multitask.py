@@ -120,6 +120,16 @@ class MultiTaskModel(tf.keras.Model):
     grads = tape.gradient(total, variables if sources is None else sources)
     return total, task_loss, outputs, grads, variables
 
+  def build_shared(self, image_size: int = 64) -> None:
+    """Creates the trunk's and lasso's variables (not the heads') from a blank image: no task data is read.
+
+    Enough to restore and export the trunk (`mtssl_tf.train.launch.export_latest`); a
+    restore creates the heads' variables later, if they are ever built.
+    """
+    images = tf.zeros([1, image_size, image_size, 3])
+    for name in self.task_names if self.lasso is not None else self.task_names[:1]:
+      self.features(name, images, training=False)
+
   def build_all(self, batches: Mapping[str, Dict[str, tf.Tensor]]) -> None:
     """Creates every variable by running each task once in inference mode."""
     for name, batch in batches.items():

@@ -97,7 +97,8 @@ class DistributedTrainer:
   """Builds everything on the coordinator, then trains with `run()`."""
 
   def __init__(
-    self, cfg: ExperimentConfig, model_dir: str, resolver, sources: Dict[str, str], fetch_order: str = 'finished'
+    self, cfg: ExperimentConfig, model_dir: str, resolver, sources: Dict[str, str], fetch_order: str = 'finished',
+    prepared=None,
   ):  # fmt: skip
     """Creates the strategy, model, optimizer, gradient slots, datasets and checkpoints.
 
@@ -108,10 +109,13 @@ class DistributedTrainer:
       sources: task name -> default data source (used where a task's config has none).
       fetch_order: 'finished' (§4: closures taken as they finish) or 'scheduled' (the
         old in-order fetch, for benchmarks/task_balance.py's before/after comparison).
+      prepared: what `mtssl_tf.train.launch.prepare` built in this process (a `Prepared`):
+        its tasks and sample batches are used instead of building and reading them again.
+        None: built and read here.
     """
     self.cfg = cfg
     self.model_dir = model_dir
-    self.tasks = build_tasks(cfg.tasks, cfg.trunk.output_stride)
+    self.tasks = prepared.tasks if prepared is not None else build_tasks(cfg.tasks, cfg.trunk.output_stride)
     self.names = list(self.tasks)
     self.pools = worker_pools(self.tasks)
     self.sources = sources
@@ -131,8 +135,11 @@ class DistributedTrainer:
     waiting = len(aggregate) if on_worker else sum(k - 1 for k in aggregate.values())
     num_slots = max(self.window + waiting, self.num_workers)
     # Sample batches (coordinator-side) give the union structure, build variables and
-    # feed the image summaries.
-    self.samples = {n: next(iter(task.dataset(ReadOptions(), sources[n], seed=0))) for n, task in self.tasks.items()}
+    # feed the image summaries; `prepare` reads them as here (seed 0, repeated).
+    if prepared is not None:
+      self.samples = dict(prepared.samples)
+    else:
+      self.samples = {n: next(iter(task.dataset(ReadOptions(), sources[n], seed=0))) for n, task in self.tasks.items()}
     # Free the sample pipelines' functions before connecting: collected later, TF's eager
     # context asks every server to remove them (measured: 168 gRPC errors at connect).
     gc.collect()

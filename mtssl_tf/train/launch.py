@@ -29,11 +29,14 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from absl import logging
 
 from mtssl_tf.configs.base import ConfigError, save_config
+from mtssl_tf.data.sources import DataError
+from mtssl_tf.tasks import build_tasks
+from mtssl_tf.tasks.base import Task
 from mtssl_tf.train.experiment import ExperimentConfig
 from mtssl_tf.trunk.inputs import PREPROCESSING
 
@@ -53,49 +56,84 @@ EXPORT_INPUTS = (*PREPROCESSING, 'as_trained')
 
 @dataclasses.dataclass
 class Prepared:
-  """What `prepare` resolved: a data source per task and the synthetic world used, if any."""
+  """What `prepare` built, reused by the rest of the process: a run is set up once (issue 15).
 
+  Attributes:
+    tasks: the enabled tasks, in registry order.
+    sources: task name -> its data source (its own, or the synthetic world's).
+    world: the synthetic world used, None when every task has its own source.
+    samples: task name -> one batch, read as the distributed trainer's coordinator-side
+      samples (seed 0, repeated): they give the workers' batch structure, build the
+      variables and feed the image summaries.
+  """
+
+  tasks: Dict[str, Task]
   sources: Dict[str, str]
   world: Optional[dict]
+  samples: Dict[str, Dict[str, Any]]
 
 
-def prepare(cfg: ExperimentConfig) -> Prepared:
-  """Resolves every enabled task's data source and reads one batch of each.
+def enabled_tasks(cfg: ExperimentConfig) -> Dict[str, Task]:
+  """Builds the enabled tasks (registry order).
+
+  Raises:
+    ConfigError: no task is enabled.
+  """
+  tasks = build_tasks(cfg.tasks, cfg.trunk.output_stride)
+  if not tasks:
+    raise ConfigError('tasks: no task is enabled (set tasks.<name>.enabled=true)')
+  return tasks
+
+
+def prepare(cfg: ExperimentConfig, tasks: Optional[Dict[str, Task]] = None) -> Prepared:
+  """Builds the tasks (unless given), resolves every task's data source and reads one batch of each.
 
   Tasks whose `data.source` is empty read the synthetic world (generated on first use).
   Reading a batch here turns a missing path, an empty glob or a malformed record
-  into an error now, on the coordinator, before any server is started.
+  into an error now, on the coordinator, before any server is started; the batch is
+  kept as the trainer's sample (`Prepared.samples`), so it is read once per process.
+
+  Args:
+    cfg: the validated config.
+    tasks: `enabled_tasks(cfg)`, when the caller has built them already.
 
   Raises:
     ConfigError: no task is enabled.
     DataError: a task's data cannot be read (the message names the source).
   """
-  from mtssl_tf.data.images import ReadOptions  # Local: TF import is slow; config errors come first.
+  from mtssl_tf.data.images import ReadOptions
   from mtssl_tf.data.synthetic.world import default_world_dir, make_world
-  from mtssl_tf.tasks import build_tasks
 
-  tasks = build_tasks(cfg.tasks, cfg.trunk.output_stride)
-  if not tasks:
-    raise ConfigError('tasks: no task is enabled (set tasks.<name>.enabled=true)')
+  tasks = enabled_tasks(cfg) if tasks is None else tasks
   world = None
   if any(not t.config.data.source for t in tasks.values()):
     world = make_world(cfg.train.world_dir or default_world_dir(cfg.train.world_preset), cfg.train.world_preset)
-  sources = {}
+  sources, samples = {}, {}
   for name, task in tasks.items():
     sources[name] = task.config.data.source or world['sources'].get(f'{name}_train', world['sources']['images_train'])
-    next(iter(task.dataset(ReadOptions(data_dir=task.config.data.data_dir or None), sources[name], repeat=False)))
-  return Prepared(sources, world)
+    options = ReadOptions(data_dir=task.config.data.data_dir or None)
+    try:
+      samples[name] = next(iter(task.dataset(options, sources[name], seed=0)))
+    except StopIteration:
+      raise DataError(f'tasks.{name}: {sources[name]} holds no readable example') from None
+  return Prepared(tasks, sources, world, samples)
 
 
-def check_cluster(cfg: ExperimentConfig, cluster_spec: Dict[str, List[str]]) -> None:
+def check_cluster(
+  cfg: ExperimentConfig, cluster_spec: Dict[str, List[str]], tasks: Optional[Dict[str, Task]] = None
+) -> None:
   """The cluster must have one worker per configured pool seat and the configured PS count.
+
+  Args:
+    cfg: the validated config.
+    cluster_spec: job name -> addresses.
+    tasks: the enabled tasks, when the caller has built them already.
 
   Raises:
     ConfigError: naming the keys whose counts disagree with the cluster.
   """
-  from mtssl_tf.tasks import build_tasks
-
-  pools = {n: t.config.workers for n, t in build_tasks(cfg.tasks, cfg.trunk.output_stride).items()}
+  tasks = enabled_tasks(cfg) if tasks is None else tasks
+  pools = {n: t.config.workers for n, t in tasks.items()}
   workers = len(cluster_spec.get('worker', []))
   if sum(pools.values()) != workers:
     seats = ' + '.join(f'tasks.{n}.workers={w}' for n, w in pools.items())
@@ -104,18 +142,27 @@ def check_cluster(cfg: ExperimentConfig, cluster_spec: Dict[str, List[str]]) -> 
     raise ConfigError('the cluster has no parameter server (job "ps")')
 
 
-def run_coordinator(cfg: ExperimentConfig, model_dir: str, resolver, sources: Dict[str, str]) -> Dict[str, dict]:
+def run_coordinator(cfg: ExperimentConfig, model_dir: str, resolver, prepared: Prepared) -> Dict[str, dict]:
   """Trains to `train.total_steps` under ParameterServerStrategy and writes sample images."""
   from mtssl_tf.train.distributed import DistributedTrainer
 
-  trainer = DistributedTrainer(cfg, model_dir, resolver, sources)
+  trainer = DistributedTrainer(cfg, model_dir, resolver, prepared.sources, prepared=prepared)
   result = trainer.run()
   trainer.write_image_summaries(sum(r['steps'] for r in result.values()))
   return result
 
 
-def coordinator_main(cfg: ExperimentConfig, model_dir: str, cluster_spec: Dict[str, List[str]]) -> int:
-  """Entry of a coordinator process: trains, returns its exit code (see `EXIT_CLUSTER_FAILURE`)."""
+def coordinator_main(
+  cfg: ExperimentConfig, model_dir: str, cluster_spec: Dict[str, List[str]], prepared: Optional[Prepared] = None
+) -> int:
+  """Entry of a coordinator process: trains, returns its exit code (see `EXIT_CLUSTER_FAILURE`).
+
+  Args:
+    cfg: the validated config.
+    model_dir: the run.
+    cluster_spec: job name -> addresses.
+    prepared: what `prepare(cfg)` built in this process (None: prepare here).
+  """
   import tensorflow as tf
 
   from mtssl_tf.distribute.cluster import resolver_for
@@ -124,9 +171,9 @@ def coordinator_main(cfg: ExperimentConfig, model_dir: str, cluster_spec: Dict[s
   # config, remote.py) describe TF's internals between the user's progress lines; TF warnings still show.
   tf.get_logger().setLevel('WARNING')
   logging.get_absl_logger().addFilter(lambda record: not record.getMessage().startswith('default session config:'))
-  prepared = prepare(cfg)
+  prepared = prepare(cfg) if prepared is None else prepared
   try:
-    result = run_coordinator(cfg, model_dir, resolver_for(cluster_spec), prepared.sources)
+    result = run_coordinator(cfg, model_dir, resolver_for(cluster_spec), prepared)
   except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError) as e:
     logging.error('cluster failure (%s): %s', type(e).__name__, str(e).splitlines()[0])
     return EXIT_CLUSTER_FAILURE
@@ -142,6 +189,7 @@ def supervise_local(
   max_restarts: int = 3,
   on_cluster=None,
   private_network: str = 'auto',
+  tasks: Optional[Dict[str, Task]] = None,
 ) -> Dict[str, dict]:
   """Trains on a cluster of local subprocesses, restarting after cluster failures.
 
@@ -155,6 +203,7 @@ def supervise_local(
     private_network: 'auto' runs servers and coordinator in a private network namespace
       where possible, else logs one warning line (they listen on all interfaces); 'on'
       fails if that is impossible; 'off' never isolates (and warns).
+    tasks: the enabled tasks, when the caller has built them (`Prepared.tasks`).
 
   Returns:
     The per-task steps and updates the coordinator wrote to `train_result.json`.
@@ -166,9 +215,9 @@ def supervise_local(
   from mtssl_tf.configs.base import to_plain
   from mtssl_tf.distribute.cluster import LocalCluster
   from mtssl_tf.distribute.private_net import open_private_network
-  from mtssl_tf.tasks import build_tasks
 
-  num_workers = sum(t.config.workers for t in build_tasks(cfg.tasks, cfg.trunk.output_stride).values())
+  tasks = enabled_tasks(cfg) if tasks is None else tasks
+  num_workers = sum(t.config.workers for t in tasks.values())
   logs = os.path.join(model_dir, 'logs')
   # A remote model_dir or data source (gs://...) needs the network the namespace lacks.
   locations = [model_dir, os.environ.get('TFDS_DATA_DIR', ''), *_strings(to_plain(cfg))]
@@ -236,18 +285,26 @@ def _wait(child: subprocess.Popen) -> int:
 
 
 def export_latest(
-  cfg: ExperimentConfig, model_dir: str, sources: Dict[str, str], export_dir: str = '', preprocessing: str = 'rgb'
+  cfg: ExperimentConfig,
+  model_dir: str,
+  export_dir: str = '',
+  preprocessing: str = 'rgb',
+  tasks: Optional[Dict[str, Task]] = None,
 ) -> str:
-  """Exports the latest checkpoint of a run as a SavedModel (no cluster needed).
+  """Exports the latest checkpoint of a run as a SavedModel (no cluster, no task data needed).
+
+  Only the trunk and lasso are exported, so only their variables are created (from a blank
+  image) and restored; the heads are left unbuilt and no task reads its data, so a run
+  whose data or synthetic world is gone still exports.
 
   Args:
     cfg: the run's config.
     model_dir: the run (its checkpoints/).
-    sources: each task's data source (one batch builds the heads).
     export_dir: where to write; '' is `<model_dir>/saved_model`.
     preprocessing: what the SavedModel feeds the trunk (`EXPORT_INPUTS`, as evaluation/backbone.py's `EVAL_INPUTS`):
       'rgb' colour, the paper's for every trunk (Doersch §3.3 evaluates harmonized trunks on
       colour); 'harmonized' grey; 'as_trained' grey only if every task was harmonized.
+    tasks: the enabled tasks, when the caller has built them (`Prepared.tasks`).
 
   Returns:
     The SavedModel directory (default `<model_dir>/saved_model`).
@@ -258,9 +315,7 @@ def export_latest(
   """
   import tensorflow as tf
 
-  from mtssl_tf.data.images import ReadOptions
   from mtssl_tf.export.saved_model import export
-  from mtssl_tf.tasks import build_tasks
   from mtssl_tf.tasks.multitask import MultiTaskModel
 
   if preprocessing not in EXPORT_INPUTS:
@@ -268,9 +323,9 @@ def export_latest(
   checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
   if not checkpoint:
     raise FileNotFoundError(f'no checkpoint under {model_dir}/checkpoints to export')
-  tasks = build_tasks(cfg.tasks, cfg.trunk.output_stride)
+  tasks = enabled_tasks(cfg) if tasks is None else tasks
   model = MultiTaskModel(cfg.trunk, tasks, cfg.lasso, cfg.runtime.precision)
-  model.build_all({n: next(iter(t.dataset(ReadOptions(), sources[n], repeat=False))) for n, t in tasks.items()})
+  model.build_shared()
   tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
   if preprocessing == 'as_trained':
     preprocessing = 'harmonized' if all(t.harmonized_input for t in tasks.values()) else 'rgb'

@@ -104,7 +104,7 @@ def test_export_feeds_colour_unless_grey_is_asked_and_extraction_agrees(tiny_tru
   for choice, expected in (('', 'rgb'), ('as_trained', 'harmonized')):
     # The default (no argument) into the run's saved_model/, as mtssl-train and mtssl-export write it.
     args = (str(tmp_path / choice), choice) if choice else ()
-    path = launch.export_latest(cfg, run_dir, {'relative_position': source}, *args)
+    path = launch.export_latest(cfg, run_dir, *args)
     loaded = tf.saved_model.load(path)
     assert loaded.input_convention.numpy().decode() == expected
     live = model.trunk(preprocess(images, expected), training=False)['final']

@@ -162,7 +162,7 @@ def test_tensorboard_serves_task_scalars(hybrid_run):
 
 def test_export_from_the_run_lists_signatures(hybrid_run, tmp_path):
   cfg, model_dir, _ = hybrid_run
-  path = launch.export_latest(cfg, model_dir, launch.prepare(cfg).sources, str(tmp_path / 'export'))
+  path = launch.export_latest(cfg, model_dir, str(tmp_path / 'export'))
   shown = subprocess.run(
     [SAVED_MODEL_CLI, 'show', '--dir', path, '--tag_set', 'serve'], capture_output=True, text=True, check=True
   ).stdout
