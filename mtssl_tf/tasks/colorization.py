@@ -271,20 +271,25 @@ class ColorizationTask(base.Task):
   def preprocess(self, example: Dict[str, tf.Tensor], seed: tf.Tensor) -> Dict[str, tf.Tensor]:
     c = self.config
     seeds = base.stateless_seeds(seed, 3)
-    image = tf.cast(example['image'], tf.float32) / 255.0
+    image = example['image']
     shape = tf.shape(image)[:2]
     side = tf.cast(
       tf.cast(tf.reduce_min(shape), tf.float32) * tf.random.stateless_uniform([], seeds[0], c.min_scale, 1.0), tf.int32
     )
     offset = tf.random.stateless_uniform([2], seeds[1], 0, tf.int32.max, dtype=tf.int32) % (shape - side + 1)
-    image = tf.image.resize(image[offset[0] : offset[0] + side, offset[1] : offset[1] + side], [c.crop_size] * 2)
+    # Crop before converting: only the crop's pixels are cast and scaled to [0, 1].
+    image = tf.cast(image[offset[0] : offset[0] + side, offset[1] : offset[1] + side], tf.float32) * (1.0 / 255.0)
+    image = tf.image.resize(image, [c.crop_size] * 2)
     if c.flip:
       image = tf.image.stateless_random_flip_left_right(image, seeds[2])
-    lab = color.rgb_to_lab(tf.clip_by_value(image, 0.0, 1.0))
-    # L / 50 - 1 replicated: exactly `color.harmonize`, without converting twice.
-    trunk_input = tf.tile(lab[..., :1] / 50.0 - 1.0, [1, 1, 3])
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    # L / 50 - 1 replicated: exactly `color.harmonize`. Only L is needed at every pixel.
+    trunk_input = tf.tile(color.rgb_to_lightness(image) / 50.0 - 1.0, [1, 1, 3])
     trunk_input.set_shape([c.crop_size, c.crop_size, 3])
-    ab = cell_targets(lab[..., 1:], c.target)
+    if c.target == 'subsample':  # ab of each cell's top-left pixel only: 1/64 of the conversions.
+      ab = color.rgb_to_lab(cell_targets(image, c.target))[..., 1:]
+    else:
+      ab = cell_targets(color.rgb_to_lab(image)[..., 1:], c.target)
     ab.set_shape([c.crop_size // LABEL_STRIDE, c.crop_size // LABEL_STRIDE, 2])
     return {'image': trunk_input, 'ab_target': ab}
 

@@ -110,21 +110,30 @@ class ExemplarTask(base.Task):
   name = 'exemplar'
   config_class = ExemplarConfig
 
-  def _transform(self, region_size: tf.Tensor, offset: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Projective transform (8 params) mapping output pixels to image pixels for one copy."""
+  def _transforms(self, region_size: tf.Tensor, offset: tf.Tensor, seeds) -> tf.Tensor:
+    """[V, 8] projective transforms mapping output pixels to image pixels, one per copy.
+
+    Each copy's rotation, zoom and shift are drawn from its own seed; the matrices are
+    then built for all copies at once.
+    """
     c = self.config
-    seeds = base.stateless_seeds(seed, 3)
-    angle = tf.random.stateless_uniform([], seeds[0], -c.max_rotation, c.max_rotation) * (math.pi / 180.0)
-    zoom = tf.exp(tf.random.stateless_uniform([], seeds[1], math.log(c.scale_range[0]), math.log(c.scale_range[1])))
-    shift = tf.random.stateless_uniform([2], seeds[2], -c.max_shift, c.max_shift) * region_size
+    draws = []
+    for seed in seeds:
+      s = base.stateless_seeds(seed, 3)
+      angle = tf.random.stateless_uniform([1], s[0], -c.max_rotation, c.max_rotation) * (math.pi / 180.0)
+      log_zoom = tf.random.stateless_uniform([1], s[1], math.log(c.scale_range[0]), math.log(c.scale_range[1]))
+      draws.append(tf.concat([angle, log_zoom, tf.random.stateless_uniform([2], s[2], -c.max_shift, c.max_shift)], 0))
+    angle, log_zoom, shift_y, shift_x = tf.unstack(tf.stack(draws), num=4, axis=1)
     # Output pixel (x, y) -> centred, scaled to the region, rotated, zoomed, shifted.
-    scale = region_size / (c.patch_size * zoom)
+    scale = region_size / (c.patch_size * tf.exp(log_zoom))
     cos, sin = tf.cos(angle) * scale, tf.sin(angle) * scale
     half_out = c.patch_size / 2.0
-    centre = offset + region_size / 2.0 + shift  # (y, x)
-    tx = centre[1] - cos * half_out + sin * half_out
-    ty = centre[0] - sin * half_out - cos * half_out
-    return tf.stack([cos, -sin, tx, sin, cos, ty, 0.0, 0.0])
+    centre_y = offset[0] + region_size / 2.0 + shift_y * region_size
+    centre_x = offset[1] + region_size / 2.0 + shift_x * region_size
+    tx = centre_x - cos * half_out + sin * half_out
+    ty = centre_y - sin * half_out - cos * half_out
+    zeros = tf.zeros_like(cos)
+    return tf.stack([cos, -sin, tx, sin, cos, ty, zeros, zeros], axis=1)
 
   def _color(self, view: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     c = self.config
@@ -144,20 +153,20 @@ class ExemplarTask(base.Task):
 
   def preprocess(self, example: Dict[str, tf.Tensor], seed: tf.Tensor) -> Dict[str, tf.Tensor]:
     c = self.config
-    image = tf.cast(example['image'], tf.float32) / 255.0
+    # Pixels stay on the 0-255 scale through the (linear) resampling; only the copies are rescaled.
+    image = tf.cast(example['image'], tf.float32)
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     seeds = base.stateless_seeds(seed, 2 * c.num_views + 1)
     region = tf.reduce_min(shape) * c.region_fraction
     offset = tf.random.stateless_uniform([2], seeds[0]) * (shape - region)
-    transforms = tf.stack([self._transform(region, offset, s) for s in seeds[1 : c.num_views + 1]])
     views = tf.raw_ops.ImageProjectiveTransformV3(
       images=tf.repeat(image[None], c.num_views, axis=0),
-      transforms=transforms,
+      transforms=self._transforms(region, offset, seeds[1 : c.num_views + 1]),
       output_shape=[c.patch_size, c.patch_size],
-      fill_value=0.5,
+      fill_value=127.5,  # 0.5 on the [0, 1] scale (unused by REFLECT, kept for the record).
       interpolation='BILINEAR',
       fill_mode='REFLECT',
-    )
+    ) * (1.0 / 255.0)
     views = tf.stack([self._color(views[v], seeds[c.num_views + 1 + v]) for v in range(c.num_views)])
     if c.harmonize:
       views = color.harmonize(views)

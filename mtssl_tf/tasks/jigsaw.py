@@ -159,13 +159,28 @@ class JigsawTask(base.Task):
     return pair_with_previous(ds)
 
   def _crop(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Resizes (shorter side `resize_side`) and randomly crops; float32 [S, S, 3] in [0, 1]."""
+    """Resizes (shorter side `resize_side`, antialiased) and randomly crops; float32 [S, S, 3] in [0, 1].
+
+    Only the crop of the resized image is computed: TF's ScaleAndTranslate (the kernel of
+    `tf.image.resize(antialias=True)`) translated to the crop, its offset drawn exactly as
+    `tf.image.stateless_random_crop` draws it.
+    """
     c = self.config
-    image = tf.cast(image, tf.float32) / 255.0
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    size = tf.cast(tf.math.ceil(shape * (c.resize_side / tf.reduce_min(shape)) - 1e-4), tf.int32)
-    image = tf.image.resize(image, tf.maximum(size, c.resize_side), antialias=True)
-    return tf.image.stateless_random_crop(image, [c.crop_size, c.crop_size, 3], seed)
+    shape = tf.shape(image)[:2]
+    shape_f = tf.cast(shape, tf.float32)
+    size = tf.cast(tf.math.ceil(shape_f * (c.resize_side / tf.reduce_min(shape_f)) - 1e-4), tf.int32)
+    size = tf.maximum(size, c.resize_side)
+    limit = tf.concat([size - c.crop_size + 1, [1]], axis=0)
+    offset = tf.random.stateless_uniform([3], seed, maxval=tf.int32.max, dtype=tf.int32) % limit
+    crop = tf.raw_ops.ScaleAndTranslate(
+      images=image[None],
+      size=[c.crop_size, c.crop_size],
+      scale=tf.cast(size, tf.float32) / shape_f,
+      translation=-tf.cast(offset[:2], tf.float32),
+      kernel_type='triangle',
+      antialias=True,
+    )
+    return crop[0] * (1.0 / 255.0)
 
   def _occluded_cells(self, seed: tf.Tensor) -> tf.Tensor:
     """[9] bool: the cells whose tile comes from the other image."""
@@ -199,25 +214,29 @@ class JigsawTask(base.Task):
     shift = tf.random.stateless_uniform([NUM_TILES, 3, 2], seeds[1], 0, c.color_jitter_px + 1, dtype=tf.int32)
     origin = tf.stack([perm // GRID, perm % GRID], axis=-1) * c.cell_size + corner  # [9, 2]
     start = origin[:, None, :] + shift  # [9 slots, 3 channels, (y, x)]
+    # One gather from the flattened crops: the index of every output value (which crop, y, x, channel).
+    s = c.crop_size
     t = tf.range(c.tile_size)
-    shape = [NUM_TILES, c.tile_size, c.tile_size, 3]
-    # gather_nd indices (which crop, y, x, channel) of every output value.
-    parts = (
-      tf.cast(occluded, tf.int32)[:, None, None, None],
-      start[:, None, None, :, 0] + t[None, :, None, None],
-      start[:, None, None, :, 1] + t[None, None, :, None],
-      tf.range(3),
-    )
-    return tf.gather_nd(crops, tf.stack([tf.broadcast_to(p, shape) for p in parts], axis=-1))
+    index = (
+      (tf.cast(occluded, tf.int32)[:, None, None, None] * s + start[:, None, None, :, 0] + t[:, None, None]) * s
+      + start[:, None, None, :, 1]
+      + t[:, None]
+    ) * 3 + tf.range(3)
+    return tf.gather(tf.reshape(crops, [-1]), index)
 
   def preprocess(self, example: Dict[str, tf.Tensor], seed: tf.Tensor) -> Dict[str, tf.Tensor]:
     """{'image', 'other_image'} -> {'tiles' [9, T, T, 3], 'label' int32, 'occluded' bool [9] per slot}."""
     c = self.config
     seeds = base.stateless_seeds(seed, 6)
-    crops = tf.stack([self._crop(example['image'], seeds[0]), self._crop(example['other_image'], seeds[1])])
     label = tf.random.stateless_uniform([], seeds[2], 0, len(self.permutations), dtype=tf.int32)
     perm = tf.gather(tf.constant(self.permutations), label)
     occluded = tf.gather(self._occluded_cells(seeds[3]), perm)
+    crop = self._crop(example['image'], seeds[0])
+    # The other image's crop only when a tile comes from it (not in a third of examples by default).
+    other = tf.cond(
+      tf.reduce_any(occluded), lambda: self._crop(example['other_image'], seeds[1]), lambda: tf.zeros_like(crop)
+    )
+    crops = tf.stack([crop, other])
     tiles = self.cut_tiles(crops, perm, occluded, seeds[4])
     if c.harmonize:
       tiles = color.harmonize(tiles)

@@ -62,6 +62,7 @@ class MotionSegmentationTask(base.Task):
 
   name = 'motion_segmentation'
   config_class = MotionSegmentationConfig
+  WORLD_SOURCE = 'motion_segmentation_train'  # Clips with motion masks (data/synthetic/video.py).
 
   @property
   def output_stride(self) -> int:
@@ -78,15 +79,17 @@ class MotionSegmentationTask(base.Task):
   def preprocess(self, example: Dict[str, tf.Tensor], seed: tf.Tensor) -> Dict[str, tf.Tensor]:
     c = self.config
     seeds = base.stateless_seeds(seed, 3)
-    image = tf.cast(example['image'], tf.float32) / 255.0
-    mask = tf.cast(example['mask'], tf.float32)
+    image, mask = example['image'], example['mask']
     shape = tf.shape(image)[:2]
     side = tf.cast(
       tf.cast(tf.reduce_min(shape), tf.float32) * tf.random.stateless_uniform([], seeds[0], c.min_scale, 1.0), tf.int32
     )
     offset = tf.random.stateless_uniform([2], seeds[1], 0, tf.int32.max, dtype=tf.int32) % (shape - side + 1)
     # One crop box for frame and mask, so labels stay aligned with pixels.
-    stacked = tf.concat([image, mask], axis=-1)[offset[0] : offset[0] + side, offset[1] : offset[1] + side]
+    # Crop before converting: only the crop's pixels are cast (and scaled to [0, 1]).
+    window = (slice(offset[0], offset[0] + side), slice(offset[1], offset[1] + side))
+    image = tf.cast(image[window], tf.float32) * (1.0 / 255.0)
+    stacked = tf.concat([image, tf.cast(mask[window], tf.float32)], axis=-1)
     stacked = tf.image.resize(stacked, [c.crop_size, c.crop_size], method='bilinear')
     if c.flip:
       stacked = tf.image.stateless_random_flip_left_right(stacked, seeds[2])

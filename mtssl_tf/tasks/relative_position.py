@@ -39,7 +39,7 @@ from typing import Dict
 import tensorflow as tf
 
 from mtssl_tf.configs.base import ConfigError
-from mtssl_tf.data import color
+from mtssl_tf.data import color, resample
 from mtssl_tf.tasks import base
 
 # (row, col) offset of the second patch for each label.
@@ -162,24 +162,28 @@ class RelativePositionTask(base.Task):
     c = self.config
     return 3 * c.patch_size + 2 * c.gap + 2 * c.jitter
 
-  def _rescale(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  def _rescaled_size(self, image_shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """int32 [2]: the size the image is rescaled to (a random area, never below `min_side`)."""
     c = self.config
     area = tf.random.stateless_uniform([], seed, float(c.min_area), float(c.max_area))
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    shape = tf.cast(image_shape[:2], tf.float32)
     scale = tf.sqrt(area / (shape[0] * shape[1]))
     # Never below the size the grid needs, whatever the area range says.
     scale = tf.maximum(scale, float(self.min_side) / tf.reduce_min(shape))
-    size = tf.cast(tf.math.ceil(shape * scale), tf.int32)
-    return tf.image.resize(tf.cast(image, tf.float32) / 255.0, size, antialias=True)
+    return tf.cast(tf.math.ceil(shape * scale), tf.int32)
 
   def _maybe_downsample(self, patch: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     c = self.config
     seeds = base.stateless_seeds(seed, 2)
     side = tf.random.stateless_uniform([], seeds[0], c.min_downsample, c.patch_size + 1, dtype=tf.int32)
-    small = tf.image.resize(patch, [side, side], antialias=True)
-    shrunk = tf.image.resize(small, [c.patch_size, c.patch_size])
     apply = tf.random.stateless_uniform([], seeds[1]) < c.downsample_prob
-    return tf.where(apply, shrunk, patch)
+
+    def shrink():
+      small = tf.image.resize(patch, [side, side], antialias=True)
+      return tf.image.resize(small, [c.patch_size, c.patch_size])
+
+    # A branch, not a select: two patches in three skip both resizes.
+    return tf.cond(apply, shrink, lambda: patch)
 
   def _finish_patch(self, patch: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     seeds = base.stateless_seeds(seed, 2)
@@ -211,13 +215,13 @@ class RelativePositionTask(base.Task):
   def preprocess(self, example: Dict[str, tf.Tensor], seed: tf.Tensor) -> Dict[str, tf.Tensor]:
     c = self.config
     seeds = base.stateless_seeds(seed, 4)
-    image = self._rescale(example['image'], seeds[0])
-    label, first, second = self.sample_positions(tf.shape(image), seeds[1])
-    patches = [
-      self._finish_patch(tf.image.crop_to_bounding_box(image, y_x[0], y_x[1], c.patch_size, c.patch_size), s)
-      for y_x, s in ((first, seeds[2]), (second, seeds[3]))
-    ]
-    patches = tf.stack(patches)
+    image = example['image']
+    size = self._rescaled_size(tf.shape(image), seeds[0])
+    label, first, second = self.sample_positions(size, seeds[1])
+    # Both patches of the rescaled image (antialiased, from [0, 1] pixels), resampled
+    # alone: the rest of the rescaled image is never computed.
+    windows = resample.resize_windows(image, size, tf.stack([first, second]), c.patch_size) * (1.0 / 255.0)
+    patches = tf.stack([self._finish_patch(windows[i], s) for i, s in ((0, seeds[2]), (1, seeds[3]))])
     patches.set_shape([2, c.patch_size, c.patch_size, 3])
     return {'patches': patches, 'label': label}
 

@@ -236,3 +236,25 @@ def test_logits_match_label_grid_and_train(tiny_trunk, output_stride, precision)
   assert images.shape == (2, 32, 96, 3) and images.dtype == tf.uint8
   gray = images.numpy()[..., :32, :].astype(int)
   assert np.abs(gray[..., 0] - gray[..., 2]).max() <= 1  # The input panel is gray.
+
+
+@pytest.mark.parametrize('target', ['subsample', 'mean'])
+def test_preprocess_equals_converting_the_whole_crop(target):
+  """L at every pixel and ab at the label cells equal one full Lab conversion of the crop."""
+  from mtssl_tf.tasks import base
+
+  task = ColorizationTask(_config(target=target))
+  image = _photo(60, seed=3)
+  for i in range(3):
+    seed = tf.constant([2, i], tf.int64)
+    out = task.preprocess({'image': image}, seed)
+    seeds = base.stateless_seeds(seed, 3)
+    side = int(60 * float(tf.random.stateless_uniform([], seeds[0], task.config.min_scale, 1.0)))
+    y, x = (tf.random.stateless_uniform([2], seeds[1], 0, tf.int32.max, dtype=tf.int32) % (60 - side + 1)).numpy()
+    crop = tf.image.resize(tf.cast(image[y : y + side, x : x + side], tf.float32) / 255.0, [32, 32])
+    crop = tf.image.stateless_random_flip_left_right(crop, seeds[2])
+    lab = color.rgb_to_lab(tf.clip_by_value(crop, 0.0, 1.0)).numpy()
+    # Pointwise conversions of the same pixels; L / 50 and ab to float32 rounding (~1e-5 on these scales).
+    np.testing.assert_allclose(out['image'].numpy(), np.repeat(lab[..., :1] / 50.0 - 1.0, 3, -1), atol=1e-5)
+    expected = colorization.cell_targets(tf.constant(lab[..., 1:]), target).numpy()
+    np.testing.assert_allclose(out['ab_target'].numpy(), expected, atol=1e-3)

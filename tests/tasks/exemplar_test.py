@@ -99,3 +99,29 @@ def test_dataset_and_training_step(tiny_world, tiny_trunk, precision):
   total, _, outputs, grads, variables = model.compute_gradients(task.name, batch)
   assert outputs.shape == (12, 16) and np.isfinite(float(total))
   assert not [v.name for g, v in zip(grads, variables) if g is None and 'post_bn' not in v.name]
+
+
+def test_transforms_equal_one_matrix_per_copy():
+  """The vectorised transforms against each copy's matrix built on its own (the formula step by step)."""
+  import math
+
+  from mtssl_tf.tasks import base
+
+  task = ExemplarTask(_config(num_views=4))
+  c = task.config
+  seeds = base.stateless_seeds(tf.constant([5, 1], tf.int64), 4)
+  region, offset = tf.constant(40.0), tf.constant([3.0, 7.0])
+  got = task._transforms(region, offset, seeds).numpy()
+  for view, seed in enumerate(seeds):
+    s = base.stateless_seeds(seed, 3)
+    angle = float(tf.random.stateless_uniform([1], s[0], -c.max_rotation, c.max_rotation)[0]) * math.pi / 180.0
+    log_zoom = tf.random.stateless_uniform([1], s[1], math.log(c.scale_range[0]), math.log(c.scale_range[1]))
+    shift = tf.random.stateless_uniform([2], s[2], -c.max_shift, c.max_shift).numpy() * 40.0
+    scale = 40.0 / (c.patch_size * math.exp(float(log_zoom[0])))
+    matrix = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]) * scale
+    centre = np.array([3.0, 7.0]) + 20.0 + shift  # (y, x)
+    # Output pixel (x, y) maps to matrix @ ((x, y) - half) + centre (x, y).
+    translation = np.array([centre[1], centre[0]]) - matrix @ np.full(2, c.patch_size / 2.0)
+    expected = [matrix[0, 0], matrix[0, 1], translation[0], matrix[1, 0], matrix[1, 1], translation[1], 0.0, 0.0]
+    # float32 products of values up to ~50 px: ~1e-5 absolute.
+    np.testing.assert_allclose(got[view], expected, atol=1e-4)

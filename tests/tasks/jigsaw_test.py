@@ -227,3 +227,39 @@ def test_mosaic_places_slots_row_major():
   tiles = tf.reshape(tf.range(9, dtype=tf.float32), [1, 9, 1, 1, 1]) * tf.ones([1, 9, 2, 2, 1])
   grid = mosaic(tiles)[0, ::2, ::2, 0].numpy()
   np.testing.assert_array_equal(grid, np.arange(9).reshape(3, 3))
+
+
+@pytest.mark.parametrize('shape', [(48, 48), (60, 50), (100, 130)])
+def test_crop_equals_resize_then_stateless_random_crop(shape):
+  task = JigsawTask(_config(resize_side=52, crop_size=48))
+  image = tf.constant(np.random.default_rng(shape[1]).integers(0, 256, (*shape, 3), dtype=np.uint8))
+  for i in range(4):
+    seed = tf.constant([1, i], tf.int64)
+    resized_shape = np.ceil(np.array(shape) * 52 / min(shape) - 1e-4).astype(np.int32)
+    resized = tf.image.resize(tf.cast(image, tf.float32) / 255.0, np.maximum(resized_shape, 52), antialias=True)
+    expected = tf.image.stateless_random_crop(resized, [48, 48, 3], seed).numpy()
+    # Same filter and crop; float32 rounding of <= 5-tap sums of values in [0, 1].
+    np.testing.assert_allclose(task._crop(image, seed).numpy(), expected, atol=1e-5)
+
+
+def test_cut_tiles_equals_a_loop_of_crops():
+  task = JigsawTask(_config(tile_size=10, color_jitter_px=2))
+  c = task.config
+  crops = tf.constant(np.random.default_rng(0).uniform(size=(2, 48, 48, 3)), tf.float32)
+  perm = tf.constant(np.random.default_rng(1).permutation(9), tf.int32)
+  occluded = tf.constant([True, False, False, True, False, False, False, False, False])
+  seed = tf.constant([4, 2], tf.int64)
+  tiles = task.cut_tiles(crops, perm, occluded, seed).numpy()
+  # The same draws as cut_tiles, then one slice per slot and channel.
+  from mtssl_tf.tasks import base
+
+  seeds = base.stateless_seeds(seed, 2)
+  room = c.cell_size - c.tile_size - c.color_jitter_px
+  corner = tf.random.stateless_uniform([9, 2], seeds[0], 0, room + 1, dtype=tf.int32).numpy()
+  shift = tf.random.stateless_uniform([9, 3, 2], seeds[1], 0, c.color_jitter_px + 1, dtype=tf.int32).numpy()
+  for slot in range(9):
+    cell = int(perm[slot])
+    for ch in range(3):
+      y, x = np.array([cell // 3, cell % 3]) * c.cell_size + corner[slot] + shift[slot, ch]
+      expected = crops[int(occluded[slot]), y : y + c.tile_size, x : x + c.tile_size, ch]
+      np.testing.assert_array_equal(tiles[slot, ..., ch], expected.numpy())  # A gather copies values.
