@@ -34,7 +34,7 @@ def main(argv):
   tf.random.set_seed(cfg.runtime.seed)
   world = make_world(FLAGS.world_dir, 'small')
   tasks = build_tasks(cfg.tasks, cfg.trunk.output_stride)
-  defaults = {name: world['sources'].get(f'{name}_train', world['sources']['images_train']) for name in tasks}
+  defaults = {name: task.world_source(world['sources']) for name, task in tasks.items()}
   datasets = {
     name: t.dataset(ReadOptions(seed=cfg.runtime.seed), defaults[name], cfg.runtime.seed) for name, t in tasks.items()
   }

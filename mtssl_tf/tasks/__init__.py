@@ -1,21 +1,23 @@
 """Self-supervised tasks: the explicit registry and the config holding one entry per task.
 
-Adding a task: its module (config, preprocessing, head, loss, metrics), its test, an
-entry in `TASKS` and a field in `TasksConfig`. Trainers only use `build_tasks`.
+Adding a task: its module (config class, preprocessing, head, loss, metrics), its test and
+an entry in `TASKS`. `TasksConfig` is derived from `TASKS` (a field per task, named by the
+task and typed by its `config_class`), so the two cannot disagree. Trainers only use
+`build_tasks`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict
+from typing import Any, Dict, Type
 
 from mtssl_tf.configs.base import Config
-from mtssl_tf.tasks.base import Task
-from mtssl_tf.tasks.colorization import ColorizationConfig, ColorizationTask
-from mtssl_tf.tasks.exemplar import ExemplarConfig, ExemplarTask
-from mtssl_tf.tasks.jigsaw import JigsawConfig, JigsawTask
-from mtssl_tf.tasks.motion_segmentation import MotionSegmentationConfig, MotionSegmentationTask
-from mtssl_tf.tasks.relative_position import RelativePositionConfig, RelativePositionTask
+from mtssl_tf.tasks.base import Task, TaskConfig
+from mtssl_tf.tasks.colorization import ColorizationTask
+from mtssl_tf.tasks.exemplar import ExemplarTask
+from mtssl_tf.tasks.jigsaw import JigsawTask
+from mtssl_tf.tasks.motion_segmentation import MotionSegmentationTask
+from mtssl_tf.tasks.relative_position import RelativePositionTask
 
 TASKS = {
   RelativePositionTask.name: RelativePositionTask,
@@ -26,19 +28,46 @@ TASKS = {
 }
 
 
-@dataclasses.dataclass
-class TasksConfig(Config):
-  """One config per task; `enabled` selects the tasks a run trains."""
+def check_registry(tasks: Dict[str, Type[Task]]) -> None:
+  """Each entry is keyed by its task's `name` and names a `TaskConfig` subclass as `config_class`.
 
-  relative_position: RelativePositionConfig = dataclasses.field(default_factory=RelativePositionConfig)
-  colorization: ColorizationConfig = dataclasses.field(default_factory=ColorizationConfig)
-  exemplar: ExemplarConfig = dataclasses.field(default_factory=ExemplarConfig)
-  motion_segmentation: MotionSegmentationConfig = dataclasses.field(default_factory=MotionSegmentationConfig)
-  jigsaw: JigsawConfig = dataclasses.field(default_factory=JigsawConfig)
+  Raises:
+    TypeError: naming the task whose entry is wrong.
+  """
+  for key, cls in tasks.items():
+    if getattr(cls, 'name', None) != key:
+      raise TypeError(f'TASKS[{key!r}]: {cls.__name__}.name is {getattr(cls, "name", None)!r}, not {key!r}')
+    config_class = getattr(cls, 'config_class', None)
+    if not (isinstance(config_class, type) and issubclass(config_class, TaskConfig)):
+      raise TypeError(
+        f'TASKS[{key!r}]: {cls.__name__}.config_class must be a TaskConfig subclass, got {config_class!r}'
+      )
+    if not isinstance(getattr(cls, 'WORLD_SOURCE', None), str):
+      raise TypeError(f'TASKS[{key!r}]: {cls.__name__}.WORLD_SOURCE must name a synthetic-world source')
 
 
-def build_tasks(tasks_config: TasksConfig, trunk_output_stride: int) -> Dict[str, Task]:
-  """The enabled tasks, in registry order (which fixes their lasso rows)."""
+def tasks_config_class(tasks: Dict[str, Type[Task]]) -> Type[Config]:
+  """The config with one field per registered task: its name, typed by its `config_class`, in registry order."""
+  check_registry(tasks)
+  fields = [
+    (name, cls.config_class, dataclasses.field(default_factory=cls.config_class)) for name, cls in tasks.items()
+  ]
+  return dataclasses.make_dataclass(
+    'TasksConfig',
+    fields,
+    bases=(Config,),
+    namespace={
+      '__module__': __name__,
+      '__doc__': 'One config per registered task (`TASKS`); `enabled` selects the tasks a run trains.',
+    },
+  )
+
+
+TasksConfig = tasks_config_class(TASKS)
+
+
+def build_tasks(tasks_config: Config, trunk_output_stride: int) -> Dict[str, Task]:
+  """The enabled tasks, in registry order (which fixes their lasso rows), from a `TasksConfig`."""
   return {
     name: cls(getattr(tasks_config, name), trunk_output_stride)
     for name, cls in TASKS.items()

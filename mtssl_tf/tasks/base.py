@@ -84,12 +84,15 @@ class TaskConfig(Config):
 
 
 class Task(abc.ABC):
-  """A self-supervised task. Subclasses set `name` and `config_class`."""
+  """A self-supervised task. Subclasses set `name` and `config_class` (its field in `TasksConfig`)."""
 
   name: ClassVar[str]
   config_class: ClassVar[Type[TaskConfig]]
   # The task feeds the trunk colorization's input whatever `harmonize` says (colorization).
   ALWAYS_HARMONIZED: ClassVar[bool] = False
+  # The synthetic world's source (a key of `make_world(...)['sources']`) the task reads when
+  # its `data.source` is empty: still images by default, video clips for motion segmentation.
+  WORLD_SOURCE: ClassVar[str] = 'images_train'
 
   def __init__(self, config: TaskConfig, trunk_output_stride: int = 16):
     """Creates the task.
@@ -110,6 +113,19 @@ class Task(abc.ABC):
   def harmonized_input(self) -> bool:
     """The trunk sees colorization's input (Lab L replicated) rather than RGB."""
     return self.ALWAYS_HARMONIZED or self.config.harmonize
+
+  @classmethod
+  def world_source(cls, world_sources: Dict[str, str]) -> str:
+    """This task's default source in a synthetic world's `sources` (`WORLD_SOURCE`).
+
+    Raises:
+      KeyError: the world has no such source (the message names the task and the key).
+    """
+    if cls.WORLD_SOURCE not in world_sources:
+      raise KeyError(
+        f'{cls.name}: the synthetic world has no {cls.WORLD_SOURCE!r} source (has {sorted(world_sources)})'
+      )
+    return world_sources[cls.WORLD_SOURCE]
 
   # ----- input pipeline (workers) -----
 

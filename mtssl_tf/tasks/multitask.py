@@ -130,10 +130,9 @@ class MultiTaskModel(tf.keras.Model):
     for name in self.task_names if self.lasso is not None else self.task_names[:1]:
       self.features(name, images, training=False)
 
-  def build_all(self, batches: Mapping[str, Dict[str, tf.Tensor]]) -> None:
-    """Creates every variable by running each task once in inference mode."""
-    for name, batch in batches.items():
-      self.task_step_outputs(name, batch, training=False)
+  def build_all(self, batches: Mapping[str, Dict[str, tf.Tensor]]) -> Dict[str, object]:
+    """Creates every variable by running each task once in inference mode; returns each task's head outputs."""
+    return {name: self.task_step_outputs(name, batch, training=False)[2] for name, batch in batches.items()}
 
   def call(self, inputs, training=None):
     """Runs the trunk only: {'image': [N, H, W, 3]} -> endpoints (for export and probes)."""

@@ -60,6 +60,20 @@ from mtssl_tf.trunk.lasso import alpha_image
 MAX_BATCH_METRICS = 4
 
 
+def batch_metric_names(name: str, metrics: Dict[str, tf.Tensor]) -> List[str]:
+  """The names of task `name`'s batch metrics in the order a closure carries them.
+
+  Raises:
+    ValueError: the task reports more than `MAX_BATCH_METRICS` (none is dropped silently).
+  """
+  if len(metrics) > MAX_BATCH_METRICS:
+    raise ValueError(
+      f'{name}: batch_metrics reports {len(metrics)} metrics ({", ".join(sorted(metrics))}), more than the '
+      f'{MAX_BATCH_METRICS} a worker closure carries (MAX_BATCH_METRICS in mtssl_tf/train/distributed.py)'
+    )
+  return sorted(metrics)
+
+
 def worker_pools(tasks: Dict[str, Task]) -> List[int]:
   """Task index served by each worker: `workers` consecutive workers per task."""
   pools = []
@@ -149,7 +163,10 @@ class DistributedTrainer:
     logging.info('precision: %s (%s)', precision, why)
     with self.strategy.scope():
       self.model = MultiTaskModel(cfg.trunk, self.tasks, cfg.lasso, precision)
-      self.model.build_all(self.samples)
+      outputs = self.model.build_all(self.samples)
+      # Too many batch metrics is an error now, before any step (the closures check again when traced).
+      for name, task in self.tasks.items():
+        batch_metric_names(name, task.batch_metrics(outputs[name], self.samples[name]))
       self.variables = {n: self.model.task_variables(n) for n in self.names}
       self.slots = GradientSlots(unique_variables(self.variables.values()), num_slots)
       if self.steps_per_closure > 1:
@@ -215,7 +232,7 @@ class DistributedTrainer:
         with snapshot.read_from(self.variables[name], weights, others) as sources:
           _, task_loss, outputs, grads, _ = model.compute_gradients(name, batch, sources)
       metrics = model.tasks[name].batch_metrics(outputs, batch)
-      self.metric_names[name] = sorted(metrics)[:MAX_BATCH_METRICS]
+      self.metric_names[name] = batch_metric_names(name, metrics)
       values = [tf.cast(metrics[k], tf.float32) for k in self.metric_names[name]]
       values += [tf.constant(0.0)] * (MAX_BATCH_METRICS - len(values))
       # The pipeline's running skip count and the last example's names of recent skips.

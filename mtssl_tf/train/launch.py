@@ -110,7 +110,7 @@ def prepare(cfg: ExperimentConfig, tasks: Optional[Dict[str, Task]] = None) -> P
     world = make_world(cfg.train.world_dir or default_world_dir(cfg.train.world_preset), cfg.train.world_preset)
   sources, samples = {}, {}
   for name, task in tasks.items():
-    sources[name] = task.config.data.source or world['sources'].get(f'{name}_train', world['sources']['images_train'])
+    sources[name] = task.config.data.source or task.world_source(world['sources'])
     options = ReadOptions(data_dir=task.config.data.data_dir or None)
     try:
       samples[name] = next(iter(task.dataset(options, sources[name], seed=0)))

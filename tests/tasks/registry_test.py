@@ -1,9 +1,11 @@
-"""The task registry's input convention: which runs' trunks read harmonized input at evaluation."""
+"""The task registry: the input convention of a run, TasksConfig derived from TASKS, world sources."""
+
+import dataclasses
 
 import pytest
 
-from mtssl_tf.configs import override
-from mtssl_tf.tasks import build_tasks, input_convention
+from mtssl_tf.configs import ConfigError, override
+from mtssl_tf.tasks import TASKS, TasksConfig, build_tasks, check_registry, input_convention, tasks_config_class
 from mtssl_tf.train.experiment import ExperimentConfig
 
 
@@ -34,3 +36,38 @@ def test_input_convention_agrees_with_the_built_tasks():
     tasks = build_tasks(cfg.tasks, 16)
     built = 'harmonized' if all(t.harmonized_input for t in tasks.values()) else 'rgb'
     assert input_convention(section) == built
+
+
+def test_tasks_config_is_the_registry():
+  # One field per registered task, in registry order, typed by the task's config_class.
+  fields = dataclasses.fields(TasksConfig)
+  assert [f.name for f in fields] == list(TASKS)
+  config = TasksConfig()
+  for name, cls in TASKS.items():
+    assert type(getattr(config, name)) is cls.config_class
+  with pytest.raises(ConfigError, match="unknown config key 'tasks.no_such_task'"):
+    override(ExperimentConfig(), {'tasks': {'no_such_task': {'enabled': True}}})
+
+
+def test_a_wrong_registry_entry_is_named():
+  class Misnamed(TASKS['exemplar']):
+    name = 'exemplar_v2'
+
+  with pytest.raises(TypeError, match=r"TASKS\['exemplar'\]: Misnamed.name is 'exemplar_v2'"):
+    check_registry({'exemplar': Misnamed})
+
+  class NoConfig(TASKS['exemplar']):
+    config_class = dict
+
+  with pytest.raises(TypeError, match=r"TASKS\['exemplar'\]: NoConfig.config_class must be a TaskConfig subclass"):
+    tasks_config_class({'exemplar': NoConfig})
+
+
+def test_each_task_declares_its_world_source(tiny_world):
+  sources = tiny_world['sources']
+  assert TASKS['motion_segmentation'].world_source(sources) == sources['motion_segmentation_train']
+  assert TASKS['relative_position'].world_source(sources) == sources['images_train']
+  for cls in TASKS.values():
+    assert cls.WORLD_SOURCE in sources, cls.name
+  with pytest.raises(KeyError, match="motion_segmentation: the synthetic world has no 'motion_segmentation_train'"):
+    TASKS['motion_segmentation'].world_source({'images_train': 'x'})
