@@ -42,6 +42,7 @@ from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.evaluation import backbone, voc_metrics
 from mtssl_tf.evaluation.detection_model import STRIDE, FasterRCNN, build_detector
 from mtssl_tf.evaluation.protocol import Column, Context, Protocol
+from mtssl_tf.train.finetune import FineTune
 from mtssl_tf.trunk import block4
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
 
@@ -426,50 +427,16 @@ def make_train_step(model: FasterRCNN, optimizer: tf.keras.optimizers.Optimizer)
 _STEP_KEYS = ('image', 'image_shape', 'gt_boxes', 'gt_classes')
 
 
-def _train(model, optimizer, cfg, dataset, manager, writer, progress: bool) -> Dict[str, float]:
+_LOSSES = ('total_loss', 'rpn_score_loss', 'rpn_box_loss', 'frcnn_class_loss', 'frcnn_box_loss')
+
+
+def _train(model: FasterRCNN, optimizer, tune: FineTune, dataset) -> Dict[str, float]:
+  """Trains to `tune.steps` through the fine-tuning engine; returns the timing and skip counts."""
   step_fn = make_train_step(model, optimizer)
-  skips = pipeline.SkipCounter(f'{NAME}/train')
-  sums: Dict[str, float] = {}
-  count, tick = 0, time.perf_counter()
-  start, train_start, first_done = int(optimizer.iterations), time.perf_counter(), None
-  iterator = iter(dataset)
-  while int(optimizer.iterations) < cfg.train_steps:
-    step = int(optimizer.iterations) + 1
-    try:
-      batch = next(iterator)
-    except StopIteration:
-      raise ValueError(f'{NAME}: the training source yields no batch (no image with a box?)') from None
-    losses = {k: float(v) for k, v in step_fn({k: batch[k] for k in _STEP_KEYS}).items()}
-    if not math.isfinite(losses['total_loss']):
-      raise FloatingPointError(
-        f'{NAME}: non-finite loss at step {step} ({losses}); last checkpoint: {manager.latest_checkpoint}'
-      )
-    skips.update(batch[pipeline.SKIPPED_KEY], batch.get(pipeline.SKIPPED_SOURCES_KEY))
-    for key, value in losses.items():
-      sums[key] = sums.get(key, 0.0) + value
-    count += 1
-    if first_done is None:
-      first_done = time.perf_counter()  # The first step traces; seconds_per_step leaves it out.
-    if step % cfg.log_every_steps == 0 or step == cfg.train_steps:
-      means = {key: value / count for key, value in sums.items()}
-      # With a schedule, Keras's `learning_rate` is the rate of the latest update.
-      means.update(learning_rate=float(optimizer.learning_rate), steps_per_second=count / (time.perf_counter() - tick))
-      if progress:
-        logging.info(
-          '%s step %d/%d: total %.4f (rpn %.4f + %.4f, frcnn %.4f + %.4f), lr %.3g, %.2f steps/s', NAME, step,
-          cfg.train_steps, means['total_loss'], means['rpn_score_loss'], means['rpn_box_loss'],
-          means['frcnn_class_loss'], means['frcnn_box_loss'], means['learning_rate'], means['steps_per_second'],
-        )  # fmt: skip
-      with writer.as_default(step=step):
-        for key, value in means.items():
-          tf.summary.scalar(f'{NAME}/{key}', value)
-      sums, count, tick = {}, 0, time.perf_counter()
-    if step % cfg.checkpoint_every_steps == 0 or step == cfg.train_steps:
-      manager.save(checkpoint_number=step)
-  done = int(optimizer.iterations) - start
-  end = time.perf_counter()
-  steady = (end - first_done) / (done - 1) if done > 1 else end - train_start
-  return {'train_seconds': end - train_start, 'seconds_per_step': steady, 'num_skipped_train': skips.count}
+  # Keras's `learning_rate` (schedule=None) is the schedule at the optimizer's iterations.
+  stats = tune.fit(lambda batch: step_fn({k: batch[k] for k in _STEP_KEYS}), dataset, log_keys=_LOSSES,
+                   empty_message='the training source yields no batch (no image with a box?)')  # fmt: skip
+  return {k: stats[k] for k in ('train_seconds', 'seconds_per_step', 'num_skipped_train')}
 
 
 # --- Box head initialisation ---------------------------------------------------------------------
@@ -627,37 +594,21 @@ def run_detection(
   if progress:
     logging.info('%s: box head (block 4) %s', NAME, f'from {box_head_source}' if box_head_source else 'random')
   optimizer = make_optimizer(cfg)
+  tune = FineTune(NAME, out_dir, steps=cfg.train_steps, log_every_steps=cfg.log_every_steps,
+                  checkpoint_every_steps=cfg.checkpoint_every_steps, progress=progress)  # fmt: skip
   # Slots exist before a restore, so a resumed momentum is restored, not re-created as 0.
-  optimizer.build(model.trainable_variables)
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-  directory = os.path.join(out_dir, 'checkpoints')
-  manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2)
-  if manager.latest_checkpoint:
-    try:
-      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as e:
-      raise ValueError(
-        f'{NAME} checkpoint {manager.latest_checkpoint} does not fit this config (use a fresh model_dir or delete '
-        f'{directory}): {str(e).splitlines()[0][:300]}'
-      ) from None
-    logging.info('%s: resumed from %s at step %d', NAME, manager.latest_checkpoint, int(optimizer.iterations))
-  writer = tf.summary.create_file_writer(out_dir)
+  start = tune.restore(optimizer, model.trainable_variables, model=model)
   timing: Dict[str, float] = {}
-  if int(optimizer.iterations) < cfg.train_steps:
-    data = train_dataset(cfg, train_spec, preprocessing, start_step=int(optimizer.iterations))
-    timing = _train(model, optimizer, cfg, data, manager, writer, progress)
+  if start < cfg.train_steps:
+    timing = _train(model, optimizer, tune, train_dataset(cfg, train_spec, preprocessing, start_step=start))
   results = evaluate(model, eval_dataset(cfg, test_spec, preprocessing), progress, cfg.map_conventions)
-  steps = int(optimizer.iterations)
+  steps = tune.step
   map_keys = {
     (convention, threshold): voc_metrics.mean_ap_key(convention, threshold)
     for convention in cfg.map_conventions
     for threshold in voc_metrics.VOCEvaluation.IOU_THRESHOLDS
   }
-  with writer.as_default(step=steps):
-    for key in map_keys.values():
-      if results.get(key) is not None:
-        tf.summary.scalar(f'{NAME}/{key.split("/", 1)[1]}', results[key])
-  writer.flush()
+  tune.scalars({key.split('/', 1)[1]: results[key] for key in map_keys.values() if results.get(key) is not None})
   results.update(timing)
   results.update(
     steps=steps,

@@ -165,8 +165,8 @@ class FineTune:
         total, metrics = out
       if not math.isfinite(float(total)):
         raise FloatingPointError(
-          f'{self.name}: non-finite loss ({float(total)}) at step {step}; last checkpoint: '
-          f'{self.manager.latest_checkpoint}'
+          f'{self.name}: non-finite loss at step {step} ({float(total)}, step values '
+          f'{ {k: float(v) for k, v in metrics.items()} }); last checkpoint: {self.manager.latest_checkpoint}'
         )
       if isinstance(batch, dict) and pipeline.SKIPPED_KEY in batch:
         skips.update(batch[pipeline.SKIPPED_KEY], batch.get(pipeline.SKIPPED_SOURCES_KEY))
