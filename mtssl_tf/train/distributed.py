@@ -48,7 +48,7 @@ from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.tasks import build_tasks
 from mtssl_tf.tasks.base import Task
 from mtssl_tf.tasks.multitask import MultiTaskModel
-from mtssl_tf.train import rmsprop, snapshot
+from mtssl_tf.train import knn, rmsprop, snapshot
 from mtssl_tf.train.checkpointing import TracedCheckpoint
 from mtssl_tf.train.cost import CostTracker
 from mtssl_tf.train.experiment import ExperimentConfig
@@ -191,6 +191,8 @@ class DistributedTrainer:
     self.apply_fns = {}
     self.last_logged: Dict[str, Dict[str, float]] = {}  # Per task: the last window's means.
     self.writer = tf.summary.create_file_writer(os.path.join(model_dir, 'train'))
+    # The kNN monitor (train/knn.py; None when off): scores each tick checkpoint with a trunk of its own.
+    self.knn = knn.monitor_for_run(cfg.knn, cfg.trunk, model_dir, cfg.train)
     # Undecodable inputs per task, counted per worker pipeline and named (train_result.json).
     self.skips = {n: pipeline.SkipCounter(n) for n in self.names}
 
@@ -429,6 +431,8 @@ class DistributedTrainer:
     if not bool(self._all_finite()):
       raise FloatingPointError(f'non-finite weights before the checkpoint at step {done}; last checkpoint kept')
     manager.save(checkpoint_number=done)
+    if manager is self.tick_manager and self.knn is not None:
+      self.knn.on_tick(manager.latest_checkpoint, done, int(self.cost.last_tick.numpy()), self.cost.total())
 
   @tf.function
   def _all_finite(self):

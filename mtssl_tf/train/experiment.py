@@ -13,6 +13,7 @@ from mtssl_tf.configs.base import Config, ConfigError
 from mtssl_tf.configs.experiment import DemoConfig, LassoConfig, RuntimeConfig, TrunkConfig
 from mtssl_tf.tasks import TasksConfig
 from mtssl_tf.train import rmsprop
+from mtssl_tf.train.knn import KnnMonitorConfig
 
 TRAIN_MODES = ('hybrid', 'async', 'sync')
 ACCUMULATE = ('parameter_server', 'worker')
@@ -105,6 +106,8 @@ class ExperimentConfig(Config):
   demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
   tasks: TasksConfig = dataclasses.field(default_factory=TasksConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  # The kNN monitor run at compute ticks (train/knn.py).
+  knn: KnnMonitorConfig = dataclasses.field(default_factory=KnnMonitorConfig)
 
   def validate(self) -> None:
     if self.lasso.enabled and self.trunk.output_stride == 32:

@@ -333,6 +333,12 @@ class KnnMonitor:
     """Whether tick number `tick` (1-based) is one the monitor runs at."""
     return self.cfg.enabled and tick % self.cfg.every_ticks == 0
 
+  def on_tick(self, checkpoint: str, step: int, tick: int, cost: float) -> Optional[Dict[str, float]]:
+    """The trainer's hook after a tick checkpoint: evaluates it if `tick` is due, else None."""
+    if not self.due(tick):
+      return None
+    return self.evaluate(checkpoint, step, {'tick': tick, 'cost': cost})
+
   def _load(self):
     c = self.cfg
     bank = labelled_images(self.sources[0], c.bank_size, c.image_size, c.seed, c.data_dir, c.label_offset)
