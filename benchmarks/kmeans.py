@@ -53,6 +53,9 @@ flags.DEFINE_float(
 flags.DEFINE_enum(
   'init', KMeansConfig.init, ['kmeans++', 'random'], "Our start in the whole-fit ratio (default: the library's)."
 )
+flags.DEFINE_integer(
+  'init_dims', 0, 'Our k-means++ start on a random projection to this many dims (cluster.init_dims).'
+)
 flags.DEFINE_list('methods', ['ours', 'faiss'], 'Lloyd methods to run (ours, faiss, sklearn).')
 flags.DEFINE_bool('numpy_baseline', True, 'Also time the previous numpy k-means++ start (before).')
 flags.DEFINE_bool('whole_fit', True, 'Also run the whole fits (both our starts, faiss with its own).')
@@ -96,8 +99,8 @@ def _numpy_kmeans_plus_plus(x, k, rng):
 
 
 def _config(init='kmeans++', **values):
-  values = dict(num_clusters=FLAGS.k, iterations=FLAGS.iterations, max_points_per_centroid=0,
-                batch_size=FLAGS.batch_size, seed=FLAGS.seed, init=init) | values  # fmt: skip
+  values = dict(num_clusters=FLAGS.k, iterations=FLAGS.iterations, max_points_per_centroid=0, init=init,
+                batch_size=FLAGS.batch_size, seed=FLAGS.seed, init_dims=FLAGS.init_dims) | values  # fmt: skip
   return KMeans(KMeansConfig(**values))
 
 
@@ -235,7 +238,9 @@ def main(argv):
   _config().initialize(x[: 4 * k])  # Traces the TF loop, so the timing below is the start alone.
   init, init_s = _timed(_config().initialize, x)
   init_rate = trials * pass_flops / init_s
-  print(f'  ours k-means++ (TF, greedy, {trials} candidates per step): {init_s:.1f} s ({init_rate / 1e9:.1f} GFLOP/s)')
+  on = f'a {FLAGS.init_dims}-dim projection' if 0 < FLAGS.init_dims < dims else 'the features'
+  print(f'  ours k-means++ (TF, greedy, {trials} candidates per step, on {on}): {init_s:.1f} s '
+        f'({init_rate / 1e9:.1f} GFLOP/s of {dims}-dim distances)')  # fmt: skip
   random_init, random_s = _timed(_config('random').initialize, x)
   print(f'  ours random: {random_s:.3f} s')
   if FLAGS.numpy_baseline:

@@ -10,11 +10,21 @@ pseudo-label. This is Euclidean k-means with Lloyd iterations, shaped for that s
   random key in stream order and the sample is the rows with the smallest keys, kept
   in stream order, so the same rows give the same sample however they are chunked:
   a fit from chunks equals a fit from their concatenation.
-* Initial centroids: k-means++ (D^2 sampling, on at most 64 sample points per centroid)
-  or k distinct random sample points (faiss's init).
-* An iteration assigns the sample in batches with one TF matmul
-  (||x||^2 - 2 x.c + ||c||^2, argmin) and moves each centroid to the mean of its
-  points (segment sums and counts, accumulated in float64).
+* Initial centroids: greedy k-means++ (D^2 sampling of 2 + ln k candidates per step,
+  keeping the one that lowers the potential most, as scikit-learn; on at most 64 sample
+  points per centroid), or k distinct random sample points (faiss's start). The k
+  sequential steps run in one TF loop, each scoring its candidates against every point
+  with one GEMM, so the start runs on a GPU like the iterations.
+  The default is k-means++: random costs quality. Final objective of a random start over
+  a k-means++ one, same iterations, measured with benchmarks/kmeans.py and this module:
+  1.164 on a mixture of 400 overlapping blobs (20000 x 1024, 10 iterations, 2 seeds),
+  1.095 on a miniature-like case (2000 x 256 ReLU mixture, k=20, 20 iterations, 10 seeds);
+  plain one-candidate k-means++ 1.123 and 1.066 (greedy is worth its cost); a 128- or
+  256-dim random projection for the start (`init_dims`) 1.013 at 1024 dims.
+* An iteration assigns the sample in batches, one TF call per batch: per block of rows
+  one GEMM (||c||^2 - 2 x.c; ||x||^2 is added to the minimum only), reduced to argmin
+  and min while the block is in cache, then segment sums of the batch; the centroids
+  move to the means of their points (sums accumulated in float64 across batches).
 * A cluster left empty is re-seeded with the point farthest from the centroid of the
   largest cluster. The next objective is bounded by the old labels scored against the
   new means, which never use the empty cluster, so re-seeding cannot raise it:
@@ -26,8 +36,8 @@ pseudo-label. This is Euclidean k-means with Lloyd iterations, shaped for that s
   (up to exact float ties).
 
 Memory: the sample (float32, n x D: 512K x 8192 is 17 GB; lower `max_points_per_centroid`
-or use `pca_dims` to shrink the clustered copy), plus per batch the batch itself and two
-[batch_size, k] float32 score matrices.
+or use `pca_dims` to shrink the clustered copy), plus per batch the batch itself, its
+[k, D] sums and a few [rows, k] score blocks of `SCORE_BLOCK_BYTES`.
 """
 
 from __future__ import annotations
@@ -46,9 +56,10 @@ from absl import logging
 from mtssl_tf.configs.base import Config, ConfigError, override, to_plain
 
 INITS = ('kmeans++', 'random')
-# k-means++ is sequential and memory-bound: one pass over its points per centroid, k passes in all.
-# On a 512K x 8192 sample at k=2000 that measured ~1.4 h on 2 cores, as long as 20 Lloyd iterations,
-# so it runs on a subsample of this many points per centroid (D^2 sampling needs coverage, not density).
+# k-means++ is sequential: one pass over its points per centroid, k passes in all (each a GEMM of its
+# 2 + ln k candidates). On the whole 512K x 8192 sample at k=2000 plain k-means++ in numpy measured ~1.4 h
+# on 2 cores, as long as 20 Lloyd iterations, so it runs on a subsample of this many points per centroid
+# (D^2 sampling needs coverage, not density).
 INIT_POINTS_PER_CENTROID = 64
 # Whitening divides by sqrt(eigenvalue + eps): eps, relative to the top eigenvalue (scale-free), keeps
 # zero-variance directions (dead units) finite and leaves the others whitened to within 1e-6 * top / value.
