@@ -4,8 +4,9 @@ A task owns everything that is specific to it (Doersch & Zisserman 2017, §3):
 its tf.data preprocessing (pure TF, so it runs on ParameterServerStrategy workers),
 how its examples become a trunk batch, its subclassed Keras head, its loss, its
 metrics and its TensorBoard images. The multi-task model and the trainers only call
-this interface, so adding a task is one module, its test, an entry in
-`mtssl_tf.tasks.TASKS` and a config field: never a trainer change.
+this interface, so adding a task is one module, its test and an entry in
+`mtssl_tf.tasks.TASKS` (its `TasksConfig` field follows from `config_class`): never a
+trainer change.
 
 Randomness in preprocessing is stateless and seeded per example (`seed` is an
 int32 [2] tensor), so the same example gets the same augmentation eagerly and inside
