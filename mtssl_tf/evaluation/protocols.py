@@ -7,13 +7,18 @@ imported on first use.
 
 Adding a protocol: write `mtssl_tf/evaluation/<name>.py` with a `Protocol` subclass
 (see `protocol.py`), its test, one line below and a YAML file in configs/eval/.
+A protocol kept outside the package is registered without editing it by the
+environment variable `MTSSL_EVAL_PROTOCOLS=name=module:Class[,name=module:Class...]`
+(read at import, so `mtssl-eval --help` and the grid see it too).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Dict, List, Tuple, Type
 
+PLUGINS_ENV = 'MTSSL_EVAL_PROTOCOLS'
 _REGISTRY: Dict[str, str] = {}
 
 
@@ -44,6 +49,17 @@ register('knn', 'mtssl_tf.evaluation.knn:KnnProtocol')
 register('voc07_svm', 'mtssl_tf.evaluation.svm:Voc07SvmProtocol')
 register('voc07_lowshot', 'mtssl_tf.evaluation.svm:Voc07LowShotProtocol')
 register('figures', 'mtssl_tf.evaluation.embedding:FiguresProtocol')
+
+
+def _register_plugins(text: str) -> None:
+  for item in filter(None, (part.strip() for part in text.split(','))):
+    name, sep, target = item.partition('=')
+    if not sep or ':' not in target:
+      raise ValueError(f'{PLUGINS_ENV}: {item!r} is not name=module:Class')
+    register(name.strip(), target.strip())
+
+
+_register_plugins(os.environ.get(PLUGINS_ENV, ''))
 
 
 def names() -> Tuple[str, ...]:
