@@ -9,7 +9,7 @@ from mtssl_tf.configs.base import Config, ConfigError, override, parse_override,
 from mtssl_tf.configs.experiment import TrunkConfig
 from mtssl_tf.evaluation import backbone, protocols
 
-PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
+PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
 
 
 @dataclasses.dataclass
@@ -26,7 +26,9 @@ class EvalConfigBase(Config):
       paper's for every trunk (Doersch §3.3: harmonized trunks are evaluated on
       colour); 'harmonized' grey (L replicated); 'as_trained' the pre-training run's
       input (grey when every task was harmonized).
-    precision: Keras dtype policy of the evaluation.
+    precision: Keras dtype policy of the evaluation; 'auto' is mixed_bfloat16 only where the
+      hardware computes bf16 natively (`hardware.resolve_precision`). float32 by default: the
+      evaluations' figures were measured in it.
     world_preset: synthetic world used for sources left empty.
     world_dir: where that world lives (empty: ~/.cache/mtssl_tf/world_<preset>).
     <protocol>: each registered protocol's section (`protocols.py`), e.g. linear

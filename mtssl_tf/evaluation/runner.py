@@ -11,6 +11,7 @@ from typing import Any, Dict, Tuple
 
 from absl import logging
 
+from mtssl_tf import hardware
 from mtssl_tf.configs.base import save_config
 from mtssl_tf.evaluation import backbone, protocols
 from mtssl_tf.evaluation.config import EvalConfigBase, load_eval_config, run_preprocessing
@@ -46,7 +47,7 @@ def context(name: str, cfg: EvalConfigBase, model_dir: str, progress: bool = Tru
     train_spec=train_spec,
     test_spec=test_spec,
     preprocessing=run_preprocessing(cfg),
-    precision=cfg.precision,
+    precision=hardware.resolve_precision(cfg.precision),
     progress=progress,
   )
 
@@ -61,10 +62,10 @@ def run(name: str, cfg: EvalConfigBase, model_dir: str) -> Dict[str, Any]:
   cls = protocols.protocol_class(name)
   ctx = context(name, cfg, model_dir)
   save_config(cfg, ctx.out_dir, 'eval_config.yaml')
-  if cfg.precision != 'float32':
+  if ctx.precision != 'float32':
     import tensorflow as tf
 
-    tf.keras.mixed_precision.set_global_policy(cfg.precision)
+    tf.keras.mixed_precision.set_global_policy(ctx.precision)
   if cls.uses_init:
     logging.info('%s: trunk from %s, %s input', name, cfg.init, ctx.preprocessing)
   return cls().run(ctx)

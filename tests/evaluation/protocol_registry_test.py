@@ -69,3 +69,15 @@ def test_plugin_protocol_is_listed_by_mtssl_eval_help():
   out = subprocess.run([sys.executable, '-m', 'mtssl_tf.bin.evaluate', '--help'], env=bad, capture_output=True,
                        text=True, check=False)  # fmt: skip
   assert out.returncode != 0 and 'MTSSL_EVAL_PROTOCOLS' in out.stderr
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch, tmp_path):
+  from mtssl_tf import hardware
+
+  monkeypatch.setattr(hardware, 'gpu_bf16_support', lambda: None)
+  cfg = load_eval_config([], ['precision=auto', 'linear.train_source=a', 'linear.validation_source=b'])
+  for native, policy in ((False, 'float32'), (True, 'mixed_bfloat16')):
+    monkeypatch.setattr(hardware, 'has_native_bf16', lambda native=native: native)
+    assert runner.context('linear', cfg, str(tmp_path)).precision == policy
+  cfg = load_eval_config([], ['precision=float32', 'linear.train_source=a', 'linear.validation_source=b'])
+  assert runner.context('linear', cfg, str(tmp_path)).precision == 'float32'  # An explicit setting wins.
