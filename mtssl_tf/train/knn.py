@@ -37,15 +37,16 @@ import tensorflow as tf
 from absl import logging
 
 from mtssl_tf.configs.base import Config, ConfigError
-from mtssl_tf.data import color, decode
+from mtssl_tf.data import decode
 from mtssl_tf.data.images import ReadOptions, image_dataset
+from mtssl_tf.trunk.inputs import PREPROCESSING, preprocess
 
 # DINO eval_knn.py (--temperature 0.07) and solo-learn's WeightedKNNClassifier (T = 0.07).
 TEMPERATURE = 0.07
 # solo-learn's default k is 20; DINO reports k = 20 and 200 (--nb_knn 10 20 100 200).
 K_VALUES = (20, 200)
 TOP_K = 5
-INPUT_MODES = ('rgb', 'harmonized')
+INPUT_MODES = PREPROCESSING
 
 
 # ----------------------------------------------------------------------------- the classifier
@@ -134,10 +135,14 @@ def knn_accuracy(
 
 
 def trunk_input(images: tf.Tensor, mode: str = 'rgb') -> tf.Tensor:
-  """uint8 images -> the trunk's input, as `export.saved_model.preprocess` (colour in [-1, 1], or L replicated)."""
+  """uint8 images -> the trunk's input (`trunk.inputs.preprocess`), checking the mode.
+
+  Raises:
+    ValueError: an unknown mode.
+  """
   if mode not in INPUT_MODES:
     raise ValueError(f'trunk input mode must be one of {INPUT_MODES}, got {mode!r}')
-  return color.harmonize(images) if mode == 'harmonized' else tf.cast(images, tf.float32) / 127.5 - 1.0
+  return preprocess(images, mode)
 
 
 def adaptive_avg_pool(x: tf.Tensor, grid: int) -> tf.Tensor:
