@@ -23,6 +23,7 @@ only when every task of the run was harmonized), the other column of Table 3.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Callable, Dict, Tuple
@@ -30,7 +31,8 @@ from typing import Any, Callable, Dict, Tuple
 import tensorflow as tf
 
 from mtssl_tf.configs import TrunkConfig
-from mtssl_tf.configs.base import read_yaml
+from mtssl_tf.configs.base import Config, ConfigError, read_yaml
+from mtssl_tf.configs.experiment import LASSO_INITS, LASSO_MIX_NORMS
 from mtssl_tf.trunk.inputs import PREPROCESSING, preprocess
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk, build_trunk
 
@@ -38,6 +40,35 @@ RANDOM = 'random'
 # Evaluation input choices (see the module docstring); colour is the paper's.
 EVAL_INPUTS = ('rgb', 'harmonized', 'as_trained')
 DEFAULT_EVAL_INPUT = 'rgb'
+
+
+@dataclasses.dataclass
+class LassoMixConfig(Config):
+  """A protocol's own lasso mix of the block-3 units (Doersch §3.2), shared by linear, detection and depth.
+
+  Attributes:
+    use_lasso: the protocol's head reads a new learned mix of every block-3 unit.
+    lasso_l1_weight: L1 weight on that alpha row (the pre-training default, 1e-3).
+    lasso_init: 'last' (starts as the plain block-3 output) or 'uniform'.
+    lasso_mix_norm: 'trunk' (default): the mix takes block 3's place and goes through the
+      trunk's own closing BN-ReLU (frozen as the trunk is); 'per_consumer': a new BN-ReLU
+      trained on the mix (see `LassoConfig.mix_norm`).
+  """
+
+  use_lasso: bool = False
+  lasso_l1_weight: float = 1e-3
+  lasso_init: str = 'last'
+  lasso_mix_norm: str = 'trunk'
+
+
+def check_lasso_fields(cfg: LassoMixConfig, section: str) -> None:
+  """Raises `ConfigError` naming `<section>.<key>` for an impossible lasso field."""
+  if cfg.lasso_l1_weight < 0:
+    raise ConfigError(f'{section}.lasso_l1_weight: must be >= 0, got {cfg.lasso_l1_weight}')
+  if cfg.lasso_init not in LASSO_INITS:
+    raise ConfigError(f'{section}.lasso_init: must be one of {LASSO_INITS}, got {cfg.lasso_init!r}')
+  if cfg.lasso_mix_norm not in LASSO_MIX_NORMS:
+    raise ConfigError(f'{section}.lasso_mix_norm: must be one of {LASSO_MIX_NORMS}, got {cfg.lasso_mix_norm!r}')
 
 
 def resolve_source(source: str) -> Tuple[str, str]:

@@ -6,21 +6,65 @@ config checks and the train-then-score tail over the fine-tuning engine.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 
-from mtssl_tf.configs.base import ConfigError
+from mtssl_tf.configs.base import Config, ConfigError
 from mtssl_tf.data import decode, pipeline
 from mtssl_tf.data.images import ReadOptions, image_dataset
-from mtssl_tf.train.finetune import FineTune
+from mtssl_tf.train.finetune import FineTune, LoopConfig, SGDConfig
 
 TOP_K = 5
 
 
-def check_training_fields(cfg, section: str) -> None:
-  """Checks the fields `LinearEvalConfig` and `SupervisedConfig` share, naming `<section>.<key>`."""
-  for key in ('steps', 'batch_size', 'eval_batch_size', 'shuffle_buffer', 'log_every_steps', 'checkpoint_every_steps'):
+@dataclasses.dataclass
+class LabelledImagesConfig(Config):
+  """Where labelled images come from and how they are cut, shared by the classification protocols.
+
+  Attributes:
+    train_source: training images (`tfrecord:`, `folder:`, `tfds:` spec); '' = the
+      synthetic world's (or the caller passes it).
+    validation_source: validation images, likewise.
+    data_dir: tensorflow-datasets data directory for `tfds:` sources.
+    label_offset: subtracted from labels (1 for Model Garden ImageNet).
+    num_classes: 0 counts the training labels once (max label + 1).
+    image_size: images are resized to this shorter side (ImageNet convention: 256).
+    crop_size: side of the random (train) and centre (test) crop (224).
+    batch_size: training batch.
+    eval_batch_size: validation batch.
+    shuffle_buffer: decoded images in the shuffle buffer.
+    seed: data order, crops and jitter.
+  """
+
+  train_source: str = ''
+  validation_source: str = ''
+  data_dir: str = ''
+  label_offset: int = 0
+  num_classes: int = 0
+  image_size: int = 256
+  crop_size: int = 224
+  batch_size: int = 256
+  eval_batch_size: int = 100
+  shuffle_buffer: int = 1000
+  seed: int = 0
+
+
+@dataclasses.dataclass
+class ClassifierTrainingConfig(LabelledImagesConfig, SGDConfig, LoopConfig):
+  """Labelled images, momentum SGD and the step loop.
+
+  The fields the linear probes, the supervised baseline and the student probes share;
+  each adds its own and may change a default.
+  """
+
+
+def check_training_fields(cfg: ClassifierTrainingConfig, section: str) -> None:
+  """Checks the shared fields of a `ClassifierTrainingConfig`, naming `<section>.<key>`."""
+  cfg.check_loop(section)
+  cfg.check_sgd(section)
+  for key in ('batch_size', 'eval_batch_size', 'shuffle_buffer'):
     if getattr(cfg, key) < 1:
       raise ConfigError(f'{section}.{key}: must be positive, got {getattr(cfg, key)}')
   for key in ('num_classes', 'label_offset'):
@@ -30,12 +74,6 @@ def check_training_fields(cfg, section: str) -> None:
     raise ConfigError(f'{section}.crop_size: must be at least 32 pixels, got {cfg.crop_size}')
   if cfg.image_size < cfg.crop_size:
     raise ConfigError(f'{section}.image_size: must be >= crop_size ({cfg.crop_size}), got {cfg.image_size}')
-  if cfg.learning_rate <= 0:
-    raise ConfigError(f'{section}.learning_rate: must be positive, got {cfg.learning_rate}')
-  if not 0 <= cfg.momentum < 1:
-    raise ConfigError(f'{section}.momentum: must be in [0, 1), got {cfg.momentum}')
-  if cfg.weight_decay < 0:
-    raise ConfigError(f'{section}.weight_decay: must be >= 0, got {cfg.weight_decay}')
 
 
 # ----------------------------------------------------------------------------- pooling and metrics

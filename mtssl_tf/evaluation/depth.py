@@ -26,8 +26,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import tensorflow as tf
 from absl import logging
 
-from mtssl_tf.configs.base import Config, ConfigError
-from mtssl_tf.configs.experiment import LASSO_INITS, LASSO_MIX_NORMS
+from mtssl_tf.configs.base import ConfigError
 from mtssl_tf.data import depth as nyu
 from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.evaluation import backbone
@@ -43,7 +42,7 @@ EVAL_CROPS = ('eigen', 'none')
 
 
 @dataclasses.dataclass
-class DepthEvalConfig(Config):
+class DepthEvalConfig(backbone.LassoMixConfig):
   """The depth evaluation's settings. Sizes are (height, width).
 
   Attributes:
@@ -98,10 +97,6 @@ class DepthEvalConfig(Config):
   decay_fractions: Tuple[float, ...] = (0.35, 0.7)
   decay_rate: float = 0.1
   fine_tune_trunk: bool = True
-  use_lasso: bool = False
-  lasso_l1_weight: float = 1e-3
-  lasso_init: str = 'last'
-  lasso_mix_norm: str = 'trunk'
   projection_filters: int = 1024
   upproject_filters: Tuple[int, ...] = (512, 256, 128)
   flip: bool = True
@@ -148,12 +143,7 @@ class DepthEvalConfig(Config):
       fail('decay_fractions', f'need increasing fractions in (0, 1), got {fractions}')
     if not 0 < self.decay_rate <= 1:
       fail('decay_rate', f'must be in (0, 1], got {self.decay_rate}')
-    if self.lasso_l1_weight < 0:
-      fail('lasso_l1_weight', f'must be >= 0, got {self.lasso_l1_weight}')
-    if self.lasso_init not in LASSO_INITS:
-      fail('lasso_init', f'must be one of {LASSO_INITS}, got {self.lasso_init!r}')
-    if self.lasso_mix_norm not in LASSO_MIX_NORMS:
-      fail('lasso_mix_norm', f'must be one of {LASSO_MIX_NORMS}, got {self.lasso_mix_norm!r}')
+    backbone.check_lasso_fields(self, NAME)
     if not self.upproject_filters or min(self.upproject_filters) < 1:
       fail('upproject_filters', f'need one or more positive filter counts, got {list(self.upproject_filters)}')
     low, high = _pair(self.scale_range, 'scale_range')

@@ -34,8 +34,7 @@ from absl import logging
 from official.modeling.optimization import lr_schedule
 from official.vision.ops import box_ops, preprocess_ops
 
-from mtssl_tf.configs.base import Config, ConfigError, validate_all
-from mtssl_tf.configs.experiment import LASSO_INITS, LASSO_MIX_NORMS
+from mtssl_tf.configs.base import ConfigError, validate_all
 from mtssl_tf.data import pipeline
 from mtssl_tf.data.detection import VOC_CLASSES, detection_dataset
 from mtssl_tf.data.images import ReadOptions
@@ -51,7 +50,7 @@ BOX_HEAD_INITS = ('auto', 'random', 'checkpoint')
 
 
 @dataclasses.dataclass
-class DetectionEvalConfig(Config):
+class DetectionEvalConfig(backbone.LassoMixConfig):
   """Faster R-CNN fine-tuning on VOC07 trainval, mAP on VOC07 test.
 
   Defaults follow py-faster-rcnn's end-to-end VOC07 recipe (Ren et al. 2015, its
@@ -183,10 +182,6 @@ class DetectionEvalConfig(Config):
   detection_nms_iou: float = 0.3
   max_detections: int = 100
   map_conventions: Tuple[str, ...] = (voc_metrics.VOC07, voc_metrics.OD_API)
-  use_lasso: bool = False
-  lasso_l1_weight: float = 1e-3
-  lasso_init: str = 'last'
-  lasso_mix_norm: str = 'trunk'
   freeze_batch_norm: bool = True
   log_every_steps: int = 20
   checkpoint_every_steps: int = 5000
@@ -247,10 +242,7 @@ class DetectionEvalConfig(Config):
         fail(key, f'must be in [0, 1], got {getattr(self, key)}')
     if self.roi_crop_size < 2 or self.roi_crop_size % 2:
       fail('roi_crop_size', f'must be even (block 4 strides it by 2), got {self.roi_crop_size}')
-    if self.lasso_init not in LASSO_INITS:
-      fail('lasso_init', f'must be one of {LASSO_INITS}, got {self.lasso_init!r}')
-    if self.lasso_mix_norm not in LASSO_MIX_NORMS:
-      fail('lasso_mix_norm', f'must be one of {LASSO_MIX_NORMS}, got {self.lasso_mix_norm!r}')
+    backbone.check_lasso_fields(self, NAME)
     if self.box_head_init not in BOX_HEAD_INITS:
       fail('box_head_init', f'must be one of {BOX_HEAD_INITS}, got {self.box_head_init!r}')
     conventions = list(self.map_conventions)

@@ -38,11 +38,11 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import tensorflow as tf
 from absl import logging
 
-from mtssl_tf.configs.base import Config, ConfigError, validate_all
-from mtssl_tf.configs.experiment import LASSO_INITS, LASSO_MIX_NORMS
+from mtssl_tf.configs.base import ConfigError, validate_all
 from mtssl_tf.evaluation import backbone
 from mtssl_tf.evaluation.classification import (
   TOP_K,
+  ClassifierTrainingConfig,
   ColorJitter,
   check_training_fields,
   correct_at_k,
@@ -68,16 +68,13 @@ def _is_endpoint_name(name: str) -> bool:
 
 
 @dataclasses.dataclass
-class LinearEvalConfig(Config):
+class LinearEvalConfig(ClassifierTrainingConfig, backbone.LassoMixConfig):
   """Frozen linear classification.
 
+  The shared data, SGD and loop fields come from `ClassifierTrainingConfig`, the lasso
+  fields from `backbone.LassoMixConfig`.
+
   Attributes:
-    train_source: training images (`tfrecord:`, `folder:`, `tfds:` spec); '' = the
-      caller passes it to `run_linear`.
-    validation_source: validation images, likewise.
-    data_dir: tensorflow-datasets data directory for `tfds:` sources.
-    label_offset: subtracted from labels (1 for Model Garden ImageNet).
-    num_classes: 0 counts the training labels once (max label + 1).
     endpoint: trunk endpoint of the main classifier ('final' = block-3 output after
       BN-ReLU, Doersch §5).
     pool_size: the main endpoint is max-pooled to pool_size x pool_size (Doersch: 3).
@@ -85,65 +82,28 @@ class LinearEvalConfig(Config):
       chosen by `probe_grid` (Noroozi et al. 2018, Table 4).
     probe_max_dims: the probes' dimension budget (9216, see the module docstring).
     feature_norm: non-affine BatchNorm on the pooled features (module docstring).
-    use_lasso: the main layer reads a fresh lasso mix of all block-3 units.
-    lasso_l1_weight: L1 weight on that alpha (LassoConfig's default).
-    lasso_init: 'last' (starts as the plain block-3 output) or 'uniform'.
-    lasso_mix_norm: 'trunk' (default): the mix takes block 3's place, so with endpoint
-      'final' it goes through the trunk's own closing BN-ReLU (frozen, as the trunk) and
-      with 'block3' it is read bare; 'per_consumer': a new BN-ReLU trained on the mix
-      (see `LassoConfig.mix_norm`).
-    image_size: images are resized to this shorter side (ImageNet convention: 256).
-    crop_size: side of the random (train) and centre (test) crop (224).
+    use_lasso, lasso_l1_weight, lasso_init, lasso_mix_norm: the main layer reads a fresh
+      lasso mix of all block-3 units (`backbone.LassoMixConfig`).
     brightness: maximum brightness delta on [0, 1] images (TF-slim Inception: 32/255).
     contrast_range: (min, max) contrast factor (TF-slim Inception: 0.5-1.5).
     saturation_range: (min, max) saturation factor (TF-slim Inception: 0.5-1.5).
     max_hue: maximum hue delta (TF-slim Inception: 0.2).
-    steps: training steps (~28 ImageNet epochs at batch 256, as Goyal et al. 2019).
-    batch_size: training batch.
-    eval_batch_size: validation batch.
-    learning_rate: momentum-SGD learning rate (Goyal et al. 2019: 0.01).
-    momentum: SGD momentum.
-    lr_decay_factor: the learning rate is multiplied by this every `lr_decay_steps`.
+    steps: ~28 ImageNet epochs at batch 256, as Goyal et al. 2019 (learning rate 0.01,
+      weight decay 5e-4 on the linear kernels: the shared defaults).
     lr_decay_steps: staircase decay interval (about 10 ImageNet epochs).
-    weight_decay: L2 weight decay on the linear layers' kernels (Goyal et al.: 5e-4).
-    shuffle_buffer: decoded images in the shuffle buffer.
-    seed: data order, crops and jitter.
-    log_every_steps: console progress and training summaries.
-    checkpoint_every_steps: probe checkpoints (the last step is always saved).
   """
 
-  train_source: str = ''
-  validation_source: str = ''
-  data_dir: str = ''
-  label_offset: int = 0
-  num_classes: int = 0
   endpoint: str = 'final'
   pool_size: int = 3
   probe_endpoints: Tuple[str, ...] = ()
   probe_max_dims: int = MAX_PROBE_DIMS
   feature_norm: bool = True
-  use_lasso: bool = False
-  lasso_l1_weight: float = 1e-3
-  lasso_init: str = 'last'
-  lasso_mix_norm: str = 'trunk'
-  image_size: int = 256
-  crop_size: int = 224
   brightness: float = 32.0 / 255.0
   contrast_range: Tuple[float, ...] = (0.5, 1.5)
   saturation_range: Tuple[float, ...] = (0.5, 1.5)
   max_hue: float = 0.2
   steps: int = 140_000
-  batch_size: int = 256
-  eval_batch_size: int = 100
-  learning_rate: float = 0.01
-  momentum: float = 0.9
-  lr_decay_factor: float = 0.1
   lr_decay_steps: int = 50_000
-  weight_decay: float = 5e-4
-  shuffle_buffer: int = 1000
-  seed: int = 0
-  log_every_steps: int = 100
-  checkpoint_every_steps: int = 5000
 
   def validate(self) -> None:
     if not _is_endpoint_name(self.endpoint):
@@ -156,16 +116,11 @@ class LinearEvalConfig(Config):
       )
     if self.use_lasso and self.endpoint not in ('final', 'block3'):
       raise ConfigError(f'linear.use_lasso: the lasso mix replaces the block-3 output, but endpoint={self.endpoint!r}')
-    if self.lasso_init not in LASSO_INITS:
-      raise ConfigError(f'linear.lasso_init: must be one of {LASSO_INITS}, got {self.lasso_init!r}')
-    if self.lasso_mix_norm not in LASSO_MIX_NORMS:
-      raise ConfigError(f'linear.lasso_mix_norm: must be one of {LASSO_MIX_NORMS}, got {self.lasso_mix_norm!r}')
+    backbone.check_lasso_fields(self, 'linear')
     check_training_fields(self, 'linear')
     for key in ('pool_size', 'probe_max_dims', 'lr_decay_steps'):
       if getattr(self, key) < 1:
         raise ConfigError(f'linear.{key}: must be positive, got {getattr(self, key)}')
-    if not 0 < self.lr_decay_factor <= 1:
-      raise ConfigError(f'linear.lr_decay_factor: must be in (0, 1], got {self.lr_decay_factor}')
     for key in ('contrast_range', 'saturation_range'):
       value = tuple(getattr(self, key))
       if len(value) != 2 or not 0 < value[0] <= value[1]:
@@ -174,8 +129,6 @@ class LinearEvalConfig(Config):
       raise ConfigError(f'linear.brightness: must be >= 0, got {self.brightness}')
     if not 0 <= self.max_hue <= 0.5:
       raise ConfigError(f'linear.max_hue: must be in [0, 0.5], got {self.max_hue}')
-    if self.lasso_l1_weight < 0:
-      raise ConfigError(f'linear.lasso_l1_weight: must be >= 0, got {self.lasso_l1_weight}')
 
 
 def _pool_axis(x: tf.Tensor, axis: int, cells: int) -> tf.Tensor:

@@ -28,7 +28,7 @@ import tensorflow as tf
 import yaml
 from absl import logging
 
-from mtssl_tf.configs.base import Config, ConfigError, to_plain, validate_all
+from mtssl_tf.configs.base import ConfigError, to_plain, validate_all
 from mtssl_tf.configs.experiment import TrunkConfig
 from mtssl_tf.evaluation import backbone, classification
 from mtssl_tf.evaluation.protocol import Context, Protocol
@@ -40,62 +40,36 @@ NAME = 'supervised'
 
 
 @dataclasses.dataclass
-class SupervisedConfig(Config):
+class SupervisedConfig(classification.ClassifierTrainingConfig):
   """The supervised baseline.
 
+  The labelled-image, SGD and loop fields come from `ClassifierTrainingConfig`, with He
+  et al. 2016's ImageNet schedule as defaults here.
+
   Attributes:
-    train_source: training images; '' = the caller passes it to `run_supervised`.
-    validation_source: validation images, likewise.
-    data_dir: tensorflow-datasets data directory for `tfds:` sources.
-    label_offset: subtracted from labels (1 for Model Garden ImageNet).
-    num_classes: 0 counts the training labels once (max label + 1).
     epoch_size: training images per epoch, for the decay schedule; 0 counts them once.
-    image_size: images are resized to this shorter side (256).
-    crop_size: side of the random (train) and centre (test) crop (224).
     flip: random horizontal flips at training.
     steps: training steps (90 ImageNet epochs at batch 256, He et al. 2016).
-    batch_size: training batch.
-    eval_batch_size: validation batch.
     learning_rate: initial momentum-SGD learning rate (He et al. 2016: 0.1 at batch 256).
-    momentum: SGD momentum (0.9).
     lr_decay_factor: the learning rate is multiplied by this every `epochs_per_decay` (0.94).
     epochs_per_decay: staircase interval in epochs (2).
     weight_decay: L2 weight decay on every kernel (He et al. 2016: 1e-4).
-    shuffle_buffer: decoded images in the shuffle buffer.
     seed: initialisation (`run_supervised` sets the global Python/NumPy/TF seeds), data
       order and crops.
-    log_every_steps: console progress and training summaries.
-    checkpoint_every_steps: checkpoints (the last step is always saved).
   """
 
-  train_source: str = ''
-  validation_source: str = ''
-  data_dir: str = ''
-  label_offset: int = 0
-  num_classes: int = 0
   epoch_size: int = 0
-  image_size: int = 256
-  crop_size: int = 224
   flip: bool = True
   steps: int = 450_000
-  batch_size: int = 256
-  eval_batch_size: int = 100
   learning_rate: float = 0.1
-  momentum: float = 0.9
   lr_decay_factor: float = 0.94
   epochs_per_decay: float = 2.0
   weight_decay: float = 1e-4
-  shuffle_buffer: int = 1000
-  seed: int = 0
-  log_every_steps: int = 100
-  checkpoint_every_steps: int = 5000
 
   def validate(self) -> None:
     classification.check_training_fields(self, NAME)
     if self.epoch_size < 0:
       raise ConfigError(f'supervised.epoch_size: must be >= 0 (0 counts the images), got {self.epoch_size}')
-    if not 0 < self.lr_decay_factor <= 1:
-      raise ConfigError(f'supervised.lr_decay_factor: must be in (0, 1], got {self.lr_decay_factor}')
     if self.epochs_per_decay <= 0:
       raise ConfigError(f'supervised.epochs_per_decay: must be positive, got {self.epochs_per_decay}')
 

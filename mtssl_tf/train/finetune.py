@@ -12,6 +12,7 @@ data and a step function `batch -> (loss, {tag: value})`; the engine does the re
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -20,7 +21,57 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 import tensorflow as tf
 from absl import logging
 
+from mtssl_tf.configs.base import Config, ConfigError
 from mtssl_tf.data import pipeline
+
+
+@dataclasses.dataclass
+class LoopConfig(Config):
+  """The step loop's fields, shared by every protocol that trains through `FineTune`.
+
+  Attributes:
+    steps: training steps.
+    log_every_steps: console progress and window summaries.
+    checkpoint_every_steps: checkpoints (the last step is always saved).
+  """
+
+  steps: int = 1000
+  log_every_steps: int = 100
+  checkpoint_every_steps: int = 5000
+
+  def check_loop(self, section: str) -> None:
+    """Raises `ConfigError` naming `<section>.<key>` for a non-positive loop field."""
+    for key in ('steps', 'log_every_steps', 'checkpoint_every_steps'):
+      if getattr(self, key) < 1:
+        raise ConfigError(f'{section}.{key}: must be positive, got {getattr(self, key)}')
+
+
+@dataclasses.dataclass
+class SGDConfig(Config):
+  """Momentum SGD with a staircase decay and L2 weight decay, shared by the classification protocols.
+
+  Attributes:
+    learning_rate: the initial learning rate.
+    momentum: SGD momentum.
+    lr_decay_factor: the rate is multiplied by this at each decay.
+    weight_decay: L2 weight decay on the trained kernels.
+  """
+
+  learning_rate: float = 0.01
+  momentum: float = 0.9
+  lr_decay_factor: float = 0.1
+  weight_decay: float = 5e-4
+
+  def check_sgd(self, section: str) -> None:
+    """Raises `ConfigError` naming `<section>.<key>` for an impossible optimizer value."""
+    if self.learning_rate <= 0:
+      raise ConfigError(f'{section}.learning_rate: must be positive, got {self.learning_rate}')
+    if not 0 <= self.momentum < 1:
+      raise ConfigError(f'{section}.momentum: must be in [0, 1), got {self.momentum}')
+    if not 0 < self.lr_decay_factor <= 1:
+      raise ConfigError(f'{section}.lr_decay_factor: must be in (0, 1], got {self.lr_decay_factor}')
+    if self.weight_decay < 0:
+      raise ConfigError(f'{section}.weight_decay: must be >= 0, got {self.weight_decay}')
 
 
 class FineTune:

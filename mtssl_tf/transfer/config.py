@@ -23,7 +23,8 @@ from typing import Iterable, Tuple
 from mtssl_tf.configs.base import Config, ConfigError, override, parse_override, read_yaml, validate_all
 from mtssl_tf.configs.experiment import PRECISIONS, TrunkConfig
 from mtssl_tf.evaluation.backbone import DEFAULT_EVAL_INPUT, EVAL_INPUTS
-from mtssl_tf.evaluation.classification import check_training_fields
+from mtssl_tf.evaluation.classification import ClassifierTrainingConfig, check_training_fields
+from mtssl_tf.train.finetune import LoopConfig, SGDConfig
 from mtssl_tf.transfer.kmeans import KMeansConfig
 
 FEATURES = ('network', 'hog')
@@ -166,8 +167,8 @@ class AssignConfig(Config):
 
 
 @dataclasses.dataclass
-class StudentConfig(Config):
-  """The target network trained on the pseudo-labels.
+class StudentConfig(SGDConfig, LoopConfig):
+  """The target network trained on the pseudo-labels (SGD and loop fields: `SGDConfig`, `LoopConfig`).
 
   Attributes:
     architecture: a `models.build_model` name: 'alexnet', 'resnet_v2_trunk', or a
@@ -181,17 +182,12 @@ class StudentConfig(Config):
     image_size: images are resized to this shorter side...
     crop_size: ...then randomly cropped (and flipped) to this square.
     flip: random horizontal flips.
-    steps: training steps (bvlc_alexnet's solver: 450K at batch 256, ~90 epochs).
+    steps: training steps (bvlc_alexnet's solver: 450K at batch 256, ~90 epochs; learning
+      rate 0.01 divided by 10 every 100K, weight decay 5e-4 on every kernel).
     batch_size: training batch.
-    learning_rate: initial momentum-SGD learning rate.
-    momentum: SGD momentum.
-    lr_decay_factor: the learning rate is multiplied by this every `lr_decay_steps`.
     lr_decay_steps: staircase decay interval.
-    weight_decay: L2 weight decay on every kernel.
     shuffle_buffer: decoded images in the shuffle buffer.
     seed: initialisation, data order and crops.
-    log_every_steps: console progress and `transfer/<metric>` summaries.
-    checkpoint_every_steps: checkpoints (the last step is always saved).
   """
 
   architecture: str = 'alexnet'
@@ -206,21 +202,16 @@ class StudentConfig(Config):
   flip: bool = True
   steps: int = 450_000
   batch_size: int = 256
-  learning_rate: float = 0.01
-  momentum: float = 0.9
-  lr_decay_factor: float = 0.1
   lr_decay_steps: int = 100_000
-  weight_decay: float = 5e-4
   shuffle_buffer: int = 1000
   seed: int = 0
-  log_every_steps: int = 100
-  checkpoint_every_steps: int = 5000
 
   def validate(self) -> None:
     if not self.architecture:
       raise ConfigError('train.architecture: empty; e.g. alexnet, resnet_v2_trunk or ResNet50')
-    for key in ('steps', 'batch_size', 'lr_decay_steps', 'shuffle_buffer', 'log_every_steps',
-                'checkpoint_every_steps'):  # fmt: skip
+    self.check_loop('train')
+    self.check_sgd('train')
+    for key in ('batch_size', 'lr_decay_steps', 'shuffle_buffer'):
       if getattr(self, key) < 1:
         raise ConfigError(f'train.{key}: must be positive, got {getattr(self, key)}')
     if self.width <= 0:
@@ -233,76 +224,35 @@ class StudentConfig(Config):
       raise ConfigError(f'train.crop_size: must be at least 32 pixels, got {self.crop_size}')
     if self.image_size < self.crop_size:
       raise ConfigError(f'train.image_size: must be >= crop_size ({self.crop_size}), got {self.image_size}')
-    if self.learning_rate <= 0:
-      raise ConfigError(f'train.learning_rate: must be positive, got {self.learning_rate}')
-    if not 0 <= self.momentum < 1:
-      raise ConfigError(f'train.momentum: must be in [0, 1), got {self.momentum}')
-    if not 0 < self.lr_decay_factor <= 1:
-      raise ConfigError(f'train.lr_decay_factor: must be in (0, 1], got {self.lr_decay_factor}')
-    if self.weight_decay < 0:
-      raise ConfigError(f'train.weight_decay: must be >= 0, got {self.weight_decay}')
 
 
 @dataclasses.dataclass
-class ProbeConfig(Config):
+class ProbeConfig(ClassifierTrainingConfig):
   """Frozen per-layer linear probes of the student on real labels (Noroozi Table 4).
 
+  The labelled-image, SGD and loop fields come from `ClassifierTrainingConfig` (sources
+  left empty read the synthetic world).
+
   Attributes:
-    train_source: labelled training images; '' = the synthetic world's.
-    validation_source: labelled validation images; '' = the synthetic world's.
-    data_dir: tensorflow-datasets data directory.
-    label_offset: subtracted from labels (1 for Model Garden ImageNet).
-    num_classes: 0 counts the training labels once.
     endpoints: student layers to probe; empty = its conv layers (conv1-conv5 for AlexNet).
     max_dims: each layer is max-pooled to the largest square grid under this many
       dimensions (9216, as `linear.probe_grid`).
     feature_norm: non-affine BatchNorm on the pooled features (as `linear`).
-    image_size: images are resized to this shorter side...
-    crop_size: ...then cropped (random in training, centre at test).
     steps: training steps.
-    batch_size: training batch.
-    eval_batch_size: validation batch.
-    learning_rate: momentum-SGD learning rate.
-    momentum: SGD momentum.
-    lr_decay_factor: the learning rate is multiplied by this every `lr_decay_steps`.
     lr_decay_steps: staircase decay interval.
-    weight_decay: L2 weight decay on the linear layers.
-    shuffle_buffer: decoded images in the shuffle buffer.
-    seed: data order and crops.
-    log_every_steps: console progress and `transfer/probe/<metric>` summaries.
-    checkpoint_every_steps: probe checkpoints.
   """
 
-  train_source: str = ''
-  validation_source: str = ''
-  data_dir: str = ''
-  label_offset: int = 0
-  num_classes: int = 0
   endpoints: Tuple[str, ...] = ()
   max_dims: int = 9216
   feature_norm: bool = True
-  image_size: int = 256
-  crop_size: int = 224
   steps: int = 140_000
-  batch_size: int = 256
-  eval_batch_size: int = 100
-  learning_rate: float = 0.01
-  momentum: float = 0.9
-  lr_decay_factor: float = 0.1
   lr_decay_steps: int = 50_000
-  weight_decay: float = 5e-4
-  shuffle_buffer: int = 1000
-  seed: int = 0
-  log_every_steps: int = 100
-  checkpoint_every_steps: int = 5000
 
   def validate(self) -> None:
     check_training_fields(self, 'probe')
     for key in ('max_dims', 'lr_decay_steps'):
       if getattr(self, key) < 1:
         raise ConfigError(f'probe.{key}: must be positive, got {getattr(self, key)}')
-    if not 0 < self.lr_decay_factor <= 1:
-      raise ConfigError(f'probe.lr_decay_factor: must be in (0, 1], got {self.lr_decay_factor}')
     if len(set(self.endpoints)) != len(self.endpoints):
       raise ConfigError(f'probe.endpoints: listed twice in {list(self.endpoints)}')
 
