@@ -26,17 +26,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Iterable, Sequence, Tuple, TypeVar
 
 import tensorflow as tf
 
 from mtssl_tf.configs import TrunkConfig
-from mtssl_tf.configs.base import Config, ConfigError, read_yaml
+from mtssl_tf.configs.base import Config, ConfigError, override, parse_override, read_yaml, validate_all
 from mtssl_tf.configs.experiment import LASSO_INITS, LASSO_MIX_NORMS
 from mtssl_tf.trunk.inputs import PREPROCESSING, preprocess
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk, build_trunk
 
 RANDOM = 'random'
+C = TypeVar('C', bound=Config)
 # Evaluation input choices (see the module docstring); colour is the paper's.
 EVAL_INPUTS = ('rgb', 'harmonized', 'as_trained')
 DEFAULT_EVAL_INPUT = 'rgb'
@@ -131,6 +132,57 @@ def run_input_convention(preprocessing: str, source: str) -> str:
 def run_trunk_config(source: str) -> Dict[str, Any]:
   """The pre-training run's `trunk` section, so `--init=<run>` needs no trunk flags."""
   return run_config_section(source, 'trunk')
+
+
+def load_layered(cfg: C, files: Iterable[str] = (), overrides: Iterable[str] = (), init_key: str = 'init',
+                 extra: Sequence[Tuple[str, Dict[str, Any]]] = ()) -> C:  # fmt: skip
+  """Defaults, then the init run's trunk section, then YAML files, then overrides, then `extra`; validated.
+
+  The one loader of every config that starts from a trained trunk (`mtssl-eval`'s and
+  `mtssl-transfer`'s): the trunk shape stored beside the init source (`run_trunk_config`)
+  becomes the default of the `trunk` section next to `init_key`, so a user names the
+  run and nothing else; files and overrides still win.
+
+  Args:
+    cfg: the defaults (modified and returned).
+    files: YAML files applied in order.
+    overrides: `key.path=value` strings.
+    init_key: dotted path of the init source field ('init', 'extract.init'); its
+      section holds the `trunk` to fill.
+    extra: more (where, values) layers applied last (e.g. a flag).
+
+  Raises:
+    ConfigError: a bad key, type or value (named, with the YAML file), or an init
+      source that does not exist.
+  """
+  layers = [(path, read_yaml(path)) for path in files]
+  layers += [('--override', parse_override(text)) for text in overrides]
+  layers += list(extra)
+  *parents, leaf = init_key.split('.')
+  section = cfg
+  for name in parents:
+    section = getattr(section, name)
+  init = getattr(section, leaf)
+  for _, values in layers:
+    node = values
+    for name in parents:
+      node = node.get(name) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf in node:
+      init = node[leaf]
+  if isinstance(init, str) and init:
+    try:
+      run_trunk = run_trunk_config(init)
+    except FileNotFoundError as e:
+      raise ConfigError(f'{init_key}: {e}') from None
+    if run_trunk:
+      override(section.trunk, run_trunk, prefix='.'.join([*parents, 'trunk']))
+  for where, values in layers:
+    try:
+      override(cfg, values)
+    except ConfigError as e:
+      raise ConfigError(f'{where}: {e}' if where.endswith('.yaml') and where not in str(e) else str(e)) from None
+  validate_all(cfg)
+  return cfg
 
 
 def load_trunk(source: str, config: TrunkConfig, precision: str = 'float32') -> ResNetV2Trunk:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Iterable, Tuple
 
-from mtssl_tf.configs.base import Config, ConfigError, override, parse_override, read_yaml, validate_all
+from mtssl_tf.configs.base import Config, ConfigError
 from mtssl_tf.configs.experiment import TrunkConfig
 from mtssl_tf.evaluation import backbone, protocols
 
@@ -84,27 +84,8 @@ def load_eval_config(files: Iterable[str] = (), overrides: Iterable[str] = (), i
   Raises:
     ConfigError: a bad key, type or value (named), or an init source that does not exist.
   """
-  cfg = eval_config_class()()
-  layers = [(path, read_yaml(path)) for path in files]
-  layers += [('--override', parse_override(text)) for text in overrides]
-  if init:
-    layers.append(('--init', {'init': init}))
-  source = init
-  for _, values in layers:
-    source = values.get('init', source)
-  try:
-    run_trunk = backbone.run_trunk_config(source or cfg.init)
-  except FileNotFoundError as e:
-    raise ConfigError(f'init: {e}') from None
-  if run_trunk:
-    override(cfg, {'trunk': run_trunk}, prefix='')
-  for where, values in layers:
-    try:
-      override(cfg, values)
-    except ConfigError as e:
-      raise ConfigError(f'{where}: {e}' if where.endswith('.yaml') and where not in str(e) else str(e)) from None
-  validate_all(cfg)
-  return cfg
+  extra = [('--init', {'init': init})] if init else []
+  return backbone.load_layered(eval_config_class()(), files, overrides, 'init', extra)
 
 
 def run_preprocessing(cfg: EvalConfigBase) -> str:

@@ -20,7 +20,7 @@ import dataclasses
 import os
 from typing import Iterable, Tuple
 
-from mtssl_tf.configs.base import Config, ConfigError, override, parse_override, read_yaml, validate_all
+from mtssl_tf.configs.base import Config, ConfigError
 from mtssl_tf.configs.experiment import PRECISIONS, TrunkConfig
 from mtssl_tf.evaluation.backbone import DEFAULT_EVAL_INPUT, EVAL_INPUTS
 from mtssl_tf.evaluation.classification import ClassifierTrainingConfig, check_training_fields
@@ -292,28 +292,7 @@ def load_transfer_config(files: Iterable[str] = (), overrides: Iterable[str] = (
   """
   from mtssl_tf.evaluation import backbone
 
-  cfg = TransferConfig()
-  layers = [(path, read_yaml(path)) for path in files]
-  layers += [('--override', parse_override(text)) for text in overrides]
-  init = cfg.extract.init
-  for _, values in layers:
-    section = values.get('extract')
-    if isinstance(section, dict) and 'init' in section:
-      init = section['init']
-  if isinstance(init, str) and init:
-    try:
-      run_trunk = backbone.run_trunk_config(init)
-    except FileNotFoundError as e:
-      raise ConfigError(f'extract.init: {e}') from None
-    if run_trunk:
-      override(cfg.extract.trunk, run_trunk, prefix='extract.trunk')
-  for where, values in layers:
-    try:
-      override(cfg, values)
-    except ConfigError as e:
-      raise ConfigError(f'{where}: {e}' if where.endswith('.yaml') and where not in str(e) else str(e)) from None
-  validate_all(cfg)
-  return cfg
+  return backbone.load_layered(TransferConfig(), files, overrides, 'extract.init')
 
 
 WORLD_PREFIX = 'world:'
