@@ -28,6 +28,9 @@ from mtssl_tf.configs.base import ConfigError
 from mtssl_tf.data import color
 from mtssl_tf.tasks import base
 
+# tf.random's default RNG algorithm, chosen per device (random_ops_util.Algorithm.AUTO_SELECT).
+_AUTO_SELECT = 3
+
 
 @dataclasses.dataclass
 class ExemplarConfig(base.TaskConfig):
@@ -104,6 +107,21 @@ def make_triplets(embeddings: tf.Tensor, num_views: int):
   return flat(anchor), flat(positive), flat(negative)
 
 
+def uniform_per_seed(seeds, low: float, high: float, shape=()) -> tf.Tensor:
+  """[len(seeds), *shape]: `tf.random.stateless_uniform(shape, seed, low, high)` for each seed, stacked.
+
+  The same values: each seed's raw draw is the one stateless_uniform makes (its key and
+  counter, TF's auto-selected algorithm), and the affine map to [low, high) is the same
+  float32 multiply and add, applied once to all draws instead of once per draw.
+  """
+  raw = []
+  for seed in seeds:
+    key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=seed)
+    raw.append(tf.raw_ops.StatelessRandomUniformV2(shape=shape, key=key, counter=counter, alg=_AUTO_SELECT))
+  low, high = tf.constant(low, tf.float32), tf.constant(high, tf.float32)
+  return tf.stack(raw) * (high - low) + low
+
+
 class ExemplarTask(base.Task):
   """Pseudo-classes of augmented copies, trained with a cosine triplet loss."""
 
@@ -117,13 +135,10 @@ class ExemplarTask(base.Task):
     then built for all copies at once.
     """
     c = self.config
-    draws = []
-    for seed in seeds:
-      s = base.stateless_seeds(seed, 3)
-      angle = tf.random.stateless_uniform([1], s[0], -c.max_rotation, c.max_rotation) * (math.pi / 180.0)
-      log_zoom = tf.random.stateless_uniform([1], s[1], math.log(c.scale_range[0]), math.log(c.scale_range[1]))
-      draws.append(tf.concat([angle, log_zoom, tf.random.stateless_uniform([2], s[2], -c.max_shift, c.max_shift)], 0))
-    angle, log_zoom, shift_y, shift_x = tf.unstack(tf.stack(draws), num=4, axis=1)
+    per_copy = [base.stateless_seeds(seed, 3) for seed in seeds]
+    angle = uniform_per_seed([s[0] for s in per_copy], -c.max_rotation, c.max_rotation) * (math.pi / 180.0)
+    log_zoom = uniform_per_seed([s[1] for s in per_copy], math.log(c.scale_range[0]), math.log(c.scale_range[1]))
+    shift_y, shift_x = tf.unstack(uniform_per_seed([s[2] for s in per_copy], -c.max_shift, c.max_shift, [2]), axis=1)
     # Output pixel (x, y) -> centred, scaled to the region, rotated, zoomed, shifted.
     scale = region_size / (c.patch_size * tf.exp(log_zoom))
     cos, sin = tf.cos(angle) * scale, tf.sin(angle) * scale
@@ -135,21 +150,41 @@ class ExemplarTask(base.Task):
     zeros = tf.zeros_like(cos)
     return tf.stack([cos, -sin, tx, sin, cos, ty, zeros, zeros], axis=1)
 
-  def _color(self, view: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  def _colors(self, views: tf.Tensor, seeds) -> tf.Tensor:
+    """Colour jitter of each copy [V, P, P, 3] with its own seed: brightness, contrast, saturation, hue, gray.
+
+    Each copy's factors are drawn from its seed as `tf.image.stateless_random_*` draw
+    them; brightness, contrast (AdjustContrastv2's formula: channel means kept), gray and
+    clipping then run on all copies at once. Saturation and hue stay TF's fused kernels,
+    which take one factor per call.
+    """
     c = self.config
-    seeds = base.stateless_seeds(seed, 5)
+    per_copy = [base.stateless_seeds(seed, 5) for seed in seeds]
+
+    def factors(index, low, high):  # [V, 1, 1, 1]: each copy's draw from its seed `index`.
+      return uniform_per_seed([s[index] for s in per_copy], low, high)[:, None, None, None]
+
     # Each jitter is skipped when its range is empty (tf.image rejects lower == upper).
     if c.brightness > 0:
-      view = tf.image.stateless_random_brightness(view, c.brightness, seeds[0])
+      views = views + factors(0, -c.brightness, c.brightness)
     if c.contrast_range[0] < c.contrast_range[1]:
-      view = tf.image.stateless_random_contrast(view, c.contrast_range[0], c.contrast_range[1], seeds[1])
-    if c.saturation_range[0] < c.saturation_range[1]:
-      view = tf.image.stateless_random_saturation(view, c.saturation_range[0], c.saturation_range[1], seeds[2])
-    if c.max_hue > 0:
-      view = tf.image.stateless_random_hue(view, c.max_hue, seeds[3])
-    gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(view))
-    view = tf.where(tf.random.stateless_uniform([], seeds[4]) < c.grayscale_prob, gray, view)
-    return tf.clip_by_value(view, 0.0, 1.0)
+      mean = tf.reduce_mean(views, axis=[1, 2], keepdims=True)
+      views = (views - mean) * factors(1, c.contrast_range[0], c.contrast_range[1]) + mean
+    saturation = c.saturation_range[0] < c.saturation_range[1]
+    if saturation or c.max_hue > 0:
+      if c.max_hue > 0.5:
+        raise ValueError(f'exemplar.max_hue: must be <= 0.5 (half the colour circle), got {c.max_hue}')
+      copies = tf.unstack(views, num=len(seeds))
+      if saturation:
+        scales = tf.unstack(factors(2, *c.saturation_range)[:, 0, 0, 0])
+        copies = [tf.image.adjust_saturation(copy, scale) for copy, scale in zip(copies, scales)]
+      if c.max_hue > 0:
+        deltas = tf.unstack(factors(3, -c.max_hue, c.max_hue)[:, 0, 0, 0])
+        copies = [tf.image.adjust_hue(copy, delta) for copy, delta in zip(copies, deltas)]
+      views = tf.stack(copies)
+    gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(views))
+    views = tf.where(factors(4, 0.0, 1.0) < c.grayscale_prob, gray, views)
+    return tf.clip_by_value(views, 0.0, 1.0)
 
   def preprocess(self, example: Dict[str, tf.Tensor], seed: tf.Tensor) -> Dict[str, tf.Tensor]:
     c = self.config
@@ -167,7 +202,7 @@ class ExemplarTask(base.Task):
       interpolation='BILINEAR',
       fill_mode='REFLECT',
     ) * (1.0 / 255.0)
-    views = tf.stack([self._color(views[v], seeds[c.num_views + 1 + v]) for v in range(c.num_views)])
+    views = self._colors(views, seeds[c.num_views + 1 :])
     if c.harmonize:
       views = color.harmonize(views)
     else:

@@ -125,3 +125,14 @@ def test_transforms_equal_one_matrix_per_copy():
     expected = [matrix[0, 0], matrix[0, 1], translation[0], matrix[1, 0], matrix[1, 1], translation[1], 0.0, 0.0]
     # float32 products of values up to ~50 px: ~1e-5 absolute.
     np.testing.assert_allclose(got[view], expected, atol=1e-4)
+
+
+def test_uniform_per_seed_equals_one_draw_per_seed():
+  from mtssl_tf.tasks import base
+  from mtssl_tf.tasks.exemplar import uniform_per_seed
+
+  seeds = base.stateless_seeds(tf.constant([7, 3], tf.int64), 5)
+  got = uniform_per_seed(seeds, -0.3, 1.2, [2]).numpy()
+  expected = np.stack([tf.random.stateless_uniform([2], s, -0.3, 1.2).numpy() for s in seeds])
+  # The same raw draws and the same float32 multiply-add: equal up to a rounding of values ~1.
+  np.testing.assert_allclose(got, expected, atol=1e-6)
