@@ -31,22 +31,40 @@ def run_config(run_dir: str) -> dict:
     return yaml.safe_load(f) or {}
 
 
-def checkpoint_compute(prefix: str, config: dict) -> float:
+def pretraining_config(run_dir: str):
+  """A pre-training run's config.yaml through the typed loader (`ExperimentConfig`).
+
+  Raises:
+    FileNotFoundError: the run has no config.yaml.
+    ConfigError: it does not load (the key and file are named).
+  """
+  from mtssl_tf.configs.base import load_config
+  from mtssl_tf.train.experiment import ExperimentConfig
+
+  path = os.path.join(run_dir, 'config.yaml')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{run_dir}: no config.yaml (not a pre-training run?)')
+  return load_config(ExperimentConfig, [path])
+
+
+def task_costs(cfg) -> Dict[str, float]:
+  """Enabled task -> cost_per_step of a pre-training config."""
+  from mtssl_tf.tasks import TASKS
+
+  sections = {name: getattr(cfg.tasks, name) for name in TASKS}
+  return {name: float(c.cost_per_step) for name, c in sections.items() if c.enabled}
+
+
+def checkpoint_compute(prefix: str, cfg) -> float:
   """Pre-training compute at a checkpoint: sum over tasks of its steps x cost_per_step.
 
-  The step counters are the `CostTracker` variables in the checkpoint; the costs come
-  from the run's config.yaml, so the unit is the config's (GPU-hours at paper scale).
+  The step counters are the checkpoint's `CostTracker` (`train.cost.compute_at`); the
+  costs come from the run's typed config, so the unit is the config's (GPU-hours at
+  paper scale).
   """
-  import tensorflow as tf
+  from mtssl_tf.train.cost import compute_at
 
-  reader = tf.train.load_checkpoint(prefix)
-  tasks = config.get('tasks') or {}
-  total = 0.0
-  for key in reader.get_variable_to_shape_map():
-    if key.startswith('cost/steps/') and key.endswith('/.ATTRIBUTES/VARIABLE_VALUE'):
-      task = key[len('cost/steps/') : -len('/.ATTRIBUTES/VARIABLE_VALUE')]
-      total += float(reader.get_tensor(key)) * float((tasks.get(task) or {}).get('cost_per_step', 1.0))
-  return total
+  return compute_at(prefix, task_costs(cfg))
 
 
 def tick_checkpoints(run_dir: str) -> List[Tuple[str, float]]:
@@ -56,7 +74,7 @@ def tick_checkpoints(run_dir: str) -> List[Tuple[str, float]]:
   state = tf.train.get_checkpoint_state(os.path.join(run_dir, 'ticks'))
   if not state:
     return []
-  config = run_config(run_dir)
+  config = pretraining_config(run_dir)
   ticks = [(p, checkpoint_compute(p, config)) for p in state.all_model_checkpoint_paths]
   return sorted(ticks, key=lambda t: t[1])
 
@@ -73,7 +91,7 @@ def select_checkpoint(run_dir: str, which: str) -> str:
   if which == 'latest':
     return run_dir
   k = int(which.split(':', 1)[1])
-  tick = float((run_config(run_dir).get('train') or {}).get('cost_tick', 1.0))
+  tick = float(pretraining_config(run_dir).train.cost_tick)
   for prefix, compute in tick_checkpoints(run_dir):
     if compute >= k * tick - 1e-9:
       return prefix
@@ -229,7 +247,7 @@ def collect_ticks(grid: Grid, output_dir: str) -> Dict[str, Dict[str, List[Tuple
     run_dir = os.path.join(output_dir, cell.name)
     if not cell.ticks or not os.path.isdir(os.path.join(run_dir, 'ticks')):
       continue
-    config = run_config(run_dir)
+    config = pretraining_config(run_dir)
     for tick_dir in sorted(glob.glob(os.path.join(run_dir, 'tick_evals', '*'))):
       prefix = os.path.join(run_dir, 'ticks', os.path.basename(tick_dir))
       found = results_table.read_run(tick_dir)
@@ -278,7 +296,7 @@ def write_figures(grid: Grid, output_dir: str, log: Callable[[str], None] = prin
       written.append(figures.figure3(series, path, collect_baselines(grid, output_dir)))
     for cell in grid.cells:
       run_dir = os.path.join(output_dir, cell.name)
-      if cell.pretrains and (run_config(run_dir).get('lasso') or {}).get('enabled'):
+      if cell.pretrains and pretraining_config(run_dir).lasso.enabled:
         alpha, names = figures.alpha_from_checkpoint(run_dir)
         written.append(figures.figure4(alpha, names, os.path.join(folder, f'figure4_{cell.name}.png')))
     written += _figure5(grid, output_dir, folder)

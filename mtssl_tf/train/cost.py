@@ -70,3 +70,26 @@ class CostTracker(tf.Module):
       return []
     self.last_tick.assign(current)
     return list(range(last + 1, current + 1))
+
+
+def compute_at(prefix: str, cost_per_step: Mapping[str, float]) -> float:
+  """The compute a pre-training checkpoint had reached: its `CostTracker` counters x `cost_per_step`.
+
+  The trainers save the tracker as the checkpoint's `cost`; it is restored into a fresh
+  tracker of the same tasks, so the checkpoint's layout is read by TensorFlow, not by
+  matching key strings.
+
+  Args:
+    prefix: a checkpoint prefix of a pre-training run.
+    cost_per_step: the run's enabled tasks -> cost of one step (its config).
+
+  Raises:
+    ValueError: the checkpoint has no counter for one of the tasks.
+  """
+  tracker = CostTracker(cost_per_step, tick=1.0)
+  status = tf.train.Checkpoint(cost=tracker).read(prefix)
+  try:
+    status.expect_partial().assert_existing_objects_matched()
+  except AssertionError as e:
+    raise ValueError(f'{prefix}: no compute counters for tasks {sorted(cost_per_step)}: {e}') from None
+  return tracker.total()

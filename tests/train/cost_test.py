@@ -45,3 +45,17 @@ def test_bad_settings():
     CostTracker({'rp': 1.0}, tick=0)
   with pytest.raises(ValueError, match='rp'):
     CostTracker({'rp': -1.0}, tick=1)
+
+
+def test_compute_at_reads_a_saved_tracker(tmp_path):
+  from mtssl_tf.train.cost import compute_at
+
+  tracker = CostTracker({'relative_position': 0.5, 'exemplar': 2.0}, tick=10.0)
+  tracker.add('relative_position', 6)
+  tracker.add('exemplar', 3)
+  prefix = tf.train.Checkpoint(cost=tracker).save(str(tmp_path / 'ckpt'))
+  assert compute_at(prefix, {'relative_position': 0.5, 'exemplar': 2.0}) == 0.5 * 6 + 2.0 * 3
+  # The costs come from the config, the counts from the checkpoint.
+  assert compute_at(prefix, {'relative_position': 1.0, 'exemplar': 1.0}) == 9
+  with pytest.raises(ValueError, match='no compute counters'):
+    compute_at(prefix, {'relative_position': 0.5, 'colorization': 1.0})
