@@ -194,13 +194,22 @@ class ExemplarTask(base.Task):
     seeds = base.stateless_seeds(seed, 2 * c.num_views + 1)
     region = tf.reduce_min(shape) * c.region_fraction
     offset = tf.random.stateless_uniform([2], seeds[0]) * (shape - region)
-    views = tf.raw_ops.ImageProjectiveTransformV3(
-      images=tf.repeat(image[None], c.num_views, axis=0),
-      transforms=self._transforms(region, offset, seeds[1 : c.num_views + 1]),
-      output_shape=[c.patch_size, c.patch_size],
-      fill_value=127.5,  # 0.5 on the [0, 1] scale (unused by REFLECT, kept for the record).
-      interpolation='BILINEAR',
-      fill_mode='REFLECT',
+    transforms = self._transforms(region, offset, seeds[1 : c.num_views + 1])
+    # One resampling per copy from the one image: the kernel pairs images and transforms
+    # one to one, and repeating a full-size image per copy costs more than the copies.
+    views = tf.concat(
+      [
+        tf.raw_ops.ImageProjectiveTransformV3(
+          images=image[None],
+          transforms=transforms[v : v + 1],
+          output_shape=[c.patch_size, c.patch_size],
+          fill_value=127.5,  # 0.5 on the [0, 1] scale (unused by REFLECT, kept for the record).
+          interpolation='BILINEAR',
+          fill_mode='REFLECT',
+        )
+        for v in range(c.num_views)
+      ],
+      axis=0,
     ) * (1.0 / 255.0)
     views = self._colors(views, seeds[c.num_views + 1 :])
     if c.harmonize:
