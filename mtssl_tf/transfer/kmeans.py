@@ -65,7 +65,8 @@ INIT_POINTS_PER_CENTROID = 64
 # zero-variance directions (dead units) finite and leaves the others whitened to within 1e-6 * top / value.
 PCA_EPSILON = 1e-6
 # Rows per distance block: a [rows, k] float32 score block of this many bytes stays in the L3 cache while it
-# is reduced (argmin, min) right after its GEMM; 8-16 MB measured fastest of 4-64 MB at k=2000, D=1024 (2-core EPYC).
+# is reduced (argmin, min) right after its GEMM. At k=2000, D=1024 on a busy 2-core EPYC, blocks of 8-32 MB
+# (1024-4096 rows) were within noise of each other, 64 MB ~2x slower; 16 MB is the middle.
 SCORE_BLOCK_BYTES = 16 << 20
 # Fewer points per centroid than this gives noisy centroids (faiss warns below 39).
 MIN_POINTS_PER_CENTROID = 39
