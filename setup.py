@@ -69,7 +69,7 @@ setuptools.setup(
   extras_require={
     'dev': ['pytest', 'pytest-xdist', 'ruff'],
     # Optional: benchmarks/kmeans.py compares against faiss; the default engine is TF's
-    # (as fast on CPU at paper dimensions within noise, and no extra dependency).
+    # (faster than faiss-cpu per Lloyd pass, see benchmarks/README.md; runs on a GPU; no extra dependency).
     'faiss': ['faiss-cpu'],
   },
   entry_points={

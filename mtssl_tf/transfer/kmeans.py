@@ -17,10 +17,12 @@ pseudo-label. This is Euclidean k-means with Lloyd iterations, shaped for that s
   with one GEMM, so the start runs on a GPU like the iterations.
   The default is k-means++: random costs quality. Final objective of a random start over
   a k-means++ one, same iterations, measured with benchmarks/kmeans.py and this module:
-  1.164 on a mixture of 400 overlapping blobs (20000 x 1024, 10 iterations, 2 seeds),
-  1.095 on a miniature-like case (2000 x 256 ReLU mixture, k=20, 20 iterations, 10 seeds);
-  plain one-candidate k-means++ 1.123 and 1.066 (greedy is worth its cost); a 128- or
-  256-dim random projection for the start (`init_dims`) 1.013 at 1024 dims.
+  1.198 at the benchmark's size (100k x 1024 mixture, k=2000, 10 iterations; faiss's own
+  random start 1.201), 1.164 on 400 overlapping blobs (20000 x 1024, 2 seeds), 1.095 and
+  1.106 on a miniature-like case (2000 x 256 ReLU mixture, k=20, 20 iterations, two sets
+  of 10 seeds). Plain one-candidate k-means++ ends 1.123 (400 blobs) and 1.066
+  (miniature-like) over greedy, so greedy is worth its cost; a 128- or 256-dim random
+  projection for the start (`init_dims`) 1.013 (400 blobs).
 * An iteration assigns the sample in batches, one TF call per batch: per block of rows
   one GEMM (||c||^2 - 2 x.c; ||x||^2 is added to the minimum only), reduced to argmin
   and min while the block is in cache, then segment sums of the batch; the centroids
