@@ -35,6 +35,7 @@ from mtssl_tf.configs.base import Config, ConfigError, override, parse_override,
 from mtssl_tf.configs.experiment import LASSO_INITS, LASSO_MIX_NORMS
 from mtssl_tf.trunk.inputs import PREPROCESSING, preprocess
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk, build_trunk
+from mtssl_tf.trunk.restore import read_model_part
 
 RANDOM = 'random'
 C = TypeVar('C', bound=Config)
@@ -211,10 +212,7 @@ def load_trunk(source: str, config: TrunkConfig, precision: str = 'float32') -> 
       return trunk
     # A checkpoint holds the trunk at model/trunk (MultiTaskModel); so does a SavedModel
     # exported before TrunkExport kept only its signatures' variables (`trunk_variables`).
-    reader = tf.train.Checkpoint(model=tf.train.Checkpoint(trunk=trunk))
-    status = reader.read(prefix)
-    status.expect_partial()
-    status.assert_existing_objects_matched()
+    read_model_part(prefix, trunk=trunk)
   except (AssertionError, ValueError, tf.errors.OpError) as e:
     raise ValueError(
       f'init source {source!r} ({kind}) does not hold a trunk of shape units_per_block='

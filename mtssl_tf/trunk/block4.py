@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from mtssl_tf.configs.experiment import TrunkConfig
 from mtssl_tf.trunk.resnet_v2 import PreactBottleneck
+from mtssl_tf.trunk.restore import read_model_part
 
 # Object path of block 4 in a supervised-baseline checkpoint (`Checkpoint(model=SupervisedModel)`).
 CHECKPOINT_PATH = 'model/block4'
@@ -114,11 +115,8 @@ def load_block4(block4: Block4, prefix: str) -> None:
     raise ValueError(
       f'checkpoint {prefix!r}: the block 4 at {CHECKPOINT_PATH} has {units} units, the new one {len(block4.units)}'
     )
-  reader = tf.train.Checkpoint(model=tf.train.Checkpoint(block4=block4))
   try:
-    status = reader.read(prefix)
-    status.expect_partial()
-    status.assert_existing_objects_matched()
+    read_model_part(prefix, block4=block4)
   except (AssertionError, ValueError, tf.errors.OpError) as e:
     raise ValueError(
       f'checkpoint {prefix!r}: the block 4 at {CHECKPOINT_PATH} does not fit the new one (bottleneck width '

@@ -72,7 +72,7 @@ def test_harmonized_runs_are_evaluated_on_colour_unless_grey_is_asked(pretrained
   assert backbone.run_input_convention('as_trained', run_dir) == 'harmonized'  # What it was trained on.
   seen = {}
 
-  def spy(cfg, trunk, model_dir, train_spec, test_spec, preprocessing, init_source):
+  def spy(cfg, trunk, model_dir, train_spec, test_spec, preprocessing, init_source, **kwargs):
     seen['preprocessing'] = preprocessing
     return {}
 
