@@ -240,6 +240,52 @@ class LinearProbes(tf.keras.Model):
     return logits, penalty
 
 
+def make_probe_step(
+  probes: LinearProbes,
+  frozen: Callable[[tf.Tensor], Tuple[Dict[str, tf.Tensor], Sequence[tf.Tensor]]],
+  optimizer: tf.keras.optimizers.Optimizer,
+  num_classes: int,
+  weight_decay: float,
+) -> Callable:
+  """The training step of linear probes on frozen features, shared by `linear` and the student probes.
+
+  Each head gets a softmax cross-entropy; the total adds L2 weight decay on the heads'
+  kernels and the lasso penalty. Metrics: `<endpoint>/loss` and `<endpoint>/train_top1`
+  per probed endpoint, and `loss` / `train_top1` of the main head (or, without one, the
+  means over the probes).
+
+  Args:
+    probes: the heads.
+    frozen: uint8 images -> (endpoints, block-3 units), outside any gradient path.
+    optimizer: updates the heads.
+    num_classes: classes; a larger training label is an error.
+    weight_decay: L2 weight on the heads' kernels.
+  """
+
+  @tf.function
+  def train_step(batch):
+    labels = batch['label']
+    tf.debugging.assert_less(labels, tf.cast(num_classes, labels.dtype), message='training label >= num_classes')
+    endpoints, units = frozen(batch['image'])
+    with tf.GradientTape() as tape:
+      all_logits, penalty = probes(endpoints, units, training=True)
+      losses, hits, metrics = [], [], {}
+      for key, logits in all_logits.items():
+        losses.append(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)))
+        hits.append(tf.reduce_mean(tf.cast(correct_at_k(logits, labels, 1), tf.float32)))
+        tag = '' if key == MAIN else probes.sources[key] + '/'
+        metrics[f'{tag}loss'], metrics[f'{tag}train_top1'] = losses[-1], hits[-1]
+      decay = tf.add_n([tf.nn.l2_loss(h.dense.kernel) for h in probes.heads.values()])
+      total = tf.add_n(losses) + weight_decay * decay + penalty
+    variables = probes.trainable_variables
+    optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
+    if MAIN not in all_logits:
+      metrics['loss'], metrics['train_top1'] = tf.add_n(losses) / len(losses), tf.add_n(hits) / len(hits)
+    return total, metrics
+
+  return train_step
+
+
 def _head_layout(cfg: LinearEvalConfig, trunk: ResNetV2Trunk) -> Tuple[Dict[str, str], Dict[str, int], Dict[str, int]]:
   """Classifier key -> endpoint, grid and feature dimension, from one forward pass at crop size."""
   shapes = {k: v.shape for k, v in trunk(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3]), training=False).items()}
@@ -330,24 +376,7 @@ def run_linear(
                   checkpoint_every_steps=cfg.checkpoint_every_steps, progress=progress)  # fmt: skip
   tune.restore(optimizer, probes.trainable_variables, probes=probes)
 
-  @tf.function
-  def train_step(batch):
-    labels = batch['label']
-    tf.debugging.assert_less(labels, tf.cast(num_classes, labels.dtype), message='training label >= num_classes')
-    endpoints, units = frozen(batch['image'])
-    with tf.GradientTape() as tape:
-      all_logits, penalty = probes(endpoints, units, training=True)
-      losses, metrics = [], {}
-      for key, logits in all_logits.items():
-        losses.append(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)))
-        tag = '' if key == MAIN else sources[key] + '/'
-        metrics[f'{tag}loss'] = losses[-1]
-        metrics[f'{tag}train_top1'] = tf.reduce_mean(tf.cast(correct_at_k(logits, labels, 1), tf.float32))
-      decay = tf.add_n([tf.nn.l2_loss(h.dense.kernel) for h in probes.heads.values()])
-      total = tf.add_n(losses) + cfg.weight_decay * decay + penalty
-    variables = probes.trainable_variables
-    optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
-    return total, metrics
+  train_step = make_probe_step(probes, frozen, optimizer, num_classes, cfg.weight_decay)
 
   def alpha_summaries():
     alpha = probes.lasso.alpha().numpy()[0] if lasso_units else ()

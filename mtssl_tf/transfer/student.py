@@ -30,7 +30,7 @@ from absl import logging
 from mtssl_tf.configs.base import Config, ConfigError, override, to_plain, validate_all
 from mtssl_tf.configs.experiment import TrunkConfig
 from mtssl_tf.evaluation import classification
-from mtssl_tf.evaluation.linear import LinearProbes, probe_grid
+from mtssl_tf.evaluation.linear import LinearProbes, make_probe_step, probe_grid
 from mtssl_tf.export import saved_model
 from mtssl_tf.train.finetune import FineTune
 from mtssl_tf.transfer.assign import pseudo_label_spec, read_summary
@@ -269,36 +269,18 @@ def probe_student(
     for layer in sources.values():
       x = tf.stop_gradient(endpoints[layer])
       out[layer] = x if x.shape.rank == 4 else x[:, None, None, :]
-    return out
+    return out, ()
 
-  probes(frozen(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3], tf.uint8)), training=False)
+  probes(*frozen(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3], tf.uint8)), training=False)
   name = f'{NAME}/probe'
   tune = FineTune(name, out_dir, steps=cfg.steps, log_every_steps=cfg.log_every_steps,
                   checkpoint_every_steps=cfg.checkpoint_every_steps, progress=progress)  # fmt: skip
   tune.restore(optimizer, probes.trainable_variables, probes=probes)
-
-  @tf.function
-  def train_step(batch):
-    labels = batch['label']
-    tf.debugging.assert_less(labels, tf.cast(num_classes, labels.dtype), message='training label >= num_classes')
-    endpoints = frozen(batch['image'])
-    with tf.GradientTape() as tape:
-      all_logits, _ = probes(endpoints, training=True)
-      losses, metrics, hits = [], {}, []
-      for key, logits in all_logits.items():
-        losses.append(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)))
-        hits.append(tf.reduce_mean(tf.cast(classification.correct_at_k(logits, labels, 1), tf.float32)))
-        metrics[f'{sources[key]}/loss'], metrics[f'{sources[key]}/train_top1'] = losses[-1], hits[-1]
-      decay = tf.add_n([tf.nn.l2_loss(h.dense.kernel) for h in probes.heads.values()])
-      total = tf.add_n(losses) + cfg.weight_decay * decay
-    variables = probes.trainable_variables
-    optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
-    metrics['loss'], metrics['train_top1'] = tf.add_n(losses) / len(losses), tf.add_n(hits) / len(hits)
-    return total, metrics
+  train_step = make_probe_step(probes, frozen, optimizer, num_classes, cfg.weight_decay)
 
   @tf.function(reduce_retracing=True)
   def predict(images):
-    return probes(frozen(images), training=False)[0]
+    return probes(*frozen(images), training=False)[0]
 
   writer = tune.writer
   scores, validation_count, train_skipped, validation_skipped = classification.train_and_evaluate(
