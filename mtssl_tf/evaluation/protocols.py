@@ -48,6 +48,7 @@ register('supervised', 'mtssl_tf.evaluation.supervised:SupervisedProtocol')
 register('knn', 'mtssl_tf.evaluation.knn:KnnProtocol')
 register('voc07_svm', 'mtssl_tf.evaluation.svm:Voc07SvmProtocol')
 register('voc07_lowshot', 'mtssl_tf.evaluation.svm:Voc07LowShotProtocol')
+register('voc07_cls', 'mtssl_tf.evaluation.voc_classification:Voc07ClassificationProtocol')
 register('figures', 'mtssl_tf.evaluation.embedding:FiguresProtocol')
 
 
