@@ -286,8 +286,8 @@ class KnnMonitorConfig(Config):
   query_source: str = ''
   data_dir: str = ''
   label_offset: int = 0
-  bank_size: int = 1000
-  query_size: int = 500
+  bank_size: int = 500
+  query_size: int = 250
   image_size: int = 64
   batch_size: int = 100
   endpoint: str = 'final'
