@@ -184,20 +184,28 @@ def _targets(x: Dict[str, tf.Tensor], num_classes: int) -> tf.Tensor:
   return image_targets(x['classes'], x['difficult'], num_classes)
 
 
-def training_dataset(spec: str, cfg: VocClassificationConfig) -> tf.data.Dataset:
-  """Endless batches {'image': uint8 random views, 'targets': int32 [B, classes] (1 / 0 / -1 ignore)}."""
-  options = ReadOptions(data_dir=cfg.data_dir or None, shuffle_files=True, seed=cfg.seed)
+def training_dataset(spec: str, cfg: VocClassificationConfig, start_step: int = 0) -> tf.data.Dataset:
+  """Endless batches {'image': uint8 random views, 'targets': int32 [B, classes] (1 / 0 / -1 ignore)}.
 
-  def view(x):
-    u = tf.random.uniform([4])
+  Reproducible: file order and shuffling are seeded, and example k of the stream gets the
+  stateless uniforms of seed (cfg.seed, k). A run resumed at `start_step` shuffles with a
+  seed offset by it and continues the example count, so it does not replay the views the
+  first part of the run saw (the examples are not the ones an uninterrupted run would
+  have drawn; skipping the stream would decode every image seen so far).
+  """
+  options = ReadOptions(data_dir=cfg.data_dir or None, shuffle_files=True, seed=cfg.seed + start_step)
+  first = start_step * cfg.batch_size
+
+  def view(k, x):
+    u = tf.random.stateless_uniform([4], tf.stack([tf.cast(cfg.seed, tf.int64), k + first]))
     out = {'image': random_view(x['image'], cfg.crop_size, cfg.min_scale, cfg.max_scale, u),
            'targets': _targets(x, cfg.num_classes)}  # fmt: skip
     if pipeline.SKIPPED_KEY in x:
       out[pipeline.SKIPPED_KEY] = x[pipeline.SKIPPED_KEY]
     return out
 
-  ds = detection_dataset(spec, options).repeat().shuffle(cfg.shuffle_buffer, seed=cfg.seed)
-  ds = ds.map(view, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = detection_dataset(spec, options).repeat().shuffle(cfg.shuffle_buffer, seed=cfg.seed + start_step)
+  ds = ds.enumerate().map(view, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
@@ -400,7 +408,7 @@ def run_voc07_cls(ctx: Context) -> Dict[str, Any]:
   start = tune.restore(optimizer, variables, model=model)
   stats: Dict[str, Any] = {}
   if start < cfg.steps:
-    stats = tune.fit(make_train_step(model, optimizer, cfg, variables), training_dataset(ctx.train_spec, cfg),
+    stats = tune.fit(make_train_step(model, optimizer, cfg, variables), training_dataset(ctx.train_spec, cfg, start),
                      schedule=schedule,
                      empty_message='the training source yields no batch (fewer images than batch_size?)')  # fmt: skip
   mean_scores, first_scores, targets = evaluate(model, eval_dataset(ctx.test_spec, cfg, cfg.batch_size))
