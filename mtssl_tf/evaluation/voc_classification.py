@@ -14,12 +14,16 @@ defaults of philkr/voc-classification `src/train_cls.py` (commit c2097796):
   (`mtssl-transfer`'s `<run>/student`, `student.json` architecture 'alexnet') conv1..conv5
   (with their BatchNorms, if the student has them) are copied and new fc6, fc7 (4096 units
   times the student's width, ReLU, dropout 0.5, as AlexNet's) and fc8 (20 outputs) are
-  drawn from N(0, 0.01) with bias 0.1 (`--random-from drop7` re-initialises the layers
-  after it that way). For our ResNet-v2 trunk (blocks 1-3) the head is a documented
-  choice: global average pooling of `final` (block 3 after BN-ReLU) and a new linear fc8
-  drawn the same way, the classifier form of He et al.'s ResNets (a trunk has no fc6/fc7
-  to copy or re-create). `freeze_conv1` keeps the first conv fixed (off by default: the
-  reference trains all layers; Noroozi lock conv1 only for detection).
+  drawn from N(0, 0.01) with bias 0.1. That is Noroozi §5's rule ("the fully connected
+  layers are randomly initialized") with the reference's draw: `train_cls.py` itself
+  copies fc6/fc7 and re-initialises only the layers after `--random-from drop7` (fc8)
+  that way; `copy_fc` selects that variant (fc6/fc7 and their BatchNorms copied from
+  the student, which needs the student's crop size and fc units). For our ResNet-v2 trunk
+  (blocks 1-3) the head is a documented choice: global average pooling of `final` (block
+  3 after BN-ReLU) and a new linear fc8 drawn the same way, the classifier form of He et
+  al.'s ResNets (a trunk has no fc6/fc7 to copy or re-create). `freeze_conv1` keeps the
+  first conv fixed (off by default: the reference trains all layers; Noroozi lock conv1
+  only for detection).
 * Loss. 20 sigmoid cross-entropies summed over classes, divided by the batch size;
   entries of 'difficult'-only classes are ignored (`python_layers.SigmoidCrossEntropyLoss`
   with `ignore_label=255`; `data.VOCData` maps the devkit's 0 = difficult to 255). The
@@ -97,6 +101,8 @@ class VocClassificationConfig(LoopConfig, SGDConfig):
       0 disables.
     bias_lr_multiplier: biases' rate multiplier (setLR(t, 1, 2)).
     freeze_conv1: keep the first conv layer fixed (the reference trains it).
+    copy_fc: AlexNet students: copy fc6/fc7 too (train_cls.py's --random-from drop7); False
+      draws them afresh (Noroozi §5).
     fc_units: AlexNet fc6/fc7 units before the student's width multiplier.
     dropout: dropout rate after AlexNet's fc6 and fc7.
     init_stddev: std of the new fc layers' weights (train_cls.py: N(0, 0.01)).
@@ -118,6 +124,7 @@ class VocClassificationConfig(LoopConfig, SGDConfig):
   clip_gradient_norm: float = 10.0
   bias_lr_multiplier: float = 2.0
   freeze_conv1: bool = False
+  copy_fc: bool = False
   fc_units: int = 4096
   dropout: float = 0.5
   init_stddev: float = 0.01
@@ -294,8 +301,20 @@ class AlexNetClassifier(tf.keras.Model):
       self.net.convs[conv].set_weights(student.convs[conv].get_weights())
       if conv in self.net.norms:
         self.net.norms[conv].set_weights(student.norms[conv].get_weights())
+    fresh = [self.net.classifier]
+    if cfg.copy_fc:
+      for fc in ('fc6', 'fc7'):
+        try:
+          self.net.fcs[fc].set_weights(student.fcs[fc].get_weights())
+          if fc in self.net.norms:
+            self.net.norms[fc].set_weights(student.norms[fc].get_weights())
+        except ValueError as e:
+          raise ConfigError(f'{NAME}.copy_fc: the student\'s {fc} does not fit (crop_size {cfg.crop_size} vs '
+                            f'its {meta.get("input_size")}, fc_units {cfg.fc_units}): {e}') from None  # fmt: skip
+    else:
+      fresh = [self.net.fcs['fc6'], self.net.fcs['fc7'], self.net.classifier]
     init = _new_fc_initializers(cfg)
-    for layer in (self.net.fcs['fc6'], self.net.fcs['fc7'], self.net.classifier):  # New: drawn afresh.
+    for layer in fresh:  # New: drawn afresh.
       layer.kernel.assign(init['kernel_initializer'](layer.kernel.shape))
       if layer.bias is not None:
         layer.bias.assign(tf.fill(layer.bias.shape, cfg.init_bias))
@@ -333,7 +352,8 @@ def build_classifier(ctx: Context) -> Tuple[tf.keras.Model, str]:
     from mtssl_tf.transfer.student import load_student
 
     model = AlexNetClassifier(load_student(ctx.init), meta, cfg)
-    return model, f'AlexNet student conv1-conv5 from {ctx.init}; new fc6/fc7/fc8'
+    fcs = 'fc6/fc7 copied, new fc8' if cfg.copy_fc else 'new fc6/fc7/fc8'
+    return model, f'AlexNet student conv1-conv5 from {ctx.init}; {fcs}'
   model = TrunkClassifier(ctx.trunk(), cfg, ctx.input_fn())
   model(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3], tf.uint8), training=False)
   return model, f'ResNet-v2 trunk from {ctx.init}; global average pooling of final, new fc8'

@@ -140,3 +140,21 @@ def test_alexnet_student_conv_layers_are_copied_and_fine_tuned(tmp_path, tiny_wo
   tf.train.Checkpoint(model=tuned).read(latest).expect_partial()
   np.testing.assert_array_equal(tuned.net.convs['conv1'].kernel.numpy(), loaded.convs['conv1'].kernel.numpy())
   assert not np.array_equal(tuned.net.convs['conv2'].kernel.numpy(), loaded.convs['conv2'].kernel.numpy())
+
+
+def test_copy_fc_takes_the_students_fc6_fc7_and_checks_the_crop(tmp_path, tiny_world):
+  from mtssl_tf.configs.base import ConfigError
+  from mtssl_tf.transfer.student import load_student
+
+  student = _tiny_student(str(tmp_path / 'student'))
+  loaded = load_student(student)
+  cfg = load_eval_config([], _overrides(tiny_world['sources'], 2, ['voc07_cls.copy_fc=true']), student)
+  model, source = vc.build_classifier(runner.context(vc.NAME, cfg, str(tmp_path)))
+  for fc in ('fc6', 'fc7'):
+    np.testing.assert_array_equal(model.net.fcs[fc].kernel.numpy(), loaded.fcs[fc].kernel.numpy())
+  assert not np.array_equal(model.net.classifier.kernel.numpy()[:, :5], loaded.classifier.kernel.numpy())
+  assert 'fc6/fc7 copied' in source
+  cfg = load_eval_config([], _overrides(tiny_world['sources'], 2, ['voc07_cls.copy_fc=true', 'voc07_cls.crop_size=96']),
+                         student)  # fmt: skip
+  with pytest.raises(ConfigError, match='copy_fc'):
+    vc.build_classifier(runner.context(vc.NAME, cfg, str(tmp_path)))
