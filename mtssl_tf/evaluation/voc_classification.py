@@ -54,7 +54,8 @@ defaults of philkr/voc-classification `src/train_cls.py` (commit c2097796):
   positives for all 20).
 
 Noroozi report (Table 3, VOC07 classification mAP %): Jigsaw++ 69.8, CC+Jigsaw++ 69.9,
-CC+vgg-Jigsaw++ 72.5, ImageNet labels 79.9, random 53.3 (Krähenbühl et al.'s figure).
+CC+vgg-Jigsaw++ 72.5, CC+HOG 70.2, supervised (ImageNet labels) 79.9, random 53.3 (as
+reported by Pathak et al. 2016, their ref. [27]).
 """
 
 from __future__ import annotations
