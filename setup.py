@@ -69,7 +69,7 @@ setuptools.setup(
   extras_require={
     'dev': ['pytest', 'pytest-xdist', 'ruff'],
     # Optional: benchmarks/kmeans.py compares against faiss; the default engine is TF's
-    # (faster than faiss-cpu per Lloyd pass, see benchmarks/README.md; runs on a GPU; no extra dependency).
+    # (0.80-1.21x faiss-cpu per Lloyd pass in two loaded runs, benchmarks/README.md; runs on a GPU; no extra dep).
     'faiss': ['faiss-cpu'],
   },
   entry_points={
