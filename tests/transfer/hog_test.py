@@ -50,10 +50,13 @@ def test_a_bag_ignores_where_a_pattern_is_and_the_pooled_grid_does_not():
   # Each row: the fraction of 49 blocks per word (float32 sums of 49 multiples of 1/49).
   np.testing.assert_allclose(bags.sum(axis=1), 1.0, atol=1e-5)
   np.testing.assert_allclose(bags * 49, np.round(bags * 49), atol=1e-4)
-  # Equal descriptors get equal words; at most one near-tie block may land elsewhere
-  # on another machine's matmul rounding (2 / 49 in L1).
-  assert np.abs(bags[0] - bags[1]).sum() <= 2 / 49 + 1e-6
-  assert np.abs(bags[0] - bags[2]).sum() > 0.2  # Vertical against horizontal stripes.
+  # The moved patch's descriptors are nearly the same multiset (block normalisation at the
+  # patch border differs by < 1%), so its bag stays close, while the other orientation's
+  # is far: with 5 words fitted on these images the moved patch differs by 0-8 of 49 blocks
+  # over seeds 0-3, the other orientation by 32. A margin of 2x, not a word count: which
+  # border blocks cross a word boundary depends on the vocabulary's start.
+  moved, turned = np.abs(bags[0] - bags[1]).sum(), np.abs(bags[0] - bags[2]).sum()
+  assert turned > 0.2 and moved < 0.5 * turned
   grids = extract.pool_features(hog(np.stack([here, there])), 'max', 4).numpy()
   assert np.abs(grids[0] - grids[1]).sum() > 0.5 * np.abs(grids[0]).sum()  # The layout shows in the grid.
 
