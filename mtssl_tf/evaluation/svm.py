@@ -253,6 +253,17 @@ def _protocol_record(ctx: Context, dims: int) -> Dict[str, Any]:
   }
 
 
+def _json(value):
+  """NaN (no AP: a class without positives) as None, so results.json is strict JSON."""
+  if isinstance(value, dict):
+    return {k: _json(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json(v) for v in value]
+  if isinstance(value, float) and not np.isfinite(value):
+    return None
+  return value
+
+
 def _scalars(ctx: Context, values: Dict[str, float]) -> None:
   writer = tf.summary.create_file_writer(ctx.out_dir)
   with writer.as_default(step=0):
@@ -300,10 +311,10 @@ class Voc07SvmProtocol(Protocol):
     }
     np.savez(f'{ctx.out_dir}/test_scores.npz', scores=scores, targets=test_targets)
     _scalars(ctx, {'mAP': results['mAP']})
-    path = ctx.write_results(results)
+    path = ctx.write_results(_json(results))
     if ctx.progress:
       logging.info('voc07_svm: mAP %.4f over %d test images -> %s', results['mAP'], len(test), path)
-    return results
+    return _json(results)
 
 
 class Voc07LowShotProtocol(Protocol):
@@ -346,11 +357,11 @@ class Voc07LowShotProtocol(Protocol):
       'test mAP over draws (Goyal et al. aggregate_low_shot_svm_stats.py)'))  # fmt: skip
     results['counts'] = {'trainval': len(train), 'test': len(test), 'num_classes': cfg.num_classes}
     _scalars(ctx, {f'mAP_k{k}': results[f'mAP_k{k}'] for k in cfg.counts})
-    path = ctx.write_results(results)
+    path = ctx.write_results(_json(results))
     if ctx.progress:
       summary = ', '.join(f'k={k} {results[f"mAP_k{k}"]:.4f}+-{results[f"std_k{k}"]:.4f}' for k in cfg.counts)
       logging.info('voc07_lowshot: %s -> %s', summary, path)
-    return results
+    return _json(results)
 
   @staticmethod
   def _draw(cfg: SvmConfig, train, sample, test, test_targets) -> List[float]:
