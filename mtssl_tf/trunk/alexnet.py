@@ -1,0 +1,247 @@
+"""AlexNet trunk with named endpoints, as Noroozi et al. 2018 train and transfer it.
+
+Two variants share the same layers and differ only in conv1's stride, the input size
+and the fully connected layers (all from MehdiNoroozi/JigsawPuzzleSolver's
+train_val_cfn_jps++.prototxt and Caffe's bvlc_reference_caffenet, the "CaffeNet" that
+prototxt names itself after):
+
+* 'standard': conv1 11x11 stride 4 on 227 px images, fc6 4096, fc7 4096 (Krizhevsky et
+  al. 2012; the network Noroozi §5 transfers into and evaluates).
+* 'jigsaw': conv1 11x11 stride 2 on 64 px tiles, fc6 1024 per tile (the Jigsaw(++)
+  context-free network; its fc7 runs on the nine concatenated tiles, so it is the
+  task's head, not part of this trunk).
+
+Both: conv1 96 (no padding), 3x3/2 max pool, LRN; conv2 5x5 pad 2 256 in 2 groups,
+3x3/2 max pool, LRN; conv3 3x3 pad 1 384; conv4 3x3 pad 1 384 in 2 groups; conv5 3x3
+pad 1 256 in 2 groups; 3x3/2 max pool (pool5). ReLU after every conv/fc, dropout 0.5
+after each fc. Caffe pools round the output size up (`caffe_pool_size`), which is why a
+64 px tile gives a 3x3 pool5 (conv5 is 6x6).
+
+`call` returns a dict of endpoints: conv1..conv5 (after ReLU, before pooling), pool5
+and fc6 (and fc7) when the variant has fully connected layers. `width` scales every
+channel count (for tiny tests); `batch_norm` swaps LRN for BatchNorm after every conv
+and fc, as small-world training needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Dict, Optional, Sequence, Tuple
+
+import tensorflow as tf
+
+# (name, filters, kernel, padding, groups, bias init); bvlc_reference_caffenet / the Jigsaw++ prototxt.
+CONVS = (('conv1', 96, 11, 0, 1, 0.0), ('conv2', 256, 5, 2, 2, 1.0), ('conv3', 384, 3, 1, 1, 0.0),
+         ('conv4', 384, 3, 1, 2, 1.0), ('conv5', 256, 3, 1, 2, 1.0))  # fmt: skip
+POOLED = ('conv1', 'conv2', 'conv5')  # 3x3/2 max pool after these (prototxt pool1, pool2, pool5).
+LRN_AFTER = ('conv1', 'conv2')  # CaffeNet order: ReLU, pool, then LRN (prototxt norm1, norm2).
+POOL_KERNEL, POOL_STRIDE = 3, 2
+CONV_STDDEV, FC_STDDEV = 0.01, 0.005  # Prototxt weight_filler gaussian std of convs and fcs.
+FC_BIAS = 1.0  # Prototxt bias_filler of fc6/fc7.
+DROPOUT = 0.5  # Prototxt drop6/drop7 dropout_ratio.
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """What distinguishes the two AlexNets: conv1 stride, the input size it expects, fc units."""
+
+  conv1_stride: int
+  input_size: int
+  fc_units: Tuple[int, ...]
+
+
+VARIANTS = {
+  # Krizhevsky et al. 2012 / bvlc_reference_caffenet: 227 px crops, conv1 stride 4.
+  'standard': Variant(conv1_stride=4, input_size=227, fc_units=(4096, 4096)),
+  # JigsawPuzzleSolver train_val_cfn_jps++.prototxt: patch_size 64, conv1_s1 stride 2, fc6_s1 1024.
+  'jigsaw': Variant(conv1_stride=2, input_size=64, fc_units=(1024,)),
+}
+
+
+def scaled(units: int, width: float, multiple: int = 1) -> int:
+  """`units * width` rounded to a positive multiple of `multiple` (grouped convs need even channels)."""
+  return max(multiple, int(round(units * width / multiple)) * multiple)
+
+
+def caffe_pool_size(size: int, kernel: int, stride: int) -> int:
+  """Output size of a Caffe pooling layer without padding: ceil mode, last window starts inside."""
+  out = int(math.ceil((size - kernel) / stride)) + 1
+  if (out - 1) * stride >= size:
+    out -= 1
+  return out
+
+
+def caffe_max_pool(x: tf.Tensor, kernel: int, stride: int) -> tf.Tensor:
+  """Max pool with Caffe's output size: pads bottom/right with the dtype's lowest value when ceil mode needs it."""
+  height, width = int(x.shape[1]), int(x.shape[2])
+  if min(height, width) < kernel:
+    raise ValueError(f'max pool {kernel}x{kernel}: input {height}x{width} is smaller than the window')
+  pads = [(caffe_pool_size(s, kernel, stride) - 1) * stride + kernel - s for s in (height, width)]
+  if any(pads):
+    x = tf.pad(x, [[0, 0], [0, max(0, pads[0])], [0, max(0, pads[1])], [0, 0]], constant_values=x.dtype.min)
+  return tf.nn.max_pool2d(x, kernel, stride, 'VALID')
+
+
+def endpoint_sizes(variant: str = 'standard', input_size: Optional[int] = None) -> Dict[str, int]:
+  """Spatial size of every conv endpoint and pool5 for a square input, by the layer arithmetic.
+
+  Args:
+    variant: 'standard' or 'jigsaw'.
+    input_size: side in pixels; the variant's own (227 or 64) when None.
+
+  Returns:
+    {'conv1': 55, 'conv2': 27, 'conv3': 13, 'conv4': 13, 'conv5': 13, 'pool5': 6} for 227 px.
+  """
+  spec = _variant(variant)
+  size = spec.input_size if input_size is None else input_size
+  sizes = {}
+  for conv, _, kernel, pad, _, _ in CONVS:
+    stride = spec.conv1_stride if conv == 'conv1' else 1
+    size = (size + 2 * pad - kernel) // stride + 1
+    sizes[conv] = size
+    if conv in POOLED:
+      size = caffe_pool_size(size, POOL_KERNEL, POOL_STRIDE)
+  sizes['pool5'] = size
+  return sizes
+
+
+def parameter_count(
+  variant: str = 'standard',
+  width: float = 1.0,
+  batch_norm: bool = False,
+  fc_units: Optional[Sequence[int]] = None,
+  input_size: Optional[int] = None,
+) -> int:
+  """Trainable + BatchNorm parameters `AlexNet(...)` creates, computed from the layer specs without building it.
+
+  Args:
+    variant: 'standard' or 'jigsaw'.
+    width: channel multiplier, as `AlexNet`.
+    batch_norm: as `AlexNet` (BatchNorm: no biases, 4 values per channel).
+    fc_units: as `AlexNet`.
+    input_size: as `endpoint_sizes` (fc6's fan-in depends on it).
+
+  Returns:
+    The count; `AlexNet().count_params()` equals it once built.
+  """
+  spec = _variant(variant)
+  fcs = spec.fc_units if fc_units is None else tuple(fc_units)
+  total, channels = 0, 3
+  for _, filters, kernel, _, groups, _ in CONVS:
+    out = scaled(filters, width, groups)
+    total += kernel * kernel * (channels // groups) * out + (4 * out if batch_norm else out)
+    channels = out
+  fan_in = endpoint_sizes(variant, input_size)['pool5'] ** 2 * channels
+  for units in fcs:
+    out = scaled(units, width)
+    total += fan_in * out + (4 * out if batch_norm else out)
+    fan_in = out
+  return total
+
+
+def _variant(variant: str) -> Variant:
+  if variant not in VARIANTS:
+    raise ValueError(f'AlexNet variant must be one of {sorted(VARIANTS)}, got {variant!r}')
+  return VARIANTS[variant]
+
+
+class AlexNet(tf.keras.Model):
+  """AlexNet conv1..conv5 (+ fc layers) returning named endpoints; see the module docstring."""
+
+  def __init__(
+    self,
+    variant: str = 'standard',
+    width: float = 1.0,
+    batch_norm: bool = False,
+    fc_units: Optional[Sequence[int]] = None,
+    dropout: float = DROPOUT,
+    name: str = 'alexnet',
+  ):
+    """Creates the layers.
+
+    Args:
+      variant: 'standard' (conv1 stride 4, 227 px) or 'jigsaw' (conv1 stride 2, 64 px tiles).
+      width: multiplier of every conv's channels and the fc units (1/16 for tests); grouped
+        convs keep an even channel count.
+      batch_norm: BatchNorm after every conv and fc (no biases, no LRN) instead of CaffeNet's LRN.
+      fc_units: fully connected layers after pool5, before `width`; the variant's own when None,
+        () for a convolutional trunk (endpoints stop at pool5).
+      dropout: dropout rate after each fc layer.
+      name: model name.
+
+    Raises:
+      ValueError: unknown variant or non-positive width.
+    """
+    super().__init__(name=name)
+    if width <= 0:
+      raise ValueError(f'AlexNet width must be positive, got {width}')
+    self.variant = variant
+    self.spec = _variant(variant)
+    self.width = width
+    self.batch_norm = batch_norm
+    self.fc_names = tuple(f'fc{6 + i}' for i in range(len(self.spec.fc_units if fc_units is None else fc_units)))
+    units = self.spec.fc_units if fc_units is None else tuple(fc_units)
+    self.convs, self.norms, self.fcs = {}, {}, {}
+    for conv, filters, kernel, pad, groups, bias in CONVS:
+      # Symmetric Caffe padding of an odd kernel at stride 1 is Keras 'same'; conv1 has none.
+      self.convs[conv] = tf.keras.layers.Conv2D(
+        scaled(filters, width, groups),
+        kernel,
+        self.spec.conv1_stride if conv == 'conv1' else 1,
+        padding='same' if pad else 'valid',
+        groups=groups,
+        use_bias=not batch_norm,
+        kernel_initializer=tf.keras.initializers.RandomNormal(stddev=CONV_STDDEV),
+        bias_initializer=tf.keras.initializers.Constant(bias),
+        name=conv,
+      )
+      if batch_norm:
+        self.norms[conv] = tf.keras.layers.BatchNormalization(name=f'{conv}_bn')
+    for fc, n in zip(self.fc_names, units):
+      self.fcs[fc] = tf.keras.layers.Dense(
+        scaled(n, width),
+        use_bias=not batch_norm,
+        kernel_initializer=tf.keras.initializers.RandomNormal(stddev=FC_STDDEV),
+        bias_initializer=tf.keras.initializers.Constant(FC_BIAS),
+        name=fc,
+      )
+      if batch_norm:
+        self.norms[fc] = tf.keras.layers.BatchNormalization(name=f'{fc}_bn')
+    self.dropout = tf.keras.layers.Dropout(dropout)
+
+  @property
+  def endpoint_names(self) -> Tuple[str, ...]:
+    """Names `call` returns, in network order."""
+    return tuple(c[0] for c in CONVS) + ('pool5',) + self.fc_names
+
+  def call(self, images: tf.Tensor, training: Optional[bool] = None) -> Dict[str, tf.Tensor]:
+    """Runs the trunk.
+
+    Args:
+      images: [B, H, W, 3] float images with static H and W (fc6 and Caffe pooling need them).
+      training: BatchNorm / dropout mode.
+
+    Returns:
+      Endpoints conv1..conv5, pool5 and the fc layers (`endpoint_names`).
+    """
+    endpoints = {}
+    x = images
+    for conv, *_ in CONVS:
+      x = self.convs[conv](x)
+      x = tf.nn.relu(self.norms[conv](x, training=training) if self.batch_norm else x)
+      endpoints[conv] = x
+      if conv in POOLED:
+        x = caffe_max_pool(x, POOL_KERNEL, POOL_STRIDE)
+        if conv in LRN_AFTER and not self.batch_norm:
+          # Caffe LRN local_size 5, alpha 1e-4, beta 0.75; TF's alpha is not divided by the window size.
+          x = tf.nn.local_response_normalization(x, depth_radius=2, bias=1.0, alpha=1e-4 / 5, beta=0.75)
+    endpoints['pool5'] = x
+    if self.fc_names:
+      x = tf.reshape(x, [-1, x.shape[1] * x.shape[2] * x.shape[3]])
+    for fc in self.fc_names:
+      x = self.fcs[fc](x)
+      x = tf.nn.relu(self.norms[fc](x, training=training) if self.batch_norm else x)
+      endpoints[fc] = x
+      x = self.dropout(x, training=training)
+    return endpoints
