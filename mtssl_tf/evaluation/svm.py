@@ -1,7 +1,7 @@
 """VOC07 classification by linear SVMs on frozen features, full and low-shot (Goyal et al. 2019).
 
 The benchmark of Goyal, Mahajan, Gupta & Misra, "Scaling and Benchmarking
-Self-Supervised Visual Representation Learning" (ICCV 2019, §4.1 / §6), as released
+Self-Supervised Visual Representation Learning" (ICCV 2019), as released
 in facebookresearch/fair_self_supervision_benchmark (tools/svm/, extra_scripts/) and
 VISSL (vissl/utils/svm_utils/):
 
