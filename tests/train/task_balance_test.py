@@ -55,10 +55,11 @@ def test_fast_task_keeps_its_own_speed_beside_a_5x_slower_task(paced_train, tmp_
   # No result waited behind another closure: each was taken as soon as it finished.
   assert not any(c['held'] for c in taken)
   # While the slow task runs (its third closure's end to its last one's), the fast task
-  # keeps its own speed: within 15% of its rate alone. Taking closures in schedule order
+  # keeps its own speed: at least 85% of its rate alone. Taking closures in schedule order
   # (2 per worker in flight) leaves it at most 3 steps per slow step: measured 0.70 of
-  # its rate alone (0.95 as they finish).
+  # its rate alone (0.95 as they finish). No upper bound: on a loaded machine the alone
+  # run's compute can exceed the pace (measured 1.28x once), which says nothing about waiting.
   slow = sorted(c['end'] for c in taken if c['task'] == 1)
   assert len(slow) >= 6
   together = _rate([c['end'] for c in taken if c['task'] == 0], slow[2], slow[-1])
-  assert 0.85 * alone_rate <= together <= 1.15 * alone_rate, (together, alone_rate)
+  assert together >= 0.85 * alone_rate, (together, alone_rate)
