@@ -13,6 +13,7 @@ fine-tuning loop (`mtssl_tf.train.finetune`). Everything else (flags, the grid,
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Type
 
@@ -95,7 +96,7 @@ class Context:
     return backbone.write_results(self.model_dir, self.name, results)
 
 
-class Protocol:
+class Protocol(abc.ABC):
   """Base class of evaluation protocols; subclass, set the class attributes, implement `run`.
 
   Class attributes:
@@ -119,6 +120,6 @@ class Protocol:
   columns: ClassVar[Tuple[Column, ...]] = ()
   uses_init: ClassVar[bool] = True
 
+  @abc.abstractmethod
   def run(self, ctx: Context) -> Dict[str, Any]:
     """Runs the protocol and returns its results (also written to results.json)."""
-    raise NotImplementedError(f'{type(self).__name__}.run')

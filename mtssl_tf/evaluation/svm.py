@@ -67,8 +67,8 @@ IGNORE, ABSENT, PRESENT = -1, 0, 1
 
 
 @dataclasses.dataclass
-class SvmConfig(Config):
-  """VOC07 linear SVMs (module docstring); shared by `voc07_svm` and `voc07_lowshot`.
+class VocSourcesConfig(Config):
+  """Where VOC07 classification data comes from; shared by the SVM and fine-tuning protocols.
 
   Attributes:
     train_source: VOC trainval (`voc:<VOCdevkit>:trainval` or `tfds:voc/2007:trainval`);
@@ -76,6 +76,21 @@ class SvmConfig(Config):
     test_source: VOC test; '' = the world's 'detection_test'.
     data_dir: tensorflow-datasets data directory.
     num_classes: classes (VOC: 20).
+  """
+
+  train_source: str = ''
+  test_source: str = ''
+  data_dir: str = ''
+  num_classes: int = len(VOC_CLASSES)
+
+
+@dataclasses.dataclass
+class SvmConfig(VocSourcesConfig):
+  """VOC07 linear SVMs (module docstring); shared by `voc07_svm` and `voc07_lowshot`.
+
+  The data fields come from `VocSourcesConfig`.
+
+  Attributes:
     image_size: shorter side images are resized to.
     crop_size: side of the centre crop.
     endpoint: trunk endpoint ('final' = block 3 after BN-ReLU).
@@ -89,10 +104,6 @@ class SvmConfig(Config):
     seed: low-shot draws.
   """
 
-  train_source: str = ''
-  test_source: str = ''
-  data_dir: str = ''
-  num_classes: int = len(VOC_CLASSES)
   image_size: int = 256
   crop_size: int = 224
   endpoint: str = 'final'

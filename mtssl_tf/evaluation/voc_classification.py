@@ -75,22 +75,20 @@ from mtssl_tf.data.detection import VOC_CLASSES, detection_dataset
 from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.evaluation import voc_metrics
 from mtssl_tf.evaluation.protocol import Column, Context, Protocol
-from mtssl_tf.evaluation.svm import IGNORE, PRESENT, image_targets, mean_ap
+from mtssl_tf.evaluation.svm import IGNORE, PRESENT, VocSourcesConfig, image_targets, mean_ap
 from mtssl_tf.train.finetune import FineTune, LoopConfig, SGDConfig
 
 NAME = 'voc07_cls'
 
 
 @dataclasses.dataclass
-class VocClassificationConfig(LoopConfig, SGDConfig):
+class VocClassificationConfig(VocSourcesConfig, LoopConfig, SGDConfig):
   """VOC07 classification fine-tuning (module docstring); defaults are philkr/voc-classification's.
 
+  The data fields come from `VocSourcesConfig`, the loop and optimizer ones from
+  `LoopConfig` and `SGDConfig`.
+
   Attributes:
-    train_source: VOC trainval (`voc:<VOCdevkit>:trainval` or `tfds:voc/2007:trainval`);
-      '' = the synthetic world's 'detection_trainval'.
-    test_source: VOC test; '' = the world's 'detection_test'.
-    data_dir: tensorflow-datasets data directory.
-    num_classes: classes (VOC: 20).
     crop_size: network input side (227: Caffe AlexNet's input_dim).
     min_scale: smallest window side, in crops (train_cls.py --min-scale 0.5).
     max_scale: largest window side, in crops (--max-scale 2.0), capped by the image.
@@ -112,10 +110,6 @@ class VocClassificationConfig(LoopConfig, SGDConfig):
     seed: training order and test views.
   """
 
-  train_source: str = ''
-  test_source: str = ''
-  data_dir: str = ''
-  num_classes: int = len(VOC_CLASSES)
   crop_size: int = 227
   min_scale: float = 0.5
   max_scale: float = 2.0
