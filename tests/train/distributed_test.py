@@ -48,9 +48,20 @@ def _train(cfg, model_dir, on_cluster=None, max_restarts=0):
   return launch.supervise_local(cfg, str(model_dir), [f'--config={path}'], max_restarts, on_cluster)
 
 
-def _checkpoint_values(model_dir):
-  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints')))
-  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()}
+def _checkpoint_values(model_dir, attempts=50):
+  """The latest checkpoint's values, read while the run may still be writing checkpoints.
+
+  The manager keeps 3 checkpoints, so the one `latest_checkpoint` names can be deleted
+  before it is read (a fast task saves several per second): such a read is retried.
+  """
+  for attempt in range(attempts):
+    try:
+      reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints')))
+      return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()}
+    except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError):
+      if attempt == attempts - 1:
+        raise
+      time.sleep(0.1)
 
 
 def _expected_updates(steps, k):
@@ -204,8 +215,11 @@ def _checkpoint_after(model_dir, moment, timeout=60):
   deadline = time.time() + timeout
   while time.time() < deadline:
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
-    if os.path.getmtime(latest + '.index') > moment + 1.0:
-      return True
+    try:
+      if os.path.getmtime(latest + '.index') > moment + 1.0:
+        return True
+    except OSError:  # Deleted by the manager (it keeps 3) between the two reads: look again.
+      pass
     time.sleep(0.2)
   return False
 
@@ -241,6 +255,9 @@ def _kill_worker_scenario(paced_train, root, accumulate):
         deadline = time.time() + 120
         while time.time() < deadline and _exemplar_steps(model_dir) <= seen['frozen']:
           time.sleep(0.2)
+      except Exception as error:  # Reported by the test below: a thread's error is otherwise lost.
+        seen['error'] = repr(error)
+        raise
       finally:
         for path in (gate, gate + '.slow'):
           if os.path.exists(path):
@@ -251,6 +268,7 @@ def _kill_worker_scenario(paced_train, root, accumulate):
   result, _ = paced_train(cfg, model_dir, {'relative_position': RP_PACE}, on_cluster=kill_and_restart,
                           gates={'relative_position': gate})  # fmt: skip
   seen['thread'].join(timeout=5)
+  assert 'error' not in seen, f'the fault thread failed: {seen.get("error")}'
   steps = {n: r['steps'] for n, r in result.items()}
   assert sum(steps.values()) == TOTAL_AFTER_KILL
   assert result['relative_position']['updates'] == _expected_updates(steps['relative_position'], 3)
