@@ -2,7 +2,8 @@
 
 `write_vocdevkit` renders scenes (`scenes.render_scene`) into
 `<root>/VOCdevkit/VOC2007/{JPEGImages,Annotations,ImageSets/Main}`, exactly the
-layout `detection.voc_dataset` reads. Conventions:
+layout `detection.voc_dataset` reads, plus the scenes' per-pixel class masks as
+`SegmentationClass/` and `ImageSets/Segmentation/` (`segmentation.py`). Conventions:
 
 * Shape class k is written as VOC class `VOC_CLASSES[k]` (the first ten VOC classes,
   aeroplane..cow), so class ids read back equal the scene's class ids.
@@ -28,6 +29,7 @@ import numpy as np
 from mtssl_tf.data.detection import VOC_CLASSES
 from mtssl_tf.data.synthetic.classification import encode_jpeg
 from mtssl_tf.data.synthetic.scenes import Scene, render_scene
+from mtssl_tf.data.synthetic.segmentation import write_segmentation
 
 SMALL_FRACTION = 0.1
 OCCLUDED_FRACTION = 0.5
@@ -117,6 +119,8 @@ def write_vocdevkit(
   for name, ids in splits.items():
     with open(os.path.join(voc, 'ImageSets', 'Main', f'{name}.txt'), 'w') as f:
       f.write(''.join(f'{i}\n' for i in ids))
+  # Per-pixel class masks from the scenes' own object masks: no random draw, so the above is unchanged.
+  write_segmentation(voc, written)
   return written
 
 
@@ -129,9 +133,10 @@ def write_detection_part(root: str, preset, seed: int) -> Dict[str, str]:
     seed: world seed.
 
   Returns:
-    Manifest entries 'detection_trainval' and 'detection_test' (`voc:` specs), and
-    'scene_images': the same scenes as a plain image folder (unlabelled), a second image
-    domain beside the object-centred classification images.
+    Manifest entries 'detection_trainval' and 'detection_test' (`voc:` specs),
+    'segmentation_train' and 'segmentation_val' (`vocseg:` specs of the same images'
+    class masks, `segmentation.py`), and 'scene_images': the same scenes as a plain image
+    folder (unlabelled), a second image domain beside the object-centred classification images.
   """
   folder = os.path.join(root, 'detection')
   write_vocdevkit(
@@ -141,5 +146,7 @@ def write_detection_part(root: str, preset, seed: int) -> Dict[str, str]:
   return {
     'detection_trainval': f'voc:{devkit}:trainval',
     'detection_test': f'voc:{devkit}:test',
+    'segmentation_train': f'vocseg:{os.path.join(devkit, "VOC2007")}:train',
+    'segmentation_val': f'vocseg:{os.path.join(devkit, "VOC2007")}:val',
     'scene_images': f'folder:{os.path.join(devkit, "VOC2007", "JPEGImages")}',
   }

@@ -179,9 +179,10 @@ def _remove_parts(root: str) -> None:
 def _make_world(root: str, preset: str, seed: int, force: bool) -> Dict[str, object]:
   path = os.path.join(root, MANIFEST)
   sizes = PRESETS[preset]
-  # layout: bumped when a part's manifest entries or rendering change, so older worlds are rewritten.
+  # layout: bumped when a part's manifest entries or rendering change, so older worlds are rewritten
+  # (3: the detection part's segmentation masks and sources; images and boxes as in 2).
   wanted = {
-    'preset': preset, 'seed': seed, 'parts': ['images', *sorted(_PARTS)], 'layout': 2, 'class_cue': sizes.class_cue,
+    'preset': preset, 'seed': seed, 'parts': ['images', *sorted(_PARTS)], 'layout': 3, 'class_cue': sizes.class_cue,
   }  # fmt: skip
   if tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path) as f:
