@@ -50,6 +50,7 @@ register('voc07_svm', 'mtssl_tf.evaluation.svm:Voc07SvmProtocol')
 register('voc07_lowshot', 'mtssl_tf.evaluation.svm:Voc07LowShotProtocol')
 register('voc07_cls', 'mtssl_tf.evaluation.voc_classification:Voc07ClassificationProtocol')
 register('figures', 'mtssl_tf.evaluation.embedding:FiguresProtocol')
+register('nonlinear', 'mtssl_tf.evaluation.nonlinear:NonlinearProtocol')
 
 
 def _register_plugins(text: str) -> None:
