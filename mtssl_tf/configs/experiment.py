@@ -22,16 +22,87 @@ PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
 # `runtime.precision` may also be 'auto': mixed_bfloat16 where the hardware computes bfloat16
 # natively, else float32 (`mtssl_tf.hardware.resolve_precision`).
 RUNTIME_PRECISIONS = ('auto', *PRECISIONS)
+# Trunk architectures (`TrunkConfig.kind`, built by `mtssl_tf.trunk.registry`).
+TRUNK_KINDS = ('resnet_v2', 'alexnet', 'vgg16')
+ALEXNET_VARIANTS = ('standard', 'jigsaw')
+ALEXNET_ENDPOINTS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'pool5')
+VGG16_ENDPOINTS = tuple(f'conv{b}_{i}' for b, n in zip(range(1, 6), (2, 2, 3, 3, 3)) for i in range(1, n + 1)) + tuple(
+  f'pool{b}' for b in range(1, 6)
+)
 LASSO_INITS = ('last', 'uniform')
 # What follows a lasso mix before the head (`LassoConfig.mix_norm`, trunk/lasso.py).
 LASSO_MIX_NORMS = ('trunk', 'per_consumer')
 
 
 @dataclasses.dataclass
-class TrunkConfig(Config):
-  """ResNet-v2 (pre-activation bottleneck) trunk, blocks 1-3.
+class ConvNetConfig(Config):
+  """Fields the plain convolutional trunks (AlexNet, VGG16) share.
 
   Attributes:
+    width: multiplier of every channel count (1.0 is the paper's network; tests shrink it).
+    batch_norm: BatchNorm after every conv instead of CaffeNet's LRN (AlexNet) or nothing
+      (VGG16). Not in Noroozi's networks, which train without it (VGG16 by stage-wise
+      initialisation); small-world training from scratch needs it.
+    final_endpoint: the endpoint heads read as `final` (pool5: the conv trunk's output, on
+      which Jigsaw's per-tile fc6 and relative position's fc layers sit).
+  """
+
+  width: float = 1.0
+  batch_norm: bool = False
+  final_endpoint: str = 'pool5'
+
+  def endpoints(self) -> Tuple[str, ...]:
+    """The network's endpoint names (a method, not a field: it is not configurable)."""
+    raise NotImplementedError
+
+  def validate(self) -> None:
+    if self.width <= 0:
+      raise ConfigError(f'width: must be positive, got {self.width}')
+    if self.final_endpoint not in self.endpoints():
+      raise ConfigError(f'final_endpoint: must be one of {list(self.endpoints())}, got {self.final_endpoint!r}')
+
+
+@dataclasses.dataclass
+class AlexNetConfig(ConvNetConfig):
+  """AlexNet conv1..conv5 (`mtssl_tf.trunk.alexnet`, CaffeNet layers as Noroozi et al. 2018 use them).
+
+  Attributes:
+    variant: 'standard' (conv1 stride 4, 227 px: the network Noroozi §5 transfers into and
+      relative position's "Context" runs on) or 'jigsaw' (conv1 stride 2 on 64 px tiles: the
+      context-free network of JigsawPuzzleSolver's train_val_cfn_jps++.prototxt).
+  """
+
+  variant: str = 'standard'
+
+  def endpoints(self) -> Tuple[str, ...]:
+    return ALEXNET_ENDPOINTS
+
+  def validate(self) -> None:
+    super().validate()
+    if self.variant not in ALEXNET_VARIANTS:
+      raise ConfigError(f'variant: must be one of {ALEXNET_VARIANTS}, got {self.variant!r}')
+
+
+@dataclasses.dataclass
+class VGG16Config(ConvNetConfig):
+  """VGG16 conv1_1..pool5 (`mtssl_tf.trunk.vgg16`, Simonyan & Zisserman 2015 column D)."""
+
+  def endpoints(self) -> Tuple[str, ...]:
+    return VGG16_ENDPOINTS
+
+
+@dataclasses.dataclass
+class TrunkConfig(Config):
+  """The shared trunk: ResNet-v2 (pre-activation bottleneck) blocks 1-3 by default, or AlexNet / VGG16.
+
+  The ResNet-v2 fields sit at the top level (every existing run's config.yaml has them
+  there); the other kinds read their own nested section, `alexnet:` or `vgg16:`.
+
+  Attributes:
+    kind: 'resnet_v2' (Doersch & Zisserman 2017), 'alexnet' or 'vgg16' (Noroozi et al.
+      2018's Jigsaw++ / Context networks); one of `TRUNK_KINDS`.
+    alexnet: AlexNet's settings (kind 'alexnet').
+    vgg16: VGG16's settings (kind 'vgg16').
     units_per_block: residual units in blocks 1, 2, 3. (3, 4, 23) is ResNet-101;
       (1, 1, 2) is the tiny trunk used by tests.
     width: bottleneck width of block 1 (64 in ResNet-101; blocks 2 and 3 double it
@@ -46,6 +117,9 @@ class TrunkConfig(Config):
     batch_norm_epsilon: 1.001e-5 as in tf.keras.applications' ResNetV2.
   """
 
+  kind: str = 'resnet_v2'
+  alexnet: AlexNetConfig = dataclasses.field(default_factory=AlexNetConfig)
+  vgg16: VGG16Config = dataclasses.field(default_factory=VGG16Config)
   units_per_block: Tuple[int, ...] = (3, 4, 23)
   width: int = 64
   output_stride: int = 16
@@ -54,6 +128,8 @@ class TrunkConfig(Config):
   batch_norm_epsilon: float = 1.001e-5
 
   def validate(self) -> None:
+    if self.kind not in TRUNK_KINDS:
+      raise ConfigError(f'trunk.kind: must be one of {TRUNK_KINDS}, got {self.kind!r}')
     if len(self.units_per_block) != 3 or any(u < 1 for u in self.units_per_block):
       raise ConfigError(
         f'trunk.units_per_block: need three positive unit counts (blocks 1-3), got {list(self.units_per_block)}'

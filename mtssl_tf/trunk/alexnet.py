@@ -157,6 +157,7 @@ class AlexNet(tf.keras.Model):
     fc_units: Optional[Sequence[int]] = None,
     dropout: float = DROPOUT,
     name: str = 'alexnet',
+    dtype: str = 'float32',
   ):
     """Creates the layers.
 
@@ -169,11 +170,13 @@ class AlexNet(tf.keras.Model):
         () for a convolutional trunk (endpoints stop at pool5).
       dropout: dropout rate after each fc layer.
       name: model name.
+      dtype: Keras dtype policy of every layer (e.g. 'mixed_bfloat16').
 
     Raises:
       ValueError: unknown variant or non-positive width.
     """
-    super().__init__(name=name)
+    super().__init__(name=name, dtype=dtype)
+    policy = self.dtype_policy
     if width <= 0:
       raise ValueError(f'AlexNet width must be positive, got {width}')
     self.variant = variant
@@ -194,21 +197,23 @@ class AlexNet(tf.keras.Model):
         use_bias=not batch_norm,
         kernel_initializer=tf.keras.initializers.RandomNormal(stddev=CONV_STDDEV),
         bias_initializer=tf.keras.initializers.Constant(bias),
+        dtype=policy,
         name=conv,
       )
       if batch_norm:
-        self.norms[conv] = tf.keras.layers.BatchNormalization(name=f'{conv}_bn')
+        self.norms[conv] = tf.keras.layers.BatchNormalization(name=f'{conv}_bn', dtype=policy)
     for fc, n in zip(self.fc_names, units):
       self.fcs[fc] = tf.keras.layers.Dense(
         scaled(n, width),
         use_bias=not batch_norm,
         kernel_initializer=tf.keras.initializers.RandomNormal(stddev=FC_STDDEV),
         bias_initializer=tf.keras.initializers.Constant(FC_BIAS),
+        dtype=policy,
         name=fc,
       )
       if batch_norm:
-        self.norms[fc] = tf.keras.layers.BatchNormalization(name=f'{fc}_bn')
-    self.dropout = tf.keras.layers.Dropout(dropout)
+        self.norms[fc] = tf.keras.layers.BatchNormalization(name=f'{fc}_bn', dtype=policy)
+    self.dropout = tf.keras.layers.Dropout(dropout, dtype=policy)
 
   @property
   def endpoint_names(self) -> Tuple[str, ...]:
@@ -235,7 +240,11 @@ class AlexNet(tf.keras.Model):
         x = caffe_max_pool(x, POOL_KERNEL, POOL_STRIDE)
         if conv in LRN_AFTER and not self.batch_norm:
           # Caffe LRN local_size 5, alpha 1e-4, beta 0.75; TF's alpha is not divided by the window size.
-          x = tf.nn.local_response_normalization(x, depth_radius=2, bias=1.0, alpha=1e-4 / 5, beta=0.75)
+          # In float32 whatever the policy: CPU kernels of LRN exist for float32 (and half) only.
+          normed = tf.nn.local_response_normalization(
+            tf.cast(x, tf.float32), depth_radius=2, bias=1.0, alpha=1e-4 / 5, beta=0.75
+          )
+          x = tf.cast(normed, x.dtype)
     endpoints['pool5'] = x
     if self.fc_names:
       x = tf.reshape(x, [-1, x.shape[1] * x.shape[2] * x.shape[3]])

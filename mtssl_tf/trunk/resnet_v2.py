@@ -153,6 +153,12 @@ class PreactBottleneck(tf.keras.layers.Layer):
 class ResNetV2Trunk(tf.keras.Model):
   """The shared trunk: ResNet-v2 stem and blocks 1-3, returning named endpoints."""
 
+  # The trunk registry's interface (`mtssl_tf.trunk.registry`): the output stride is chosen
+  # per call, and block-3 units can be lasso-mixed.
+  kind = 'resnet_v2'
+  fixed_stride = None
+  supports_lasso = True
+
   def __init__(self, config: TrunkConfig, precision: str = 'float32', name: str = 'trunk', **kwargs):
     """Builds the layers (variables are created on first call).
 
@@ -194,6 +200,12 @@ class ResNetV2Trunk(tf.keras.Model):
   def output_channels(self) -> int:
     """Channels of every block-3 endpoint (1024 for ResNet-101)."""
     return 4 * self.config.width * 4
+
+  @property
+  def endpoint_names(self) -> Tuple[str, ...]:
+    """Names `call` returns: stem, block1..block3, every block-3 unit, final."""
+    units = tuple(unit_endpoint_name(i + 1) for i in range(self.num_units))
+    return ('stem', 'block1', 'block2', 'block3') + units + ('final',)
 
   @property
   def num_units(self) -> int:

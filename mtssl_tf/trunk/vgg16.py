@@ -86,6 +86,7 @@ class VGG16(tf.keras.Model):
     fc_units: Sequence[int] = FC_UNITS,
     dropout: float = DROPOUT,
     name: str = 'vgg16',
+    dtype: str = 'float32',
   ):
     """Creates the layers.
 
@@ -96,11 +97,13 @@ class VGG16(tf.keras.Model):
         () for a convolutional trunk.
       dropout: dropout rate after each fc layer.
       name: model name.
+      dtype: Keras dtype policy of every layer (e.g. 'mixed_bfloat16').
 
     Raises:
       ValueError: non-positive width.
     """
-    super().__init__(name=name)
+    super().__init__(name=name, dtype=dtype)
+    policy = self.dtype_policy
     if width <= 0:
       raise ValueError(f'VGG16 width must be positive, got {width}')
     self.width = width
@@ -110,16 +113,16 @@ class VGG16(tf.keras.Model):
       for i in range(n):
         conv = f'conv{b + 1}_{i + 1}'
         self.convs[conv] = tf.keras.layers.Conv2D(
-          scaled(filters, width), KERNEL, padding='same', use_bias=not batch_norm, name=conv
+          scaled(filters, width), KERNEL, padding='same', use_bias=not batch_norm, dtype=policy, name=conv
         )
         if batch_norm:
-          self.norms[conv] = tf.keras.layers.BatchNormalization(name=f'{conv}_bn')
+          self.norms[conv] = tf.keras.layers.BatchNormalization(name=f'{conv}_bn', dtype=policy)
     self.fc_names = tuple(f'fc{6 + i}' for i in range(len(fc_units)))
     for fc, units in zip(self.fc_names, fc_units):
-      self.fcs[fc] = tf.keras.layers.Dense(scaled(units, width), use_bias=not batch_norm, name=fc)
+      self.fcs[fc] = tf.keras.layers.Dense(scaled(units, width), use_bias=not batch_norm, dtype=policy, name=fc)
       if batch_norm:
-        self.norms[fc] = tf.keras.layers.BatchNormalization(name=f'{fc}_bn')
-    self.dropout = tf.keras.layers.Dropout(dropout)
+        self.norms[fc] = tf.keras.layers.BatchNormalization(name=f'{fc}_bn', dtype=policy)
+    self.dropout = tf.keras.layers.Dropout(dropout, dtype=policy)
 
   @property
   def endpoint_names(self) -> Tuple[str, ...]:

@@ -1,0 +1,121 @@
+"""The trunk architectures, by `TrunkConfig.kind`: one registry entry per kind.
+
+Everything that builds a trunk (the multi-task model, export, feature extraction, the
+evaluations) calls `build_trunk(config, precision)` and reads it through one interface:
+
+* `trunk(images, training=..., output_stride=None, final=True)` -> dict of named endpoints,
+  always with 'final' (what task heads read) when `final` is set;
+* `output_channels` (channels of 'final'), `endpoint_names`, `kind`;
+* `fixed_stride`: None when `output_stride` can be chosen per call (ResNet-v2: 8, 16, 32),
+  else the network's one stride at 'final' (AlexNet, VGG16 ignore `output_stride`);
+* `supports_lasso`, and for lasso (ResNet-v2 only) `num_units` / `block3_units(endpoints)`.
+
+Kinds: 'resnet_v2' (Doersch & Zisserman 2017: ResNet-v2 blocks 1-3), 'alexnet' and 'vgg16'
+(Noroozi et al. 2018: the Jigsaw++ / Context networks; `trunk.alexnet`, `trunk.vgg16`),
+built as convolutional trunks (no fc layers: the fc layers are the tasks' heads, as in
+JigsawPuzzleSolver's prototxt where fc7/fc8 see the nine tiles together). Adding a kind: its
+module, a builder registered below, its config section in `configs.experiment`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Tuple
+
+import tensorflow as tf
+
+from mtssl_tf.configs.experiment import TRUNK_KINDS, ConvNetConfig, TrunkConfig
+from mtssl_tf.trunk import alexnet, vgg16
+from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
+
+# Object name of the trunk in a `MultiTaskModel` (checkpoints hold it at `model/trunk`).
+TRUNK_NAME = 'trunk'
+
+
+class ConvNetTrunk(tf.keras.Model):
+  """AlexNet or VGG16 conv layers as the shared trunk, with the registry's interface."""
+
+  supports_lasso = False
+
+  def __init__(self, kind: str, net: tf.keras.Model, config: ConvNetConfig, channels: int, stride: int,
+               precision: str = 'float32', name: str = TRUNK_NAME):  # fmt: skip
+    """Wraps `net` (its `call` returns named endpoints).
+
+    Args:
+      kind: the registry kind.
+      net: the network (built without fc layers).
+      config: its config section (`final_endpoint` names what 'final' is).
+      channels: channels of the final endpoint.
+      stride: the final endpoint's stride in input pixels.
+      precision: Keras dtype policy.
+      name: model name.
+    """
+    super().__init__(name=name, dtype=precision)
+    self.kind = kind
+    self.net = net
+    self.config = config
+    self.output_channels = channels
+    self.fixed_stride = stride
+
+  @property
+  def endpoint_names(self) -> Tuple[str, ...]:
+    return tuple(self.net.endpoint_names) + ('final',)
+
+  @property
+  def num_units(self) -> int:
+    raise ValueError(f'lasso mixes ResNet-v2 block-3 units; a {self.kind} trunk has none')
+
+  def block3_units(self, endpoints: Dict[str, tf.Tensor]) -> List[tf.Tensor]:
+    raise ValueError(f'lasso mixes ResNet-v2 block-3 units; a {self.kind} trunk has none')
+
+  def call(self, images, training=None, output_stride: Optional[int] = None, final: bool = True):
+    """Endpoints of the network (+ 'final'); `output_stride` is ignored (the network's is fixed)."""
+    del output_stride
+    endpoints = dict(self.net(images, training=training))
+    if final:
+      endpoints['final'] = endpoints[self.config.final_endpoint]
+    return endpoints
+
+
+def _resnet_v2(config: TrunkConfig, precision: str) -> tf.keras.Model:
+  return ResNetV2Trunk(config, precision=precision, name=TRUNK_NAME)
+
+
+def _alexnet(config: TrunkConfig, precision: str) -> tf.keras.Model:
+  cfg = config.alexnet
+  net = alexnet.AlexNet(cfg.variant, cfg.width, cfg.batch_norm, fc_units=(), dtype=precision)
+  channels = {name: alexnet.scaled(f, cfg.width, g) for name, f, _, _, g, _ in alexnet.CONVS}
+  channels['pool5'] = channels['conv5']
+  conv1 = alexnet.VARIANTS[cfg.variant].conv1_stride
+  strides = {'conv1': conv1, 'conv2': 2 * conv1, 'conv3': 4 * conv1, 'conv4': 4 * conv1, 'conv5': 4 * conv1,
+             'pool5': 8 * conv1}  # fmt: skip
+  final = cfg.final_endpoint
+  return ConvNetTrunk('alexnet', net, cfg, channels[final], strides[final], precision)
+
+
+def _vgg16(config: TrunkConfig, precision: str) -> tf.keras.Model:
+  cfg = config.vgg16
+  net = vgg16.VGG16(cfg.width, cfg.batch_norm, fc_units=(), dtype=precision)
+  final = cfg.final_endpoint
+  block = int(final[4])  # conv<b>_<i> or pool<b>
+  channels = vgg16.scaled(vgg16.BLOCKS[block - 1][0], cfg.width)
+  stride = 2 ** (block if final.startswith('pool') else block - 1)
+  return ConvNetTrunk('vgg16', net, cfg, channels, stride, precision)
+
+
+TRUNKS: Dict[str, Callable[[TrunkConfig, str], tf.keras.Model]] = {
+  'resnet_v2': _resnet_v2,
+  'alexnet': _alexnet,
+  'vgg16': _vgg16,
+}
+assert tuple(TRUNKS) == TRUNK_KINDS, 'configs.experiment.TRUNK_KINDS and TRUNKS must name the same kinds'
+
+
+def build_trunk(config: TrunkConfig, precision: str = 'float32') -> tf.keras.Model:
+  """The trunk of `config.kind` (variables are created on its first call).
+
+  Raises:
+    ValueError: an unknown kind.
+  """
+  if config.kind not in TRUNKS:
+    raise ValueError(f'trunk.kind: must be one of {sorted(TRUNKS)}, got {config.kind!r}')
+  return TRUNKS[config.kind](config, precision)
