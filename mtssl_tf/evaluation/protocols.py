@@ -49,8 +49,10 @@ register('knn', 'mtssl_tf.evaluation.knn:KnnProtocol')
 register('voc07_svm', 'mtssl_tf.evaluation.svm:Voc07SvmProtocol')
 register('voc07_lowshot', 'mtssl_tf.evaluation.svm:Voc07LowShotProtocol')
 register('voc07_cls', 'mtssl_tf.evaluation.voc_classification:Voc07ClassificationProtocol')
+register('voc12_seg', 'mtssl_tf.evaluation.segmentation:Voc12SegmentationProtocol')
 register('figures', 'mtssl_tf.evaluation.embedding:FiguresProtocol')
 register('nonlinear', 'mtssl_tf.evaluation.nonlinear:NonlinearProtocol')
+register('filters', 'mtssl_tf.evaluation.filters:FiltersProtocol')
 
 
 def _register_plugins(text: str) -> None:
