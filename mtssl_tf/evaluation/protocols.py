@@ -52,6 +52,7 @@ register('voc07_cls', 'mtssl_tf.evaluation.voc_classification:Voc07Classificatio
 register('voc12_seg', 'mtssl_tf.evaluation.segmentation:Voc12SegmentationProtocol')
 register('figures', 'mtssl_tf.evaluation.embedding:FiguresProtocol')
 register('nonlinear', 'mtssl_tf.evaluation.nonlinear:NonlinearProtocol')
+register('places_linear', 'mtssl_tf.evaluation.places:PlacesLinearProtocol')
 register('filters', 'mtssl_tf.evaluation.filters:FiltersProtocol')
 
 
