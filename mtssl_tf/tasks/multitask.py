@@ -18,7 +18,7 @@ from mtssl_tf.configs.experiment import LassoConfig, TrunkConfig
 from mtssl_tf.tasks.base import Task
 from mtssl_tf.trunk import lasso as lasso_lib
 from mtssl_tf.trunk.lasso import LassoMix
-from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
+from mtssl_tf.trunk.registry import build_trunk
 
 
 class MultiTaskModel(tf.keras.Model):
@@ -35,7 +35,7 @@ class MultiTaskModel(tf.keras.Model):
     """Creates the model.
 
     Args:
-      trunk_config: the shared trunk.
+      trunk_config: the shared trunk (any `TrunkConfig.kind`, built by `mtssl_tf.trunk.registry`).
       tasks: task name -> Task, in a fixed order (the lasso rows follow it).
       lasso_config: whether heads read a lasso mix of block-3 units.
       precision: Keras dtype policy for trunk and heads; 'auto' is resolved for this machine
@@ -46,12 +46,15 @@ class MultiTaskModel(tf.keras.Model):
     precision = hardware.resolve_precision(precision)
     self.tasks = dict(tasks)
     self.task_names: List[str] = list(tasks)
-    self.trunk = ResNetV2Trunk(trunk_config, precision=precision)
+    # Object path `model/trunk` whatever the kind, so checkpoints of ResNet-v2 runs restore unchanged.
+    self.trunk = build_trunk(trunk_config, precision)
     self.heads = {name: task.build_head(dtype=precision) for name, task in self.tasks.items()}
     self.lasso = None
     self.lasso_norms = {}
     self.mix_norm = lasso_config.mix_norm
     if lasso_config.enabled:
+      if not self.trunk.supports_lasso:  # `ExperimentConfig.validate` says so first for configs.
+        raise ValueError(f'lasso.enabled: mixes ResNet-v2 block-3 units; trunk.kind {trunk_config.kind!r} has none')
       self.lasso = LassoMix(
         len(tasks), trunk_config.units_per_block[2], lasso_config.l1_weight, lasso_config.init,
         consumer_names=self.task_names, name='lasso',

@@ -14,6 +14,7 @@ from mtssl_tf.configs.experiment import DemoConfig, LassoConfig, RuntimeConfig, 
 from mtssl_tf.tasks import TasksConfig
 from mtssl_tf.train import rmsprop
 from mtssl_tf.train.knn import KnnMonitorConfig
+from mtssl_tf.trunk import registry
 
 TRAIN_MODES = ('hybrid', 'async', 'sync')
 ACCUMULATE = ('parameter_server', 'worker')
@@ -110,6 +111,13 @@ class ExperimentConfig(Config):
   knn: KnnMonitorConfig = dataclasses.field(default_factory=KnnMonitorConfig)
 
   def validate(self) -> None:
+    if self.lasso.enabled and not registry.SUPPORTS_LASSO.get(self.trunk.kind, True):
+      # Lasso mixes ResNet-v2 block-3 units (Doersch §3.2); AlexNet / VGG16 have no such units.
+      # (An unknown kind is reported by `TrunkConfig.validate`.)
+      raise ConfigError(
+        f'lasso.enabled: lasso mixes ResNet-v2 block-3 units, which trunk.kind {self.trunk.kind!r} does not have; '
+        "set lasso.enabled: false or trunk.kind: 'resnet_v2'"
+      )
     if self.lasso.enabled and self.trunk.output_stride == 32:
       raise ConfigError(
         'trunk.output_stride: lasso.enabled needs every block-3 unit at one resolution, '

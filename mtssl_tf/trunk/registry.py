@@ -85,21 +85,37 @@ def _alexnet(config: TrunkConfig, precision: str) -> tf.keras.Model:
   net = alexnet.AlexNet(cfg.variant, cfg.width, cfg.batch_norm, fc_units=(), dtype=precision)
   channels = {name: alexnet.scaled(f, cfg.width, g) for name, f, _, _, g, _ in alexnet.CONVS}
   channels['pool5'] = channels['conv5']
-  conv1 = alexnet.VARIANTS[cfg.variant].conv1_stride
-  strides = {'conv1': conv1, 'conv2': 2 * conv1, 'conv3': 4 * conv1, 'conv4': 4 * conv1, 'conv5': 4 * conv1,
-             'pool5': 8 * conv1}  # fmt: skip
-  final = cfg.final_endpoint
-  return ConvNetTrunk('alexnet', net, cfg, channels[final], strides[final], precision)
+  return ConvNetTrunk('alexnet', net, cfg, channels[cfg.final_endpoint], fixed_stride(config), precision)
 
 
 def _vgg16(config: TrunkConfig, precision: str) -> tf.keras.Model:
   cfg = config.vgg16
   net = vgg16.VGG16(cfg.width, cfg.batch_norm, fc_units=(), dtype=precision)
-  final = cfg.final_endpoint
-  block = int(final[4])  # conv<b>_<i> or pool<b>
+  block = int(cfg.final_endpoint[4])  # conv<b>_<i> or pool<b>
   channels = vgg16.scaled(vgg16.BLOCKS[block - 1][0], cfg.width)
-  stride = 2 ** (block if final.startswith('pool') else block - 1)
-  return ConvNetTrunk('vgg16', net, cfg, channels, stride, precision)
+  return ConvNetTrunk('vgg16', net, cfg, channels, fixed_stride(config), precision)
+
+
+def fixed_stride(config: TrunkConfig) -> Optional[int]:
+  """The stride of `config`'s 'final' endpoint in input pixels, unbuilt; None for ResNet-v2 (chosen per call)."""
+  if config.kind == 'alexnet':
+    conv1 = alexnet.VARIANTS[config.alexnet.variant].conv1_stride
+    strides = {'conv1': conv1, 'conv2': 2 * conv1, 'conv3': 4 * conv1, 'conv4': 4 * conv1, 'conv5': 4 * conv1,
+               'pool5': 8 * conv1}  # fmt: skip
+    return strides[config.alexnet.final_endpoint]
+  if config.kind == 'vgg16':
+    final = config.vgg16.final_endpoint
+    block = int(final[4])
+    return 2 ** (block if final.startswith('pool') else block - 1)
+  return None
+
+
+# Which kinds `LassoMix` can mix (their trunks' `supports_lasso`), for config validation before any build.
+SUPPORTS_LASSO: Dict[str, bool] = {
+  'resnet_v2': ResNetV2Trunk.supports_lasso,
+  'alexnet': ConvNetTrunk.supports_lasso,
+  'vgg16': ConvNetTrunk.supports_lasso,
+}
 
 
 TRUNKS: Dict[str, Callable[[TrunkConfig, str], tf.keras.Model]] = {
