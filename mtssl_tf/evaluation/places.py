@@ -1,0 +1,152 @@
+"""Places linear probes of a transfer student (Noroozi et al. 2018, Table 5).
+
+Table 5 is Table 4's protocol on another dataset: "We use the same setting as in Table 4
+except that to evaluate generalization across datasets, the model is pre-trained on
+ImageNet (with no labels) and then tested with frozen layers on Places (with labels)"
+(Noroozi §5.2; Places205, Zhou et al. 2014, as in Zhang et al. 2016/2017's evaluation).
+So this protocol runs the student probes of `mtssl-transfer probe`
+(`transfer.student.probe_student`: the student frozen, each conv layer max-pooled to the
+largest square grid under 9216 dimensions, one linear softmax classifier per layer) on a
+Places-style source, from `mtssl-eval --eval=places_linear --init=<transfer run>/student`,
+with its outputs in `<model_dir>/eval/places_linear/` (the ImageNet probes of Table 4 keep
+`student/probe/`). A config is all a new dataset needs.
+
+Sources. Image TFRecords, folders or tfds specs are read as labelled images (Places205 as
+Model Garden-style TFRecords at paper scale). A `voc:` / `tfds:voc` source (the synthetic
+world's multi-object scenes, this protocol's default: they stand for Places at miniature
+scale, as `world:scene_images` does for Table 2) is labelled here by its scene's largest
+object: the class of the largest non-difficult box (of any box when all are difficult),
+the rule the world uses for its classification images (`scenes.Scene.label`: the largest
+visible object) read from the annotations, box area standing in for visible area. Those
+images are written once as labelled TFRecords to `<out_dir>/scenes/` (class ids are the
+VOC indices, so train and test agree) and read like any other source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, Tuple
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from mtssl_tf.configs.base import ConfigError
+from mtssl_tf.data.detection import detection_dataset
+from mtssl_tf.data.images import ReadOptions
+from mtssl_tf.data.synthetic.classification import image_example
+from mtssl_tf.evaluation.classification import check_training_fields
+from mtssl_tf.evaluation.protocol import Column, Context, Protocol
+from mtssl_tf.transfer.config import ProbeConfig
+
+NAME = 'places_linear'
+LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')  # Table 5's columns (an AlexNet student's probes).
+SCENES = 'scenes'
+
+
+@dataclasses.dataclass
+class PlacesProbeConfig(ProbeConfig):
+  """Table 4's student probes (`transfer.config.ProbeConfig`, same defaults) on a Places-style source.
+
+  `train_source` / `validation_source` left empty read the synthetic world's scenes
+  ('detection_trainval' / 'detection_test', labelled by their largest object).
+  """
+
+  def validate(self) -> None:
+    check_training_fields(self, NAME)
+    for key in ('max_dims', 'lr_decay_steps'):
+      if getattr(self, key) < 1:
+        raise ConfigError(f'{NAME}.{key}: must be positive, got {getattr(self, key)}')
+    if len(set(self.endpoints)) != len(self.endpoints):
+      raise ConfigError(f'{NAME}.endpoints: listed twice in {list(self.endpoints)}')
+
+
+def _is_detection(spec: str) -> bool:
+  return spec.startswith('voc:') or spec.startswith('tfds:voc')
+
+
+def scene_label(classes: np.ndarray, boxes: np.ndarray, difficult: np.ndarray) -> int:
+  """The class of the largest non-difficult box (any box if all are difficult; first on ties); -1 without boxes."""
+  if not len(classes):
+    return -1
+  area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+  area = np.where(difficult, -1.0, area) if not difficult.all() else area
+  return int(classes[int(np.argmax(area))])
+
+
+def labelled_scenes(spec: str, folder: str, name: str, data_dir: str = '') -> Tuple[str, np.ndarray]:
+  """Writes a detection source's images with their scene labels to `<folder>/<name>.tfrecord` (once).
+
+  Returns:
+    (the `tfrecord:` spec, the labels written). A finished file is reused (its labels
+    re-read from `<name>.json`).
+  """
+  path, index = os.path.join(folder, f'{name}.tfrecord'), os.path.join(folder, f'{name}.json')
+  if tf.io.gfile.exists(index):
+    with tf.io.gfile.GFile(index) as f:
+      return f'tfrecord:{path}', np.asarray(json.load(f)['labels'], np.int64)
+  tf.io.gfile.makedirs(folder)
+  labels = []
+  with tf.io.TFRecordWriter(path + '.tmp') as writer:
+    for x in detection_dataset(spec, ReadOptions(data_dir=data_dir or None)).as_numpy_iterator():
+      label = scene_label(x['classes'], x['boxes'], x['difficult'])
+      if label >= 0:
+        writer.write(image_example(tf.io.encode_png(x['image']).numpy(), label).SerializeToString())
+        labels.append(label)
+  if not labels:
+    raise ValueError(f'{NAME}: {spec!r} holds no image with a box to label')
+  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+  with tf.io.gfile.GFile(index, 'w') as f:  # Written last: its presence marks a finished file.
+    json.dump({'source': spec, 'rule': 'class of the largest non-difficult box', 'labels': labels}, f)
+  return f'tfrecord:{path}', np.asarray(labels, np.int64)
+
+
+def run_places(ctx: Context) -> Dict[str, Any]:
+  """Probes the student of `ctx.init` on the configured source; writes `<out_dir>/results.json`."""
+  from mtssl_tf.evaluation.voc_classification import student_meta
+  from mtssl_tf.transfer.student import load_student, probe_student
+
+  cfg: PlacesProbeConfig = ctx.section
+  cfg.validate()
+  if not student_meta(ctx.init):
+    raise ConfigError(f'init: {NAME} probes a transfer student folder (<transfer run>/student), got {ctx.init!r}; '
+                      'for a pre-training trunk run --eval=linear with these sources and probe_endpoints')  # fmt: skip
+  train_spec, test_spec, scenes = ctx.train_spec, ctx.test_spec, None
+  if _is_detection(train_spec) or _is_detection(test_spec):
+    if not (_is_detection(train_spec) and _is_detection(test_spec)):
+      raise ConfigError(f'{NAME}.train_source / validation_source: both or neither must be detection (voc:) '
+                        f'sources, got {train_spec!r}, {test_spec!r}')  # fmt: skip
+    folder = os.path.join(ctx.out_dir, SCENES)
+    train_spec, train_labels = labelled_scenes(ctx.train_spec, folder, 'train', cfg.data_dir)
+    test_spec, test_labels = labelled_scenes(ctx.test_spec, folder, 'test', cfg.data_dir)
+    cfg = dataclasses.replace(cfg, label_offset=0, num_classes=cfg.num_classes or
+                              int(max(train_labels.max(), test_labels.max())) + 1)  # fmt: skip
+    scenes = {'rule': 'class of the largest non-difficult box of each scene', 'train_images': len(train_labels),
+              'validation_images': len(test_labels), 'classes_present': sorted(set(train_labels.tolist()))}  # fmt: skip
+  results = probe_student(cfg, load_student(ctx.init), ctx.out_dir, train_spec, test_spec, progress=ctx.progress)
+  for layer, scores in results['probes'].items():
+    results[f'{layer}_top1'], results[f'{layer}_top5'] = scores['top1'], scores['top5']
+  results['protocol'].update(source=f'{ctx.train_spec} -> {ctx.test_spec}', init_source=ctx.init)
+  if scenes:
+    results['scene_labels'] = scenes
+  path = ctx.write_results(results)
+  if ctx.progress:
+    logging.info('%s: %s -> %s', NAME, ', '.join(f'{k} {v["top1"]:.3f}' for k, v in results['probes'].items()), path)
+  return results
+
+
+class PlacesLinearProtocol(Protocol):
+  """Noroozi et al. 2018 Table 5: the student's per-layer frozen linear probes on Places."""
+
+  name = NAME
+  summary = "a transfer student's per-layer frozen linear probes on a Places-style source (Noroozi Table 5)"
+  config_class = PlacesProbeConfig
+  source_fields = ('train_source', 'validation_source')
+  world_sources = ('detection_trainval', 'detection_test')
+  headline = tuple(f'{layer}_top1' for layer in LAYERS)
+  columns = tuple(Column(f'Places {layer} top-1 (%)', f'{layer}_top1', 100.0) for layer in LAYERS)
+
+  def run(self, ctx: Context) -> Dict[str, Any]:
+    return run_places(ctx)
