@@ -9,15 +9,17 @@ task and typed by its `config_class`), so the two cannot disagree. Trainers only
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Type
+from typing import Any, Dict, Optional, Type
 
-from mtssl_tf.configs.base import Config
+from mtssl_tf.configs.base import Config, ConfigError
+from mtssl_tf.configs.experiment import TrunkConfig
 from mtssl_tf.tasks.base import Task, TaskConfig
 from mtssl_tf.tasks.colorization import ColorizationTask
 from mtssl_tf.tasks.exemplar import ExemplarTask
 from mtssl_tf.tasks.jigsaw import JigsawTask
 from mtssl_tf.tasks.motion_segmentation import MotionSegmentationTask
 from mtssl_tf.tasks.relative_position import RelativePositionTask
+from mtssl_tf.trunk import registry
 
 TASKS = {
   RelativePositionTask.name: RelativePositionTask,
@@ -66,10 +68,38 @@ def tasks_config_class(tasks: Dict[str, Type[Task]]) -> Type[Config]:
 TasksConfig = tasks_config_class(TASKS)
 
 
-def build_tasks(tasks_config: Config, trunk_output_stride: int) -> Dict[str, Task]:
-  """The enabled tasks, in registry order (which fixes their lasso rows), from a `TasksConfig`."""
+def check_trunk(tasks_config: Config, trunk: TrunkConfig) -> None:
+  """Every enabled task can train on `trunk` (`Task.trunk_problem`).
+
+  Raises:
+    ConfigError: naming the task and `trunk.kind`, and why.
+  """
+  for name, cls in TASKS.items():
+    task_config = getattr(tasks_config, name)
+    if not task_config.enabled:
+      continue
+    problem = cls.trunk_problem(task_config, trunk)
+    if problem:
+      raise ConfigError(f'tasks.{name}: cannot train on trunk.kind {trunk.kind!r}: {problem}')
+
+
+def build_tasks(tasks_config: Config, trunk_output_stride: int, trunk: Optional[TrunkConfig] = None) -> Dict[str, Task]:
+  """The enabled tasks, in registry order (which fixes their lasso rows), from a `TasksConfig`.
+
+  Args:
+    tasks_config: a `TasksConfig`.
+    trunk_output_stride: the trunk's configured output stride (ResNet-v2's `trunk.output_stride`).
+    trunk: the trunk the tasks run on: checked (`check_trunk`), and a fixed-stride trunk's own
+      stride replaces `trunk_output_stride`. None: the default ResNet-v2, unchecked.
+
+  Raises:
+    ConfigError: an enabled task cannot train on `trunk`.
+  """
+  if trunk is not None:
+    check_trunk(tasks_config, trunk)
+    trunk_output_stride = registry.fixed_stride(trunk) or trunk_output_stride
   return {
-    name: cls(getattr(tasks_config, name), trunk_output_stride)
+    name: cls(getattr(tasks_config, name), trunk_output_stride, trunk)
     for name, cls in TASKS.items()
     if getattr(tasks_config, name).enabled
   }

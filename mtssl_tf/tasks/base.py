@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import ClassVar, Dict, List, Type
+from typing import ClassVar, Dict, List, Optional, Type
 
 import tensorflow as tf
 
 from mtssl_tf.configs.base import Config, ConfigError
+from mtssl_tf.configs.experiment import TrunkConfig
 from mtssl_tf.data import images, pipeline
+from mtssl_tf.trunk import registry
 
 
 @dataclasses.dataclass
@@ -94,16 +96,55 @@ class Task(abc.ABC):
   # The synthetic world's source (a key of `make_world(...)['sources']`) the task reads when
   # its `data.source` is empty: still images by default, video clips for motion segmentation.
   WORLD_SOURCE: ClassVar[str] = 'images_train'
+  # The head predicts a map aligned with the input at `output_stride` (one label cell per
+  # feature cell): on a trunk of fixed stride the final map must then be exactly input / stride.
+  DENSE_OUTPUT: ClassVar[bool] = False
 
-  def __init__(self, config: TaskConfig, trunk_output_stride: int = 16):
+  def __init__(self, config: TaskConfig, trunk_output_stride: int = 16, trunk: Optional[TrunkConfig] = None):
     """Creates the task.
 
     Args:
       config: the task's config (an instance of `config_class`).
-      trunk_output_stride: the trunk's configured output stride.
+      trunk_output_stride: the trunk's output stride (a fixed-stride trunk's own, `build_tasks`).
+      trunk: the trunk the task's head sits on (heads follow its kind); None: the default ResNet-v2.
     """
     self.config = config
     self.trunk_output_stride = trunk_output_stride
+    self.trunk_config = trunk if trunk is not None else TrunkConfig()
+
+  @classmethod
+  @abc.abstractmethod
+  def trunk_input_size(cls, config: TaskConfig) -> int:
+    """Side of the square images this task sends through the trunk (static, e.g. a tile or a crop)."""
+
+  @classmethod
+  def trunk_problem(cls, config: TaskConfig, trunk: TrunkConfig) -> Optional[str]:
+    """Why this task cannot train on `trunk`, or None when it can (checked by `tasks.check_trunk`).
+
+    Every task needs its input to reach the trunk's final endpoint; a dense task on a trunk of
+    fixed stride (AlexNet / VGG16) also needs that stride to be its own `output_stride` and the
+    final map to be exactly input / stride (VGG16's padded convs give that, AlexNet's unpadded
+    ones do not).
+    """
+    size = cls.trunk_input_size(config)
+    try:
+      final = registry.final_size(trunk, size)
+    except ValueError as e:
+      return f'its {size} px inputs are too small: {e}'
+    stride = registry.fixed_stride(trunk)
+    if not cls.DENSE_OUTPUT or stride is None:
+      return None
+    wanted = getattr(config, 'output_stride', stride)
+    if stride != wanted:
+      return f"its output_stride is {wanted} but the trunk's final endpoint has a fixed stride of {stride}"
+    if final * stride != size:
+      return f'the trunk maps its {size} px inputs to {final} px, not the {size // stride} px its labels need'
+    return None
+
+  @property
+  def trunk_kind(self) -> str:
+    """The kind of trunk the head sits on (`TrunkConfig.kind`)."""
+    return self.trunk_config.kind
 
   @property
   def output_stride(self) -> int:

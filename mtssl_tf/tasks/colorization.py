@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from mtssl_tf.configs.base import ConfigError
+from mtssl_tf.configs.experiment import TrunkConfig
 from mtssl_tf.data import color
 from mtssl_tf.tasks import base
 
@@ -254,10 +255,17 @@ class ColorizationTask(base.Task):
 
   name = 'colorization'
   config_class = ColorizationConfig
+
+  @classmethod
+  def trunk_input_size(cls, config) -> int:
+    return config.crop_size
+
   ALWAYS_HARMONIZED = True  # Its input is L replicated, with or without the switch.
 
-  def __init__(self, config: ColorizationConfig, trunk_output_stride: int = 16):
-    super().__init__(config, trunk_output_stride)
+  DENSE_OUTPUT = True
+
+  def __init__(self, config: ColorizationConfig, trunk_output_stride: int = 16, trunk: Optional[TrunkConfig] = None):
+    super().__init__(config, trunk_output_stride, trunk)
     self.bins_np = load_bins()
     self.prior = load_prior(config.prior_path)
     self.class_weights_np = rebalance_weights(self.prior, config.rebalance_lambda)

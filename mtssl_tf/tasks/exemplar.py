@@ -128,6 +128,10 @@ class ExemplarTask(base.Task):
   name = 'exemplar'
   config_class = ExemplarConfig
 
+  @classmethod
+  def trunk_input_size(cls, config) -> int:
+    return config.patch_size
+
   def _transforms(self, region_size: tf.Tensor, offset: tf.Tensor, seeds) -> tf.Tensor:
     """[V, 8] projective transforms mapping output pixels to image pixels, one per copy.
 

@@ -10,10 +10,18 @@ foreign to solve the puzzle.
 Defaults follow MehdiNoroozi/JigsawPuzzleSolver: a 255 px crop, 85 px cells, a 64 px
 tile at a random position in each cell, each colour channel shifted by a further
 0-2 px (against chromatic aberration), and each tile normalised to zero mean and
-unit standard deviation. The image is first resized to a shorter side of 256
+unit standard deviation (times `tile_scale`). The image is first resized to a shorter side of 256
 (Noroozi & Favaro 2016 resize to 256x256; the aspect ratio is kept here). Tiles are gray with
 probability 0.7 as in the paper (the code uses 0.5). With `harmonize`, colour
 handling is replaced by colorization's input (Doersch & Zisserman §3.3).
+
+The head sees the nine tiles' trunk features. 'cfn' is the authors' context-free network
+above pool5 (train_val_cfn_jps++.prototxt): each tile's pool5 flattened into a shared fc6
+of 1024 (ReLU, dropout 0.5), the nine concatenated in slot order into fc7 of 4096 (ReLU,
+dropout 0.5) and fc8 over the permutations; the default on AlexNet and VGG16, whose final
+endpoint is pool5. 'reduced' (this project's choice for ResNet-v2, whose 1024-channel
+block-3 map would make fc6 large) first projects each tile's map to `tile_channels` with
+a 1x1 convolution, and its fc6 has 512 units, the original Jigsaw's.
 
 Each example needs a second image for the occluding tiles: `dataset` pairs every
 example with the previous one of the shuffled stream (pure TF), so `preprocess`
@@ -23,17 +31,22 @@ takes {'image', 'other_image'} and is the same eagerly and inside tf.data.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from mtssl_tf.configs.base import ConfigError
+from mtssl_tf.configs.experiment import TrunkConfig
 from mtssl_tf.data import color
 from mtssl_tf.tasks import base, permutations
 
 GRID = 3
 NUM_TILES = GRID * GRID
+HEAD_LAYOUTS = ('auto', 'cfn', 'reduced')
+HEAD_INITS = ('glorot', 'prototxt')
+# fc6 units by layout: train_val_cfn_jps++.prototxt fc6_s1 (1024); Noroozi & Favaro 2016's Jigsaw (512).
+TILE_UNITS = {'cfn': 1024, 'reduced': 512}
 
 
 @dataclasses.dataclass
@@ -56,8 +69,18 @@ class JigsawConfig(base.TaskConfig):
     num_permutations: classes; a shipped set's first `num_permutations` rows.
     min_hamming: minimum pairwise Hamming distance of a generated set.
     permutation_seed: seed of a generated set.
-    tile_channels: 1x1 convolution width before each tile's features are flattened.
-    tile_units: per-tile fully connected layer (authors' fc6: 512).
+    tile_scale: each normalised tile is multiplied by this (JigsawPuzzleSolver's prototxt:
+      MVN then a Power layer of scale 50, the input range its Caffe fillers expect on a
+      network without BatchNorm; 1 where the trunk normalises).
+    head_layout: 'cfn' (the prototxt's: pool5 flattened into fc6), 'reduced' (a 1x1
+      convolution to `tile_channels` first) or 'auto': 'cfn' on AlexNet / VGG16, 'reduced'
+      on ResNet-v2 (see the module docstring).
+    head_init: 'glorot' (Keras's default) or 'prototxt' (the prototxt's fillers: Gaussian
+      fc6/fc7 std 0.005 with bias 1, fc8 std 0.01 with bias 0; for the BatchNorm-free
+      networks the authors trained).
+    tile_channels: 1x1 convolution width before each tile's features are flattened ('reduced').
+    tile_units: per-tile fully connected layer fc6; 0: the layout's (1024 for 'cfn', the
+      prototxt's fc6_s1; 512 for 'reduced', the original Jigsaw's).
     hidden_units: layer over the nine concatenated tiles (authors' fc7: 4096).
     dropout: dropout rate after both layers (authors: 0.5).
   """
@@ -73,8 +96,11 @@ class JigsawConfig(base.TaskConfig):
   num_permutations: int = 701
   min_hamming: int = 3
   permutation_seed: int = 0
+  tile_scale: float = 1.0
+  head_layout: str = 'auto'
+  head_init: str = 'glorot'
   tile_channels: int = 64
-  tile_units: int = 512
+  tile_units: int = 0
   hidden_units: int = 4096
   dropout: float = 0.5
   batch_size: int = 16
@@ -112,6 +138,14 @@ class JigsawConfig(base.TaskConfig):
       raise ConfigError(f'jigsaw.min_hamming: must be in [1, 9], got {self.min_hamming}')
     if not 0.0 <= self.dropout < 1.0:
       raise ConfigError(f'jigsaw.dropout: must be in [0, 1), got {self.dropout}')
+    if self.head_layout not in HEAD_LAYOUTS:
+      raise ConfigError(f'jigsaw.head_layout: must be one of {HEAD_LAYOUTS}, got {self.head_layout!r}')
+    if self.head_init not in HEAD_INITS:
+      raise ConfigError(f'jigsaw.head_init: must be one of {HEAD_INITS}, got {self.head_init!r}')
+    if self.tile_units < 0 or self.tile_channels < 1 or self.hidden_units < 1:
+      raise ConfigError("jigsaw.tile_units: need tile_units >= 0 (0: the layout's), tile_channels, hidden_units >= 1")
+    if self.tile_scale <= 0:
+      raise ConfigError(f'jigsaw.tile_scale: must be positive, got {self.tile_scale}')
 
 
 def normalize_tiles(tiles: tf.Tensor) -> tf.Tensor:
@@ -146,8 +180,12 @@ class JigsawTask(base.Task):
   name = 'jigsaw'
   config_class = JigsawConfig
 
-  def __init__(self, config: JigsawConfig, trunk_output_stride: int = 16):
-    super().__init__(config, trunk_output_stride)
+  @classmethod
+  def trunk_input_size(cls, config) -> int:
+    return config.tile_size
+
+  def __init__(self, config: JigsawConfig, trunk_output_stride: int = 16, trunk: Optional[TrunkConfig] = None):
+    super().__init__(config, trunk_output_stride, trunk)
     c = config
     self.permutations = permutations.get_permutations(
       c.permutation_set, c.num_permutations, c.min_hamming, c.permutation_seed
@@ -244,6 +282,8 @@ class JigsawTask(base.Task):
       gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(tiles))
       tiles = tf.where(tf.random.stateless_uniform([], seeds[5]) < c.grayscale_prob, gray, tiles)
     tiles = normalize_tiles(tiles)
+    if c.tile_scale != 1.0:
+      tiles = tiles * c.tile_scale
     tiles.set_shape([NUM_TILES, c.tile_size, c.tile_size, 3])
     return {'tiles': tiles, 'label': label, 'occluded': occluded}
 
@@ -252,11 +292,19 @@ class JigsawTask(base.Task):
     # All tiles through the trunk as one batch: 9B images, an example's slots consecutive.
     return tf.reshape(batch['tiles'], [-1, t, t, 3])
 
+  @property
+  def head_layout(self) -> str:
+    """The head's layout: `head_layout`, 'auto' resolved by the trunk kind (see the module docstring)."""
+    if self.config.head_layout != 'auto':
+      return self.config.head_layout
+    return 'reduced' if self.trunk_kind == 'resnet_v2' else 'cfn'
+
   def build_head(self, dtype: str = 'float32') -> tf.keras.layers.Layer:
     c = self.config
+    layout = self.head_layout
     return JigsawHead(
-      len(self.permutations), c.tile_channels, c.tile_units, c.hidden_units, c.dropout,
-      name=f'{self.name}_head', dtype=dtype,
+      len(self.permutations), c.tile_channels if layout == 'reduced' else 0, c.tile_units or TILE_UNITS[layout],
+      c.hidden_units, c.dropout, c.head_init, name=f'{self.name}_head', dtype=dtype,
     )  # fmt: skip
 
   def loss(self, outputs, batch):
@@ -303,19 +351,43 @@ class JigsawHead(tf.keras.layers.Layer):
   """Context-free network head: shared per-tile layers, then the nine tiles classified together."""
 
   def __init__(
-    self, num_permutations: int, tile_channels: int, tile_units: int, hidden_units: int, dropout: float, **kwargs
+    self,
+    num_permutations: int,
+    tile_channels: int,
+    tile_units: int,
+    hidden_units: int,
+    dropout: float,
+    init: str = 'glorot',
+    **kwargs,
   ):
-    """Creates the head; its outputs are logits over `num_permutations` classes."""
+    """Creates the head; its outputs are logits over `num_permutations` classes.
+
+    Args:
+      num_permutations: classes.
+      tile_channels: width of the 1x1 projection of each tile's map; 0: none (the 'cfn' layout).
+      tile_units: fc6, per tile.
+      hidden_units: fc7, over the nine tiles.
+      dropout: after fc6 and fc7.
+      init: 'glorot' or 'prototxt' (`JigsawConfig.head_init`).
+      **kwargs: Keras layer arguments (name, dtype).
+    """
     super().__init__(**kwargs)
     policy = self.dtype_policy
-    self.reduce = tf.keras.layers.Conv2D(tile_channels, 1, activation='relu', dtype=policy)
+    fc = {'kernel_initializer': 'glorot_uniform', 'bias_initializer': 'zeros'}
+    out = dict(fc)
+    if init == 'prototxt':  # train_val_cfn_jps++.prototxt: fc6_s*/fc7 gaussian 0.005, bias 1; fc8 0.01, bias 0.
+      fc = {'kernel_initializer': tf.keras.initializers.RandomNormal(stddev=0.005), 'bias_initializer': 'ones'}
+      out = {'kernel_initializer': tf.keras.initializers.RandomNormal(stddev=0.01), 'bias_initializer': 'zeros'}
+    self.reduce = tf.keras.layers.Conv2D(tile_channels, 1, activation='relu', dtype=policy) if tile_channels else None
     self.flatten = tf.keras.layers.Flatten(dtype=policy)  # Keeps each tile's spatial layout.
-    self.tile_fc = tf.keras.layers.Dense(tile_units, activation='relu', dtype=policy)
-    self.hidden = tf.keras.layers.Dense(hidden_units, activation='relu', dtype=policy)
+    self.tile_fc = tf.keras.layers.Dense(tile_units, activation='relu', dtype=policy, **fc)
+    self.hidden = tf.keras.layers.Dense(hidden_units, activation='relu', dtype=policy, **fc)
     self.dropout = tf.keras.layers.Dropout(dropout, dtype=policy)
-    self.classify = tf.keras.layers.Dense(num_permutations, dtype=policy)
+    self.classify = tf.keras.layers.Dense(num_permutations, dtype=policy, **out)
 
   def call(self, features, training=None):
-    per_tile = self.dropout(self.tile_fc(self.flatten(self.reduce(features))), training=training)  # [9B, U]
+    if self.reduce is not None:
+      features = self.reduce(features)
+    per_tile = self.dropout(self.tile_fc(self.flatten(features)), training=training)  # [9B, U]
     puzzles = tf.reshape(per_tile, [-1, NUM_TILES * per_tile.shape[-1]])  # Slot order within an example.
     return self.classify(self.dropout(self.hidden(puzzles), training=training))

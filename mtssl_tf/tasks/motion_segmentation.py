@@ -62,6 +62,12 @@ class MotionSegmentationTask(base.Task):
 
   name = 'motion_segmentation'
   config_class = MotionSegmentationConfig
+  DENSE_OUTPUT = True
+
+  @classmethod
+  def trunk_input_size(cls, config) -> int:
+    return config.crop_size
+
   WORLD_SOURCE = 'motion_segmentation_train'  # Clips with motion masks (data/synthetic/video.py).
 
   @property

@@ -29,6 +29,14 @@ without scale or shift like Caffe's BatchNorm layer), the pair's fc6 concatenate
 into fc7 (batch-normalised), fc8 and the 8-way fc9. At output stride 16 a 96 px
 patch gives a 6x6 map, 3x3 after pool5: deepcontext's pool5 size. 'pooled' is a
 lighter, documented alternative (global average pooling of each patch first).
+
+On AlexNet / VGG16 (Noroozi et al. 2018's Context rows) the trunk's final endpoint is its
+own pool5, so the head skips its pool and starts at fc6, as deepcontext's pair network
+does above its conv stack. A 96 px patch gives VGG16 a 3x3 pool5 (deepcontext's size);
+CaffeNet's unpadded conv1 gives AlexNet a 2x2 one (deepcontext's own AlexNet pads conv1
+by 5, which this project's shared AlexNet does not). `patch_scale` is deepcontext's x50
+after normalisation (`prep_image`: "roughly the same as the usual AlexNet inputs"), for
+networks without BatchNorm at the input layers.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import tensorflow as tf
 from mtssl_tf.configs.base import ConfigError
 from mtssl_tf.data import color, resample
 from mtssl_tf.tasks import base
+from mtssl_tf.trunk import registry
 
 # (row, col) offset of the second patch for each label.
 OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -79,6 +88,8 @@ class RelativePositionConfig(base.TaskConfig):
       to where in a patch a feature is).
     hidden_units: width of fc6, fc7 and fc8 (deepcontext: 4096); for 'pooled', of the
       pair layer.
+    patch_scale: each normalised patch is multiplied by this (deepcontext's prep_image: 50;
+      1 where the trunk normalises its input, as ResNet-v2 and the BatchNorm conv nets do).
   """
 
   patch_size: int = 96
@@ -92,6 +103,7 @@ class RelativePositionConfig(base.TaskConfig):
   color_drop_noise: str = 'gaussian_paper'
   head_layout: str = 'spatial'
   hidden_units: int = 4096
+  patch_scale: float = 1.0
   batch_size: int = 16
 
   def validate(self) -> None:
@@ -114,6 +126,8 @@ class RelativePositionConfig(base.TaskConfig):
       raise ConfigError(f'relative_position.head_layout: must be one of {HEAD_LAYOUTS}, got {self.head_layout!r}')
     if self.hidden_units < 2:
       raise ConfigError(f'relative_position.hidden_units: must be >= 2, got {self.hidden_units}')
+    if self.patch_scale <= 0:
+      raise ConfigError(f'relative_position.patch_scale: must be positive, got {self.patch_scale}')
 
 
 def normalize_patch(patch: tf.Tensor) -> tf.Tensor:
@@ -156,6 +170,10 @@ class RelativePositionTask(base.Task):
   name = 'relative_position'
   config_class = RelativePositionConfig
 
+  @classmethod
+  def trunk_input_size(cls, config) -> int:
+    return config.patch_size
+
   @property
   def min_side(self) -> int:
     """Smallest image side from which both patches of any label can be cut."""
@@ -192,7 +210,8 @@ class RelativePositionTask(base.Task):
       patch = color.harmonize(patch)
     elif self.config.color_dropping:
       patch = drop_colors(patch, seeds[1], self.config.color_drop_noise)
-    return normalize_patch(patch)
+    patch = normalize_patch(patch)
+    return patch * self.config.patch_scale if self.config.patch_scale != 1.0 else patch
 
   def sample_positions(self, image_shape: tf.Tensor, seed: tf.Tensor):
     """Label and the top-left corners of both patches for an image of `image_shape`.
@@ -232,7 +251,9 @@ class RelativePositionTask(base.Task):
 
   def build_head(self, dtype: str = 'float32') -> tf.keras.layers.Layer:
     c = self.config
-    return RelativePositionHead(c.hidden_units, c.head_layout, name=f'{self.name}_head', dtype=dtype)
+    # A conv trunk's final endpoint may already be its pool5 (the module docstring).
+    pool = not registry.final_endpoint(self.trunk_config).startswith('pool')
+    return RelativePositionHead(c.hidden_units, c.head_layout, pool=pool, name=f'{self.name}_head', dtype=dtype)
 
   def loss(self, outputs, batch):
     return tf.reduce_mean(
@@ -260,12 +281,13 @@ class RelativePositionTask(base.Task):
 class RelativePositionHead(tf.keras.layers.Layer):
   """Siamese head: each patch's features, then the pair classified together (see the module docstring)."""
 
-  def __init__(self, hidden_units: int, layout: str = 'spatial', **kwargs):
+  def __init__(self, hidden_units: int, layout: str = 'spatial', pool: bool = True, **kwargs):
     """Creates the head.
 
     Args:
       hidden_units: width of fc6, fc7 and fc8 ('spatial'), or of the pair layer ('pooled').
       layout: 'spatial' (deepcontext's) or 'pooled'.
+      pool: 'spatial' starts with deepcontext's pool5 (False: the trunk's final endpoint is one).
       **kwargs: Keras layer arguments (name, dtype).
 
     Raises:
@@ -278,7 +300,7 @@ class RelativePositionHead(tf.keras.layers.Layer):
     policy = self.dtype_policy
     if layout == 'spatial':
       # deepcontext train.py: pool5 = 3x3 max pooling, stride 2 (Caffe rounds up; 'same' does too).
-      self.pool = tf.keras.layers.MaxPooling2D(3, 2, padding='same', dtype=policy)
+      self.pool = tf.keras.layers.MaxPooling2D(3, 2, padding='same', dtype=policy) if pool else None
       self.flatten = tf.keras.layers.Flatten(dtype=policy)
       # fc6 and fc7 are followed by Caffe's BatchNorm layer, which has no scale or shift
       # (and makes the fc bias moot); fc8 has neither.
@@ -296,7 +318,8 @@ class RelativePositionHead(tf.keras.layers.Layer):
   def call(self, features, training=None):
     """[2B, h, w, C] features of consecutive patch pairs -> [B, 8] logits."""
     if self.layout == 'spatial':
-      per_patch = tf.nn.relu(self.bn6(self.fc6(self.flatten(self.pool(features))), training=training))
+      pooled = self.pool(features) if self.pool is not None else features
+      per_patch = tf.nn.relu(self.bn6(self.fc6(self.flatten(pooled)), training=training))
     else:
       per_patch = self.pool(self.project(features))
     pairs = tf.reshape(per_patch, [-1, 2 * per_patch.shape[-1]])  # Consecutive patches form a pair.

@@ -129,7 +129,7 @@ class DistributedTrainer:
     """
     self.cfg = cfg
     self.model_dir = model_dir
-    self.tasks = prepared.tasks if prepared is not None else build_tasks(cfg.tasks, cfg.trunk.output_stride)
+    self.tasks = prepared.tasks if prepared is not None else build_tasks(cfg.tasks, cfg.trunk.output_stride, cfg.trunk)
     self.names = list(self.tasks)
     self.pools = worker_pools(self.tasks)
     self.sources = sources

@@ -11,7 +11,7 @@ import dataclasses
 
 from mtssl_tf.configs.base import Config, ConfigError
 from mtssl_tf.configs.experiment import DemoConfig, LassoConfig, RuntimeConfig, TrunkConfig
-from mtssl_tf.tasks import TasksConfig
+from mtssl_tf.tasks import TasksConfig, check_trunk
 from mtssl_tf.train import rmsprop
 from mtssl_tf.train.knn import KnnMonitorConfig
 from mtssl_tf.trunk import registry
@@ -118,6 +118,8 @@ class ExperimentConfig(Config):
         f'lasso.enabled: lasso mixes ResNet-v2 block-3 units, which trunk.kind {self.trunk.kind!r} does not have; '
         "set lasso.enabled: false or trunk.kind: 'resnet_v2'"
       )
+    if self.trunk.kind in registry.TRUNKS:  # Else `TrunkConfig.validate` has said so.
+      check_trunk(self.tasks, self.trunk)
     if self.lasso.enabled and self.trunk.output_stride == 32:
       raise ConfigError(
         'trunk.output_stride: lasso.enabled needs every block-3 unit at one resolution, '

@@ -79,7 +79,7 @@ def enabled_tasks(cfg: ExperimentConfig) -> Dict[str, Task]:
   Raises:
     ConfigError: no task is enabled.
   """
-  tasks = build_tasks(cfg.tasks, cfg.trunk.output_stride)
+  tasks = build_tasks(cfg.tasks, cfg.trunk.output_stride, cfg.trunk)
   if not tasks:
     raise ConfigError('tasks: no task is enabled (set tasks.<name>.enabled=true)')
   return tasks

@@ -27,6 +27,14 @@ from mtssl_tf.configs.experiment import TRUNK_KINDS, ConvNetConfig, TrunkConfig
 from mtssl_tf.trunk import alexnet, vgg16
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
 
+# Endpoints in network order (a pool follows the convs in `POOLED` / each block's last conv).
+ALEXNET_ORDER = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'pool5')
+VGG16_ORDER = tuple(
+  name
+  for b, n in zip(range(1, 6), (2, 2, 3, 3, 3))
+  for name in [f'conv{b}_{i}' for i in range(1, n + 1)] + [f'pool{b}']
+)
+
 # Object name of the trunk in a `MultiTaskModel` (checkpoints hold it at `model/trunk`).
 TRUNK_NAME = 'trunk'
 
@@ -108,6 +116,41 @@ def fixed_stride(config: TrunkConfig) -> Optional[int]:
     block = int(final[4])
     return 2 ** (block if final.startswith('pool') else block - 1)
   return None
+
+
+def final_endpoint(config: TrunkConfig) -> str:
+  """What 'final' is: AlexNet / VGG16's `final_endpoint`; 'final' for ResNet-v2 (block 3, normalised)."""
+  if config.kind in ('alexnet', 'vgg16'):
+    return getattr(config, config.kind).final_endpoint
+  return 'final'
+
+
+def final_size(config: TrunkConfig, input_size: int) -> Optional[int]:
+  """Side of the 'final' endpoint for a square `input_size` px input, by the layer arithmetic; None for ResNet-v2.
+
+  Raises:
+    ValueError: the input is too small: a layer's window would not fit (the message names the layer).
+  """
+  if config.kind == 'alexnet':
+    order, final = ALEXNET_ORDER, config.alexnet.final_endpoint
+    if input_size < alexnet.CONVS[0][2]:
+      raise ValueError(f"alexnet: a {input_size} px input is smaller than conv1's {alexnet.CONVS[0][2]} px kernel")
+    sizes = alexnet.endpoint_sizes(config.alexnet.variant, input_size)
+    pooled, kernel = alexnet.POOLED, alexnet.POOL_KERNEL
+  elif config.kind == 'vgg16':
+    order, final = VGG16_ORDER, config.vgg16.final_endpoint
+    sizes = vgg16.endpoint_sizes(input_size)
+    pooled, kernel = tuple(f'conv{b}_{n}' for b, n in zip(range(1, 6), (2, 2, 3, 3, 3))), vgg16.POOL_KERNEL
+  else:
+    return None
+  for name in order[: order.index(final) + 1]:
+    # A pool after `name` is on the way to `final` when a later endpoint is reached through it.
+    needs_pool = name in pooled and order.index(name) < order.index(final)
+    if sizes[name] < (kernel if needs_pool else 1):
+      raise ValueError(
+        f'{config.kind}: a {input_size} px input leaves {name} at {sizes[name]} px, too small for {final}'
+      )
+  return sizes[final]
 
 
 # Which kinds `LassoMix` can mix (their trunks' `supports_lasso`), for config validation before any build.
