@@ -5,10 +5,9 @@ The AlexNet network is voc-fcn-alexnet of shelhamer/fcn.berkeleyvision.org (`net
 
 * conv1 sees the image zero-padded by 100 pixels (`conv_relu(n.data, 11, 96, stride=4,
   pad=100)`; zero is the mean colour after the input convention), so that any image
-  leaves a score map. Our conv1 is unpadded beyond that (the student's 'same' padding
-  is dropped: the weights are the same); conv2..conv5 keep their symmetric 'same' pads
-  (2, 1, 1, 1, as Caffe's), and the 3x3/2 max pools round up as Caffe's do (their input
-  is >= 0 after ReLU, so padding the far edge with zeros is exact).
+  leaves a score map; conv1 itself is unpadded, conv2..conv5 keep their symmetric pads
+  (2, 1, 1, 1), and the 3x3/2 max pools round their output size up as Caffe's do (their
+  input is >= 0 after ReLU, so padding the far edge with zeros is exact).
 * fc6 is a 6x6 convolution on pool5 and fc7 a 1x1 one ("fully conv"), ReLU and dropout
   0.5 after each; score_fr is a 1x1 convolution to 21 classes, zero-initialised (Caffe's
   default filler; Long et al. §4.3: "zero-initialize the class scoring layer").
@@ -33,9 +32,12 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from mtssl_tf.trunk.alexnet import LRN_AFTER, POOLED
+
 # (kernel, stride, pad) of each layer from the input to score_fr in voc-fcn-alexnet/net.py; fc6's kernel is a config.
 ALEXNET_GEOMETRY = ((11, 4, 100), (3, 2, 0), (5, 1, 2), (3, 2, 0), (3, 1, 1), (3, 1, 1), (3, 1, 1), (3, 2, 0))
 ALEXNET_STRIDE = 32
+CONV_NAMES = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 
 
 def bilinear_kernel(size: int, channels: int) -> np.ndarray:
@@ -106,10 +108,14 @@ def _fresh(layer: tf.keras.layers.Layer, stddev: float, bias: float, seed: int) 
 
 
 class AlexNetFCN(tf.keras.Model):
-  """FCN-AlexNet (module docstring) on a student AlexNet's conv layers; images uint8 -> logits [B, H, W, C]."""
+  """FCN-AlexNet (module docstring) on a student AlexNet's conv layers; images uint8 -> logits [B, H, W, C].
 
-  CONVS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
-  POOLED = ('conv1', 'conv2', 'conv5')
+  The conv layers are clones of the student's (same filters, kernels, strides, groups and
+  padding, but conv1 unpadded: the 100-pixel pad replaces it) holding copies of its
+  weights, run in CaffeNet's order (`trunk.alexnet`): conv, BatchNorm if the student has
+  it, ReLU, the Caffe pool after conv1/conv2/conv5, then LRN after pool1/pool2 when the
+  student has no BatchNorm.
+  """
 
   def __init__(self, student, cfg):
     super().__init__(name='fcn_alexnet')
@@ -117,14 +123,15 @@ class AlexNetFCN(tf.keras.Model):
     self.frozen_statistics = cfg.freeze_bn_statistics
     self.input_pad = cfg.input_pad
     self.convs, self.norms = {}, {}
-    for name in self.CONVS:
-      source = student.convs[name]
-      self.convs[name] = tf.keras.layers.Conv2D(source.filters, source.kernel_size, source.strides,
-                                                padding='valid' if name == 'conv1' else 'same',
-                                                use_bias=source.use_bias, name=name)  # fmt: skip
-      if self.batch_norm:
-        self.norms[name] = tf.keras.layers.BatchNormalization(name=f'{name}_bn')
-    units = student.fcs['fc6'].units if cfg.copy_fc else max(1, round(cfg.fc_units * _width(student)))
+    for name in CONV_NAMES:
+      config = dict(student.convs[name].get_config(), name=name)
+      if name == 'conv1':
+        config['padding'] = 'valid'
+      self.convs[name] = tf.keras.layers.Conv2D.from_config(config)
+      if name in student.norms:
+        self.norms[name] = tf.keras.layers.BatchNormalization.from_config(student.norms[name].get_config())
+    width = getattr(student, 'width', student.convs['conv1'].filters / 96)
+    units = student.fcs['fc6'].units if cfg.copy_fc else max(1, round(cfg.fc_units * width))
     self.fcs = {'fc6': tf.keras.layers.Conv2D(units, cfg.fc6_kernel, padding='valid', use_bias=not self.batch_norm,
                                               name='fc6'),
                 'fc7': tf.keras.layers.Conv2D(units, 1, use_bias=not self.batch_norm, name='fc7')}  # fmt: skip
@@ -140,7 +147,7 @@ class AlexNetFCN(tf.keras.Model):
     self._copy(student, cfg)
 
   def _copy(self, student, cfg) -> None:
-    for name in self.CONVS:  # Copied: the conv layers (and their BatchNorms) of the evaluated network.
+    for name in CONV_NAMES:  # Copied: the conv layers (and their BatchNorms) of the evaluated network.
       self.convs[name].set_weights(student.convs[name].get_weights())
       if name in self.norms:
         self.norms[name].set_weights(student.norms[name].get_weights())
@@ -158,12 +165,11 @@ class AlexNetFCN(tf.keras.Model):
       else:
         _fresh(layer, cfg.init_stddev, cfg.init_bias, cfg.seed)
 
-  def _norm(self, name: str, x, training):
-    if self.batch_norm:
-      return self.norms[name](x, training=training and not self.frozen_statistics)
-    if name in ('conv1', 'conv2'):  # As the student (transfer.models.AlexNet): Caffe's LRN, TF's alpha per element.
-      return tf.nn.local_response_normalization(x, depth_radius=2, bias=1.0, alpha=1e-4 / 5, beta=0.75)
-    return x
+  def _layer(self, name: str, layer, x, training):
+    x = layer(x)
+    if name in self.norms:
+      x = self.norms[name](x, training=training and not self.frozen_statistics)
+    return tf.nn.relu(x)
 
   def call(self, images, training=None):
     from mtssl_tf.trunk.inputs import preprocess
@@ -171,18 +177,18 @@ class AlexNetFCN(tf.keras.Model):
     size = tf.shape(images)[1:3]
     p = self.input_pad
     x = tf.pad(preprocess(images, 'rgb'), [[0, 0], [p, p], [p, p], [0, 0]])
-    for name in self.CONVS:
-      x = tf.nn.relu(self._norm(name, self.convs[name](x), training))
-      if name in self.POOLED:
+    for name in CONV_NAMES:
+      x = self._layer(name, self.convs[name], x, training)
+      if name in POOLED:
         x = _max_pool_ceil(x)
+        if name in LRN_AFTER and not self.batch_norm:
+          # As trunk.alexnet: Caffe's LRN (size 5, alpha 1e-4, beta 0.75; TF's alpha per element), in float32.
+          normed = tf.nn.local_response_normalization(tf.cast(x, tf.float32), depth_radius=2, bias=1.0,
+                                                      alpha=1e-4 / 5, beta=0.75)  # fmt: skip
+          x = tf.cast(normed, x.dtype)
     for fc in ('fc6', 'fc7'):
-      x = self.dropout(tf.nn.relu(self._norm(fc, self.fcs[fc](x), training)), training=training)
+      x = self.dropout(self._layer(fc, self.fcs[fc], x, training), training=training)
     return self.upscore(self.score_fr(x), size)
-
-
-def _width(student) -> float:
-  # The student's width multiplier: its conv1 filters over AlexNet's 96.
-  return student.convs['conv1'].filters / 96
 
 
 class TrunkFCN(tf.keras.Model):

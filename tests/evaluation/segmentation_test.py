@@ -66,8 +66,8 @@ def test_upsampling_is_bilinear_and_the_crop_gives_the_input_size():
   up = sm.Upsample(2, 4, 2, 1)(tf.fill([1, 3, 3, 2], 2.0), tf.constant([4, 4]))
   assert up.shape == (1, 4, 4, 2)
   np.testing.assert_allclose(up[0, 1:3, 1:3].numpy(), 2.0, rtol=1e-6)  # float32 sums of 4 products.
-  student = models.build_model('alexnet', 5, 48, width=0.125)
-  student(tf.zeros([1, 48, 48, 3]))
+  student = models.build_model('alexnet', 5, 64, width=0.125)
+  student(tf.zeros([1, 64, 64, 3]))
   fcn = sm.AlexNetFCN(student, seg.SegmentationConfig(fc_units=256))
   assert fcn.upscore.offset == 18
   for size in ((1, 1), (17, 40), (64, 85), (100, 31), (250, 190)):
@@ -137,12 +137,12 @@ def test_world_masks_match_the_objects_and_leave_images_unchanged(tmp_path):
 
 def _tiny_student(folder: str) -> str:
   """A tiny AlexNet student folder as `mtssl-transfer` leaves it (as voc_classification_test's)."""
-  model = models.build_model('alexnet', 5, 48, width=0.125)
+  model = models.build_model('alexnet', 5, 64, width=0.125)
   for v in model.variables:  # Distinctive weights, so the copy can be checked.
     v.assign(tf.random.stateless_normal(v.shape, [1, len(v.name)], stddev=0.05) + (1.0 if 'variance' in v.name else 0))
   tf.train.Checkpoint(model=model).save(os.path.join(folder, 'checkpoints', 'ckpt'))
   with open(os.path.join(folder, META), 'w') as f:
-    json.dump({'architecture': 'alexnet', 'num_classes': 5, 'input_size': 48, 'kwargs': {'width': 0.125}}, f)
+    json.dump({'architecture': 'alexnet', 'num_classes': 5, 'input_size': 64, 'kwargs': {'width': 0.125}}, f)
   return folder
 
 
@@ -202,7 +202,7 @@ def test_alexnet_student_is_fine_tuned_end_to_end(tmp_path, tiny_world):
 
 def test_copy_fc_and_config_errors(tmp_path, tiny_world):
   student = _tiny_student(str(tmp_path / 'student'))
-  # The tiny student's pool5 is 1x1 at 48 px: its fc6 is a 1x1 convolution.
+  # The tiny student's pool5 is 1x1 at 64 px: its fc6 is a 1x1 convolution.
   cfg = load_eval_config([], _overrides(tiny_world['sources'], 2, ['voc12_seg.copy_fc=true', 'voc12_seg.fc6_kernel=1']),
                          student)  # fmt: skip
   model, source = seg.build_network(runner.context(seg.NAME, cfg, str(tmp_path)))
