@@ -12,6 +12,12 @@ lasso alphas are ignored), by object path, so the same code reads both: a checkp
 holds `model.trunk`, a SavedModel's `variables/` holds the exported module's
 `model.trunk`. A trunk config that does not match the stored one is a clear error.
 
+Any trunk kind of the registry (`trunk.registry`: 'resnet_v2', 'alexnet', 'vgg16') is
+built and read the same way; the kind, like the shape, comes from the run's own
+config.yaml (`load_layered`). Protocols that need ResNet-v2's block structure (lasso
+over block-3 units, block 4, a chosen output stride) declare it and refuse other
+kinds before anything is loaded (`check_trunk_kind`).
+
 What the trunk sees (`EVAL_INPUTS`, one choice for evaluation, transfer extraction and
 export): Doersch & Zisserman §3.3 replicate L three times "so that the network can be
 evaluated on color images", so every trunk, harmonized or not, is evaluated on colour
@@ -32,9 +38,9 @@ import tensorflow as tf
 
 from mtssl_tf.configs import TrunkConfig
 from mtssl_tf.configs.base import Config, ConfigError, override, parse_override, read_yaml, validate_all
-from mtssl_tf.configs.experiment import LASSO_INITS, LASSO_MIX_NORMS
+from mtssl_tf.configs.experiment import ALEXNET_ENDPOINTS, LASSO_INITS, LASSO_MIX_NORMS, VGG16_ENDPOINTS
 from mtssl_tf.trunk.inputs import PREPROCESSING, preprocess
-from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk, build_trunk
+from mtssl_tf.trunk.registry import build_trunk
 from mtssl_tf.trunk.restore import read_model_part
 
 RANDOM = 'random'
@@ -42,6 +48,33 @@ C = TypeVar('C', bound=Config)
 # Evaluation input choices (see the module docstring); colour is the paper's.
 EVAL_INPUTS = ('rgb', 'harmonized', 'as_trained')
 DEFAULT_EVAL_INPUT = 'rgb'
+# Endpoint names a protocol's config may name, over every trunk kind (whether the loaded
+# trunk has it is checked against the trunk itself); 'block3/unit_NN' too for ResNet-v2.
+RESNET_ENDPOINTS = ('stem', 'block1', 'block2', 'block3', 'final')
+ENDPOINT_NAMES = tuple(dict.fromkeys(RESNET_ENDPOINTS + ALEXNET_ENDPOINTS + VGG16_ENDPOINTS))
+# Side of the blank image that creates a new trunk's variables (they do not depend on it;
+# every kind has a non-empty final map at 64 px: AlexNet's pool5 is 1x1).
+BUILD_SIZE = 64
+
+
+def is_endpoint_name(name: str) -> bool:
+  """Whether `name` is an endpoint of some trunk kind (`ENDPOINT_NAMES` or 'block3/unit_NN')."""
+  return name in ENDPOINT_NAMES or (name.startswith('block3/unit_') and name[len('block3/unit_') :].isdigit())
+
+
+def check_trunk_kind(protocol: str, kind: str, allowed: Sequence[str], why: str) -> None:
+  """Raises `ConfigError` naming the protocol and `trunk.kind` when `kind` is not in `allowed`.
+
+  Args:
+    protocol: the protocol's name.
+    kind: the trunk's kind (`TrunkConfig.kind` or a built trunk's `kind`).
+    allowed: the kinds the protocol runs on.
+    why: what the protocol needs from those kinds (one phrase).
+  """
+  if kind not in allowed:
+    raise ConfigError(
+      f'{protocol}: needs a trunk of kind {" or ".join(repr(k) for k in allowed)} ({why}); this trunk.kind is {kind!r}'
+    )
 
 
 @dataclasses.dataclass
@@ -186,23 +219,45 @@ def load_layered(cfg: C, files: Iterable[str] = (), overrides: Iterable[str] = (
   return cfg
 
 
-def load_trunk(source: str, config: TrunkConfig, precision: str = 'float32') -> ResNetV2Trunk:
-  """Builds a trunk and fills it from `source` (see the module docstring).
+def describe_trunk(config: TrunkConfig) -> str:
+  """The fields that decide a trunk's variables, for error messages ('alexnet (variant=standard, width=1.0, ...)')."""
+  if config.kind == 'resnet_v2':
+    return f'resnet_v2 (units_per_block={tuple(config.units_per_block)}, width={config.width})'
+  section = getattr(config, config.kind)
+  fields = f'width={section.width}, batch_norm={section.batch_norm}'
+  if config.kind == 'alexnet':
+    fields = f'variant={section.variant}, {fields}'
+  return f'{config.kind} ({fields})'
+
+
+def load_trunk(source: str, config: TrunkConfig, precision: str = 'float32') -> tf.keras.Model:
+  """Builds a trunk of `config.kind` (`trunk.registry`) and fills it from `source` (see the module docstring).
 
   Args:
     source: 'random', a checkpoint prefix/folder/run dir, or a SavedModel folder.
-    config: the trunk's shape; must match the stored one.
+    config: the trunk's kind and shape; must match the stored one (`load_layered` takes
+      both from the run's config.yaml).
     precision: Keras dtype policy of the new trunk.
 
   Returns:
-    A built `ResNetV2Trunk` (trainable; evaluations freeze it when their protocol says so).
+    A built trunk with the registry's interface (trainable; evaluations freeze it when
+    their protocol says so).
 
   Raises:
     FileNotFoundError: nothing usable at `source`.
-    ValueError: the stored trunk does not match `config` (the message says which).
+    ValueError: the run's config.yaml names another trunk kind, or the stored trunk does
+      not match `config` (the message names the source, the kind and the shape).
   """
   kind, path = resolve_source(source)
-  trunk = build_trunk(config, precision=precision, image_size=64)
+  stored = run_trunk_config(source)  # {} without a config.yaml: then only the variables can tell.
+  stored_kind = stored.get('kind', 'resnet_v2') if stored else config.kind  # Runs before the registry: ResNet-v2.
+  if stored_kind != config.kind:
+    raise ValueError(
+      f'init source {source!r}: its run was trained with trunk.kind={stored_kind!r} (config.yaml), '
+      f'but trunk.kind={config.kind!r} was asked; drop the trunk.kind override or pick the matching run'
+    )
+  trunk = build_trunk(config, precision=precision)
+  trunk(tf.zeros([1, BUILD_SIZE, BUILD_SIZE, 3]), training=False)  # Creates the variables to restore into.
   if kind == RANDOM:
     return trunk
   prefix = path if kind == 'checkpoint' else os.path.join(path, 'variables', 'variables')
@@ -215,8 +270,8 @@ def load_trunk(source: str, config: TrunkConfig, precision: str = 'float32') -> 
     read_model_part(prefix, trunk=trunk)
   except (AssertionError, ValueError, tf.errors.OpError) as e:
     raise ValueError(
-      f'init source {source!r} ({kind}) does not hold a trunk of shape units_per_block='
-      f'{tuple(config.units_per_block)}, width={config.width}: {str(e).splitlines()[0][:300]}'
+      f'init source {source!r} ({kind}) does not hold a trunk of shape {describe_trunk(config)}: '
+      f'{str(e).splitlines()[0][:300]}'
     ) from None
   return trunk
 
@@ -230,7 +285,7 @@ def _variable_key(variable: tf.Variable) -> str:
   return variable.name.split('/', 1)[-1]
 
 
-def _assign_by_name(trunk: ResNetV2Trunk, loaded, path: str) -> None:
+def _assign_by_name(trunk: tf.keras.Model, loaded, path: str) -> None:
   """Fills `trunk` from a TrunkExport SavedModel's `trunk_variables`, matched by variable name.
 
   Raises:

@@ -379,13 +379,14 @@ def run_depth(
     The results: delta1-3, abs_rel, rms, log10, image and pixel counts and the protocol.
 
   Raises:
-    ConfigError: invalid config, or no train/test source.
+    ConfigError: invalid config, no train/test source, or a trunk that is not ResNet-v2.
     FloatingPointError: the training loss became NaN or infinite (the step is named).
   """
   cfg.validate()
   train_spec, test_spec = train_spec or cfg.train_source, test_spec or cfg.test_source
   if not train_spec or not test_spec:
     raise ConfigError(f'depth.{"train_source" if not train_spec else "test_source"}: no NYU source given')
+  backbone.check_trunk_kind(NAME, trunk.kind, TRUNK_KINDS, TRUNK_NEEDS)
   out_dir = backbone.eval_dir(model_dir, NAME)
   preprocess = backbone.input_fn(preprocessing)
   model = build_model(cfg, trunk)
@@ -435,6 +436,12 @@ def run_depth(
   return results
 
 
+# The decoder reads block 3 at the trunk's configured output stride (the up-projections
+# undo it) and lasso mixes block-3 units: ResNet-v2's structure. AlexNet / VGG16 are refused.
+TRUNK_KINDS = ('resnet_v2',)
+TRUNK_NEEDS = 'the up-projection decoder reads block 3 at a chosen output stride, lasso its block-3 units'
+
+
 class DepthProtocol(Protocol):
   """Doersch & Zisserman §5: NYU depth with up-projection (Laina et al.), fine-tuning the trunk."""
 
@@ -450,5 +457,6 @@ class DepthProtocol(Protocol):
   )
 
   def run(self, ctx: Context) -> Dict[str, Any]:
+    backbone.check_trunk_kind(NAME, ctx.config.trunk.kind, TRUNK_KINDS, TRUNK_NEEDS)  # Before loading anything.
     return run_depth(ctx.section, ctx.trunk(), ctx.model_dir, ctx.train_spec, ctx.test_spec,
                      preprocessing=ctx.preprocessing, progress=ctx.progress, init_source=ctx.init)  # fmt: skip

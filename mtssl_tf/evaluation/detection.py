@@ -570,7 +570,8 @@ def run_detection(
     'box_head_source' and 'box_head_input', counts, timing and the protocol.
 
   Raises:
-    ConfigError: invalid config, no source, or a box head init the source cannot give.
+    ConfigError: invalid config, no source, a box head init the source cannot give, or a
+      trunk that is not ResNet-v2.
     FloatingPointError: a non-finite loss (the step is named).
     ValueError: a checkpoint that does not fit the config, or an empty source.
   """
@@ -578,6 +579,7 @@ def run_detection(
   train_spec, test_spec = train_spec or cfg.train_source, test_spec or cfg.test_source
   if not train_spec or not test_spec:
     raise ConfigError(f'{NAME}.{"train_source" if not train_spec else "test_source"}: no VOC source given')
+  backbone.check_trunk_kind(NAME, trunk.kind, TRUNK_KINDS, TRUNK_NEEDS)
   box_head_init, box_head_source = resolve_box_head_init(cfg, init_source)
   out_dir = backbone.eval_dir(model_dir, NAME)
   tf.random.set_seed(cfg.seed)
@@ -636,6 +638,12 @@ def run_detection(
   return results
 
 
+# Faster R-CNN here runs block 3 at output stride 16 and a ResNet-v2 block 4 as box head
+# (detection_model.py): ResNet-v2's structure. AlexNet / VGG16 are refused.
+TRUNK_KINDS = ('resnet_v2',)
+TRUNK_NEEDS = 'Faster R-CNN reads block 3 at output stride 16 and puts a ResNet-v2 block 4 on it'
+
+
 class DetectionProtocol(Protocol):
   """Doersch & Zisserman §5: Faster R-CNN on PASCAL VOC07, trunk fine-tuned."""
 
@@ -659,5 +667,6 @@ class DetectionProtocol(Protocol):
   )
 
   def run(self, ctx: Context) -> Dict[str, Any]:
+    backbone.check_trunk_kind(NAME, ctx.config.trunk.kind, TRUNK_KINDS, TRUNK_NEEDS)  # Before loading anything.
     return run_detection(ctx.section, ctx.trunk(), ctx.model_dir, ctx.train_spec, ctx.test_spec,
                          preprocessing=ctx.preprocessing, init_source=ctx.init, progress=ctx.progress)  # fmt: skip

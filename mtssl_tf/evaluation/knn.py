@@ -24,17 +24,19 @@ import tensorflow as tf
 from absl import logging
 
 from mtssl_tf.configs.base import Config, ConfigError
+from mtssl_tf.evaluation import backbone
 from mtssl_tf.evaluation.classification import centre_crop, classification_dataset, resize_shorter_side
 from mtssl_tf.evaluation.protocol import Column, Context, Protocol
 from mtssl_tf.train import knn as knn_lib
 
 NAME = 'knn'
-ENDPOINTS = ('stem', 'block1', 'block2', 'block3', 'final')
+# Any trunk kind's endpoints (`backbone.ENDPOINT_NAMES`); the loaded trunk must have the one named.
+ENDPOINTS = backbone.ENDPOINT_NAMES
 
 
 def check_feature_fields(cfg, section: str) -> None:
   """Checks the feature fields the kNN, SVM and figure sections share, naming `<section>.<key>`."""
-  if cfg.endpoint not in ENDPOINTS and not cfg.endpoint.startswith('block3/unit_'):
+  if not backbone.is_endpoint_name(cfg.endpoint):
     raise ConfigError(f'{section}.endpoint: unknown endpoint {cfg.endpoint!r} (one of {ENDPOINTS} or block3/unit_NN)')
   for key in ('pool_grid', 'batch_size'):
     if getattr(cfg, key) < 1:

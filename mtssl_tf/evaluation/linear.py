@@ -54,10 +54,10 @@ from mtssl_tf.evaluation.protocol import Column, Context, Protocol
 from mtssl_tf.train.finetune import FineTune
 from mtssl_tf.trunk import lasso as lasso_lib
 from mtssl_tf.trunk.lasso import LassoMix
-from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
 
 NAME = 'linear'
-ENDPOINTS = ('stem', 'block1', 'block2', 'block3', 'final')
+# Any trunk kind's endpoints (`backbone.ENDPOINT_NAMES`); the loaded trunk must have the one named.
+ENDPOINTS = backbone.ENDPOINT_NAMES
 _UNIT_ENDPOINT = re.compile(r'^block3/unit_\d{2}$')
 MAX_PROBE_DIMS = 9216
 MAIN = 'main'
@@ -76,7 +76,8 @@ class LinearEvalConfig(ClassifierTrainingConfig, backbone.LassoMixConfig):
 
   Attributes:
     endpoint: trunk endpoint of the main classifier ('final' = block-3 output after
-      BN-ReLU, Doersch §5).
+      BN-ReLU, Doersch §5; an AlexNet / VGG16 trunk's 'final' is its `final_endpoint`,
+      pool5 by default, and its conv endpoints can be named).
     pool_size: the main endpoint is max-pooled to pool_size x pool_size (Doersch: 3).
     probe_endpoints: further endpoints, each with its own linear layer on a grid
       chosen by `probe_grid` (Noroozi et al. 2018, Table 4).
@@ -286,13 +287,15 @@ def make_probe_step(
   return train_step
 
 
-def _head_layout(cfg: LinearEvalConfig, trunk: ResNetV2Trunk) -> Tuple[Dict[str, str], Dict[str, int], Dict[str, int]]:
+def _head_layout(cfg: LinearEvalConfig, trunk: tf.keras.Model) -> Tuple[Dict[str, str], Dict[str, int], Dict[str, int]]:
   """Classifier key -> endpoint, grid and feature dimension, from one forward pass at crop size."""
   shapes = {k: v.shape for k, v in trunk(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3]), training=False).items()}
   for key, names in (('endpoint', [cfg.endpoint]), ('probe_endpoints', list(cfg.probe_endpoints))):
     missing = [n for n in names if n not in shapes]
     if missing:
       raise ConfigError(f'linear.{key}: the trunk has no endpoint {missing} (it has {sorted(shapes)})')
+  if cfg.use_lasso:
+    backbone.check_trunk_kind('linear.use_lasso', trunk.kind, ('resnet_v2',), 'a lasso mix of its block-3 units')
   if cfg.use_lasso and trunk.config.output_stride == 32:
     raise ConfigError('linear.use_lasso: needs every block-3 unit at one resolution; the trunk has output stride 32')
   sources, grids, dims = {MAIN: cfg.endpoint}, {MAIN: cfg.pool_size}, {}
@@ -310,7 +313,7 @@ def _head_layout(cfg: LinearEvalConfig, trunk: ResNetV2Trunk) -> Tuple[Dict[str,
 
 def run_linear(
   cfg: LinearEvalConfig,
-  trunk: ResNetV2Trunk,
+  trunk: tf.keras.Model,
   model_dir: str,
   train_spec: str = '',
   validation_spec: str = '',
@@ -325,7 +328,7 @@ def run_linear(
 
   Args:
     cfg: the protocol.
-    trunk: a built trunk (`backbone.load_trunk`).
+    trunk: a built trunk of any kind (`backbone.load_trunk`); lasso needs ResNet-v2.
     model_dir: run folder.
     train_spec: training source (overrides `cfg.train_source`).
     validation_spec: validation source (overrides `cfg.validation_source`).

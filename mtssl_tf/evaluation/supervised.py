@@ -136,6 +136,8 @@ def run_supervised(
   """
   validate_all(cfg)
   validate_all(trunk_config)
+  # The baseline is blocks 1-3 plus a ResNet-v2 block 4 (Doersch's "ImageNet labels" row).
+  backbone.check_trunk_kind(NAME, trunk_config.kind, ('resnet_v2',), 'it trains ResNet-v2 blocks 1-4 on labels')
   if precision not in ('float32', 'mixed_bfloat16'):
     raise ValueError(f"supervised baseline: precision must be 'float32' or 'mixed_bfloat16', got {precision!r}")
   train_spec, validation_spec = classification.resolve_sources(cfg, train_spec, validation_spec, NAME)

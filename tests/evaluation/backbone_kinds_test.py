@@ -1,0 +1,119 @@
+"""Evaluations of AlexNet and VGG16 runs: the kind comes from the run, protocols run on it or refuse it by name."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mtssl_tf.configs import ConfigError, save_config
+from mtssl_tf.evaluation import backbone, linear, protocols, runner
+from mtssl_tf.evaluation.config import load_eval_config
+from mtssl_tf.train.experiment import ExperimentConfig
+from mtssl_tf.trunk import alexnet
+from mtssl_tf.trunk.registry import build_trunk
+
+# Outcomes depend on floating-point results: CI runs these again with oneDNN off.
+pytestmark = pytest.mark.numerics
+
+# Tiny widths: AlexNet 1/16 has conv1..conv5 = 6, 16, 24, 24, 16 channels; VGG16 1/16 has 4..32.
+WIDTH = 1 / 16
+
+
+def make_conv_run(run_dir: str, kind: str, batch_norm: bool) -> dict:
+  """A pre-training run folder of a `kind` trunk: config.yaml and checkpoints/ with the trunk at model/trunk.
+
+  Returns the trunk's variables by name without the top scope (distinctive seeded values).
+  """
+  cfg = ExperimentConfig()
+  cfg.trunk.kind = kind
+  section = getattr(cfg.trunk, kind)
+  section.width, section.batch_norm = WIDTH, batch_norm
+  save_config(cfg, run_dir)
+  trunk = build_trunk(cfg.trunk)
+  trunk(tf.zeros([1, 64, 64, 3]), training=False)
+  rng = np.random.default_rng(3)
+  for v in trunk.variables:
+    positive = any(k in v.name for k in ('gamma', 'variance'))
+    v.assign(rng.normal(0, 0.1, v.shape).astype(np.float32) + (1.0 if positive else 0.0))
+  tf.train.Checkpoint(model=tf.train.Checkpoint(trunk=trunk)).save(os.path.join(run_dir, 'checkpoints', 'ckpt'))
+  return {v.name.split('/', 1)[-1]: v.numpy() for v in trunk.variables}
+
+
+@pytest.fixture(scope='module')
+def conv_runs(tmp_path_factory):
+  runs = {}
+  for kind, batch_norm in (('alexnet', False), ('vgg16', True)):
+    run_dir = str(tmp_path_factory.mktemp(kind))
+    runs[kind] = {'run_dir': run_dir, 'weights': make_conv_run(run_dir, kind, batch_norm)}
+  return runs
+
+
+@pytest.mark.parametrize('kind', ['alexnet', 'vgg16'])
+def test_kind_and_weights_come_from_the_run(conv_runs, kind):
+  run = conv_runs[kind]
+  cfg = load_eval_config([], [], run['run_dir'])  # Nothing but the run is named.
+  assert cfg.trunk.kind == kind and getattr(cfg.trunk, kind).width == WIDTH
+  trunk = backbone.load_trunk(cfg.init, cfg.trunk)
+  assert trunk.kind == kind and len(trunk.variables) == len(run['weights'])
+  for v in trunk.variables:
+    np.testing.assert_array_equal(v.numpy(), run['weights'][v.name.split('/', 1)[-1]], err_msg=v.name)
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_run_and_the_kind(conv_runs):
+  run_dir = conv_runs['alexnet']['run_dir']
+  cfg = load_eval_config([], ['trunk.kind=vgg16'], run_dir)
+  with pytest.raises(ValueError, match=r"trunk\.kind='alexnet'.*trunk\.kind='vgg16'"):
+    backbone.load_trunk(run_dir, cfg.trunk)
+  cfg = load_eval_config([], ['trunk.alexnet.width=0.125'], run_dir)
+  with pytest.raises(ValueError, match=rf'{run_dir}.*does not hold a trunk of shape alexnet \(.*width=0\.125'):
+    backbone.load_trunk(run_dir, cfg.trunk)
+
+
+def test_linear_probes_on_an_alexnet_run(conv_runs, tiny_world, tmp_path):
+  run_dir = conv_runs['alexnet']['run_dir']
+  cfg = load_eval_config([], [], run_dir)
+  trunk = backbone.load_trunk(run_dir, cfg.trunk)
+  before = {v.name: v.numpy().copy() for v in trunk.variables}
+  section = linear.LinearEvalConfig()
+  section.image_size, section.crop_size, section.batch_size, section.eval_batch_size = 64, 56, 8, 10
+  section.steps, section.log_every_steps, section.checkpoint_every_steps, section.shuffle_buffer = 3, 1, 3, 40
+  section.probe_endpoints = ('conv3', 'conv5')
+  sources = tiny_world['sources']
+  results = linear.run_linear(section, trunk, str(tmp_path), sources['images_train'], sources['images_validation'],
+                              init_source=run_dir, progress=False)  # fmt: skip
+  assert results['counts']['steps'] == 3 and 0.0 <= results['top1'] <= results['top5'] <= 1.0
+  # 'final' is pool5 pooled to 3x3 (Doersch's grid); conv3 (3x3 at a 56 px crop) fits the 9K rule whole.
+  assert results['endpoint'] == 'final' and results['dims'] == 3 * 3 * trunk.output_channels
+  assert set(results['probes']) == {'conv3', 'conv5'}
+  assert results['probes']['conv3']['dims'] == 3 * 3 * alexnet.scaled(384, WIDTH)
+  for v in trunk.variables:  # Frozen: nothing moved, LRN / no BatchNorm statistics either.
+    np.testing.assert_array_equal(v.numpy(), before[v.name], err_msg=v.name)
+  section.use_lasso = True
+  with pytest.raises(ConfigError, match=r"linear\.use_lasso.*'resnet_v2'.*trunk\.kind is 'alexnet'"):
+    linear.run_linear(section, trunk, str(tmp_path / 'lasso'), sources['images_train'], sources['images_validation'])
+
+
+def test_voc07_classification_fine_tunes_a_vgg16_run(conv_runs, tiny_world, tmp_path):
+  sources = tiny_world['sources']
+  overrides = [
+    f'voc07_cls.train_source={sources["detection_trainval"]}',
+    f'voc07_cls.test_source={sources["detection_test"]}',
+    'voc07_cls.crop_size=48',
+    'voc07_cls.batch_size=4',
+    'voc07_cls.test_views=2',
+    'voc07_cls.steps=2',
+    'voc07_cls.log_every_steps=2',
+    'voc07_cls.checkpoint_every_steps=2',
+  ]
+  cfg = load_eval_config([], overrides, conv_runs['vgg16']['run_dir'])
+  results = runner.run('voc07_cls', cfg, str(tmp_path))
+  assert results['counts']['steps'] == 2 and 0.0 <= results['mAP'] <= 1.0
+
+
+@pytest.mark.parametrize('protocol', ['detection', 'depth', 'supervised'])
+def test_resnet_only_protocols_refuse_a_conv_trunk_by_name(conv_runs, protocol, tmp_path):
+  fields = protocols.protocol_class(protocol).source_fields
+  cfg = load_eval_config([], [f'{protocol}.{f}=unused' for f in fields], conv_runs['vgg16']['run_dir'])
+  with pytest.raises(ConfigError, match=rf"^{protocol}: needs a trunk of kind 'resnet_v2'.*trunk\.kind is 'vgg16'"):
+    runner.run(protocol, cfg, str(tmp_path))
