@@ -25,11 +25,10 @@ checkpoints) and reports top-1 and top-5 per entry.
   biases), biases at twice the rate (lr_mult 2). Softmax cross-entropy.
 * Input. Training: a random `crop_size` crop of the image resized to shorter side
   `image_size` (256), mirrored with probability 1/2 (Caffe's AlexNet data layer: random
-  227 crop of a 256 x 256 image, mirror). Our documented departures: the shorter side is
+  227 crop of a 256 x 256 image, mirror). Our documented departure: the shorter side is
   resized with the aspect kept (the project's ImageNet convention, as every other
-  classification protocol here) instead of Caffe's warp to 256 x 256, and the crop is
-  the student's input size (224 by default: our AlexNet pads conv1 'same', so 224 gives
-  Krizhevsky's 55 -> 27 -> 13 -> 6 maps; Caffe's is 227 unpadded).
+  classification protocol here) instead of Caffe's warp to 256 x 256. The frozen fc6/fc7
+  columns need `crop_size` equal to the student's input size (checked).
 * Test: 10 crops (Noroozi 2018, Table 6 caption), laid out as Caffe's `oversample`
   (caffe/python/caffe/io.py): the four corner crops (top-left, top-right, bottom-left,
   bottom-right), the centre crop ((H - c) // 2, (W - c) // 2), then the same five mirrored
@@ -80,7 +79,9 @@ class NonlinearConfig(ClassifierTrainingConfig):
     dropout: dropout after fc6 and fc7 (AlexNet: 0.5).
     bias_lr_multiplier: biases' rate multiplier (the prototxt's lr_mult 2).
     width: channel multiplier of the random AlexNet (init=random only; a student keeps its own).
-    batch_norm: BatchNorm in the random AlexNet (init=random only), as our students have.
+    batch_norm: BatchNorm in the random AlexNet (init=random only); False is the paper's
+      network (CaffeNet's LRN), True our small-world option.
+    crop_size: network input (Caffe's AlexNet data layer: 227).
     steps: iterations per entry (max_iter 350000).
     lr_decay_steps: staircase interval (stepsize 100000; gamma 0.1 is `lr_decay_factor`).
   """
@@ -90,7 +91,8 @@ class NonlinearConfig(ClassifierTrainingConfig):
   dropout: float = 0.5
   bias_lr_multiplier: float = 2.0
   width: float = 1.0
-  batch_norm: bool = True
+  batch_norm: bool = False
+  crop_size: int = 227
   steps: int = 350_000
   lr_decay_steps: int = 100_000
   checkpoint_every_steps: int = 5000  # The solver's snapshot interval.

@@ -8,6 +8,8 @@
   nonzero weights stay visible (the paper's "nonlinear scale").
 * Figure 5 (Noroozi et al. 2018): for some clusters of a knowledge-transfer run, the
   images nearest to the centre, one row per cluster (`transfer.samples`).
+* Noroozi et al. 2018 Figure 4: the conv1 filters of each transfer cell's student (the
+  cluster classification network) as an image grid (`evaluation.filters`), one PNG per cell.
 
 Sizes are exact: figures are saved at `DPI` without tight cropping, so a PNG is
 figsize x DPI pixels (`figure3_size`, `figure4_size`).
@@ -175,6 +177,29 @@ def figure5(samples: Sequence, path: str, title: str = 'images nearest to cluste
       ax.imshow(image, interpolation='nearest')
       ax.axis('off')
   return _save(fig, path)
+
+
+def student_filter_figures(cell_names: Sequence[str], output_dir: str, folder: str) -> List[str]:
+  """Noroozi Figure 4: `<folder>/noroozi_figure4_<cell>.png` for each named cell with a trained student.
+
+  Args:
+    cell_names: the transfer cells' names (their runs are `<output_dir>/<name>`).
+    output_dir: the grid's output folder.
+    folder: where the PNG files go.
+
+  Returns:
+    The files written (cells whose `student/` has no checkpoint yet are left out).
+  """
+  import tensorflow as tf
+
+  from mtssl_tf.evaluation import filters
+
+  written = []
+  for name in cell_names:
+    student = os.path.join(output_dir, name, 'student')
+    if tf.train.latest_checkpoint(os.path.join(student, 'checkpoints')):
+      written.append(filters.write_student_filters(student, os.path.join(folder, f'noroozi_figure4_{name}.png')))
+  return written
 
 
 def _save(fig, path: str) -> str:

@@ -58,10 +58,10 @@ def test_grid_layout_shape_and_cells():
 
 
 def _student(folder):
-  model = models.build_model('alexnet', 5, 48, width=0.125)
+  model = models.build_model('alexnet', 5, 56, width=0.125)
   tf.train.Checkpoint(model=model).save(os.path.join(folder, 'checkpoints', 'ckpt'))
   with open(os.path.join(folder, META), 'w') as f:
-    json.dump({'architecture': 'alexnet', 'num_classes': 5, 'input_size': 48, 'kwargs': {'width': 0.125}}, f)
+    json.dump({'architecture': 'alexnet', 'num_classes': 5, 'input_size': 56, 'kwargs': {'width': 0.125}}, f)
   return model
 
 
@@ -74,10 +74,21 @@ def test_binary_draws_a_students_conv1(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads((out / 'eval' / 'filters' / 'results.json').read_text())
   kernel = model.convs['conv1'].kernel.numpy()
-  assert results['shape'] == list(kernel.shape)  # 11 x 11 x 3, 12 filters at width 1/8.
+  assert results['shape'] == list(kernel.shape)  # 11 x 11 x 3 (12 filters at width 1/8).
   png = tf.io.decode_png(tf.io.read_file(results['png'])).numpy()
   np.testing.assert_array_equal(png, filters.filter_grid(kernel, upscale=2))
   assert any(name.startswith('events.out') for name in os.listdir(out / 'eval' / 'filters'))
   # The grid's hook draws the same image.
   path = filters.write_student_filters(str(tmp_path / 'student'), str(tmp_path / 'hook.png'))
   assert tf.io.decode_png(tf.io.read_file(path)).shape == filters.filter_grid(kernel).shape
+
+
+def test_grid_draws_one_filter_figure_per_trained_transfer_cell(tmp_path):
+  from mtssl_tf.grid import figures
+
+  model = _student(str(tmp_path / 'cc_a' / 'student'))
+  os.makedirs(tmp_path / 'cc_b' / 'student')  # Not trained yet: left out.
+  written = figures.student_filter_figures(['cc_a', 'cc_b'], str(tmp_path), str(tmp_path / 'figures'))
+  assert written == [str(tmp_path / 'figures' / 'noroozi_figure4_cc_a.png')]
+  png = tf.io.decode_png(tf.io.read_file(written[0])).numpy()
+  np.testing.assert_array_equal(png, filters.filter_grid(model.convs['conv1'].kernel.numpy()))

@@ -34,14 +34,15 @@ def test_ten_crops_are_the_corners_centre_and_their_mirrors():
   assert nl.CENTRE_CROP == 4
 
 
-def _tiny_student(folder: str, input_size: int = 48) -> str:
+def _tiny_student(folder: str, input_size: int = 56, batch_norm: bool = True) -> str:
   """A tiny AlexNet student folder as `mtssl-transfer` leaves it (distinctive weights)."""
-  model = models.build_model('alexnet', 5, input_size, width=0.125)
+  model = models.build_model('alexnet', 5, input_size, width=0.125, batch_norm=batch_norm)
   for v in model.variables:
     v.assign(tf.random.stateless_normal(v.shape, [3, len(v.name)], stddev=0.05) + (1.0 if 'variance' in v.name else 0))
   tf.train.Checkpoint(model=model).save(os.path.join(folder, 'checkpoints', 'ckpt'))
   with open(os.path.join(folder, META), 'w') as f:
-    json.dump({'architecture': 'alexnet', 'num_classes': 5, 'input_size': input_size, 'kwargs': {'width': 0.125}}, f)
+    kwargs = {'width': 0.125, 'batch_norm': batch_norm}
+    json.dump({'architecture': 'alexnet', 'num_classes': 5, 'input_size': input_size, 'kwargs': kwargs}, f)
   return folder
 
 
@@ -49,7 +50,7 @@ def _overrides(sources, extra=()):
   return [
     f'nonlinear.train_source={sources["images_train"]}',
     f'nonlinear.validation_source={sources["images_validation"]}',
-    *[f'nonlinear.{k}' for k in ('image_size=56', 'crop_size=48', 'batch_size=8', 'eval_batch_size=10', 'steps=3',
+    *[f'nonlinear.{k}' for k in ('image_size=64', 'crop_size=56', 'batch_size=8', 'eval_batch_size=10', 'steps=3',
                                  'log_every_steps=3', 'learning_rate=0.05')],
     *extra,
   ]  # fmt: skip
@@ -57,7 +58,7 @@ def _overrides(sources, extra=()):
 
 def _weights(net, name):
   layer = nl._layer(net, name)
-  out = [layer.kernel.numpy()]
+  out = [layer.kernel.numpy()] + ([layer.bias.numpy()] if layer.bias is not None else [])
   if name in net.norms:
     norm = net.norms[name]
     out += [v.numpy() for v in (norm.gamma, norm.beta, norm.moving_mean, norm.moving_variance)]
@@ -65,8 +66,9 @@ def _weights(net, name):
 
 
 @pytest.mark.numerics
-def test_prefix_is_frozen_and_the_rest_redrawn_and_trained(tmp_path, tiny_world):
-  student_dir = _tiny_student(str(tmp_path / 'student'))
+@pytest.mark.parametrize('batch_norm', [True, False])
+def test_prefix_is_frozen_and_the_rest_redrawn_and_trained(tmp_path, tiny_world, batch_norm):
+  student_dir = _tiny_student(str(tmp_path / 'student'), batch_norm=batch_norm)
   student = load_student(student_dir)
   cfg = load_eval_config([], _overrides(tiny_world['sources'], ['nonlinear.freeze_through=[conv2]']), student_dir)
   ctx = runner.context(nl.NAME, cfg, str(tmp_path))
@@ -81,10 +83,14 @@ def test_prefix_is_frozen_and_the_rest_redrawn_and_trained(tmp_path, tiny_world)
     std = nl.FILLERS[name][0]
     # Sample std of >= 10^3 normal draws: within 25% of the filler's (a loose statistical bound, not float-tight).
     assert abs(float(np.std(kernel.numpy())) / std - 1) < 0.25
-    np.testing.assert_array_equal(model.net.norms[name].moving_variance.numpy(), 1.0)
+    if batch_norm:
+      np.testing.assert_array_equal(model.net.norms[name].moving_variance.numpy(), 1.0)
+    else:  # The fillers' constant bias.
+      np.testing.assert_array_equal(nl._layer(model.net, name).bias.numpy(), nl.FILLERS[name][1])
   trainable = {id(v) for v in model.trainable_variables}
   for name in ('conv1', 'conv2'):
-    assert not any(id(v) in trainable for v in model.net.convs[name].variables + model.net.norms[name].variables)
+    frozen = model.net.convs[name].variables + (model.net.norms[name].variables if batch_norm else [])
+    assert not any(id(v) in trainable for v in frozen)
 
   results = runner.run(nl.NAME, cfg, str(tmp_path))
   assert set(results) >= {'conv2_top1', 'conv2_top5', 'conv2_top1_1crop', 'layers', 'protocol'}
@@ -105,7 +111,7 @@ def test_prefix_is_frozen_and_the_rest_redrawn_and_trained(tmp_path, tiny_world)
 
 def test_fc_columns_check_the_student_and_bad_inits_are_named(tmp_path, tiny_world, pretrained):
   student_dir = _tiny_student(str(tmp_path / 'student'))
-  cfg = load_eval_config([], _overrides(tiny_world['sources'], ['nonlinear.crop_size=40']), student_dir)
+  cfg = load_eval_config([], _overrides(tiny_world['sources'], ['nonlinear.crop_size=64']), student_dir)
   with pytest.raises(ConfigError, match='crop_size'):
     nl.build_network(runner.context(nl.NAME, cfg, str(tmp_path)), 'fc6', 10)
   # fc7 column: fc6 and fc7 are the student's, only fc8 is new.
@@ -129,7 +135,7 @@ def test_binary_runs_the_tiny_config(tmp_path, tiny_world):
     sys.executable, '-m', 'mtssl_tf.bin.evaluate', '--eval=nonlinear', f'--init={student_dir}', f'--model_dir={out}',
     f'--config={os.path.join(REPO, "configs", "eval", "nonlinear_tiny.yaml")}', '--override=world_preset=tiny',
     f'--override=world_dir={root}',
-    *[f'--override=nonlinear.{k}' for k in ('steps=2', 'image_size=56', 'crop_size=48', 'freeze_through=[conv5]',
+    *[f'--override=nonlinear.{k}' for k in ('steps=2', 'image_size=64', 'crop_size=56', 'freeze_through=[conv5]',
                                             'batch_size=8', 'eval_batch_size=10')],
   ]  # fmt: skip
   result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -26,9 +26,9 @@ def test_scene_label_is_the_largest_non_difficult_box():
 
 def test_binary_runs_the_tiny_config(tmp_path, tiny_world):
   folder = tmp_path / 'student'
-  model = models.build_model('alexnet', 5, 48, width=0.125)
+  model = models.build_model('alexnet', 5, 56, width=0.125)
   tf.train.Checkpoint(model=model).save(str(folder / 'checkpoints' / 'ckpt'))
-  (folder / META).write_text(json.dumps({'architecture': 'alexnet', 'num_classes': 5, 'input_size': 48,
+  (folder / META).write_text(json.dumps({'architecture': 'alexnet', 'num_classes': 5, 'input_size': 56,
                                          'kwargs': {'width': 0.125}}))  # fmt: skip
   root = tiny_world['sources']['images_train'][len('tfrecord:') :].split('/images/')[0]
   out = tmp_path / 'out'
@@ -36,7 +36,7 @@ def test_binary_runs_the_tiny_config(tmp_path, tiny_world):
     sys.executable, '-m', 'mtssl_tf.bin.evaluate', '--eval=places_linear', f'--init={folder}', f'--model_dir={out}',
     f'--config={os.path.join(REPO, "configs", "eval", "places_linear_tiny.yaml")}', '--override=world_preset=tiny',
     f'--override=world_dir={root}',
-    *[f'--override=places_linear.{k}' for k in ('steps=2', 'image_size=56', 'crop_size=48', 'batch_size=4',
+    *[f'--override=places_linear.{k}' for k in ('steps=2', 'image_size=64', 'crop_size=56', 'batch_size=4',
                                                 'eval_batch_size=4')],
   ]  # fmt: skip
   result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
