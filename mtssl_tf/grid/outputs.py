@@ -281,7 +281,7 @@ def collect_baselines(grid: Grid, output_dir: str) -> Dict[str, Dict[str, float]
 
 
 def write_figures(grid: Grid, output_dir: str, log: Callable[[str], None] = print) -> List[str]:
-  """Figures 3, 4 (per lasso pre-training) and 5 (per transfer cell) as PNG + TensorBoard.
+  """Figures 3, 4 (per lasso pre-training), 5 and Noroozi's 4 (per transfer cell) as PNG + TensorBoard.
 
   Figures are a by-product: a failure to draw one is logged, never fatal.
   """
@@ -300,6 +300,7 @@ def write_figures(grid: Grid, output_dir: str, log: Callable[[str], None] = prin
         alpha, names = figures.alpha_from_checkpoint(run_dir)
         written.append(figures.figure4(alpha, names, os.path.join(folder, f'figure4_{cell.name}.png')))
     written += _figure5(grid, output_dir, folder)
+    written += figures.student_filter_figures([c.name for c in grid.cells if c.transfers], output_dir, folder)
     if written:
       figures.write_tensorboard(written, os.path.join(folder, 'tensorboard'))
   except Exception as e:  # noqa: BLE001 - see the docstring: figures never fail a grid.
