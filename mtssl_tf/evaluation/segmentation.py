@@ -74,8 +74,8 @@ class SegmentationConfig(LoopConfig, SGDConfig):
     train_source: `vocseg:<VOC folder>:<split>`; '' = the synthetic world's 'segmentation_train'.
     test_source: the scored split; '' = the world's 'segmentation_val'.
     num_classes: score channels (VOC: 21 with background).
-    network: 'auto' (an AlexNet student folder's AlexNet, else the ResNet-v2 trunk of
-      `init`); 'alexnet' with init 'random' builds a randomly initialised AlexNet (the
+    network: 'auto' (an AlexNet student folder's AlexNet, else the trunk of `init`,
+      AlexNet or ResNet-v2 by trunk.kind); 'alexnet' with init 'random' builds a randomly initialised AlexNet (the
       "Random" row of Table 3).
     alexnet_width: that random AlexNet's width multiplier.
     input_pad: zero pixels around the image before conv1 (net.py: pad=100).
@@ -300,6 +300,12 @@ def build_network(ctx: Context) -> Tuple[tf.keras.Model, str]:
     student = build_model('alexnet', 1, 227, width=cfg.alexnet_width, batch_norm=False)
     student(tf.zeros([1, 227, 227, 3]), training=False)
     return AlexNetFCN(student, cfg), f'FCN-32s on a randomly initialised AlexNet (width {cfg.alexnet_width}); {fcs}'
+  kind = ctx.config.trunk.kind
+  if kind == 'alexnet':  # A pre-training run's AlexNet trunk (registry ConvNetTrunk around trunk.alexnet.AlexNet).
+    return AlexNetFCN(ctx.trunk().net, cfg), f'FCN-32s on the AlexNet trunk conv1-conv5 from {ctx.init}; {fcs}'
+  if kind != 'resnet_v2':
+    raise ConfigError(f'trunk.kind: {NAME} runs its FCN on AlexNet (students or trunks) and ResNet-v2 trunks, '
+                      f'not {kind!r}')  # fmt: skip
   model = TrunkFCN(ctx.trunk(), cfg, ctx.input_fn())
   return model, f'FCN on the ResNet-v2 trunk from {ctx.init}: score_fr on final, bilinear x{model.stride}'
 

@@ -110,8 +110,9 @@ def _fresh(layer: tf.keras.layers.Layer, stddev: float, bias: float, seed: int) 
 class AlexNetFCN(tf.keras.Model):
   """FCN-AlexNet (module docstring) on a student AlexNet's conv layers; images uint8 -> logits [B, H, W, C].
 
-  The conv layers are clones of the student's (same filters, kernels, strides, groups and
-  padding, but conv1 unpadded: the 100-pixel pad replaces it) holding copies of its
+  `student` is a transfer student AlexNet or an AlexNet trunk (`trunk.alexnet.AlexNet`).
+  The conv layers are clones of its (same filters, kernels, groups and padding, but conv1
+  unpadded at stride 4: the 100-pixel pad replaces its padding) holding copies of its
   weights, run in CaffeNet's order (`trunk.alexnet`): conv, BatchNorm if the student has
   it, ReLU, the Caffe pool after conv1/conv2/conv5, then LRN after pool1/pool2 when the
   student has no BatchNorm.
@@ -126,7 +127,9 @@ class AlexNetFCN(tf.keras.Model):
     for name in CONV_NAMES:
       config = dict(student.convs[name].get_config(), name=name)
       if name == 'conv1':
-        config['padding'] = 'valid'
+        # Standard AlexNet's conv1 (stride 4) under the 100-px pad, also for a Jigsaw tile network's stride-2 conv1,
+        # whose weights Noroozi §5 fine-tune in the standard network.
+        config.update(padding='valid', strides=(ALEXNET_GEOMETRY[0][1],) * 2)
       self.convs[name] = tf.keras.layers.Conv2D.from_config(config)
       if name in student.norms:
         self.norms[name] = tf.keras.layers.BatchNormalization.from_config(student.norms[name].get_config())

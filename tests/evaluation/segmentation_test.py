@@ -220,3 +220,14 @@ def test_copy_fc_and_config_errors(tmp_path, tiny_world):
       load_eval_config([], [override])
   cfg = load_eval_config([], _overrides(tiny_world['sources'], 2, ['voc12_seg.network=alexnet']), student)
   assert seg.build_network(runner.context(seg.NAME, cfg, str(tmp_path)))[0].name == 'fcn_alexnet'  # Student wins.
+
+
+def test_alexnet_trunk_of_a_run_gets_the_standard_fcn(tmp_path, tiny_world):
+  # A Jigsaw run's tile AlexNet (conv1 stride 2): its weights go into the standard stride-4 FCN.
+  overrides = ['trunk.kind=alexnet', 'trunk.alexnet.variant=jigsaw', 'trunk.alexnet.width=0.125']
+  cfg = load_eval_config([], _overrides(tiny_world['sources'], 2, overrides), 'random')
+  model, source = seg.build_network(runner.context(seg.NAME, cfg, str(tmp_path)))
+  assert 'AlexNet trunk' in source and model.convs['conv1'].strides == (4, 4) and model.upscore.offset == 18
+  assert model(tf.zeros([1, 37, 52, 3], tf.uint8)).shape == (1, 37, 52, 21)
+  with pytest.raises(ConfigError, match='trunk.kind'):
+    seg.build_network(runner.context(seg.NAME, load_eval_config([], ['trunk.kind=vgg16'], 'random'), str(tmp_path)))
