@@ -233,6 +233,8 @@ FIGURE3_METRICS = (
   ('linear', 'top5', 100.0, 'ImageNet top-5 (%)'),
   ('detection', 'PascalBoxes_Precision/mAP@0.5IOU_VOC07_11point', 100.0, 'VOC07 mAP (%)'),
   ('depth', 'delta1', 100.0, 'NYU % < 1.25'),
+  # Not in the paper: the kNN monitor's number at the same ticks (issue 17), where a grid evaluates it.
+  ('knn', 'top1_k20', 100.0, 'kNN top-1, k=20 (%)'),
 )
 
 
