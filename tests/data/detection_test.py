@@ -176,7 +176,8 @@ def test_world_part_manifest(tmp_path):
     image_size = 32
 
   sources = write_detection_part(str(tmp_path), Preset(), seed=0)
-  assert set(sources) == {'detection_trainval', 'detection_test', 'scene_images'}
+  assert set(sources) == {'detection_trainval', 'detection_test', 'scene_images', 'segmentation_train',
+                          'segmentation_val'}  # fmt: skip
   assert len(_read(sources['detection_trainval'])) + len(_read(sources['detection_test'])) == 4
   # The same scenes as an unlabelled image folder (Noroozi Table 2's second domain in the mini grid).
   assert sources['scene_images'].startswith('folder:') and len(os.listdir(sources['scene_images'][7:])) == 4
