@@ -1,10 +1,16 @@
 """SavedModel export of the trunk from named endpoints (never from graph names).
 
-Signatures (all take `images`: uint8 [batch, height, width, 3], any size):
+Signatures (all take `images`: uint8 [batch, height, width, 3]):
 * `final`: {'final': [B, h, w, C]}, the representation heads read without lasso;
-* `block3_units`: {'unit_01': ..., 'unit_NN': ...}, every block-3 unit;
-* `lasso` (when the model has lasso): {<task>: mix}, each task's normalised lasso mix.
-`serving_default` is `final`. Preprocessing is inside the model, so a downstream user
+* ResNet-v2 trunks: `block3_units`: {'unit_01': ..., 'unit_NN': ...}, every block-3 unit,
+  and `lasso` (when the model has lasso): {<task>: mix}, each task's normalised lasso mix;
+* AlexNet / VGG16 trunks (`trunk.kind`, no block-3 units, no lasso): `endpoints`, every
+  named endpoint (conv1..conv5, pool5; conv1_1..conv5_3, pool1..pool5), for per-layer probes.
+`serving_default` is `final`. ResNet-v2 takes any image size. AlexNet and VGG16 are built
+for one static size (Caffe-style pooling), so their signatures take `image_size` x
+`image_size` images: by default the network's own (227 px AlexNet, 64 px its Jigsaw tile
+variant, 224 px VGG16). The module's `trunk_kind` and `image_size` variables record both.
+Preprocessing is inside the model, so a downstream user
 needs nothing from mtssl_tf: 'rgb' scales colour to [-1, 1], the default for every
 trunk, harmonized or not (Doersch §3.3 replicate L "so that the network can be
 evaluated on color images"); 'harmonized' feeds Lab's L replicated to three channels
@@ -22,10 +28,9 @@ import tensorflow as tf
 from absl import logging as absl_logging
 
 from mtssl_tf.tasks.multitask import MultiTaskModel
+from mtssl_tf.trunk import registry
 from mtssl_tf.trunk.inputs import PREPROCESSING, preprocess
 from mtssl_tf.trunk.resnet_v2 import unit_endpoint_name
-
-_IMAGES = tf.TensorSpec([None, None, None, 3], tf.uint8, name='images')
 
 
 class ModelRef:
@@ -69,16 +74,18 @@ class _HarmlessSaveLogs(logging.Filter):
 class TrunkExport(tf.Module):
   """The exported module: the trunk (and lasso), with one tf.function per signature."""
 
-  def __init__(self, model: MultiTaskModel, preprocessing: str = 'rgb', output_stride: int = 16):
+  def __init__(self, model: MultiTaskModel, preprocessing: str = 'rgb', output_stride: int = 16, image_size: int = 0):
     """Wraps a built model.
 
     Args:
       model: a MultiTaskModel whose trunk (and lasso) variables exist.
       preprocessing: 'rgb' or 'harmonized'.
-      output_stride: output stride the exported trunk runs at.
+      output_stride: output stride the exported trunk runs at (ResNet-v2; the others' is fixed).
+      image_size: the side of the images the signatures take; 0: any (ResNet-v2) or the
+        network's own (AlexNet / VGG16, which need a static size).
 
     Raises:
-      ValueError: unknown preprocessing.
+      ValueError: unknown preprocessing, or an image size the trunk cannot take.
     """
     super().__init__(name='mtssl_trunk')
     if preprocessing not in PREPROCESSING:
@@ -88,11 +95,35 @@ class TrunkExport(tf.Module):
     # Saved with the model: what its signatures feed the trunk ('rgb' or 'harmonized').
     self.input_convention = tf.Variable(preprocessing, trainable=False, name='input_convention')
     self.output_stride = output_stride
-    self.num_units = model.trunk.num_units
-    functions = [self.final, self.block3_units]
+    trunk, trunk_config = model.trunk, model.trunk_config
+    if image_size < 0:
+      raise ValueError(f'image_size: must be >= 0, got {image_size}')
+    image_size = image_size or registry.default_input_size(trunk_config) or 0
+    if image_size:
+      try:
+        registry.final_size(trunk_config, image_size)
+      except ValueError as e:
+        raise ValueError(
+          f'image_size: {image_size} px is too small for trunk.kind {trunk_config.kind!r}: {e}'
+        ) from None
+    spec = tf.TensorSpec([None, image_size or None, image_size or None, 3], tf.uint8, name='images')
+    # Saved with the model: which trunk (`TrunkConfig.kind`) produced the features, at which input size (0: any).
+    self.trunk_kind = tf.Variable(trunk_config.kind, trainable=False, name='trunk_kind')
+    self.image_size = tf.Variable(image_size, trainable=False, name='image_size')
+    self.has_block3_units = trunk.supports_lasso
+    self.final = tf.function(self._final, input_signature=[spec])
+    functions = [self.final]
+    if self.has_block3_units:
+      self.num_units = trunk.num_units
+      self.block3_units = tf.function(self._block3_units, input_signature=[spec])
+      functions.append(self.block3_units)
+    else:
+      self.endpoint_names = tuple(n for n in trunk.endpoint_names if n != 'final')
+      self.endpoints = tf.function(self._named_endpoints, input_signature=[spec])
+      functions.append(self.endpoints)
     if model.lasso is not None:
       # Only a model with lasso gets the function: saving traces every tf.function.
-      self.lasso = tf.function(self._lasso, input_signature=[_IMAGES])
+      self.lasso = tf.function(self._lasso, input_signature=[spec])
       functions.append(self.lasso)
     # Trace the exported functions now and save exactly the variables they read.
     self.trunk_variables = variables_read(functions)
@@ -105,19 +136,22 @@ class TrunkExport(tf.Module):
   def _endpoints(self, images):
     return self.model.trunk(preprocess(images, self.preprocessing), training=False, output_stride=self.output_stride)
 
-  @tf.function(input_signature=[_IMAGES])
-  def final(self, images) -> Dict[str, tf.Tensor]:
+  def _final(self, images) -> Dict[str, tf.Tensor]:
     """The final representation."""
     return {'final': tf.cast(self._endpoints(images)['final'], tf.float32)}
 
-  @tf.function(input_signature=[_IMAGES])
-  def block3_units(self, images) -> Dict[str, tf.Tensor]:
-    """Every block-3 unit output, keyed unit_01 ... unit_NN."""
+  def _block3_units(self, images) -> Dict[str, tf.Tensor]:
+    """Every block-3 unit output, keyed unit_01 ... unit_NN (ResNet-v2)."""
     endpoints = self._endpoints(images)
     return {
       unit_endpoint_name(i + 1).split('/')[1]: tf.cast(endpoints[unit_endpoint_name(i + 1)], tf.float32)
       for i in range(self.num_units)
     }
+
+  def _named_endpoints(self, images) -> Dict[str, tf.Tensor]:
+    """Every named endpoint of a conv trunk (AlexNet: conv1..conv5, pool5; VGG16: conv1_1..pool5)."""
+    endpoints = self._endpoints(images)
+    return {name: tf.cast(endpoints[name], tf.float32) for name in self.endpoint_names}
 
   def _lasso(self, images) -> Dict[str, tf.Tensor]:
     """Each task's normalised lasso mix of the block-3 units."""
@@ -130,10 +164,19 @@ class TrunkExport(tf.Module):
     return outputs
 
 
-def export(model: MultiTaskModel, export_dir: str, preprocessing: str = 'rgb', output_stride: int = 16) -> str:
-  """Writes the SavedModel; returns `export_dir`. `preprocessing`: 'rgb' (colour, the paper's) or 'harmonized'."""
-  module = TrunkExport(model, preprocessing, output_stride)
-  signatures = {'serving_default': module.final, 'final': module.final, 'block3_units': module.block3_units}
+def export(
+  model: MultiTaskModel, export_dir: str, preprocessing: str = 'rgb', output_stride: int = 16, image_size: int = 0
+) -> str:
+  """Writes the SavedModel; returns `export_dir`.
+
+  `preprocessing`: 'rgb' (colour, the paper's) or 'harmonized'; `image_size` as `TrunkExport`.
+  """
+  module = TrunkExport(model, preprocessing, output_stride, image_size)
+  signatures = {'serving_default': module.final, 'final': module.final}
+  if module.has_block3_units:
+    signatures['block3_units'] = module.block3_units
+  else:
+    signatures['endpoints'] = module.endpoints
   if model.lasso is not None:
     signatures['lasso'] = module.lasso
   return save(module, export_dir, signatures)

@@ -17,6 +17,7 @@ from mtssl_tf import hardware
 from mtssl_tf.configs.experiment import LassoConfig, TrunkConfig
 from mtssl_tf.tasks.base import Task
 from mtssl_tf.trunk import lasso as lasso_lib
+from mtssl_tf.trunk import registry
 from mtssl_tf.trunk.lasso import LassoMix
 from mtssl_tf.trunk.registry import build_trunk
 
@@ -44,6 +45,7 @@ class MultiTaskModel(tf.keras.Model):
     """
     super().__init__(**kwargs)
     precision = hardware.resolve_precision(precision)
+    self.trunk_config = trunk_config
     self.tasks = dict(tasks)
     self.task_names: List[str] = list(tasks)
     # Object path `model/trunk` whatever the kind, so checkpoints of ResNet-v2 runs restore unchanged.
@@ -129,7 +131,8 @@ class MultiTaskModel(tf.keras.Model):
     Enough to restore and export the trunk (`mtssl_tf.train.launch.export_latest`); a
     restore creates the heads' variables later, if they are ever built.
     """
-    images = tf.zeros([1, image_size, image_size, 3])
+    size = max(image_size, registry.min_input_size(self.trunk_config))  # AlexNet / VGG16: their layers' minimum.
+    images = tf.zeros([1, size, size, 3])
     for name in self.task_names if self.lasso is not None else self.task_names[:1]:
       self.features(name, images, training=False)
 

@@ -120,6 +120,11 @@ class ExperimentConfig(Config):
       )
     if self.trunk.kind in registry.TRUNKS:  # Else `TrunkConfig.validate` has said so.
       check_trunk(self.tasks, self.trunk)
+      if self.knn.enabled:
+        try:
+          registry.final_size(self.trunk, self.knn.image_size)
+        except ValueError as e:
+          raise ConfigError(f'knn.image_size: too small for trunk.kind {self.trunk.kind!r}: {e}') from None
     if self.lasso.enabled and self.trunk.output_stride == 32:
       raise ConfigError(
         'trunk.output_stride: lasso.enabled needs every block-3 unit at one resolution, '

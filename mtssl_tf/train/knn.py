@@ -236,15 +236,16 @@ def restore_trunk(trunk_config, checkpoint: str, trunk: Optional[tf.keras.Model]
   Raises:
     ValueError: the checkpoint holds no trunk of this shape.
   """
-  from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
+  from mtssl_tf.trunk import registry
 
   fresh = trunk is None
   if fresh:
-    trunk = ResNetV2Trunk(trunk_config, precision='float32')
+    trunk = registry.build_trunk(trunk_config, 'float32')
   status = tf.train.Checkpoint(model=tf.train.Checkpoint(trunk=trunk)).read(checkpoint)
   status.expect_partial()
   if fresh:
-    trunk(tf.zeros([1, 32, 32, 3]), training=False)
+    size = registry.min_input_size(trunk_config)  # 32 for ResNet-v2; AlexNet / VGG16 need their layers' minimum.
+    trunk(tf.zeros([1, size, size, 3]), training=False)
   try:
     status.assert_existing_objects_matched()
   except AssertionError as e:

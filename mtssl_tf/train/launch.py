@@ -290,6 +290,7 @@ def export_latest(
   export_dir: str = '',
   preprocessing: str = 'rgb',
   tasks: Optional[Dict[str, Task]] = None,
+  image_size: int = 0,
 ) -> str:
   """Exports the latest checkpoint of a run as a SavedModel (no cluster, no task data needed).
 
@@ -305,6 +306,8 @@ def export_latest(
       'rgb' colour, the paper's for every trunk (Doersch §3.3 evaluates harmonized trunks on
       colour); 'harmonized' grey; 'as_trained' grey only if every task was harmonized.
     tasks: the enabled tasks, when the caller has built them (`Prepared.tasks`).
+    image_size: side of the images the signatures take; 0: any (ResNet-v2) or the network's
+      own (AlexNet 227 / 64 px, VGG16 224 px: they need a static size).
 
   Returns:
     The SavedModel directory (default `<model_dir>/saved_model`).
@@ -330,7 +333,7 @@ def export_latest(
   if preprocessing == 'as_trained':
     preprocessing = 'harmonized' if all(t.harmonized_input for t in tasks.values()) else 'rgb'
   export_dir = export_dir or os.path.join(model_dir, 'saved_model')
-  export(model, export_dir, preprocessing, cfg.trunk.output_stride)
+  export(model, export_dir, preprocessing, cfg.trunk.output_stride, image_size)
   return export_dir
 
 

@@ -153,6 +153,26 @@ def final_size(config: TrunkConfig, input_size: int) -> Optional[int]:
   return sizes[final]
 
 
+def default_input_size(config: TrunkConfig) -> Optional[int]:
+  """The input side the network was designed for (AlexNet 227 or 64 px by variant, VGG16 224); None for ResNet-v2."""
+  if config.kind == 'alexnet':
+    return alexnet.VARIANTS[config.alexnet.variant].input_size
+  if config.kind == 'vgg16':
+    return vgg16.INPUT_SIZE
+  return None
+
+
+def min_input_size(config: TrunkConfig, start: int = 32) -> int:
+  """The smallest square input side >= `start` whose layers reach 'final' (`start` for ResNet-v2)."""
+  size = start
+  while True:
+    try:
+      final_size(config, size)
+      return size
+    except ValueError:
+      size += 1
+
+
 # Which kinds `LassoMix` can mix (their trunks' `supports_lasso`), for config validation before any build.
 SUPPORTS_LASSO: Dict[str, bool] = {
   'resnet_v2': ResNetV2Trunk.supports_lasso,

@@ -9,7 +9,8 @@ from typing import Dict, Tuple
 import tensorflow as tf
 
 from mtssl_tf import hardware
-from mtssl_tf.configs.base import Config
+from mtssl_tf.configs.base import Config, ConfigError
+from mtssl_tf.trunk import registry
 from mtssl_tf.trunk.lasso import LassoMix
 from mtssl_tf.trunk.resnet_v2 import build_trunk
 
@@ -29,12 +30,20 @@ class TrunkSummary:
   build_seconds: float
   forward_seconds: float
   lasso_params: int = 0
+  kind: str = 'resnet_v2'
+  description: str = ''
 
   def report(self) -> str:
     """Human-readable multi-line report."""
+    if self.kind == 'resnet_v2':
+      header = (
+        f'ResNet-v2 trunk, units per block {tuple(self.units_per_block)}, '
+        f'output stride {self.output_stride}, precision {self.precision}'
+      )
+    else:
+      header = f'{self.description}, output stride {self.output_stride} (fixed), precision {self.precision}'
     lines = [
-      f'ResNet-v2 trunk, units per block {tuple(self.units_per_block)}, '
-      f'output stride {self.output_stride}, precision {self.precision}',
+      header,
       f'input {self.input_shape}',
       'endpoints:',
     ]
@@ -66,7 +75,23 @@ def summarize_trunk(cfg: Config) -> TrunkSummary:
   tf.random.set_seed(cfg.runtime.seed)
   start = time.perf_counter()
   precision = hardware.resolve_precision(cfg.runtime.precision)
-  trunk = build_trunk(cfg.trunk, precision=precision)
+  kind = cfg.trunk.kind
+  if kind == 'resnet_v2':
+    trunk = build_trunk(cfg.trunk, precision=precision)
+    description = ''
+  else:
+    try:
+      registry.final_size(cfg.trunk, cfg.demo.image_size)
+    except ValueError as e:
+      raise ConfigError(f'demo.image_size: too small for trunk.kind {kind!r}: {e}') from None
+    trunk = registry.build_trunk(cfg.trunk, precision)
+    trunk(tf.zeros([1, cfg.demo.image_size, cfg.demo.image_size, 3]), training=False)  # Creates the variables.
+    section = getattr(cfg.trunk, kind)
+    variant = f" '{section.variant}'" if kind == 'alexnet' else ''
+    description = (
+      f'{kind}{variant} trunk (conv layers), width {section.width:g}, batch_norm {section.batch_norm}, '
+      f'final = {section.final_endpoint}'
+    )
   build_seconds = time.perf_counter() - start
   shape = (cfg.demo.batch_size, cfg.demo.image_size, cfg.demo.image_size, 3)
   images = tf.random.uniform(shape, -1.0, 1.0, seed=cfg.runtime.seed)
@@ -76,13 +101,13 @@ def summarize_trunk(cfg: Config) -> TrunkSummary:
   endpoints = forward(images)
   forward_seconds = time.perf_counter() - start
   lasso_params = 0
-  if cfg.lasso.enabled:
+  if cfg.lasso.enabled and trunk.supports_lasso:
     lasso = LassoMix(1, trunk.num_units, cfg.lasso.l1_weight, cfg.lasso.init)
     lasso(trunk.block3_units(endpoints), consumer=0)
     lasso_params = int(lasso.raw_alpha.shape.num_elements())
   return TrunkSummary(
     units_per_block=tuple(cfg.trunk.units_per_block),
-    output_stride=cfg.trunk.output_stride,
+    output_stride=registry.fixed_stride(cfg.trunk) or cfg.trunk.output_stride,
     precision=precision,
     input_shape=shape,
     endpoint_shapes={k: tuple(v.shape) for k, v in endpoints.items()},
@@ -92,4 +117,6 @@ def summarize_trunk(cfg: Config) -> TrunkSummary:
     build_seconds=build_seconds,
     forward_seconds=forward_seconds,
     lasso_params=lasso_params,
+    kind=kind,
+    description=description,
   )
