@@ -31,6 +31,8 @@ FEATURES = ('network', 'hog')
 # How HOG becomes one vector per image (`ExtractConfig.hog_encoding`).
 HOG_ENCODINGS = ('bag_of_words', 'grid')
 POOLINGS = ('max', 'avg')
+# What an AlexNet / VGG16 teacher's features are (`ExtractConfig.teacher_features`).
+TEACHER_FEATURES = ('section5', 'endpoint')
 DTYPES = ('float32', 'float16')
 PREPROCESSINGS = EVAL_INPUTS  # As mtssl-eval: colour by default (Doersch §3.3), see evaluation/backbone.py.
 # Step -> its folder under model_dir.
@@ -54,7 +56,15 @@ class ExtractConfig(Config):
     trunk: shape of the trunk read from a checkpoint or built at random. A run folder's
       own `trunk` section is the default (`load_transfer_config`).
     endpoint: trunk endpoint ('stem', 'block1', 'block2', 'block3', 'block3/unit_NN',
-      'final'). A SavedModel of ours serves 'final' and 'block3/unit_NN'.
+      'final'; an AlexNet / VGG16 trunk's conv endpoints). A SavedModel of ours serves
+      'final' and 'block3/unit_NN'. Used for every ResNet-v2 teacher, and for AlexNet /
+      VGG16 teachers with `teacher_features: endpoint`.
+    teacher_features: the features of an AlexNet or VGG16 teacher (the kind is the run's
+      `trunk.kind`): 'section5' (default) is Noroozi et al. 2018 §5, conv4 (AlexNet) /
+      conv4_3 (VGG16) max-pooled to 5x5x384 / 4x4x512 (`trunk/teacher_features.py`;
+      `endpoint`, `pooling` and `grid` are not used); 'endpoint' pools `endpoint` by
+      `pooling` and `grid` instead. ResNet-v2 teachers always use `endpoint` (the
+      paper defines no ResNet features; ours: 'final' max-pooled to 4x4).
     signature: SavedModel signature; '' derives it from `endpoint` ('final', 'block3_units').
     output_key: output of that signature; '' derives it from `endpoint`.
     preprocessing: trunk input: 'rgb' colour (default, as the paper evaluates every trunk),
@@ -94,6 +104,7 @@ class ExtractConfig(Config):
   init: str = 'random'
   trunk: TrunkConfig = dataclasses.field(default_factory=TrunkConfig)
   endpoint: str = 'final'
+  teacher_features: str = 'section5'
   signature: str = ''
   output_key: str = ''
   preprocessing: str = DEFAULT_EVAL_INPUT
@@ -116,7 +127,7 @@ class ExtractConfig(Config):
   def validate(self) -> None:
     for key, allowed in (('features', FEATURES), ('pooling', POOLINGS), ('dtype', DTYPES),
                          ('preprocessing', PREPROCESSINGS), ('precision', PRECISIONS),
-                         ('hog_encoding', HOG_ENCODINGS)):  # fmt: skip
+                         ('hog_encoding', HOG_ENCODINGS), ('teacher_features', TEACHER_FEATURES)):  # fmt: skip
       if getattr(self, key) not in allowed:
         raise ConfigError(f'extract.{key}: must be one of {allowed}, got {getattr(self, key)!r}')
     for key in ('grid', 'image_size', 'crop_size', 'batch_size', 'shard_size', 'hog_cell_size', 'hog_block_cells',

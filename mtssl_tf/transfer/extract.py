@@ -6,6 +6,13 @@ vector by a network (`NetworkFeatures`: a trunk from random init or a checkpoint
 any SavedModel signature, pooled by `pool_features`) or by HOG (`hog.HogBagOfWords`, or
 `HogFeatures`: the HOG block grid pooled as a network's map).
 
+The teacher's kind is the run's `trunk.kind` (read from its config.yaml by
+`load_transfer_config`). An AlexNet or VGG16 teacher gives Noroozi et al. 2018 §5's
+features by default (`extract.teacher_features: section5`): conv4 / conv4_3 max-pooled
+to 5x5x384 / 4x4x512 (`trunk.teacher_features`; fewer channels at a narrower width). A
+ResNet-v2 teacher, and any teacher with `teacher_features: endpoint`, gives `endpoint`
+pooled by `pooling` / `grid`.
+
 Every image has an id: its position in the source's record stream (before decoding),
 so an image that fails to decode leaves a gap instead of shifting later ids, and a
 reader can find an image's bytes again (`assign` does, to write pseudo-labels).
@@ -38,6 +45,7 @@ from mtssl_tf.evaluation.linear import adaptive_max_pool
 from mtssl_tf.transfer.config import OUTPUTS, ExtractConfig, TransferConfig, world_sources
 from mtssl_tf.transfer.hog import HogBagOfWords, HogMap
 from mtssl_tf.trunk.inputs import preprocess
+from mtssl_tf.trunk.teacher_features import TEACHER_LAYERS, teacher_features
 
 MANIFEST = 'manifest.json'
 LOG_EVERY_SECONDS = 30.0
@@ -130,25 +138,51 @@ class NetworkFeatures:
     if path and '://' not in path:
       path = os.path.abspath(path)  # The same model reached by another relative path is the same.
     self.fingerprint: Dict[str, Any] = {'features': 'network', 'kind': kind, 'model': path}
+    # Noroozi §5 features of an AlexNet / VGG16 teacher (the module docstring); None: `endpoint` pooled.
+    section5 = cfg.trunk.kind if cfg.trunk.kind in TEACHER_LAYERS and cfg.teacher_features == 'section5' else None
     if kind == 'saved_model':
+      if section5:
+        raise ConfigError(
+          f"extract.teacher_features: section5 reads the {section5} teacher's {TEACHER_LAYERS[section5][0]}, which "
+          f"the SavedModel {path} does not serve; extract from the run's checkpoint (extract.init=<run folder>) "
+          'or set extract.teacher_features=endpoint'
+        )
       maps = self._saved_model(cfg, path, mode)
     else:
       if kind == backbone.RANDOM:
         tf.keras.utils.set_random_seed(cfg.seed)
         self.fingerprint['seed'] = cfg.seed
       trunk = backbone.load_trunk(cfg.init, cfg.trunk, cfg.precision)
-      names = sorted(trunk(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3]), training=False))
-      if cfg.endpoint not in names:
-        raise ConfigError(f'extract.endpoint: the trunk has no endpoint {cfg.endpoint!r} (it has {names})')
+      shapes = {k: v.shape for k, v in trunk(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3]), training=False).items()}
+      endpoint = TEACHER_LAYERS[section5][0] if section5 else cfg.endpoint
+      if endpoint not in shapes:
+        key = 'teacher_features' if section5 else 'endpoint'
+        raise ConfigError(f'extract.{key}: the trunk has no endpoint {endpoint!r} (it has {sorted(shapes)})')
       self._trunk = trunk
-      self.fingerprint.update(endpoint=cfg.endpoint, trunk=to_plain(cfg.trunk), preprocessing=mode)
+      self.fingerprint.update(endpoint=endpoint, trunk=to_plain(cfg.trunk), preprocessing=mode)
 
       def maps(images):
-        return trunk(preprocess(images, mode), training=False)[cfg.endpoint]
+        return trunk(preprocess(images, mode), training=False)[endpoint]
 
-    self.fingerprint.update(pooling=cfg.pooling, grid=cfg.grid if cfg.pooling == 'max' else 0)
+    if section5:
+      grid = TEACHER_LAYERS[section5][1]
+      if min(shapes[endpoint][1:3]) < grid:
+        raise ConfigError(
+          f'extract.crop_size: {cfg.crop_size} px gives the {section5} teacher a {shapes[endpoint][1]}x'
+          f'{shapes[endpoint][2]} {endpoint}, smaller than the {grid}x{grid} grid of Noroozi §5; use larger crops'
+        )
+      self.fingerprint.update(teacher_features='section5', pooling='adaptive_max', grid=grid)
+
+      def features(images):
+        return tf.cast(teacher_features({endpoint: maps(images)}, section5), tf.float32)
+    else:
+      self.fingerprint.update(pooling=cfg.pooling, grid=cfg.grid if cfg.pooling == 'max' else 0)
+
+      def features(images):
+        return pool_features(maps(images), cfg.pooling, cfg.grid)
+
     spec = tf.TensorSpec([None, cfg.crop_size, cfg.crop_size, 3], tf.uint8)
-    self._fn = tf.function(lambda images: pool_features(maps(images), cfg.pooling, cfg.grid), input_signature=[spec])
+    self._fn = tf.function(features, input_signature=[spec])
     self.dims = int(self._fn(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3], tf.uint8)).shape[-1])
 
   def _saved_model(self, cfg: ExtractConfig, path: str, mode: str):
