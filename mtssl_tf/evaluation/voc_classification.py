@@ -11,7 +11,8 @@ defaults of philkr/voc-classification `src/train_cls.py` (commit c2097796):
 * Network. The conv layers come from the network under evaluation and every layer is
   trained (`--train-from` None: `setLR(t, 1, 2)`, `setDecay(t, 1, 1)` on every layer, i.e.
   biases at twice the rate, weights and biases decayed). For an AlexNet student folder
-  (`mtssl-transfer`'s `<run>/student`, `student.json` architecture 'alexnet') conv1..conv5
+  (`mtssl-transfer`'s `<run>/student` or `<run>/distill`, `student.json` architecture
+  'alexnet': CaffeNet's layers, `transfer.models.AlexNet`) conv1..conv5
   (with their BatchNorms, if the student has them) are copied and new fc6, fc7 (4096 units
   times the student's width, ReLU, dropout 0.5, as AlexNet's) and fc8 (20 outputs) are
   drawn from N(0, 0.01) with bias 0.1. That is Noroozi §5's rule ("the fully connected
@@ -288,10 +289,13 @@ class AlexNetClassifier(tf.keras.Model):
     super().__init__(name='voc07_alexnet_classifier')
     from mtssl_tf.transfer.models import AlexNet
 
-    kwargs = meta.get('kwargs', {})
-    self.net = AlexNet(cfg.num_classes, width=kwargs.get('width', 1.0), batch_norm=kwargs.get('batch_norm', True),
-                       dropout=cfg.dropout, fc_units=cfg.fc_units, name='alexnet')  # fmt: skip
-    self.net(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3]), training=False)
+    # The student's own shape (CaffeNet layers, `transfer.models.AlexNet`): width and BatchNorm or LRN.
+    self.net = AlexNet(cfg.num_classes, width=student.width, batch_norm=student.batch_norm, dropout=cfg.dropout,
+                       fc_units=cfg.fc_units, name='alexnet')  # fmt: skip
+    try:
+      self.net(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3]), training=False)
+    except ValueError as e:  # Caffe's pools need every pooled map to hold a 3x3 window (>= 55 px).
+      raise ConfigError(f'{NAME}.crop_size: {cfg.crop_size} px is too small for AlexNet: {e}') from None
     for conv, *_ in AlexNet.CONVS:  # Copied: the conv layers (and their BatchNorms) of the evaluated network.
       self.net.convs[conv].set_weights(student.convs[conv].get_weights())
       if conv in self.net.norms:

@@ -8,17 +8,19 @@ One `TransferConfig` drives the whole chain, one section per step:
 * `assign`: which images get pseudo-labels (the nearest centre), possibly another
   dataset than the clustered one;
 * `train`: the target architecture trained to predict the pseudo-labels;
-* `probe`: per-layer frozen linear probes of that student on real labels (Table 4).
+* `probe`: per-layer frozen linear probes of that student on real labels (Table 4);
+* `distill`: the distillation baseline (Table 3), a student regressing the teacher's
+  conv4-5 (`distill.py`; its own step, not part of `all`).
 
-Outputs go under one model_dir: `features/`, `clusters/`, `pseudo_labels/`, `student/`
-(see `OUTPUTS`). Data sources left empty read the synthetic world, as `mtssl-eval` does.
+Outputs go under one model_dir: `features/`, `clusters/`, `pseudo_labels/`, `student/`,
+`distill/` (see `OUTPUTS`). Data sources left empty read the synthetic world, as `mtssl-eval` does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Iterable, Tuple
+from typing import ClassVar, Iterable, Tuple
 
 from mtssl_tf.configs.base import Config, ConfigError
 from mtssl_tf.configs.experiment import PRECISIONS, TrunkConfig
@@ -36,8 +38,14 @@ TEACHER_FEATURES = ('section5', 'endpoint')
 DTYPES = ('float32', 'float16')
 PREPROCESSINGS = EVAL_INPUTS  # As mtssl-eval: colour by default (Doersch §3.3), see evaluation/backbone.py.
 # Step -> its folder under model_dir.
-OUTPUTS = {'extract': 'features', 'cluster': 'clusters', 'assign': 'pseudo_labels', 'train': 'student'}
+OUTPUTS = {'extract': 'features', 'cluster': 'clusters', 'assign': 'pseudo_labels', 'train': 'student',
+           'distill': 'distill'}  # fmt: skip
 PROBE_DIR = os.path.join('student', 'probe')
+# models.AlexNet's smallest input: conv1, conv2 and conv5 maps must each hold a 3x3 pool window.
+ALEXNET_MIN_CROP = 55
+# How the distillation baseline brings a teacher map to the student's grid, and where it adds 1x1 adapters.
+DISTILL_RESIZES = ('area', 'bilinear', 'max')
+DISTILL_ADAPTERS = ('auto', 'always', 'none')
 
 
 @dataclasses.dataclass
@@ -184,14 +192,15 @@ class StudentConfig(SGDConfig, LoopConfig):
   Attributes:
     architecture: a `models.build_model` name: 'alexnet', 'resnet_v2_trunk', or a
       `tf.keras.applications` class ('ResNet50', 'keras:MobileNetV2', ...; weights=None).
-    width: channel and fc-unit multiplier of 'alexnet' (1.0 = Krizhevsky's 96-256-384-384-256, 4096).
-    batch_norm: 'alexnet' with BatchNorm after every conv and fc layer (else Krizhevsky's LRN).
+    width: channel and fc-unit multiplier of 'alexnet' (1.0 = CaffeNet's 96-256-384-384-256, 4096).
+    batch_norm: 'alexnet' with BatchNorm after every conv and fc layer (our small-world option);
+      False is the paper's network (CaffeNet's LRN, `models.AlexNet`).
     dropout: 'alexnet' dropout rate on fc6 and fc7.
     trunk: shape of the 'resnet_v2_trunk' student.
     source: pseudo-labelled images; '' = this run's `pseudo_labels/`.
     num_classes: 0 = the number of clusters.
-    image_size: images are resized to this shorter side...
-    crop_size: ...then randomly cropped (and flipped) to this square.
+    image_size: images are resized to this shorter side (256: Caffe's ImageNet images)...
+    crop_size: ...then randomly cropped (and flipped) to this square (227: CaffeNet's input).
     flip: random horizontal flips.
     steps: training steps (bvlc_alexnet's solver: 450K at batch 256, ~90 epochs; learning
       rate 0.01 divided by 10 every 100K, weight decay 5e-4 on every kernel).
@@ -201,15 +210,16 @@ class StudentConfig(SGDConfig, LoopConfig):
     seed: initialisation, data order and crops.
   """
 
+  section: ClassVar[str] = 'train'  # The config key in error messages.
   architecture: str = 'alexnet'
   width: float = 1.0
-  batch_norm: bool = True
+  batch_norm: bool = False
   dropout: float = 0.5
   trunk: TrunkConfig = dataclasses.field(default_factory=TrunkConfig)
   source: str = ''
   num_classes: int = 0
   image_size: int = 256
-  crop_size: int = 224
+  crop_size: int = 227
   flip: bool = True
   steps: int = 450_000
   batch_size: int = 256
@@ -219,22 +229,22 @@ class StudentConfig(SGDConfig, LoopConfig):
 
   def validate(self) -> None:
     if not self.architecture:
-      raise ConfigError('train.architecture: empty; e.g. alexnet, resnet_v2_trunk or ResNet50')
-    self.check_loop('train')
-    self.check_sgd('train')
+      raise ConfigError(f'{self.section}.architecture: empty; e.g. alexnet, resnet_v2_trunk or ResNet50')
+    self.check_loop(self.section)
+    self.check_sgd(self.section)
     for key in ('batch_size', 'lr_decay_steps', 'shuffle_buffer'):
       if getattr(self, key) < 1:
-        raise ConfigError(f'train.{key}: must be positive, got {getattr(self, key)}')
+        raise ConfigError(f'{self.section}.{key}: must be positive, got {getattr(self, key)}')
     if self.width <= 0:
-      raise ConfigError(f'train.width: must be positive, got {self.width}')
+      raise ConfigError(f'{self.section}.width: must be positive, got {self.width}')
     if not 0 <= self.dropout < 1:
-      raise ConfigError(f'train.dropout: must be in [0, 1), got {self.dropout}')
+      raise ConfigError(f'{self.section}.dropout: must be in [0, 1), got {self.dropout}')
     if self.num_classes < 0:
-      raise ConfigError(f'train.num_classes: must be >= 0 (0: the number of clusters), got {self.num_classes}')
-    if self.crop_size < 32:
-      raise ConfigError(f'train.crop_size: must be at least 32 pixels, got {self.crop_size}')
+      raise ConfigError(f'{self.section}.num_classes: must be >= 0 (0: the number of clusters), got {self.num_classes}')
+    if self.crop_size < (ALEXNET_MIN_CROP if self.architecture == 'alexnet' else 32):
+      raise ConfigError(f'{self.section}.crop_size: too small for {self.architecture} ({self.crop_size} px)')
     if self.image_size < self.crop_size:
-      raise ConfigError(f'train.image_size: must be >= crop_size ({self.crop_size}), got {self.image_size}')
+      raise ConfigError(f'{self.section}.image_size: must be >= crop_size ({self.crop_size}), got {self.image_size}')
 
 
 @dataclasses.dataclass
@@ -269,6 +279,50 @@ class ProbeConfig(ClassifierTrainingConfig):
 
 
 @dataclasses.dataclass
+class DistillConfig(StudentConfig):
+  """The distillation baseline (Noroozi et al. 2018, §5 "6) Knowledge distillation", Table 3; `distill.py`).
+
+  A student AlexNet (the cluster classifier's class and fields, `StudentConfig`) trained
+  to regress the teacher's activations with an L2 loss. The teacher is the model the
+  `extract` section names (`extract.init`, `extract.trunk`, `extract.preprocessing`,
+  `extract.precision`): the same pre-training run clustering would read.
+
+  Attributes:
+    source: images to regress on; '' = `extract.source` (read with `extract.data_dir`).
+    num_classes: outputs of the student's fc8, which distillation leaves untrained (0 = 1).
+    teacher_endpoints: teacher layers, in `student_endpoints`' order; empty = the kind's
+      default (`distill.TEACHER_LAYERS`: AlexNet conv4, conv5 as Noroozi; VGG16 conv4_3,
+      conv5_3; ResNet-v2 block2, final).
+    student_endpoints: the student layers that regress them (Noroozi: conv4, conv5).
+    resize: a teacher map of another spatial size than the student's (a Jigsaw AlexNet's
+      stride-2 conv1, VGG16, ResNet-v2) is brought to the student's grid by 'area'
+      averaging (our default), 'bilinear' resampling or adaptive 'max' pooling.
+    adapter: 'auto' regresses through a learned 1x1 convolution (the "regressor" of
+      FitNets, Romero et al. 2015) where the student layer has another channel count
+      than the teacher's; 'always' on every layer; 'none' makes differing channels an error.
+  """
+
+  section: ClassVar[str] = 'distill'
+  teacher_endpoints: Tuple[str, ...] = ()
+  student_endpoints: Tuple[str, ...] = ('conv4', 'conv5')
+  resize: str = 'area'
+  adapter: str = 'auto'
+
+  def validate(self) -> None:
+    if self.architecture != 'alexnet':
+      raise ConfigError(f"distill.architecture: the distillation student is an 'alexnet', got {self.architecture!r}")
+    super().validate()
+    for key, allowed in (('resize', DISTILL_RESIZES), ('adapter', DISTILL_ADAPTERS)):
+      if getattr(self, key) not in allowed:
+        raise ConfigError(f'distill.{key}: must be one of {allowed}, got {getattr(self, key)!r}')
+    if not self.student_endpoints or len(set(self.student_endpoints)) != len(self.student_endpoints):
+      raise ConfigError(f'distill.student_endpoints: need distinct layers, got {list(self.student_endpoints)}')
+    if self.teacher_endpoints and len(self.teacher_endpoints) != len(self.student_endpoints):
+      raise ConfigError(f'distill.teacher_endpoints: {list(self.teacher_endpoints)} must pair one to one with '
+                        f'student_endpoints {list(self.student_endpoints)}')  # fmt: skip
+
+
+@dataclasses.dataclass
 class TransferConfig(Config):
   """Root config of `mtssl-transfer` (see the module docstring).
 
@@ -280,6 +334,7 @@ class TransferConfig(Config):
     assign: the pseudo-labelled images.
     train: the student.
     probe: the student's evaluation.
+    distill: the distillation baseline's student.
   """
 
   world_preset: str = 'small'
@@ -289,6 +344,7 @@ class TransferConfig(Config):
   assign: AssignConfig = dataclasses.field(default_factory=AssignConfig)
   train: StudentConfig = dataclasses.field(default_factory=StudentConfig)
   probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
+  distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
 
 
 def load_transfer_config(files: Iterable[str] = (), overrides: Iterable[str] = ()) -> TransferConfig:
@@ -320,7 +376,8 @@ def world_sources(cfg: TransferConfig) -> TransferConfig:
   Raises:
     ConfigError: a `world:` name the world does not have (the message lists them).
   """
-  keys = ('extract.source', 'assign.source', 'train.source', 'probe.train_source', 'probe.validation_source')
+  keys = ('extract.source', 'assign.source', 'train.source', 'probe.train_source', 'probe.validation_source',
+          'distill.source')  # fmt: skip
   values = {k: getattr(getattr(cfg, k.split('.')[0]), k.split('.')[1]) for k in keys}
   needs_world = any(v.startswith(WORLD_PREFIX) for v in values.values()) or not (
     values['extract.source'] and values['probe.train_source'] and values['probe.validation_source']

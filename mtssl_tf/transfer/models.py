@@ -4,9 +4,16 @@ Every student maps float images in [-1, 1] ([B, H, W, 3]) to a dict of named
 endpoints plus 'logits', and lists in `probe_endpoints` the layers whose frozen
 features are probed with linear classifiers (Noroozi et al. 2018, Table 4):
 
-* 'alexnet': Krizhevsky et al. 2012's conv1-conv5 + fc6-fc7 (as Noroozi's target), no
-  two-GPU groups, BatchNorm after each conv/fc (or the original LRN after conv1-2),
-  a `width` multiplier for tests; probes conv1-conv5.
+* 'alexnet': the network Noroozi et al. 2018 transfer into (§3-§5: "the target
+  architecture", always AlexNet) = `trunk.alexnet.AlexNet` variant 'standard', i.e. the
+  CaffeNet layers of MehdiNoroozi/JigsawPuzzleSolver's prototxt and Caffe's
+  bvlc_reference_caffenet (conv1 11x11/4 unpadded, 2-GPU groups on conv2/4/5, LRN after
+  pool1/pool2, Caffe's ceil-mode 3x3/2 pools, 227 px input, fc6/fc7 4096 with dropout
+  0.5, the prototxt's fillers) + the cluster classifier fc8 ('logits', one output per
+  cluster; bvlc_reference_caffenet's fc8 filler: N(0, 0.01), bias 0). Our options, off
+  by default: `width` scales every layer (tests, small worlds) and `batch_norm` swaps LRN
+  for BatchNorm after every conv and fc (small-world training from scratch). Probes
+  conv1-conv5. Inputs from 55 px up (smaller ones leave a pool window empty).
 * 'resnet_v2_trunk': our ResNet-v2 trunk (blocks 1-3) + global average pooling +
   linear; probes stem, block1-3. Its checkpoints hold the trunk at `model/trunk`, so
   `backbone.load_trunk` (and so `mtssl-eval`) reads a trained student directly.
@@ -24,9 +31,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from mtssl_tf.configs.experiment import TrunkConfig
+from mtssl_tf.trunk import alexnet as caffenet
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
 
 LOGITS = 'logits'
+# bvlc_reference_caffenet.prototxt fc8: weight_filler gaussian std 0.01, bias_filler constant 0.
+CLASSIFIER_STDDEV = 0.01
 _REGISTRY: Dict[str, Callable[..., tf.keras.Model]] = {}
 
 
@@ -45,80 +55,49 @@ def model_names() -> List[str]:
   return sorted(_REGISTRY)
 
 
-def _scaled(units: int, width: float) -> int:
-  return max(1, int(round(units * width)))
+class AlexNet(caffenet.AlexNet):
+  """Noroozi et al. 2018's target AlexNet: `trunk.alexnet` 'standard' + the cluster classifier fc8.
 
-
-class AlexNet(tf.keras.Model):
-  """AlexNet (Krizhevsky et al. 2012) as Noroozi et al. 2018's target network.
-
-  conv1 11x11/4 96, pool, conv2 5x5 256, pool, conv3 3x3 384, conv4 3x3 384,
-  conv5 3x3 256, pool, fc6 4096, fc7 4096, linear classifier; ReLU after each conv/fc,
-  3x3/2 max pools, dropout on fc6/fc7. conv1 pads 'same' so 224 px inputs give
-  Krizhevsky's 55 -> 27 -> 13 -> 6 sizes (56, 27, 13, 6 here) and small inputs still fit.
+  Endpoints: conv1..conv5 (after ReLU, before pooling), pool5, fc6, fc7 (after ReLU,
+  before dropout) and 'logits' (fc8 on dropout(fc7)). The layers are the trunk's
+  (`convs`, `norms`, `fcs` dicts), so every reader of a student (the probes, `voc07_cls`,
+  `nonlinear`, `filters`) finds conv1..conv5 by name; `classifier` is fc8.
   """
 
-  CONVS = (('conv1', 96, 11, 4), ('conv2', 256, 5, 1), ('conv3', 384, 3, 1), ('conv4', 384, 3, 1),
-           ('conv5', 256, 3, 1))  # fmt: skip
-  POOLED = ('conv1', 'conv2', 'conv5')
+  CONVS = caffenet.CONVS  # (name, filters, kernel, padding, groups, bias init) per conv layer.
+  POOLED = caffenet.POOLED
 
-  def __init__(self, num_classes: int, width: float = 1.0, batch_norm: bool = True, dropout: float = 0.5,
-               fc_units: int = 4096, name: str = 'alexnet'):  # fmt: skip
+  def __init__(self, num_classes: int, width: float = 1.0, batch_norm: bool = False,
+               dropout: float = caffenet.DROPOUT, fc_units: int = 4096, name: str = 'alexnet'):  # fmt: skip
     """Creates the layers.
 
     Args:
       num_classes: classifier outputs (the number of clusters).
       width: multiplier of every conv's channels and the fc units (0.125 for tests).
-      batch_norm: BatchNorm after every conv and fc layer; else LRN after conv1 and conv2.
-      dropout: dropout rate of fc6 and fc7.
-      fc_units: fc6/fc7 units before `width`.
+      batch_norm: BatchNorm after every conv and fc layer (our small-world option); else
+        CaffeNet's LRN after pool1 and pool2 (the paper's network).
+      dropout: dropout rate after fc6 and fc7 (CaffeNet: 0.5).
+      fc_units: fc6/fc7 units before `width` (CaffeNet: 4096).
       name: model name.
     """
-    super().__init__(name=name)
-    self.batch_norm = batch_norm
+    super().__init__('standard', width, batch_norm, fc_units=(fc_units, fc_units), dropout=dropout, name=name)
     self.probe_endpoints: Tuple[str, ...] = tuple(c[0] for c in self.CONVS)
-    self.convs, self.norms = {}, {}
-    for conv, filters, kernel, stride in self.CONVS:
-      self.convs[conv] = tf.keras.layers.Conv2D(
-        _scaled(filters, width), kernel, stride, padding='same', use_bias=not batch_norm, name=conv
-      )
-      if batch_norm:
-        self.norms[conv] = tf.keras.layers.BatchNormalization(name=f'{conv}_bn')
-    self.fcs = {}
-    for fc in ('fc6', 'fc7'):
-      self.fcs[fc] = tf.keras.layers.Dense(_scaled(fc_units, width), use_bias=not batch_norm, name=fc)
-      if batch_norm:
-        self.norms[fc] = tf.keras.layers.BatchNormalization(name=f'{fc}_bn')
-    self.dropout = tf.keras.layers.Dropout(dropout)
     self.classifier = tf.keras.layers.Dense(
-      num_classes, kernel_initializer=tf.keras.initializers.RandomNormal(stddev=0.01), name=LOGITS
+      num_classes, kernel_initializer=tf.keras.initializers.RandomNormal(stddev=CLASSIFIER_STDDEV), name=LOGITS
     )
 
-  def _norm(self, name: str, x, training):
-    if self.batch_norm:
-      return self.norms[name](x, training=training)
-    if name in ('conv1', 'conv2'):
-      # Caffe's bvlc_alexnet LRN (size 5, alpha 1e-4, beta 0.75): TF's alpha is not divided by the size.
-      return tf.nn.local_response_normalization(x, depth_radius=2, bias=1.0, alpha=1e-4 / 5, beta=0.75)
-    return x
-
   def call(self, images, training=None) -> Dict[str, tf.Tensor]:
-    endpoints = {}
-    x = images
-    for conv, *_ in self.CONVS:
-      x = tf.nn.relu(self._norm(conv, self.convs[conv](x), training))
-      endpoints[conv] = x
-      if conv in self.POOLED:
-        # fc6 needs static sizes anyway; 'SAME' only where a tiny test input leaves < 3 pixels.
-        x = tf.nn.max_pool2d(x, 3, 2, 'VALID' if min(x.shape[1], x.shape[2]) >= 3 else 'SAME')
-    endpoints['pool5'] = x
-    x = tf.reshape(x, [-1, x.shape[1] * x.shape[2] * x.shape[3]])
-    for fc in ('fc6', 'fc7'):
-      x = tf.nn.relu(self._norm(fc, self.fcs[fc](x), training))
-      endpoints[fc] = x
-      x = self.dropout(x, training=training)
-    endpoints[LOGITS] = self.classifier(x)
+    endpoints = dict(super().call(images, training=training))
+    # The trunk returns fc7 before its dropout; fc8 reads it after (prototxt drop7 -> fc8).
+    endpoints[LOGITS] = self.classifier(self.dropout(endpoints['fc7'], training=training))
     return endpoints
+
+
+def alexnet_parameter_count(num_classes: int, width: float = 1.0, batch_norm: bool = False, fc_units: int = 4096,
+                            input_size: int = 227) -> int:  # fmt: skip
+  """Parameters of `AlexNet(num_classes, ...)` built at `input_size`: the trunk's arithmetic + fc8."""
+  trunk = caffenet.parameter_count('standard', width, batch_norm, (fc_units, fc_units), input_size)
+  return trunk + caffenet.scaled(fc_units, width) * num_classes + num_classes
 
 
 class TrunkStudent(tf.keras.Model):
@@ -192,7 +171,9 @@ class KerasStudent(tf.keras.Model):
 
 @register_model('alexnet')
 def _alexnet(num_classes: int, input_size: int, **kwargs) -> tf.keras.Model:
-  del input_size  # Any size from 32 px: the pools adapt.
+  sizes = caffenet.endpoint_sizes('standard', input_size)
+  if min(sizes.values()) < 1 or min(sizes['conv1'], sizes['conv2'], sizes['conv5']) < caffenet.POOL_KERNEL:
+    raise ValueError(f'alexnet: a {input_size} px input leaves a pooled map smaller than the 3x3 window; use >= 55 px')
   return AlexNet(num_classes, **kwargs)
 
 

@@ -55,11 +55,18 @@ def model_kwargs(cfg: StudentConfig) -> Dict[str, Any]:
   return {}
 
 
+def describe_student(architecture: str, num_classes: int, input_size: int, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+  """The `student.json` of a student built by `build_model(architecture, num_classes, input_size, **kwargs)`."""
+  return {'architecture': architecture, 'num_classes': num_classes, 'input_size': input_size,
+          'kwargs': {k: to_plain(v) if isinstance(v, Config) else v for k, v in kwargs.items()}}  # fmt: skip
+
+
 def load_student(student_dir: str) -> tf.keras.Model:
   """Rebuilds a trained student from `student.json` and restores its latest checkpoint.
 
   Raises:
     FileNotFoundError: no student (or no checkpoint) in `student_dir`.
+    ValueError: the checkpoint does not fit the described student (e.g. an AlexNet of an earlier layout).
   """
   path = os.path.join(student_dir, META)
   latest = tf.train.latest_checkpoint(os.path.join(student_dir, 'checkpoints'))
@@ -71,8 +78,14 @@ def load_student(student_dir: str) -> tf.keras.Model:
   if 'trunk' in kwargs:
     kwargs['trunk'] = override(TrunkConfig(), kwargs['trunk'])
   model = build_model(meta['architecture'], meta['num_classes'], meta['input_size'], **kwargs)
-  status = tf.train.Checkpoint(model=model).read(latest)
-  status.expect_partial().assert_existing_objects_matched()
+  try:
+    tf.train.Checkpoint(model=model).read(latest).expect_partial().assert_existing_objects_matched()
+  except (AssertionError, ValueError, tf.errors.OpError) as e:
+    raise ValueError(
+      f'student {student_dir}: checkpoint {latest} does not fit the {meta["architecture"]} its {META} describes '
+      "(an 'alexnet' student saved before the CaffeNet layout, without conv groups, must be retrained): "
+      f'{str(e).splitlines()[0][:300]}'
+    ) from None
   model.input_size = meta['input_size']
   return model
 
@@ -130,8 +143,7 @@ def train_student(
     model = build_model(cfg.architecture, num_classes, cfg.crop_size, **kwargs)
   except ValueError as e:
     raise ConfigError(f'train.architecture: {e}') from None
-  meta = {'architecture': cfg.architecture, 'num_classes': num_classes, 'input_size': cfg.crop_size,
-          'kwargs': {k: to_plain(v) if isinstance(v, Config) else v for k, v in kwargs.items()}}  # fmt: skip
+  meta = describe_student(cfg.architecture, num_classes, cfg.crop_size, kwargs)
   with tf.io.gfile.GFile(os.path.join(out_dir, META), 'w') as f:
     json.dump(meta, f, indent=2)
   if cfg.architecture == 'resnet_v2_trunk':

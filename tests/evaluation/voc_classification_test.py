@@ -109,21 +109,25 @@ def test_runs_from_the_runner_and_resumes(tmp_path, pretrained, tiny_world):
   assert again['counts']['steps'] == 4 and again['train']['steps_trained'] == 2
 
 
+STUDENT_CROP = f'{vc.NAME}.crop_size=64'  # The tiny student's input size (CaffeNet's pools need >= 55 px).
+
+
 def _tiny_student(folder: str) -> str:
-  """A tiny AlexNet student folder as `mtssl-transfer` leaves it: student.json and a checkpoint."""
-  model = models.build_model('alexnet', 5, 48, width=0.125)
+  """A tiny AlexNet student folder as `mtssl-transfer` leaves it: student.json and a checkpoint (64 px: >= 55)."""
+  model = models.build_model('alexnet', 5, 64, width=0.125)
   for v in model.variables:  # Distinctive weights, so the copy can be checked.
     v.assign(tf.random.stateless_normal(v.shape, [1, len(v.name)], stddev=0.05) + (1.0 if 'variance' in v.name else 0))
   tf.train.Checkpoint(model=model).save(os.path.join(folder, 'checkpoints', 'ckpt'))
   with open(os.path.join(folder, META), 'w') as f:
-    json.dump({'architecture': 'alexnet', 'num_classes': 5, 'input_size': 48, 'kwargs': {'width': 0.125}}, f)
+    json.dump({'architecture': 'alexnet', 'num_classes': 5, 'input_size': 64, 'kwargs': {'width': 0.125}}, f)
   return folder
 
 
 @pytest.mark.numerics
 def test_alexnet_student_conv_layers_are_copied_and_fine_tuned(tmp_path, tiny_world):
   student = _tiny_student(str(tmp_path / 'student'))
-  cfg = load_eval_config([], _overrides(tiny_world['sources'], 2, ['voc07_cls.freeze_conv1=true']), student)
+  cfg = load_eval_config([], _overrides(tiny_world['sources'], 2, ['voc07_cls.freeze_conv1=true', STUDENT_CROP]),
+                         student)  # fmt: skip
   ctx = runner.context(vc.NAME, cfg, str(tmp_path))
   model, source = vc.build_classifier(ctx)
   from mtssl_tf.transfer.student import load_student
@@ -148,7 +152,7 @@ def test_copy_fc_takes_the_students_fc6_fc7_and_checks_the_crop(tmp_path, tiny_w
 
   student = _tiny_student(str(tmp_path / 'student'))
   loaded = load_student(student)
-  cfg = load_eval_config([], _overrides(tiny_world['sources'], 2, ['voc07_cls.copy_fc=true']), student)
+  cfg = load_eval_config([], _overrides(tiny_world['sources'], 2, ['voc07_cls.copy_fc=true', STUDENT_CROP]), student)
   model, source = vc.build_classifier(runner.context(vc.NAME, cfg, str(tmp_path)))
   for fc in ('fc6', 'fc7'):
     np.testing.assert_array_equal(model.net.fcs[fc].kernel.numpy(), loaded.fcs[fc].kernel.numpy())

@@ -31,6 +31,7 @@ def tiny_transfer_config(world, init: str = 'random', num_clusters: int = 4) -> 
   c.num_clusters, c.iterations, c.seed = num_clusters, 5, 0
   t = cfg.train
   t.width, t.dropout, t.image_size, t.crop_size, t.steps, t.batch_size = 0.125, 0.0, 64, 56, 4, 8
+  t.batch_norm = True  # Small-world training (the paper's network has LRN).
   t.log_every_steps, t.checkpoint_every_steps, t.shuffle_buffer = 2, 4, 40
   p = cfg.probe
   p.train_source, p.validation_source = sources['images_train'], sources['images_validation']
