@@ -141,13 +141,14 @@ class NetworkFeatures:
     # Noroozi §5 features of an AlexNet / VGG16 teacher (the module docstring); None: `endpoint` pooled.
     section5 = cfg.trunk.kind if cfg.trunk.kind in TEACHER_LAYERS and cfg.teacher_features == 'section5' else None
     if kind == 'saved_model':
+      self._loaded = tf.saved_model.load(path)  # Kept: the signature functions need it alive.
+      if hasattr(self._loaded, 'trunk_kind'):  # Ours record their trunk's kind (export/saved_model.py).
+        exported = self._loaded.trunk_kind.numpy().decode()
+        section5 = exported if exported in TEACHER_LAYERS and cfg.teacher_features == 'section5' else None
+      endpoint = TEACHER_LAYERS[section5][0] if section5 else cfg.endpoint
+      maps = self._saved_model(cfg, path, mode, endpoint if section5 else '')
       if section5:
-        raise ConfigError(
-          f"extract.teacher_features: section5 reads the {section5} teacher's {TEACHER_LAYERS[section5][0]}, which "
-          f"the SavedModel {path} does not serve; extract from the run's checkpoint (extract.init=<run folder>) "
-          'or set extract.teacher_features=endpoint'
-        )
-      maps = self._saved_model(cfg, path, mode)
+        shapes = {endpoint: maps(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3], tf.uint8)).shape}
     else:
       if kind == backbone.RANDOM:
         tf.keras.utils.set_random_seed(cfg.seed)
@@ -185,10 +186,19 @@ class NetworkFeatures:
     self._fn = tf.function(features, input_signature=[spec])
     self.dims = int(self._fn(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3], tf.uint8)).shape[-1])
 
-  def _saved_model(self, cfg: ExtractConfig, path: str, mode: str):
-    self._loaded = tf.saved_model.load(path)  # Kept: the signature functions need it alive.
+  def _saved_model(self, cfg: ExtractConfig, path: str, mode: str, section5_layer: str = ''):
+    """uint8 images -> the map of the SavedModel's signature; `section5_layer`: that output of 'endpoints'."""
     unit = cfg.endpoint.startswith('block3/unit_')
     signature = cfg.signature or {'final': 'final'}.get(cfg.endpoint, 'block3_units' if unit else '')
+    if section5_layer:
+      # An AlexNet / VGG16 export serves every named layer in its 'endpoints' signature.
+      if 'endpoints' not in self._loaded.signatures:
+        raise ConfigError(
+          f"extract.teacher_features: section5 reads {section5_layer!r} from an 'endpoints' signature, which {path} "
+          f"lacks ({sorted(self._loaded.signatures)}); extract from the run's checkpoint or set "
+          'extract.teacher_features=endpoint'
+        )
+      signature = 'endpoints'
     if not signature:
       raise ConfigError(
         f"extract.endpoint: an exported SavedModel serves 'final' and 'block3/unit_NN', not {cfg.endpoint!r}; "
@@ -201,7 +211,13 @@ class NetworkFeatures:
     if len(inputs) != 1:
       raise ConfigError(f'extract.signature: {signature!r} takes {sorted(inputs)}; one image input is needed')
     ((name, spec),) = inputs.items()
-    key = cfg.output_key or ('final' if cfg.endpoint == 'final' else cfg.endpoint.split('/')[-1])
+    size = spec.shape[1:3].as_list() if spec.shape.rank == 4 else [None, None]
+    if any(side not in (None, cfg.crop_size) for side in size):
+      raise ConfigError(
+        f'extract.crop_size: signature {signature!r} of {path} takes {size[0]}x{size[1]} images (fixed at export), '
+        f'not {cfg.crop_size}; set extract.crop_size={size[0]} or export with that image size'
+      )
+    key = section5_layer or cfg.output_key or ('final' if cfg.endpoint == 'final' else cfg.endpoint.split('/')[-1])
     if key not in fn.structured_outputs:
       raise ConfigError(
         f'extract.output_key: signature {signature!r} has no output {key!r} ({sorted(fn.structured_outputs)})'

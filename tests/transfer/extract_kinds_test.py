@@ -11,8 +11,10 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from mtssl_tf.configs import ConfigError, save_config
+from mtssl_tf.configs import ConfigError, LassoConfig, save_config
 from mtssl_tf.evaluation import backbone
+from mtssl_tf.export.saved_model import export
+from mtssl_tf.tasks.multitask import MultiTaskModel
 from mtssl_tf.train.experiment import ExperimentConfig
 from mtssl_tf.transfer import extract
 from mtssl_tf.transfer.config import load_transfer_config
@@ -88,6 +90,25 @@ def test_conv_teachers_give_section5_features(kind, variant, crop, tiny_world, t
   pooled = extract.build_featurizer(other.extract)
   assert pooled.dims == 2 * 2 * trunk.output_channels and pooled.fingerprint['endpoint'] == 'final'
   assert 'teacher_features' not in pooled.fingerprint
+
+
+def test_an_exported_vgg16_teacher_gives_the_same_section5_features(tiny_world, tmp_path):
+  run_dir = make_conv_run(str(tmp_path / 'run'), 'vgg16')
+  cfg = extract_config(run_dir, tiny_world, 64)
+  model = MultiTaskModel(cfg.extract.trunk, {}, LassoConfig())
+  model.trunk(tf.zeros([1, 64, 64, 3]), training=False)
+  tf.train.Checkpoint(model=model).read(os.path.join(run_dir, 'checkpoints', 'ckpt-1')).expect_partial()
+  saved = export(model, str(tmp_path / 'export'), image_size=64)  # Away from the run: the kind comes from the export.
+  from_export = extract_config(saved, tiny_world, 64)
+  assert from_export.extract.trunk.kind == 'resnet_v2'  # No config.yaml beside it.
+  exported = extract.build_featurizer(from_export.extract)
+  assert exported.dims == section5_dims('vgg16') and exported.fingerprint['output_key'] == 'conv4_3'
+  images = tf.cast(tf.random.uniform([2, 64, 64, 3], 0, 256, seed=2), tf.uint8)
+  direct = extract.build_featurizer(cfg.extract)(images)
+  # The same ops on the same weights, traced in two functions: float32 reassociation only.
+  np.testing.assert_allclose(exported(images), direct, rtol=1e-4, atol=1e-5 * np.abs(direct).max())
+  with pytest.raises(ConfigError, match=r'extract\.crop_size: signature .* takes 64x64 images'):
+    extract.build_featurizer(extract_config(saved, tiny_world, 72).extract)
 
 
 def test_a_crop_too_small_for_the_section5_grid_is_named(tiny_world, tmp_path):
