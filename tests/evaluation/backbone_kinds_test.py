@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtssl_tf.configs import ConfigError, save_config
+from mtssl_tf.configs import ConfigError, LassoConfig, save_config
 from mtssl_tf.evaluation import backbone, linear, protocols, runner
 from mtssl_tf.evaluation.config import load_eval_config
+from mtssl_tf.export.saved_model import export
+from mtssl_tf.tasks.multitask import MultiTaskModel
 from mtssl_tf.train.experiment import ExperimentConfig
 from mtssl_tf.trunk import alexnet
 from mtssl_tf.trunk.registry import build_trunk
@@ -109,6 +111,29 @@ def test_voc07_classification_fine_tunes_a_vgg16_run(conv_runs, tiny_world, tmp_
   cfg = load_eval_config([], overrides, conv_runs['vgg16']['run_dir'])
   results = runner.run('voc07_cls', cfg, str(tmp_path))
   assert results['counts']['steps'] == 2 and 0.0 <= results['mAP'] <= 1.0
+
+
+def test_a_vgg16_export_beside_its_run_loads_the_same_weights(conv_runs, tmp_path):
+  run = conv_runs['vgg16']
+  cfg = load_eval_config([], [], run['run_dir'])
+  model = MultiTaskModel(cfg.trunk, {}, LassoConfig())
+  model.trunk(tf.zeros([1, 64, 64, 3]), training=False)
+  tf.train.Checkpoint(model=model).read(os.path.join(run['run_dir'], 'checkpoints', 'ckpt-1')).expect_partial()
+  saved = export(model, os.path.join(run['run_dir'], 'saved_model'), image_size=64)
+  trunk = backbone.load_trunk(saved, load_eval_config([], [], saved).trunk)  # The kind from the run's config.yaml.
+  assert trunk.kind == 'vgg16'
+  for v in trunk.variables:
+    np.testing.assert_array_equal(v.numpy(), run['weights'][v.name.split('/', 1)[-1]], err_msg=v.name)
+
+
+def test_knn_on_an_alexnet_conv_endpoint(conv_runs, tiny_world, tmp_path):
+  sources = tiny_world['sources']
+  overrides = [f'knn.train_source={sources["images_train"]}', f'knn.test_source={sources["images_validation"]}',
+               'knn.image_size=64', 'knn.crop_size=64', 'knn.k=[5]', 'knn.batch_size=20',
+               'knn.endpoint=conv5']  # fmt: skip
+  cfg = load_eval_config([], overrides, conv_runs['alexnet']['run_dir'])
+  results = runner.run('knn', cfg, str(tmp_path))
+  assert 0.0 <= results['top1_k5'] <= 1.0
 
 
 @pytest.mark.parametrize('protocol', ['detection', 'depth', 'supervised'])
