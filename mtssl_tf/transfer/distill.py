@@ -31,8 +31,9 @@ everything below that is not from it is a named config choice (`config.DistillCo
   trained with the student and checkpointed beside it (`regressors`), not part of it.
 * Loss: the sum over layer pairs of the mean squared error (over batch, positions and
   channels); weight decay on the regressed layers' kernels and the adapters'. Logged per
-  layer: 'mse_<layer>' and 'fvu_<layer>', the fraction of the target's batch variance
-  left unexplained (scale-free: 1 = predicting the batch mean).
+  layer: 'mse_<layer>' and 'fvu_<layer>', the fraction of the target's variance left
+  unexplained (scale-free: the MSE over the mean per-channel variance in the batch, so
+  1 = predicting each channel's batch mean).
 """
 
 from __future__ import annotations
@@ -268,7 +269,9 @@ def distill_student(
     metrics = {'loss': loss}
     for k, error in errors.items():
       metrics[f'mse_{k}'] = error
-      metrics[f'fvu_{k}'] = error / tf.maximum(tf.math.reduce_variance(targets[k]), 1e-12)
+      # Against each channel's own batch mean (a constant per channel is what an adapter's bias gives for free).
+      spread = tf.reduce_mean(tf.math.reduce_variance(targets[k], axis=[0, 1, 2]))
+      metrics[f'fvu_{k}'] = error / tf.maximum(spread, 1e-12)
     return total, metrics
 
   windows: List[Dict[str, float]] = []
