@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from mtssl_tf.configs.base import ConfigError
+from mtssl_tf.data.segmentation import VOID, segmentation_dataset
 from mtssl_tf.data.synthetic import segmentation as world_seg
 from mtssl_tf.data.synthetic.detection import write_vocdevkit
 from mtssl_tf.data.synthetic.scenes import render_scene
@@ -15,7 +16,6 @@ from mtssl_tf.evaluation import runner
 from mtssl_tf.evaluation import segmentation as seg
 from mtssl_tf.evaluation import segmentation_model as sm
 from mtssl_tf.evaluation.config import load_eval_config
-from mtssl_tf.evaluation.segmentation_data import VOID, segmentation_dataset
 from mtssl_tf.transfer import models
 from mtssl_tf.transfer.student import META
 

@@ -1,7 +1,7 @@
 """Per-pixel class masks of the synthetic world's scenes, written as VOC `SegmentationClass` PNGs.
 
 `write_vocdevkit` (detection.py) calls `write_segmentation` for every scene it writes, so
-the world's VOCdevkit also holds what `evaluation.segmentation_data` reads:
+the world's VOCdevkit also holds what `data.segmentation` reads:
 `SegmentationClass/<id>.png` and `ImageSets/Segmentation/{train,val,trainval}.txt`.
 The masks come from the scene's own object masks (no random draw), so writing them
 leaves every image, box and split of the world as it was.
@@ -27,6 +27,7 @@ from typing import Dict, List
 import numpy as np
 from PIL import Image
 
+from mtssl_tf.data.segmentation import voc_colormap
 from mtssl_tf.data.synthetic.scenes import Scene
 
 VOID_WIDTH = 1
@@ -52,8 +53,6 @@ def class_mask(scene: Scene, void_width: int = VOID_WIDTH) -> np.ndarray:
 
 def encode_label_png(label: np.ndarray) -> bytes:
   """uint8 [H, W] indices -> a palette PNG with the devkit's colours, as VOC's SegmentationClass files."""
-  from mtssl_tf.evaluation.segmentation_data import voc_colormap
-
   image = Image.fromarray(label, 'P')
   image.putpalette(voc_colormap().reshape(-1).tolist())
   buffer = io.BytesIO()
