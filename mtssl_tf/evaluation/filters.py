@@ -115,9 +115,9 @@ def conv_kernel(model: Any, layer: str = FIRST) -> tf.Variable:
   if isinstance(convs, dict) and layer in convs:  # AlexNet (transfer/models.py, trunk/alexnet.py).
     return convs[layer].kernel
   if layer == FIRST:
-    for holder in (model, getattr(model, 'trunk', None)):  # ResNet-v2 trunk, or a student holding one.
-      if holder is not None and hasattr(holder, 'stem_conv'):
-        return holder.stem_conv.kernel
+    for holder in (model, getattr(model, 'trunk', None)):  # A registry trunk, or a student holding one.
+      if holder is not None and hasattr(holder, 'first_conv'):
+        return holder.first_conv.kernel
     for sub in getattr(model, 'submodules', ()):  # Any other Keras network: the first Conv2D it lists.
       if isinstance(sub, tf.keras.layers.Conv2D):
         return sub.kernel

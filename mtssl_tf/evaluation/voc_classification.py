@@ -64,7 +64,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -279,14 +279,25 @@ class TrunkClassifier(tf.keras.Model):
     return self.fc8(tf.reduce_mean(tf.cast(final, tf.float32), axis=[1, 2]))
 
   def conv1_variables(self) -> List[tf.Variable]:
-    return list(self.trunk.stem_conv.trainable_variables)
+    norm = self.trunk.first_norm  # Any trunk kind (trunk.registry's interface).
+    return list(self.trunk.first_conv.trainable_variables) + (list(norm.trainable_variables) if norm else [])
 
 
 class AlexNetClassifier(tf.keras.Model):
   """A student AlexNet's conv1..conv5 (copied) + new fc6, fc7 (ReLU, dropout) and fc8."""
 
-  def __init__(self, student, meta: Dict[str, Any], cfg: VocClassificationConfig):
+  def __init__(self, student, meta: Dict[str, Any], cfg: VocClassificationConfig,
+               to_input: Optional[Callable[[tf.Tensor], tf.Tensor]] = None):  # fmt: skip
+    """Copies `student`'s conv layers (a student, or a run's AlexNet trunk network: the same layers).
+
+    Args:
+      student: has `convs`, `norms` (and `fcs` for `copy_fc`), `width`, `batch_norm`.
+      meta: the student's `student.json` ({} for a run's trunk).
+      cfg: the protocol's config.
+      to_input: uint8 images -> network input; None: [-1, 1] RGB, the students' convention.
+    """
     super().__init__(name='voc07_alexnet_classifier')
+    self.to_input = to_input
     from mtssl_tf.transfer.models import AlexNet
 
     # The student's own shape (CaffeNet layers, `transfer.models.AlexNet`): width and BatchNorm or LRN.
@@ -322,7 +333,8 @@ class AlexNetClassifier(tf.keras.Model):
     from mtssl_tf.transfer.models import LOGITS
     from mtssl_tf.trunk.inputs import preprocess
 
-    return tf.cast(self.net(preprocess(images, 'rgb'), training=training)[LOGITS], tf.float32)
+    inputs = preprocess(images, 'rgb') if self.to_input is None else self.to_input(images)
+    return tf.cast(self.net(inputs, training=training)[LOGITS], tf.float32)
 
   def conv1_variables(self) -> List[tf.Variable]:
     norm = self.net.norms.get('conv1')
@@ -353,9 +365,20 @@ def build_classifier(ctx: Context) -> Tuple[tf.keras.Model, str]:
     model = AlexNetClassifier(load_student(ctx.init), meta, cfg)
     fcs = 'fc6/fc7 copied, new fc8' if cfg.copy_fc else 'new fc6/fc7/fc8'
     return model, f'AlexNet student conv1-conv5 from {ctx.init}; {fcs}'
-  model = TrunkClassifier(ctx.trunk(), cfg, ctx.input_fn())
+  trunk = ctx.trunk()
+  if trunk.kind == 'alexnet':
+    # Noroozi §5: the conv layers of the AlexNet trained on the pretext task go into the standard
+    # AlexNet (a Jigsaw tile network's stride-2 conv1 weights too: same kernel shape, stride 4 here),
+    # fc layers new. A run's trunk has no fc6/fc7 of its own to copy (they are its task's head).
+    if cfg.copy_fc:
+      raise ConfigError(f'{NAME}.copy_fc: the AlexNet trunk of run {ctx.init} has no fc6/fc7 (they belong to its '
+                        'task head); copy_fc needs a student folder')  # fmt: skip
+    model = AlexNetClassifier(trunk.net, {}, cfg, ctx.input_fn())
+    return model, (f'AlexNet trunk ({trunk.net.variant} variant) conv1-conv5 from {ctx.init} in the standard '
+                   'AlexNet; new fc6/fc7/fc8')  # fmt: skip
+  model = TrunkClassifier(trunk, cfg, ctx.input_fn())
   model(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3], tf.uint8), training=False)
-  return model, f'ResNet-v2 trunk from {ctx.init}; global average pooling of final, new fc8'
+  return model, f'{trunk.kind} trunk from {ctx.init}; global average pooling of final, new fc8'
 
 
 # ----------------------------------------------------------------------------- training and test

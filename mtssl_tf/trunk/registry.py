@@ -8,6 +8,7 @@ evaluations) calls `build_trunk(config, precision)` and reads it through one int
 * `output_channels` (channels of 'final'), `endpoint_names`, `kind`;
 * `fixed_stride`: None when `output_stride` can be chosen per call (ResNet-v2: 8, 16, 32),
   else the network's one stride at 'final' (AlexNet, VGG16 ignore `output_stride`);
+* `first_conv` / `first_norm` (None without BatchNorm): the first convolution and its norm;
 * `supports_lasso`, and for lasso (ResNet-v2 only) `num_units` / `block3_units(endpoints)`.
 
 Kinds: 'resnet_v2' (Doersch & Zisserman 2017: ResNet-v2 blocks 1-3), 'alexnet' and 'vgg16'
@@ -67,6 +68,16 @@ class ConvNetTrunk(tf.keras.Model):
   @property
   def endpoint_names(self) -> Tuple[str, ...]:
     return tuple(self.net.endpoint_names) + ('final',)
+
+  @property
+  def first_conv(self) -> tf.keras.layers.Layer:
+    """The first convolution (conv1 / conv1_1): what `freeze_conv1` keeps and Figure 4 draws."""
+    return self.net.convs[next(iter(self.net.convs))]
+
+  @property
+  def first_norm(self) -> Optional[tf.keras.layers.Layer]:
+    """The first convolution's BatchNorm, if the network has BatchNorm."""
+    return self.net.norms.get(next(iter(self.net.convs)))
 
   @property
   def num_units(self) -> int:

@@ -202,6 +202,16 @@ class ResNetV2Trunk(tf.keras.Model):
     return 4 * self.config.width * 4
 
   @property
+  def first_conv(self) -> tf.keras.layers.Layer:
+    """The stem's 7x7 convolution (the registry's interface)."""
+    return self.stem_conv
+
+  @property
+  def first_norm(self):
+    """None: a pre-activation stem has no BatchNorm of its own after conv1."""
+    return None
+
+  @property
   def endpoint_names(self) -> Tuple[str, ...]:
     """Names `call` returns: stem, block1..block3, every block-3 unit, final."""
     units = tuple(unit_endpoint_name(i + 1) for i in range(self.num_units))

@@ -113,6 +113,25 @@ def test_voc07_classification_fine_tunes_a_vgg16_run(conv_runs, tiny_world, tmp_
   assert results['counts']['steps'] == 2 and 0.0 <= results['mAP'] <= 1.0
 
 
+def test_voc07_classification_puts_an_alexnet_runs_convs_into_the_standard_alexnet(conv_runs, tiny_world):
+  """Noroozi §5: conv1..conv5 of the pretext AlexNet copied into a stride-4 AlexNet, fc6/fc7/fc8 new."""
+  from mtssl_tf.evaluation import voc_classification as vc
+
+  run_dir = conv_runs['alexnet']['run_dir']
+  cfg = load_eval_config([], ['voc07_cls.crop_size=64', 'voc07_cls.fc_units=64'], run_dir)
+  model, description = vc.build_classifier(runner.context('voc07_cls', cfg, run_dir, progress=False))
+  assert 'AlexNet trunk' in description and 'new fc6/fc7/fc8' in description
+  assert model.net.spec.conv1_stride == 4  # The standard AlexNet, whatever the run's variant.
+  weights = conv_runs['alexnet']['weights']
+  for conv in ('conv1', 'conv3', 'conv5'):
+    np.testing.assert_array_equal(model.net.convs[conv].kernel.numpy(), weights[f'alexnet/{conv}/kernel:0'], conv)
+  logits = model(tf.zeros([2, 64, 64, 3], tf.uint8), training=False)
+  assert logits.shape == (2, cfg.voc07_cls.num_classes)
+  cfg = load_eval_config([], ['voc07_cls.crop_size=64', 'voc07_cls.copy_fc=true'], run_dir)
+  with pytest.raises(ConfigError, match='copy_fc'):
+    vc.build_classifier(runner.context('voc07_cls', cfg, run_dir, progress=False))
+
+
 def test_a_vgg16_export_beside_its_run_loads_the_same_weights(conv_runs, tmp_path):
   run = conv_runs['vgg16']
   cfg = load_eval_config([], [], run['run_dir'])
