@@ -124,7 +124,9 @@ def test_tables_have_the_paper_layout_and_numbers(grid_run):
 def test_figures_from_the_grid(grid_run):
   figures = grid_run['report'].figures
   names = sorted(os.path.basename(p) for p in figures)
-  assert names == ['figure3.png', 'figure4_rp_col_lasso.png', 'figure5_cc.png'], grid_run['log']
+  assert names == ['figure3.png', 'figure4_rp_col_lasso.png', 'figure5_cc.png', 'noroozi_figure4_cc.png'], grid_run[
+    'log'
+  ]
   series = outputs.collect_ticks(spec.parse_grid(grid_run['data']), grid_run['out'])
   points = series['ImageNet top-5 (%)']['rp_col_lasso']
   assert len(points) == 2 and points[0][0] < points[1][0]  # Compute grows from tick to tick.
