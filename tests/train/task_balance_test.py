@@ -11,10 +11,12 @@ import numpy as np
 from mtssl_tf.configs import override, validate_all
 from mtssl_tf.train.experiment import ExperimentConfig
 
-# Seconds per step. The fast task's pace is several times its tiny-trunk compute, so its
-# speed is the pace; the slow task's is 5x (colorization at stride 8 is ~10x relative
-# position at paper scale).
-FAST, SLOW = 0.15, 0.75
+# Seconds per step. The fast task's pace is several times its tiny-trunk compute (0.04-0.08 s
+# a step measured, more when the other test worker is busy), so its speed is the pace; the
+# slow task's is 5x (colorization at stride 8 is ~10x relative position at paper scale).
+# At 0.15 s the compute was a quarter of a step and the other test worker's load alone moved
+# the ratio below 0.85 once in CI (0.83); at 0.3 s it is at most a sixth.
+FAST, SLOW = 0.3, 1.5
 
 
 def _run(train, root, name, paces, total_steps, order='finished'):
@@ -63,3 +65,4 @@ def test_fast_task_keeps_its_own_speed_beside_a_5x_slower_task(paced_train, tmp_
   assert len(slow) >= 6
   together = _rate([c['end'] for c in taken if c['task'] == 0], slow[2], slow[-1])
   assert together >= 0.85 * alone_rate, (together, alone_rate)
+  print(f'fast task together / alone: {together / alone_rate:.3f}')
