@@ -52,8 +52,12 @@ class ConvNetConfig(Config):
   final_endpoint: str = 'pool5'
 
   def endpoints(self) -> Tuple[str, ...]:
-    """The network's endpoint names (a method, not a field: it is not configurable)."""
-    raise NotImplementedError
+    """The network's endpoint names (a method, not a field: it is not configurable).
+
+    Each network's section overrides it; a bare `ConvNetConfig` names no network, so it has
+    none and validation rejects any `final_endpoint`.
+    """
+    return ()
 
   def validate(self) -> None:
     if self.width <= 0:
