@@ -47,13 +47,9 @@ from official.vision.losses import maskrcnn_losses
 from official.vision.modeling import maskrcnn_model
 from official.vision.modeling.heads import dense_prediction_heads, instance_heads
 from official.vision.modeling.layers import detection_generator, roi_aligner, roi_generator, roi_sampler
-from official.vision.ops import anchor, anchor_generator
+from official.vision.ops import anchor
 
-try:  # Model Garden 2.20 (current line) renamed AnchorGenerator to AnchorGeneratorv1, code unchanged;
-  _AnchorGenerator = anchor_generator.AnchorGeneratorv1  # 2.15 (reference) has the old name only.
-except AttributeError:  # BUILD.md, "Two dependency lines".
-  _AnchorGenerator = anchor_generator.AnchorGenerator
-
+from mtssl_tf import compat
 from mtssl_tf.trunk import lasso as lasso_lib
 from mtssl_tf.trunk.block4 import Block4, load_block4
 from mtssl_tf.trunk.lasso import LassoMix
@@ -62,6 +58,8 @@ from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
 if TYPE_CHECKING:  # The config lives with the evaluation, which imports this module.
   from mtssl_tf.evaluation.detection import DetectionEvalConfig
 
+# Model Garden's AnchorGenerator, named AnchorGeneratorv1 on the current line (mtssl_tf/compat.py).
+_AnchorGenerator = compat.anchor_generator_class()
 STRIDE = 16
 LEVEL = '4'  # log2(STRIDE): the one feature level, keyed as official.vision keys pyramid levels.
 # Backbone output read by the ROI aligner instead of LEVEL when present (the RPN reads LEVEL).
