@@ -6,17 +6,19 @@
 #   current:   TF 2.20 + tf-keras, numpy 2, Python 3.12: constraints-current.txt, .venv-current
 # A python3.11/3.10/3.9 on PATH is preferred (the reference line), else python3.12, else python3.
 # Overrides: PYTHON=/path/to/python (its version decides the line), or LINE=current / LINE=reference
-# (STACK= works too) to look for that line's Python.
+# (STACK= works too) to look for that line's Python: on PATH first, then among pyenv's installed
+# versions even when none of them is selected (pyenv's shim of an unselected version does not run).
 
 ifdef STACK
 LINE ?= $(STACK)
 endif
 REFERENCE_PYTHONS := python3.11 python3.10 python3.9
 CURRENT_PYTHONS := python3.12
+PYENV_VERSIONS := $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions
 ifeq ($(LINE),current)
-CANDIDATES := $(CURRENT_PYTHONS) python3
+CANDIDATES := $(CURRENT_PYTHONS) $(sort $(wildcard $(PYENV_VERSIONS)/3.12*/bin/python3.12)) python3
 else ifeq ($(LINE),reference)
-CANDIDATES := $(REFERENCE_PYTHONS) python3
+CANDIDATES := $(REFERENCE_PYTHONS) $(foreach v,3.11 3.10 3.9,$(sort $(wildcard $(PYENV_VERSIONS)/$(v)*/bin/python$(v)))) python3
 else
 CANDIDATES := $(REFERENCE_PYTHONS) $(CURRENT_PYTHONS) python3
 endif
@@ -40,7 +42,7 @@ STAMP := $(VENV)/.installed
 # Two test processes: one per core of the reference machine (TF ops also use both).
 TEST_WORKERS ?= 2
 
-ifneq ($(filter-out clean,$(or $(MAKECMDGOALS),install)),)
+ifneq ($(filter-out clean python-line,$(or $(MAKECMDGOALS),install)),)
 $(info mtssl_tf: $(if $(filter none,$(LINE)),no dependency line for $(PYTHON) (Python $(or $(PYTHON_VERSION),?)),$(LINE) line ($(CONSTRAINTS), $(VENV)): $(PYTHON) is Python $(or $(PYTHON_VERSION),?), which $(if $(filter $(LINE),$(PYTHON_LINE)),selects it,was overridden by LINE=$(LINE))).)
 endif
 # The venv records its line and Python; another one (LINE or PYTHON switched with the same VENV)
@@ -50,7 +52,7 @@ ifneq ($(shell cat $(STAMP) 2>/dev/null),$(LINE) $(PYTHON_VERSION))
 $(STAMP): FORCE
 endif
 
-.PHONY: install demo summary test test-numerics lint format benchmark reproduce-mini clean FORCE
+.PHONY: install demo summary test test-numerics lint format benchmark reproduce-mini python-line clean FORCE
 
 install: $(STAMP)
 
@@ -70,6 +72,11 @@ $(STAMP): setup.py $(CONSTRAINTS)
 	@echo "$(LINE) $(PYTHON_VERSION)" > $(STAMP)
 
 FORCE:
+
+# The line the Python found would install, and that Python: `make -s LINE=current python-line` prints
+# `current /path/python3.12` where a Python 3.12 is found, else another line's (.ci/run asks this).
+python-line:
+	@echo "$(PYTHON_LINE) $(PYTHON)"
 
 # The main job on its built-in default: local cluster, synthetic world, export.
 demo: $(STAMP)
