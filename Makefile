@@ -52,7 +52,7 @@ ifneq ($(shell cat $(STAMP) 2>/dev/null),$(LINE) $(PYTHON_VERSION))
 $(STAMP): FORCE
 endif
 
-.PHONY: install demo summary test test-numerics lint format benchmark reproduce-mini python-line clean FORCE
+.PHONY: install demo summary test test-numerics lint format benchmark benchmark-lines reproduce-mini python-line clean FORCE
 
 install: $(STAMP)
 
@@ -109,6 +109,12 @@ format: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/trunk_step.py
+
+# The same trunk step on both lines in one run (ratio current / reference); builds both venvs first.
+benchmark-lines:
+	$(MAKE) --no-print-directory LINE=reference install
+	$(MAKE) --no-print-directory LINE=current install
+	.venv/bin/python benchmarks/trunk_step_lines.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -6,10 +6,15 @@ this run (ours / Keras, higher is better). Run on demand, never in tests:
 
     .venv/bin/python benchmarks/trunk_step.py                 # fp32 and mixed_bfloat16
     .venv/bin/python benchmarks/trunk_step.py --image_size=224 --batch_size=8 --rounds=5
+
+Both dependency lines (TF 2.15.1 and TF 2.20 + tf-keras) in one run, as the ratio current / reference:
+benchmarks/trunk_step_lines.py (`make benchmark-lines`) runs this script under each line's venv in turn.
 """
 
+import json
 import os
 import statistics
+import sys
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -29,6 +34,7 @@ flags.DEFINE_list(
   'precisions', ['float32', 'mixed_bfloat16'], "Dtype policies to compare ('auto': this machine's choice)."
 )
 flags.DEFINE_integer('output_stride', 32, "Our trunk's output stride (32 = the same computation as Keras).")
+flags.DEFINE_bool('json', False, 'Also print the results as one JSON line, last (read by trunk_step_lines.py).')
 FLAGS = flags.FLAGS
 
 
@@ -80,6 +86,12 @@ def _compare(precision):
   return rate, statistics.median(ratios), min(ratios), max(ratios)
 
 
+def _versions():
+  """TensorFlow, and the package and version behind tf.keras (keras on TF 2.15, tf_keras on 2.20)."""
+  package = tf.keras.layers.Layer.__module__.split('.')[0]
+  return {'tensorflow': tf.__version__, 'keras': f'{package} {sys.modules[package].__version__}'}
+
+
 def main(argv):
   del argv
   print(f'CPU: {hardware.describe_cpu()}')
@@ -89,10 +101,16 @@ def main(argv):
     f'forward+backward, batch {FLAGS.batch_size}, {FLAGS.image_size} px, our output stride '
     f'{FLAGS.output_stride}, {FLAGS.rounds} rounds x {FLAGS.steps} steps, {os.cpu_count()} CPUs'
   )
+  versions = _versions()
+  print(f'TensorFlow {versions["tensorflow"]}, tf.keras: {versions["keras"]}')
   print(f'{"precision":<16}{"ours img/s":>12}{"keras img/s":>13}{"ratio":>8}  (min-max over rounds)')
+  results = {}
   for precision in FLAGS.precisions:
     rate, ratio, low, high = _compare(precision)
     print(f'{precision:<16}{rate["ours"]:>12.2f}{rate["keras"]:>13.2f}{ratio:>8.2f}  ({low:.2f}-{high:.2f})')
+    results[precision] = {'ours': rate['ours'], 'keras': rate['keras'], 'ratio': ratio}
+  if FLAGS.json:
+    print(json.dumps({'cpu': hardware.describe_cpu(), **versions, 'results': results}))
 
 
 if __name__ == '__main__':
