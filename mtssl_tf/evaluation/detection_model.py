@@ -40,7 +40,7 @@ built.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Mapping, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Tuple
 
 import tensorflow as tf
 from official.vision.losses import maskrcnn_losses
@@ -56,7 +56,7 @@ from mtssl_tf.trunk.lasso import LassoMix
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
 
 if TYPE_CHECKING:  # The config lives with the evaluation, which imports this module.
-  from mtssl_tf.evaluation.detection import DetectionEvalConfig
+  from mtssl_tf.evaluation.detection_config import DetectionEvalConfig
 
 # Model Garden's AnchorGenerator, named AnchorGeneratorv1 on the current line (mtssl_tf/compat.py).
 _AnchorGenerator = compat.anchor_generator_class()
@@ -118,9 +118,7 @@ class DetectionBackbone(tf.keras.Model):
     self.trunk = trunk
     self.freeze_batch_norm = freeze_batch_norm
     if freeze_batch_norm:
-      for layer in trunk.submodules:
-        if isinstance(layer, tf.keras.layers.BatchNormalization):
-          layer.trainable = False
+      freeze_batch_norms(trunk)
     self.lasso = None
     self.lasso_norm = None
     if use_lasso:
@@ -197,9 +195,7 @@ class Block4BoxHead(tf.keras.layers.Layer):
     self.block4 = Block4(trunk.config, units=block4_units, stride=2, name='block4')
     self.freeze_batch_norm = freeze_batch_norm
     if freeze_batch_norm:
-      for layer in self.block4.submodules:
-        if isinstance(layer, tf.keras.layers.BatchNormalization):
-          layer.trainable = False
+      freeze_batch_norms(self.block4)
     self.box_head = instance_heads.DetectionHead(num_classes=num_classes + 1, num_convs=0, num_fcs=0, name='box_head')
 
   def call(self, roi_features, training=None) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -212,6 +208,10 @@ class Block4BoxHead(tf.keras.layers.Layer):
     x = tf.reshape(x, [-1, num_rois, 1, 1, x.shape[-1]])
     return self.box_head(x, training=training)
 
+  def variable_groups(self) -> Dict[str, List[tf.Variable]]:
+    """Trainable variables: block4, box_head."""
+    return {'block4': list(self.block4.trainable_variables), 'box_head': list(self.box_head.trainable_variables)}
+
 
 class FasterRCNN(maskrcnn_model.MaskRCNNModel):
   """MaskRCNNModel without masks, plus the anchor, target and loss plumbing of a train step.
@@ -220,27 +220,49 @@ class FasterRCNN(maskrcnn_model.MaskRCNNModel):
   training)`; `train_losses(batch)` and `detect(images, image_shape)` wrap that.
   """
 
-  def __init__(self, cfg: DetectionEvalConfig, trunk: ResNetV2Trunk, transferred_block4: bool = False, **kwargs):
+  def __init__(
+    self,
+    cfg: DetectionEvalConfig,
+    trunk: Optional[ResNetV2Trunk] = None,
+    transferred_block4: bool = False,
+    backbone: Optional[tf.keras.Model] = None,
+    detection_head: Optional[tf.keras.layers.Layer] = None,
+    **kwargs,
+  ):
     """Builds the components from the config (variables are created on the first call).
 
     Args:
       cfg: the detection config (RPN, ROI and detection settings are read).
-      trunk: the loaded trunk.
+      trunk: the loaded ResNet-v2 trunk, under `DetectionBackbone` and `Block4BoxHead`;
+        None when `backbone` and `detection_head` are given.
       transferred_block4: block 4 will be filled from a trained network: its ROI crops
         come from the raw block-3 sum it was trained on, and its BatchNorm is frozen
         as the trunk's is (`cfg.freeze_batch_norm`). Otherwise block 4 is new: it crops
         the RPN's features and trains its BatchNorm.
+      backbone: another backbone with `DetectionBackbone`'s interface (`{'4': features}`
+        at stride 16, `trunk`, `lasso`, `lasso_norm`, `box_input`, `lasso_penalty()`),
+        e.g. `detection_convnet.ConvDetectionBackbone`.
+      detection_head: its box head (ROI crops -> class logits, box deltas; `variable_groups()`).
       **kwargs: passed to `MaskRCNNModel`.
+
+    Raises:
+      ValueError: neither a trunk nor a backbone and head, or both.
     """
-    backbone = DetectionBackbone(
-      trunk,
-      use_lasso=cfg.use_lasso,
-      lasso_l1_weight=cfg.lasso_l1_weight,
-      lasso_init=cfg.lasso_init,
-      lasso_mix_norm=cfg.lasso_mix_norm,
-      freeze_batch_norm=cfg.freeze_batch_norm,
-      box_input='block3' if transferred_block4 else 'final',
-    )
+    if (trunk is None) == (backbone is None) or (backbone is None) != (detection_head is None):
+      raise ValueError('FasterRCNN: give a ResNet-v2 trunk, or a backbone and a detection head')
+    if backbone is None:
+      backbone = DetectionBackbone(
+        trunk,
+        use_lasso=cfg.use_lasso,
+        lasso_l1_weight=cfg.lasso_l1_weight,
+        lasso_init=cfg.lasso_init,
+        lasso_mix_norm=cfg.lasso_mix_norm,
+        freeze_batch_norm=cfg.freeze_batch_norm,
+        box_input='block3' if transferred_block4 else 'final',
+      )
+      detection_head = Block4BoxHead(
+        trunk, cfg.num_classes, cfg.block4_units, freeze_batch_norm=transferred_block4 and cfg.freeze_batch_norm
+      )
     num_anchors = len(cfg.anchor_sizes) * len(cfg.anchor_aspect_ratios)
     super().__init__(
       backbone=backbone,
@@ -253,9 +275,7 @@ class FasterRCNN(maskrcnn_model.MaskRCNNModel):
         num_filters=cfg.rpn_filters,
         name='rpn_head',
       ),
-      detection_head=Block4BoxHead(
-        trunk, cfg.num_classes, cfg.block4_units, freeze_batch_norm=transferred_block4 and cfg.freeze_batch_norm
-      ),
+      detection_head=detection_head,
       roi_generator=roi_generator.MultilevelROIGenerator(
         pre_nms_top_k=cfg.rpn_pre_nms_top_k,
         pre_nms_min_size_threshold=cfg.rpn_min_size,
@@ -391,15 +411,13 @@ class FasterRCNN(maskrcnn_model.MaskRCNNModel):
     return {k: outputs[k] for k in keys}
 
   def variable_groups(self) -> Dict[str, List[tf.Variable]]:
-    """Trainable variables by part: trunk, lasso, rpn, block4, box_head."""
-    head = self.detection_head[0]
+    """Trainable variables by part: trunk, lasso, rpn, then the box head's (block4 / fc, box_head)."""
     lasso = [part for part in (self.backbone.lasso, self.backbone.lasso_norm) if part is not None]
     return {
       'trunk': list(self.backbone.trunk.trainable_variables),
       'lasso': [v for part in lasso for v in part.trainable_variables],
       'rpn': list(self.rpn_head.trainable_variables),
-      'block4': list(head.block4.trainable_variables),
-      'box_head': list(head.box_head.trainable_variables),
+      **self.detection_head[0].variable_groups(),
     }
 
 
@@ -420,8 +438,19 @@ def build_detector(cfg: DetectionEvalConfig, trunk: ResNetV2Trunk, block4_checkp
     ValueError: `block4_checkpoint` holds no block 4, or one that does not fit (named).
   """
   model = FasterRCNN(cfg, trunk, transferred_block4=bool(block4_checkpoint))
-  size = 2 * STRIDE
-  model.detect(tf.zeros([1, size, size, 3]), tf.constant([[size, size]], tf.float32))
+  create_variables(model)
   if block4_checkpoint:
     load_block4(model.detection_head[0].block4, block4_checkpoint)
   return model
+
+
+def create_variables(model: FasterRCNN, size: int = 2 * STRIDE) -> None:
+  """Creates every variable of `model` by one inference pass on a blank `size` x `size` canvas."""
+  model.detect(tf.zeros([1, size, size, 3]), tf.constant([[size, size]], tf.float32))
+
+
+def freeze_batch_norms(module: tf.Module) -> None:
+  """BatchNorm layers under `module` stop training their scale and offset (and run in inference mode where asked)."""
+  for layer in module.submodules:
+    if isinstance(layer, tf.keras.layers.BatchNormalization):
+      layer.trainable = False

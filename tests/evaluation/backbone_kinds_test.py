@@ -155,7 +155,7 @@ def test_knn_on_an_alexnet_conv_endpoint(conv_runs, tiny_world, tmp_path):
   assert 0.0 <= results['top1_k5'] <= 1.0
 
 
-@pytest.mark.parametrize('protocol', ['detection', 'depth', 'supervised'])
+@pytest.mark.parametrize('protocol', ['depth', 'supervised'])  # detection runs on conv trunks too.
 def test_resnet_only_protocols_refuse_a_conv_trunk_by_name(conv_runs, protocol, tmp_path):
   fields = protocols.protocol_class(protocol).source_fields
   cfg = load_eval_config([], [f'{protocol}.{f}=unused' for f in fields], conv_runs['vgg16']['run_dir'])

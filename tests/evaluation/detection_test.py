@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from mtssl_tf.configs import ConfigError, override
-from mtssl_tf.evaluation import backbone, detection, detection_model
+from mtssl_tf.evaluation import backbone, detection, detection_data, detection_model
 from mtssl_tf.evaluation.supervised import SupervisedModel
 
 # Outcomes depend on floating-point results: CI runs these again with oneDNN off.
@@ -79,14 +79,14 @@ def test_flip_mirrors_image_and_boxes():
   boxes = tf.constant([[0.1, 0.2, 0.5, 0.6]])
   preprocess = backbone.input_fn('rgb')
   # Scale 40 keeps the size (the shorter side already is 40), so pixels are comparable.
-  out = detection.transform(tf.constant(image), boxes, 40, 60, True, preprocess)
+  out = detection_data.transform(tf.constant(image), boxes, 40, 60, True, preprocess)
   # x: 1 - 0.6 = 0.4 and 1 - 0.2 = 0.8 of 60 pixels; y unchanged: 0.1 and 0.5 of 40.
   np.testing.assert_allclose(out['boxes'].numpy(), [[4.0, 24.0, 20.0, 48.0]], atol=1e-4)
   np.testing.assert_allclose(out['image_shape'].numpy(), [40, 60])
   assert out['image'].shape == (48, 64, 3)  # Canvas: both sides rounded up to the stride.
   np.testing.assert_allclose(out['image'][:40, :60].numpy(), preprocess(image[:, ::-1]).numpy(), atol=1e-6)
   assert not np.any(out['image'][40:].numpy()) and not np.any(out['image'][:, 60:].numpy())
-  unflipped = detection.transform(tf.constant(image), boxes, 20, 60, False, preprocess)
+  unflipped = detection_data.transform(tf.constant(image), boxes, 20, 60, False, preprocess)
   # Half size, not flipped: pixel boxes scale with the image; canvas 32 x 64 for scale 20.
   np.testing.assert_allclose(unflipped['boxes'].numpy(), [[2.0, 6.0, 10.0, 18.0]], atol=1e-4)
   assert unflipped['image'].shape == (32, 64, 3)
@@ -95,7 +95,7 @@ def test_flip_mirrors_image_and_boxes():
 def test_training_batches_are_multiscale_canvases(tiny_world):
   cfg = tiny_cfg(scales=[32, 64], max_side=64, batch_size=2)
   shapes = set()
-  for batch in detection.train_dataset(cfg, tiny_world['sources']['detection_trainval']).take(6):
+  for batch in detection_data.train_dataset(cfg, tiny_world['sources']['detection_trainval']).take(6):
     images, sizes = batch['image'].numpy(), batch['image_shape'].numpy()
     shapes.add(images.shape[1:3])
     assert images.shape[0] == 2 and np.all(sizes <= np.array(images.shape[1:3]))
