@@ -191,8 +191,9 @@ class DistributedTrainer:
     self.apply_fns = {}
     self.last_logged: Dict[str, Dict[str, float]] = {}  # Per task: the last window's means.
     self.writer = tf.summary.create_file_writer(os.path.join(model_dir, 'train'))
-    # The kNN monitor (train/knn.py; None when off): scores each tick checkpoint with a trunk of its own.
-    self.knn = knn.monitor_for_run(cfg.knn, cfg.trunk, model_dir, cfg.train)
+    # The kNN monitor (train/knn.py; None when off): scores each tick checkpoint with a trunk of its own,
+    # in a coordinator thread while closures keep being scheduled.
+    self.knn = knn.monitor_for_run(cfg, model_dir)
     # Undecodable inputs per task, counted per worker pipeline and named (train_result.json).
     self.skips = {n: pipeline.SkipCounter(n) for n in self.names}
 
@@ -411,6 +412,8 @@ class DistributedTrainer:
     if self.cost.due_ticks():
       self._save(self.tick_manager, done)
     self._save(self.manager, done)
+    if self.knn is not None:
+      self.knn.close()  # The last tick's evaluation is written before the run returns.
     steps = self.cost.task_steps()
     return {
       n: {

@@ -11,17 +11,18 @@ first, among classes of equal votes the lower class index (both what
 `tf.math.top_k` does). Queries are processed in chunks of `chunk_size`, so memory is
 O(chunk_size x bank) whatever the number of queries; k is capped at the bank size.
 
-The monitor (`KnnMonitor`) gives pre-training a signal of representation quality: at
-every `every_ticks`-th compute tick the trainer calls it with the tick checkpoint it
-has just written. The monitor reads the trunk's weights from that file into a trunk
-of its own (float32, inference mode), embeds a fixed, bounded subsample of a labelled
-source (`bank_size` training images, `query_size` validation images, decoded once
-and kept in memory) in batches of `batch_size`, and writes `knn/top1_k<k>` and
-`knn/top5_k<k>` to `<model_dir>/knn` (a TensorBoard run of its own, at the
-trainer's step) and one JSON line per tick to `<model_dir>/knn/ticks.jsonl`. It
-never touches the training model, its optimizer or any random state: its trunk is
-created by restoring the checkpoint (so no initializer draws a random number), its
-data order uses fixed op seeds, and it runs after the checkpoint is saved.
+The monitor (`KnnMonitor`, on by default) gives pre-training a signal of representation
+quality at every `every_ticks`-th compute tick. It embeds a fixed, bounded subsample of a
+labelled source (`bank_size` training and `query_size` validation images, decoded once
+and kept in memory) with one compiled function of one batch shape (`FeatureExtractor`,
+traced once per trunk), and writes `knn/top1_k<k>` and `knn/top5_k<k>` (TensorBoard, at
+the trainer's step) and one JSON line per evaluation to `ticks.jsonl`. The distributed
+trainer hands it each tick checkpoint (`on_tick`); a thread of the coordinator reads the
+checkpoint's trunk into a float32 trunk of its own (created by restoring, so no
+initializer draws a random number) and evaluates it while the coordinator keeps
+scheduling closures. The local trainer calls `after_step`, which reads its live trunk in
+inference mode. It never writes the training model, its optimizer or any random state
+(its data order uses fixed op seeds).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import time
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -162,29 +164,44 @@ def adaptive_avg_pool(x: tf.Tensor, grid: int) -> tf.Tensor:
   return tf.concat(cells, axis=-1)
 
 
-def embed(
-  trunk: tf.keras.Model,
-  images: np.ndarray,
-  endpoint: str,
-  pool_grid: int = 1,
-  batch_size: int = 64,
-  input_fn: Callable[[tf.Tensor], tf.Tensor] = trunk_input,
-) -> np.ndarray:
-  """float32 [N, grid * grid * C] pooled `endpoint` features of uint8 `images`, inference mode.
+class FeatureExtractor:
+  """Pooled endpoint features of uint8 images through one compiled function of one batch shape.
 
-  Raises:
-    ValueError: the trunk has no such endpoint (the message lists its endpoints).
+  The function is traced once for its trunk: every call feeds it `[batch_size, size, size, 3]`
+  uint8 batches (the last one zero-padded; inference-mode batch norm treats rows apart, so
+  padding changes no other row), and a restored checkpoint overwrites the same variables.
+  `traces` counts its traces (a Python side effect runs only while tracing).
   """
 
-  @tf.function(reduce_retracing=True)
-  def forward(batch):
-    endpoints = trunk(input_fn(batch), training=False)
-    if endpoint not in endpoints:
-      raise ValueError(f'endpoint {endpoint!r}: the trunk has {sorted(endpoints)}')
-    return adaptive_avg_pool(endpoints[endpoint], pool_grid)
+  def __init__(self, trunk: tf.keras.Model, cfg: KnnMonitorConfig):
+    """Compiles nothing yet; the first call traces.
 
-  out = [forward(tf.constant(images[i : i + batch_size])).numpy() for i in range(0, len(images), batch_size)]
-  return np.concatenate(out) if out else np.zeros([0, 0], np.float32)
+    Args:
+      trunk: the trunk (its variables are read at every call).
+      cfg: the monitor config (endpoint, pool_grid, batch_size, image_size, preprocessing).
+    """
+    self.trunk = trunk
+    self.batch_size = cfg.batch_size
+    self.traces = 0
+    endpoint, grid, mode = cfg.endpoint, cfg.pool_grid, cfg.preprocessing
+
+    @tf.function(input_signature=[tf.TensorSpec([cfg.batch_size, cfg.image_size, cfg.image_size, 3], tf.uint8)])
+    def forward(batch):
+      self.traces += 1
+      endpoints = trunk(trunk_input(batch, mode), training=False)
+      if endpoint not in endpoints:
+        raise ValueError(f'knn.endpoint {endpoint!r}: the trunk has {sorted(endpoints)}')
+      return adaptive_avg_pool(endpoints[endpoint], grid)
+
+    self.forward = forward
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    """float32 [N, grid * grid * C] features of uint8 [N, size, size, 3] images."""
+    count, size = len(images), self.batch_size
+    if count % size:
+      images = np.concatenate([images, np.zeros((size - count % size, *images.shape[1:]), images.dtype)])
+    out = [self.forward(images[i : i + size]).numpy() for i in range(0, len(images), size)]
+    return np.concatenate(out)[:count]
 
 
 def square_image(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -215,8 +232,10 @@ def labelled_images(
   def process(record):
     return {'image': square_image(decode.decode_rgb(record['encoded']), image_size), 'label': record['label']}
 
-  ds = image_dataset(spec, options, process).filter(lambda x: x['label'] >= 0)
-  ds = ds.shuffle(max(count, 1), seed=seed, reshuffle_each_iteration=False).take(count)
+  # Only the images kept are decoded (the shuffle buffer holds encoded records).
+  ds = image_dataset(spec, options, lambda r: {'encoded': r['encoded'], 'label': r['label']})
+  ds = ds.filter(lambda x: x['label'] >= 0).shuffle(max(count, 1), seed=seed, reshuffle_each_iteration=False)
+  ds = ds.take(count).map(process)
   images, labels = [], []
   for batch in ds.batch(256):
     images.append(batch['image'].numpy())
@@ -258,7 +277,9 @@ def restore_trunk(trunk_config, checkpoint: str, trunk: Optional[tf.keras.Model]
 
 @dataclasses.dataclass
 class KnnMonitorConfig(Config):
-  """The kNN monitor of pre-training (module docstring).
+  """The kNN monitor of pre-training (module docstring). On by default (issue 17).
+
+  The defaults' cost is measured by benchmarks/knn_overhead.py (BUILD.md's kNN section).
 
   Attributes:
     enabled: run it at compute ticks.
@@ -271,7 +292,7 @@ class KnnMonitorConfig(Config):
     bank_size: bank images (a seeded subsample; bounds the cost).
     query_size: query images (likewise).
     image_size: images are centre-squared and resized to this side.
-    batch_size: images per forward pass.
+    batch_size: images per forward pass (the compiled function's one batch shape).
     endpoint: trunk endpoint ('final': block 3 after its closing BN-ReLU).
     pool_grid: the endpoint is average-pooled to pool_grid x pool_grid (1: global,
       DINO / solo-learn's pooled backbone output).
@@ -279,9 +300,11 @@ class KnnMonitorConfig(Config):
     temperature: T of the vote weights (DINO / solo-learn: 0.07).
     preprocessing: the trunk's input, 'rgb' (evaluation's default, Doersch §3.3) or 'harmonized'.
     seed: subsample seed.
+    background: the distributed trainer's coordinator evaluates in a thread of its own
+      while it keeps scheduling closures (false: the coordinator waits for each evaluation).
   """
 
-  enabled: bool = False
+  enabled: bool = True
   every_ticks: int = 1
   bank_source: str = ''
   query_source: str = ''
@@ -290,13 +313,14 @@ class KnnMonitorConfig(Config):
   bank_size: int = 500
   query_size: int = 250
   image_size: int = 64
-  batch_size: int = 100
+  batch_size: int = 125
   endpoint: str = 'final'
   pool_grid: int = 1
   k: Tuple[int, ...] = K_VALUES
   temperature: float = TEMPERATURE
   preprocessing: str = 'rgb'
   seed: int = 0
+  background: bool = True
 
   def validate(self) -> None:
     for key in ('every_ticks', 'bank_size', 'query_size', 'batch_size', 'pool_grid'):
@@ -315,10 +339,13 @@ class KnnMonitorConfig(Config):
 
 
 class KnnMonitor:
-  """Runs the weighted kNN on tick checkpoints and writes `knn/*` summaries (module docstring)."""
+  """Runs the weighted kNN on tick checkpoints or a live trunk and writes `knn/*` summaries (module docstring)."""
 
-  def __init__(self, cfg: KnnMonitorConfig, trunk_config, out_dir: str, bank_source: str, query_source: str):
-    """Creates the monitor; data and trunk are loaded at the first evaluation.
+  def __init__(
+    self, cfg: KnnMonitorConfig, trunk_config, out_dir: str, bank_source: str, query_source: str,
+    background: bool = False, cost_tick: float = 0.0,
+  ):  # fmt: skip
+    """Creates the monitor; a background monitor starts its thread, which first decodes the data.
 
     Args:
       cfg: the monitor config.
@@ -326,31 +353,110 @@ class KnnMonitor:
       out_dir: summaries and ticks.jsonl go here (`<model_dir>/knn`).
       bank_source: resolved bank source spec.
       query_source: resolved query source spec.
+      background: `on_tick` hands the checkpoint to the monitor's thread and returns at once.
+      cost_tick: the compute tick of `after_step` (the local trainer's; `train.cost_tick`).
     """
     self.cfg = cfg
     self.trunk_config = trunk_config
     self.out_dir = out_dir
     self.sources = (bank_source, query_source)
-    self.trunk = None
+    self.cost_tick = cost_tick
+    self.trunk = None  # The checkpoints' trunk, created at the first `evaluate`.
+    self.extractors: Dict[int, FeatureExtractor] = {}  # id(trunk) -> its compiled features.
     self.data = None
     self.writer = tf.summary.create_file_writer(out_dir)
+    self.superseded = 0  # Due ticks not evaluated: a later one arrived while an evaluation ran.
+    self._cost, self._pending, self._error, self._closed = 0.0, None, None, False
+    self._wake = threading.Condition()
+    self._thread = None
+    if background:
+      self._thread = threading.Thread(target=self._serve, name='knn-monitor', daemon=True)
+      self._thread.start()
+
+  @property
+  def traces(self) -> int:
+    """Traces of the feature functions so far (one per trunk when nothing retraces)."""
+    return sum(e.traces for e in self.extractors.values())
 
   def due(self, tick: int) -> bool:
     """Whether tick number `tick` (1-based) is one the monitor runs at."""
     return self.cfg.enabled and tick % self.cfg.every_ticks == 0
 
   def on_tick(self, checkpoint: str, step: int, tick: int, cost: float) -> Optional[Dict[str, float]]:
-    """The trainer's hook after a tick checkpoint: evaluates it if `tick` is due, else None."""
+    """The distributed trainer's hook after a tick checkpoint: evaluates it if `tick` is due.
+
+    In the background the checkpoint is queued (replacing a queued one that has not
+    started: at most one evaluation runs and one waits, so the cost stays bounded and
+    the newest tick is always evaluated) and None is returned; else the scores.
+
+    Raises:
+      Exception: the background thread's error, if an earlier evaluation failed.
+    """
+    self._raise_error()
     if not self.due(tick):
       return None
-    return self.evaluate(checkpoint, step, {'tick': tick, 'cost': cost})
+    job = (checkpoint, step, {'tick': tick, 'cost': cost})
+    if self._thread is None:
+      return self.evaluate(*job)
+    with self._wake:
+      if self._pending is not None:
+        self.superseded += 1
+        logging.info('knn: tick %d superseded by tick %d (an evaluation is running)', self._pending[2]['tick'], tick)
+      self._pending = job
+      self._wake.notify_all()
+    return None
+
+  def after_step(self, model, task: str, step: int) -> Optional[Dict[str, float]]:
+    """The local trainer's hook after a step of `task`: counts its cost, evaluates the live trunk at due ticks.
+
+    Args:
+      model: the `MultiTaskModel` (its trunk is read in inference mode, never written).
+      task: the task whose step just ran (its `cost_per_step` is counted).
+      step: the trainer's total steps (the summaries' step).
+    """
+    before = self._cost
+    self._cost += model.tasks[task].config.cost_per_step
+    every = self.cfg.every_ticks * self.cost_tick
+    if not self.cfg.enabled or self.cost_tick <= 0 or self._cost // every == before // every:
+      return None
+    return self._score(model.trunk, step, {'tick': int(self._cost // self.cost_tick), 'cost': self._cost})
+
+  def close(self) -> None:
+    """Waits for the queued and running evaluations (the run's last tick included); re-raises their error."""
+    if self._thread is not None:
+      with self._wake:
+        self._closed = True
+        self._wake.notify_all()
+      self._thread.join()
+    self._raise_error()
+
+  def _raise_error(self) -> None:
+    if self._error is not None:
+      error, self._error = self._error, None
+      raise error
+
+  def _serve(self) -> None:
+    try:
+      self._load()  # Decoded while training starts, not at the first tick.
+      while True:
+        with self._wake:
+          self._wake.wait_for(lambda: self._pending is not None or self._closed)
+          job, self._pending = self._pending, None
+        if job is None:
+          return
+        self.evaluate(*job)
+    except Exception as e:  # noqa: BLE001 -- handed to the trainer's thread at its next hook.
+      self._error = e
 
   def _load(self):
-    c = self.cfg
-    bank = labelled_images(self.sources[0], c.bank_size, c.image_size, c.seed, c.data_dir, c.label_offset)
-    queries = labelled_images(self.sources[1], c.query_size, c.image_size, c.seed + 1, c.data_dir, c.label_offset)
-    num_classes = int(max(bank[1].max(), queries[1].max())) + 1
-    return bank, queries, num_classes
+    if self.data is None:
+      c = self.cfg
+      bank = labelled_images(self.sources[0], c.bank_size, c.image_size, c.seed, c.data_dir, c.label_offset)
+      queries = labelled_images(self.sources[1], c.query_size, c.image_size, c.seed + 1, c.data_dir, c.label_offset)
+      num_classes = int(max(bank[1].max(), queries[1].max())) + 1
+      # Bank and queries in one array: one pass of fixed-shape batches embeds both.
+      self.data = np.concatenate([bank[0], queries[0]]), bank[1], queries[1], num_classes
+    return self.data
 
   def evaluate(self, checkpoint: str, step: int, extra: Optional[Dict[str, float]] = None) -> Dict[str, float]:
     """Scores the trunk of `checkpoint`, writes the summaries at `step`, returns the scores.
@@ -360,15 +466,18 @@ class KnnMonitor:
       step: the summaries' step (the trainer's total worker steps).
       extra: further values recorded in ticks.jsonl (e.g. tick, cost).
     """
-    c = self.cfg
     start = time.perf_counter()
-    if self.data is None:
-      self.data = self._load()
-    (bank_images, bank_labels), (query_images, query_labels), num_classes = self.data
     self.trunk = restore_trunk(self.trunk_config, checkpoint, self.trunk)
-    input_fn = lambda x: trunk_input(x, c.preprocessing)  # noqa: E731
-    bank = embed(self.trunk, bank_images, c.endpoint, c.pool_grid, c.batch_size, input_fn)
-    queries = embed(self.trunk, query_images, c.endpoint, c.pool_grid, c.batch_size, input_fn)
+    return self._score(self.trunk, step, dict(extra or {}, checkpoint=checkpoint), start)
+
+  def _score(self, trunk, step: int, extra: Dict, start: Optional[float] = None) -> Dict[str, float]:
+    start = time.perf_counter() if start is None else start
+    images, bank_labels, query_labels, num_classes = self._load()
+    if id(trunk) not in self.extractors:
+      self.extractors[id(trunk)] = FeatureExtractor(trunk, self.cfg)
+    features = self.extractors[id(trunk)](images)
+    bank, queries = features[: len(bank_labels)], features[len(bank_labels) :]
+    c = self.cfg
     scores = knn_accuracy(bank, bank_labels, queries, query_labels, num_classes, c.k, c.temperature)
     seconds = time.perf_counter() - start
     with self.writer.as_default(step=step):
@@ -376,7 +485,7 @@ class KnnMonitor:
         tf.summary.scalar(f'knn/{key}', value)
       tf.summary.scalar('knn/seconds', seconds)
     self.writer.flush()
-    record = dict(extra or {}, step=step, checkpoint=checkpoint, seconds=round(seconds, 3), **scores)
+    record = dict(extra, step=step, seconds=round(seconds, 3), **scores)
     with tf.io.gfile.GFile(os.path.join(self.out_dir, 'ticks.jsonl'), 'a') as f:
       f.write(json.dumps(record) + '\n')
     logging.info('knn at step %d (%.1f s): %s', step, seconds, ', '.join(f'{k} {v:.4f}' for k, v in scores.items()))
@@ -399,17 +508,44 @@ def resolve_sources(cfg: KnnMonitorConfig, world_sources: Optional[Dict[str, str
   return out[0], out[1]
 
 
-def monitor_for_run(cfg: KnnMonitorConfig, trunk_config, model_dir: str, train_cfg) -> Optional[KnnMonitor]:
-  """The monitor of a pre-training run (None when disabled); empty sources read the run's synthetic world."""
-  if not cfg.enabled:
+def monitor_for_run(cfg, model_dir: str) -> Optional[KnnMonitor]:
+  """The monitor of a distributed pre-training run (None when off), evaluating in the background by default.
+
+  Empty `knn.*_source`s read the run's synthetic world. A run whose every task has its
+  own data has no world: with empty sources its monitor is off, and a warning names the keys.
+
+  Args:
+    cfg: the run's `ExperimentConfig`.
+    model_dir: the run; the monitor writes to `<model_dir>/knn`.
+  """
+  k = cfg.knn
+  if not k.enabled:
     return None
   world = {}
-  if not (cfg.bank_source and cfg.query_source):
+  if not (k.bank_source and k.query_source):
+    tasks = [getattr(cfg.tasks, f.name) for f in dataclasses.fields(cfg.tasks)]
+    if all(t.data.source for t in tasks if t.enabled):
+      logging.warning('knn: off: every task has its own data; set knn.bank_source and knn.query_source to monitor')
+      return None
     from mtssl_tf.data.synthetic.world import default_world_dir, make_world
 
-    world = make_world(train_cfg.world_dir or default_world_dir(train_cfg.world_preset), train_cfg.world_preset)
-  bank, query = resolve_sources(cfg, world.get('sources'))
-  return KnnMonitor(cfg, trunk_config, os.path.join(model_dir, 'knn'), bank, query)
+    world = make_world(cfg.train.world_dir or default_world_dir(cfg.train.world_preset), cfg.train.world_preset)
+  bank, query = resolve_sources(k, world.get('sources'))
+  return KnnMonitor(k, cfg.trunk, os.path.join(model_dir, 'knn'), bank, query, background=k.background)
+
+
+def local_monitor(cfg, out_dir: str, world_sources: Optional[Dict[str, str]] = None) -> Optional[KnnMonitor]:
+  """The monitor of a `LocalTrainer` run (None when off): ticks every `train.cost_tick` of compute.
+
+  Args:
+    cfg: the run's `ExperimentConfig`.
+    out_dir: its summaries go here (the trainer's `summary_dir`: the trainer's event files).
+    world_sources: a synthetic world's `sources`, for empty `knn.*_source`s.
+  """
+  if not cfg.knn.enabled:
+    return None
+  bank, query = resolve_sources(cfg.knn, world_sources)
+  return KnnMonitor(cfg.knn, cfg.trunk, out_dir, bank, query, cost_tick=cfg.train.cost_tick)
 
 
 def read_ticks(model_dir: str) -> Iterable[Dict]:

@@ -21,6 +21,7 @@ from mtssl_tf.data import pipeline
 from mtssl_tf.tasks.multitask import MultiTaskModel
 from mtssl_tf.train import rmsprop
 from mtssl_tf.train.experiment import TrainConfig
+from mtssl_tf.train.knn import KnnMonitor
 
 
 @dataclasses.dataclass
@@ -46,6 +47,7 @@ class LocalTrainer:
     datasets: Mapping[str, tf.data.Dataset],
     train: Optional[TrainConfig] = None,
     summary_dir: Optional[str] = None,
+    knn_monitor: Optional[KnnMonitor] = None,
   ):
     """Creates the trainer.
 
@@ -55,6 +57,7 @@ class LocalTrainer:
       train: the experiment's `train` config; its learning rate and `rmsprop_*` fields
         make the per-task RMSProp, as in the distributed trainer (None: the defaults).
       summary_dir: where to write TensorBoard events (None: no summaries).
+      knn_monitor: the kNN monitor (`knn.local_monitor`), run on the live trunk at compute ticks (None: off).
     """
     self.model = model
     self.names = list(datasets)
@@ -70,6 +73,7 @@ class LocalTrainer:
     self.writer = tf.summary.create_file_writer(summary_dir) if summary_dir else None
     self.step_fns = {name: self._make_step(name) for name in self.names}
     self.global_step = 0
+    self.knn = knn_monitor
 
   def _make_step(self, name: str):
     task = self.model.tasks[name]
@@ -99,6 +103,8 @@ class LocalTrainer:
         raise FloatingPointError(f'{name}: non-finite loss at step {self.global_step}')
       self.skips[name].update(batch[pipeline.SKIPPED_KEY], batch.get(pipeline.SKIPPED_SOURCES_KEY))
       self.global_step += 1
+      if self.knn is not None:
+        self.knn.after_step(self.model, name, self.global_step)
       task_step = self.optimizer.iterations[name].numpy()
       if task_step % log_every == 0:
         self._log(name, int(task_step), time.perf_counter() - start)
