@@ -74,9 +74,15 @@ class AlexNetConfig(ConvNetConfig):
     variant: 'standard' (conv1 stride 4, 227 px: the network Noroozi §5 transfers into and
       relative position's "Context" runs on) or 'jigsaw' (conv1 stride 2 on 64 px tiles: the
       context-free network of JigsawPuzzleSolver's train_val_cfn_jps++.prototxt).
+    conv1_padding: zero padding of conv1 on each side: 0 (CaffeNet, JigsawPuzzleSolver) or 5
+      (cdoersch/deepcontext's `caffenet_stack`, which makes a 96 px patch's pool5 3x3, not 2x2).
+    groups: groups of conv2, conv4 and conv5: 2 (CaffeNet's two GPU towers) or 1 (deepcontext:
+      no groups).
   """
 
   variant: str = 'standard'
+  conv1_padding: int = 0
+  groups: int = 2
 
   def endpoints(self) -> Tuple[str, ...]:
     return ALEXNET_ENDPOINTS
@@ -85,6 +91,10 @@ class AlexNetConfig(ConvNetConfig):
     super().validate()
     if self.variant not in ALEXNET_VARIANTS:
       raise ConfigError(f'variant: must be one of {ALEXNET_VARIANTS}, got {self.variant!r}')
+    if self.conv1_padding < 0:
+      raise ConfigError(f'conv1_padding: must be >= 0, got {self.conv1_padding}')
+    if self.groups not in (1, 2):
+      raise ConfigError(f'groups: must be 1 (deepcontext) or 2 (CaffeNet), got {self.groups}')
 
 
 @dataclasses.dataclass

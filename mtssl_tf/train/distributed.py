@@ -48,7 +48,7 @@ from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.tasks import build_tasks
 from mtssl_tf.tasks.base import Task
 from mtssl_tf.tasks.multitask import MultiTaskModel
-from mtssl_tf.train import knn, rmsprop, snapshot
+from mtssl_tf.train import knn, optim, snapshot
 from mtssl_tf.train.checkpointing import TracedCheckpoint
 from mtssl_tf.train.cost import CostTracker
 from mtssl_tf.train.experiment import ExperimentConfig
@@ -171,7 +171,7 @@ class DistributedTrainer:
       self.slots = GradientSlots(unique_variables(self.variables.values()), num_slots)
       if self.steps_per_closure > 1:
         snapshot.check_supported(self.model.variables)
-      self.optimizer = rmsprop.from_config(t, self.variables)
+      self.optimizer = optim.from_config(t, self.variables)
       self.cost = CostTracker({n: task.config.cost_per_step for n, task in self.tasks.items()}, t.cost_tick)
     # Traced once per run: TF's eager save retraces at every save on several devices (checkpointing.py).
     self.checkpoint = TracedCheckpoint(model=self.model, optimizer=self.optimizer, cost=self.cost)

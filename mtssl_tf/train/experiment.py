@@ -12,7 +12,7 @@ import dataclasses
 from mtssl_tf.configs.base import Config, ConfigError
 from mtssl_tf.configs.experiment import DemoConfig, LassoConfig, RuntimeConfig, TrunkConfig
 from mtssl_tf.tasks import TasksConfig, check_trunk
-from mtssl_tf.train import rmsprop
+from mtssl_tf.train import optim, rmsprop
 from mtssl_tf.train.knn import KnnMonitorConfig
 from mtssl_tf.trunk import registry
 
@@ -37,7 +37,11 @@ class TrainConfig(Config):
       gradients are then taken at one set of weights on one worker. Ignored by
       'async' and 'sync'.
     total_steps: worker steps over all tasks.
-    learning_rate: RMSProp learning rate.
+    optimizer: 'rmsprop' (default: Doersch & Zisserman §4's per-task RMSProp, the `rmsprop_*`
+      fields) or 'sgd' (Caffe's momentum SGD with per-task history and schedule, the `sgd_*`
+      fields: the solver of the Noroozi et al. 2018 pre-training runs). Both trainers build it
+      with `mtssl_tf.train.optim.from_config`.
+    learning_rate: the optimizer's (base) learning rate; Caffe's base_lr for 'sgd'.
     rmsprop_variant: initial mean square of the per-task RMSProp (§4). 'keras' (0, as
       Keras 2.15's RMSprop): a loss x c trains alike from the first step. 'tf1' (1, as
       TF1's RMSPropOptimizer): steps are damped and scale dependent for about
@@ -52,6 +56,13 @@ class TrainConfig(Config):
       does not change how quickly the network learns" holds; 1e-7 (Keras's default) is 5%
       off at a gradient RMS of 1e-3; 1.0 (slim's recipe) makes it momentum SGD for
       gradients much smaller than 1.
+    sgd_momentum: Caffe momentum (0.9: JigsawPuzzleSolver solver_cfn_jps.prototxt).
+    sgd_weight_decay: Caffe weight_decay, L2 added to the gradient (5e-4: the same solver).
+    sgd_lr_policy: Caffe lr_policy, 'step' (the same solver) or 'fixed' (deepcontext).
+    sgd_lr_gamma: rate factor at each step (0.1: the same solver).
+    sgd_lr_stepsize: updates of a task between steps (100000: the same solver).
+    sgd_bias_lr_mult: biases' lr_mult (2: train_val_cfn_jps++.prototxt; weights 1).
+    sgd_bias_decay_mult: biases' decay_mult (0: the same prototxt; weights 1).
     num_ps: parameter servers of the local cluster.
     cost_tick: a checkpoint is kept each time total compute crosses a multiple of it
       (same unit as the tasks' cost_per_step; the paper used ~2.4K GPU-hours).
@@ -65,11 +76,19 @@ class TrainConfig(Config):
   mode: str = 'hybrid'
   accumulate: str = 'parameter_server'
   total_steps: int = 600
+  optimizer: str = optim.DEFAULT_OPTIMIZER
   learning_rate: float = 1e-3
   rmsprop_variant: str = rmsprop.DEFAULT_VARIANT
   rmsprop_decay: float = rmsprop.DEFAULT_DECAY
   rmsprop_momentum: float = rmsprop.DEFAULT_MOMENTUM
   rmsprop_epsilon: float = rmsprop.DEFAULT_EPSILON
+  sgd_momentum: float = optim.DEFAULT_MOMENTUM
+  sgd_weight_decay: float = optim.DEFAULT_WEIGHT_DECAY
+  sgd_lr_policy: str = optim.DEFAULT_LR_POLICY
+  sgd_lr_gamma: float = optim.DEFAULT_LR_GAMMA
+  sgd_lr_stepsize: int = optim.DEFAULT_LR_STEPSIZE
+  sgd_bias_lr_mult: float = optim.DEFAULT_BIAS_LR_MULT
+  sgd_bias_decay_mult: float = optim.DEFAULT_BIAS_DECAY_MULT
   num_ps: int = 1
   cost_tick: float = 100.0
   checkpoint_every_seconds: float = 600.0
@@ -95,6 +114,7 @@ class TrainConfig(Config):
       raise ConfigError(f'train.rmsprop_epsilon: must be positive (inside the square root), got {self.rmsprop_epsilon}')
     if self.learning_rate <= 0 or self.cost_tick <= 0:
       raise ConfigError('train.learning_rate and train.cost_tick: must be positive')
+    optim.check_config(self)
 
 
 @dataclasses.dataclass

@@ -5,7 +5,7 @@ active per step, each task with its own RMSProp (so its own moving averages of
 squared gradients for the shared trunk), the overall objective the sum of task
 losses. It serves tests, the pretext sanity check of every task, and debugging; the
 cluster trainer distributes the same per-task steps with the same optimizer, built
-from the same `train.*` config fields (`mtssl_tf.train.rmsprop.from_config`).
+from the same `train.*` config fields (`mtssl_tf.train.optim.from_config`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from absl import logging
 
 from mtssl_tf.data import pipeline
 from mtssl_tf.tasks.multitask import MultiTaskModel
-from mtssl_tf.train import rmsprop
+from mtssl_tf.train import optim
 from mtssl_tf.train.experiment import TrainConfig
 from mtssl_tf.train.knn import KnnMonitor
 
@@ -69,7 +69,7 @@ class LocalTrainer:
     # traces a step: a step must not create variables when it is retraced.
     model.build_all({name: next(self.iterators[name]) for name in self.names})
     self.variables = {name: model.task_variables(name) for name in self.names}
-    self.optimizer = rmsprop.from_config(train if train is not None else TrainConfig(), self.variables)
+    self.optimizer = optim.from_config(train if train is not None else TrainConfig(), self.variables)
     self.writer = tf.summary.create_file_writer(summary_dir) if summary_dir else None
     self.step_fns = {name: self._make_step(name) for name in self.names}
     self.global_step = 0

@@ -17,6 +17,13 @@ pad 1 256 in 2 groups; 3x3/2 max pool (pool5). ReLU after every conv/fc, dropout
 after each fc. Caffe pools round the output size up (`caffe_pool_size`), which is why a
 64 px tile gives a 3x3 pool5 (conv5 is 6x6).
 
+Two named choices change the conv layers of either variant (`trunk.alexnet.conv1_padding`
+and `trunk.alexnet.groups`), for the relative-position ("Context") network of
+cdoersch/deepcontext (`train.py`, `caffenet_stack`): conv1 padded by 5 and no groups
+(conv2/4/5 see all channels; deepcontext's README: "a caffenet with the groups removed").
+The padding is what gives deepcontext's 96 px patch a 3x3 pool5 (24 -> 12 -> 6 -> 3)
+where unpadded CaffeNet gives 2x2 (22 -> 11 -> 5 -> 2). Defaults: CaffeNet's 0 and 2.
+
 `call` returns a dict of endpoints: conv1..conv5 (after ReLU, before pooling), pool5
 and fc6 (and fc7) when the variant has fully connected layers. `width` scales every
 channel count (for tiny tests); `batch_norm` swaps LRN for BatchNorm after every conv
@@ -40,6 +47,10 @@ POOL_KERNEL, POOL_STRIDE = 3, 2
 CONV_STDDEV, FC_STDDEV = 0.01, 0.005  # Prototxt weight_filler gaussian std of convs and fcs.
 FC_BIAS = 1.0  # Prototxt bias_filler of fc6/fc7.
 DROPOUT = 0.5  # Prototxt drop6/drop7 dropout_ratio.
+# conv1 padding and conv2/4/5 groups: CaffeNet / JigsawPuzzleSolver (0, 2); cdoersch/deepcontext train.py (5, 1).
+CONV1_PADDING, GROUPS = 0, 2
+DEEPCONTEXT_CONV1_PADDING, DEEPCONTEXT_GROUPS = 5, 1
+GROUP_CHOICES = (1, 2)  # Ungrouped, or CaffeNet's two GPU towers.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +68,29 @@ VARIANTS = {
   # JigsawPuzzleSolver train_val_cfn_jps++.prototxt: patch_size 64, conv1_s1 stride 2, fc6_s1 1024.
   'jigsaw': Variant(conv1_stride=2, input_size=64, fc_units=(1024,)),
 }
+
+
+def conv_specs(conv1_padding: int = CONV1_PADDING, groups: int = GROUPS) -> Tuple[Tuple, ...]:
+  """`CONVS` with conv1's padding and the grouped layers' (conv2/4/5) group count replaced.
+
+  Raises:
+    ValueError: a negative padding or a group count outside `GROUP_CHOICES`.
+  """
+  if conv1_padding < 0:
+    raise ValueError(f'AlexNet conv1_padding must be >= 0, got {conv1_padding}')
+  if groups not in GROUP_CHOICES:
+    raise ValueError(f'AlexNet groups must be one of {GROUP_CHOICES}, got {groups}')
+  specs = []
+  for name, filters, kernel, pad, g, bias in CONVS:
+    specs.append((name, filters, kernel, conv1_padding if name == 'conv1' else pad, groups if g > 1 else 1, bias))
+  return tuple(specs)
+
+
+def channels(width: float = 1.0, groups: int = GROUPS) -> Dict[str, int]:
+  """Channels of every conv endpoint and pool5 at `width` (grouped convs round to a multiple of their groups)."""
+  out = {name: scaled(f, width, g) for name, f, _, _, g, _ in conv_specs(groups=groups)}
+  out['pool5'] = out['conv5']
+  return out
 
 
 def scaled(units: int, width: float, multiple: int = 1) -> int:
@@ -83,12 +117,15 @@ def caffe_max_pool(x: tf.Tensor, kernel: int, stride: int) -> tf.Tensor:
   return tf.nn.max_pool2d(x, kernel, stride, 'VALID')
 
 
-def endpoint_sizes(variant: str = 'standard', input_size: Optional[int] = None) -> Dict[str, int]:
+def endpoint_sizes(
+  variant: str = 'standard', input_size: Optional[int] = None, conv1_padding: int = CONV1_PADDING
+) -> Dict[str, int]:
   """Spatial size of every conv endpoint and pool5 for a square input, by the layer arithmetic.
 
   Args:
     variant: 'standard' or 'jigsaw'.
     input_size: side in pixels; the variant's own (227 or 64) when None.
+    conv1_padding: zero padding of conv1 on each side (deepcontext: 5).
 
   Returns:
     {'conv1': 55, 'conv2': 27, 'conv3': 13, 'conv4': 13, 'conv5': 13, 'pool5': 6} for 227 px.
@@ -96,7 +133,7 @@ def endpoint_sizes(variant: str = 'standard', input_size: Optional[int] = None) 
   spec = _variant(variant)
   size = spec.input_size if input_size is None else input_size
   sizes = {}
-  for conv, _, kernel, pad, _, _ in CONVS:
+  for conv, _, kernel, pad, _, _ in conv_specs(conv1_padding):
     stride = spec.conv1_stride if conv == 'conv1' else 1
     size = (size + 2 * pad - kernel) // stride + 1
     sizes[conv] = size
@@ -112,6 +149,8 @@ def parameter_count(
   batch_norm: bool = False,
   fc_units: Optional[Sequence[int]] = None,
   input_size: Optional[int] = None,
+  conv1_padding: int = CONV1_PADDING,
+  groups: int = GROUPS,
 ) -> int:
   """Trainable + BatchNorm parameters `AlexNet(...)` creates, computed from the layer specs without building it.
 
@@ -121,6 +160,8 @@ def parameter_count(
     batch_norm: as `AlexNet` (BatchNorm: no biases, 4 values per channel).
     fc_units: as `AlexNet`.
     input_size: as `endpoint_sizes` (fc6's fan-in depends on it).
+    conv1_padding: as `AlexNet` (fc6's fan-in depends on it).
+    groups: as `AlexNet`.
 
   Returns:
     The count; `AlexNet().count_params()` equals it once built.
@@ -128,11 +169,11 @@ def parameter_count(
   spec = _variant(variant)
   fcs = spec.fc_units if fc_units is None else tuple(fc_units)
   total, channels = 0, 3
-  for _, filters, kernel, _, groups, _ in CONVS:
-    out = scaled(filters, width, groups)
-    total += kernel * kernel * (channels // groups) * out + (4 * out if batch_norm else out)
+  for _, filters, kernel, _, g, _ in conv_specs(conv1_padding, groups):
+    out = scaled(filters, width, g)
+    total += kernel * kernel * (channels // g) * out + (4 * out if batch_norm else out)
     channels = out
-  fan_in = endpoint_sizes(variant, input_size)['pool5'] ** 2 * channels
+  fan_in = endpoint_sizes(variant, input_size, conv1_padding)['pool5'] ** 2 * channels
   for units in fcs:
     out = scaled(units, width)
     total += fan_in * out + (4 * out if batch_norm else out)
@@ -158,6 +199,8 @@ class AlexNet(tf.keras.Model):
     dropout: float = DROPOUT,
     name: str = 'alexnet',
     dtype: str = 'float32',
+    conv1_padding: int = CONV1_PADDING,
+    groups: int = GROUPS,
   ):
     """Creates the layers.
 
@@ -171,9 +214,11 @@ class AlexNet(tf.keras.Model):
       dropout: dropout rate after each fc layer.
       name: model name.
       dtype: Keras dtype policy of every layer (e.g. 'mixed_bfloat16').
+      conv1_padding: zero padding of conv1 on each side (CaffeNet 0; deepcontext 5).
+      groups: groups of conv2, conv4 and conv5 (CaffeNet 2; deepcontext 1).
 
     Raises:
-      ValueError: unknown variant or non-positive width.
+      ValueError: unknown variant, non-positive width, negative padding or groups not 1 or 2.
     """
     super().__init__(name=name, dtype=dtype)
     policy = self.dtype_policy
@@ -183,17 +228,19 @@ class AlexNet(tf.keras.Model):
     self.spec = _variant(variant)
     self.width = width
     self.batch_norm = batch_norm
+    self.conv_specs = conv_specs(conv1_padding, groups)
+    self.conv1_padding, self.groups = conv1_padding, groups
     self.fc_names = tuple(f'fc{6 + i}' for i in range(len(self.spec.fc_units if fc_units is None else fc_units)))
     units = self.spec.fc_units if fc_units is None else tuple(fc_units)
     self.convs, self.norms, self.fcs = {}, {}, {}
-    for conv, filters, kernel, pad, groups, bias in CONVS:
-      # Symmetric Caffe padding of an odd kernel at stride 1 is Keras 'same'; conv1 has none.
+    for conv, filters, kernel, pad, g, bias in self.conv_specs:
+      # Symmetric Caffe padding of an odd kernel at stride 1 is Keras 'same'; conv1's (strided) is explicit in `call`.
       self.convs[conv] = tf.keras.layers.Conv2D(
-        scaled(filters, width, groups),
+        scaled(filters, width, g),
         kernel,
         self.spec.conv1_stride if conv == 'conv1' else 1,
-        padding='same' if pad else 'valid',
-        groups=groups,
+        padding='same' if pad and conv != 'conv1' else 'valid',
+        groups=g,
         use_bias=not batch_norm,
         kernel_initializer=tf.keras.initializers.RandomNormal(stddev=CONV_STDDEV),
         bias_initializer=tf.keras.initializers.Constant(bias),
@@ -232,6 +279,9 @@ class AlexNet(tf.keras.Model):
     """
     endpoints = {}
     x = images
+    if self.conv1_padding:  # Caffe pads with zeros on every side (deepcontext conv1 pad 5).
+      p = self.conv1_padding
+      x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
     for conv, *_ in CONVS:
       x = self.convs[conv](x)
       x = tf.nn.relu(self.norms[conv](x, training=training) if self.batch_norm else x)

@@ -101,9 +101,9 @@ def _resnet_v2(config: TrunkConfig, precision: str) -> tf.keras.Model:
 
 def _alexnet(config: TrunkConfig, precision: str) -> tf.keras.Model:
   cfg = config.alexnet
-  net = alexnet.AlexNet(cfg.variant, cfg.width, cfg.batch_norm, fc_units=(), dtype=precision)
-  channels = {name: alexnet.scaled(f, cfg.width, g) for name, f, _, _, g, _ in alexnet.CONVS}
-  channels['pool5'] = channels['conv5']
+  net = alexnet.AlexNet(cfg.variant, cfg.width, cfg.batch_norm, fc_units=(), dtype=precision,
+                        conv1_padding=cfg.conv1_padding, groups=cfg.groups)  # fmt: skip
+  channels = alexnet.channels(cfg.width, cfg.groups)
   return ConvNetTrunk('alexnet', net, cfg, channels[cfg.final_endpoint], fixed_stride(config), precision)
 
 
@@ -146,7 +146,7 @@ def final_size(config: TrunkConfig, input_size: int) -> Optional[int]:
     order, final = ALEXNET_ORDER, config.alexnet.final_endpoint
     if input_size < alexnet.CONVS[0][2]:
       raise ValueError(f"alexnet: a {input_size} px input is smaller than conv1's {alexnet.CONVS[0][2]} px kernel")
-    sizes = alexnet.endpoint_sizes(config.alexnet.variant, input_size)
+    sizes = alexnet.endpoint_sizes(config.alexnet.variant, input_size, config.alexnet.conv1_padding)
     pooled, kernel = alexnet.POOLED, alexnet.POOL_KERNEL
   elif config.kind == 'vgg16':
     order, final = VGG16_ORDER, config.vgg16.final_endpoint
