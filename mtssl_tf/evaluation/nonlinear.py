@@ -10,8 +10,15 @@ checkpoints) and reports top-1 and top-5 per entry.
 
 * Network. An AlexNet student folder (`--init=<transfer run>/student`, as `voc07_cls`
   reads it: `voc_classification.student_meta` / `AlexNetClassifier`) gives conv1..conv5
-  (and fc6/fc7 when they are frozen); `--init=random` is Table 6's Random row (an AlexNet
-  of `width`/`batch_norm` drawn with the fillers below, every layer). Layers up to K
+  (and fc6/fc7 when they are frozen); a pre-training run with an AlexNet trunk (`--init=<run>`
+  or its checkpoint / SavedModel, `backbone.load_trunk`; Table 6's rows of self-supervised
+  AlexNets, e.g. Jigsaw++ or Context trained on AlexNet) gives conv1..conv5 only (its fc
+  layers belong to its task head, so conv1..conv5 are the columns it has), put into the
+  standard AlexNet as Noroozi §5 and `voc07_cls` do: a Jigsaw tile network's stride-2 conv1
+  kernels run at stride 4, deepcontext's padded conv1 runs unpadded (its README: evaluate in
+  "a caffenet with the groups removed") and the trunk's own groups, width and BatchNorm are
+  kept; `--init=random` is Table 6's Random row (an AlexNet of `width`/`batch_norm` drawn
+  with the fillers below, every layer). Layers up to K
   (with their BatchNorms) are frozen: not trained, and their BatchNorms run on their
   moving statistics (Keras runs a non-trainable BatchNorm in inference mode), so they are
   exactly the evaluated network's. Every later layer (conv(K+1)..conv5, fc6, fc7 and the
@@ -40,7 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -54,6 +61,7 @@ from mtssl_tf.evaluation.classification import ClassifierTrainingConfig, check_t
 from mtssl_tf.evaluation.protocol import Column, Context, Protocol
 from mtssl_tf.evaluation.voc_classification import AlexNetClassifier, VocClassificationConfig, student_meta
 from mtssl_tf.train.finetune import FineTune
+from mtssl_tf.trunk import alexnet as caffenet
 
 NAME = 'nonlinear'
 # Table 6's columns: the last frozen layer.
@@ -174,18 +182,69 @@ def freeze(net, names: List[str]) -> None:
       net.norms[name].trainable = False
 
 
-def build_network(ctx: Context, through: str, num_classes: int) -> Tuple[AlexNetClassifier, str]:
+class TrunkAlexNetClassifier(tf.keras.Model):
+  """A run's AlexNet trunk conv1..conv5 (copied) in the standard AlexNet, with fc6, fc7 and fc8 (`net.classifier`).
+
+  The standard variant at conv1 padding 0 whatever the trunk's variant and padding (module
+  docstring), with the trunk's width, BatchNorm choice and groups, so that every conv kernel
+  (and BatchNorm) fits and is copied; the fc layers are left for `reinitialise`.
+  """
+
+  def __init__(self, trunk_net, num_classes: int, cfg: NonlinearConfig, to_input: Callable[[tf.Tensor], tf.Tensor]):
+    super().__init__(name='nonlinear_alexnet_classifier')
+    self.to_input = to_input
+    self.net = caffenet.AlexNet('standard', trunk_net.width, trunk_net.batch_norm, fc_units=(cfg.fc_units,) * 2,
+                                dropout=cfg.dropout, groups=trunk_net.groups, name='alexnet')  # fmt: skip
+    self.net.classifier = tf.keras.layers.Dense(num_classes, name=CLASSIFIER)
+    try:
+      self(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3], tf.uint8), training=False)
+    except ValueError as e:  # Caffe's pools need every pooled map to hold a 3x3 window (>= 55 px).
+      raise ConfigError(f'{NAME}.crop_size: {cfg.crop_size} px is too small for AlexNet: {e}') from None
+    for conv, *_ in caffenet.CONVS:
+      self.net.convs[conv].set_weights(trunk_net.convs[conv].get_weights())
+      if conv in self.net.norms:
+        self.net.norms[conv].set_weights(trunk_net.norms[conv].get_weights())
+
+  def call(self, images, training=None):
+    endpoints = self.net(self.to_input(images), training=training)
+    # fc8 reads fc7 after its dropout (prototxt drop7 -> fc8), as the students' `transfer.models.AlexNet`.
+    return tf.cast(self.net.classifier(self.net.dropout(endpoints['fc7'], training=training)), tf.float32)
+
+
+def _trunk_network(ctx: Context, through: str, num_classes: int) -> Tuple[TrunkAlexNetClassifier, str]:
+  """The network of a run's AlexNet trunk (`TrunkAlexNetClassifier`) and its description."""
+  cfg: NonlinearConfig = ctx.section
+  kind = ctx.config.trunk.kind  # The run's own (backbone.load_layered reads its config.yaml).
+  if kind != 'alexnet':
+    raise ConfigError(f"init: {NAME} (Noroozi Table 6) needs an AlexNet student folder (<transfer run>/student), a "
+                      f"run with an AlexNet trunk or 'random'; {ctx.init!r} has trunk.kind {kind!r}")  # fmt: skip
+  if LAYERS.index(through) > LAYERS.index('conv5'):
+    raise ConfigError(f"{NAME}.freeze_through: {through} is not in the AlexNet trunk of run {ctx.init} (its fc "
+                      "layers belong to its task head); a run's trunk has the conv1..conv5 columns")  # fmt: skip
+  trunk = ctx.trunk()
+  model = TrunkAlexNetClassifier(trunk.net, num_classes, cfg, ctx.input_fn())
+  net = trunk.net
+  return model, (f'AlexNet trunk of {ctx.init} ({net.variant} variant, conv1 padding {net.conv1_padding}, groups '
+                 f'{net.groups}) in the standard AlexNet')  # fmt: skip
+
+
+def build_network(ctx: Context, through: str, num_classes: int) -> Tuple[tf.keras.Model, str]:
   """The AlexNet of one Table 6 column: frozen up to `through`, the rest drawn afresh.
 
   Raises:
-    ConfigError: an init that is neither an AlexNet student folder nor 'random', or frozen
-      fc layers that do not fit the student (crop size, fc units).
+    ConfigError: an init that is neither an AlexNet student folder, a run with an AlexNet
+      trunk nor 'random'; frozen fc layers that do not fit the student (crop size, fc
+      units) or that a run's trunk does not have.
   """
   cfg: NonlinearConfig = ctx.section
   from mtssl_tf.transfer.models import AlexNet
 
   meta = student_meta(ctx.init)
   k = LAYERS.index(through)
+  # A student or the random network go through voc07_cls's AlexNetClassifier, which copies conv1-conv5 (and
+  # fc6/fc7 when copy_fc) from them; a run's trunk through `TrunkAlexNetClassifier` (its groups may differ).
+  shell = VocClassificationConfig(num_classes=num_classes, crop_size=cfg.crop_size, fc_units=cfg.fc_units,
+                                  dropout=cfg.dropout, copy_fc=k >= LAYERS.index('fc6'), seed=cfg.seed)  # fmt: skip
   if meta:
     if meta.get('architecture') != 'alexnet':
       raise ConfigError(f'init: student {ctx.init} is a {meta.get("architecture")!r}; {NAME} (Noroozi Table 6) '
@@ -198,19 +257,18 @@ def build_network(ctx: Context, through: str, num_classes: int) -> Tuple[AlexNet
                           f'{cfg.fc_units}')  # fmt: skip
     from mtssl_tf.transfer.student import load_student
 
-    student, source, fresh_from = load_student(ctx.init), f'AlexNet student {ctx.init}', k + 1
+    model, source, fresh_from = (
+      AlexNetClassifier(load_student(ctx.init), meta, shell),
+      f'AlexNet student {ctx.init}',
+      k + 1,
+    )
   elif ctx.init == 'random':
     meta = {'kwargs': {'width': cfg.width, 'batch_norm': cfg.batch_norm}}
     student = AlexNet(1, width=cfg.width, batch_norm=cfg.batch_norm, fc_units=cfg.fc_units)
     student(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3]), training=False)
-    source, fresh_from = 'random AlexNet (the fillers, every layer)', 0
+    model, source, fresh_from = AlexNetClassifier(student, meta, shell), 'random AlexNet (the fillers, every layer)', 0
   else:
-    raise ConfigError(f"init: {NAME} (Noroozi Table 6) needs an AlexNet student folder (<transfer run>/student) or "
-                      f"'random', got {ctx.init!r}")  # fmt: skip
-  # AlexNetClassifier copies conv1-conv5 (and fc6/fc7 when copy_fc) from the student.
-  shell = VocClassificationConfig(num_classes=num_classes, crop_size=cfg.crop_size, fc_units=cfg.fc_units,
-                                  dropout=cfg.dropout, copy_fc=k >= LAYERS.index('fc6'), seed=cfg.seed)  # fmt: skip
-  model = AlexNetClassifier(student, meta, shell)
+    (model, source), fresh_from = _trunk_network(ctx, through, num_classes), k + 1
   reinitialise(model.net, list(LAYERS[fresh_from:]) + [CLASSIFIER], cfg.seed)
   freeze(model.net, list(LAYERS[: k + 1]))
   return model, f'{source}: conv1..{through} frozen, {", ".join(LAYERS[k + 1 :] + (CLASSIFIER,))} new'
