@@ -40,8 +40,9 @@ optimizer's `apply_gradients` cannot run inside `tf.switch_case`/`tf.cond`
 it; plain variable ops can. Slots are ordinary variables created next to their
 variables (on the parameter servers under the strategy's scope) and tracked by this
 `tf.Module`, so `tf.train.Checkpoint` saves and restores them. The local
-(`train/local.py`) and distributed (`train/distributed.py`) trainers both build it with
-`from_config` from the same `train.*` fields.
+(`train/local.py`) and distributed (`train/distributed.py`) trainers both build it from the
+same `train.*` fields through `mtssl_tf.train.optim.from_config` when `train.optimizer` is
+'rmsprop' (the default; 'sgd' is Caffe's SGD for the Noroozi runs, `train/optim.py`).
 """
 
 from __future__ import annotations
