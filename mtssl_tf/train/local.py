@@ -54,8 +54,8 @@ class LocalTrainer:
     Args:
       model: the multi-task model (variables are created on the first batches).
       datasets: task name -> batched, repeated dataset.
-      train: the experiment's `train` config; its learning rate and `rmsprop_*` fields
-        make the per-task RMSProp, as in the distributed trainer (None: the defaults).
+      train: the experiment's `train` config; its `optimizer`, learning rate and `rmsprop_*` /
+        `sgd_*` fields make the per-task optimizer, as in the distributed trainer (None: the defaults).
       summary_dir: where to write TensorBoard events (None: no summaries).
       knn_monitor: the kNN monitor (`knn.local_monitor`), run on the live trunk at compute ticks (None: off).
     """
