@@ -36,7 +36,7 @@ from mtssl_tf.evaluation import backbone, detection_convnet, voc_metrics
 from mtssl_tf.evaluation.detection_config import NAME, DetectionEvalConfig
 from mtssl_tf.evaluation.detection_data import eval_dataset, multiscale_eval_dataset, train_dataset
 from mtssl_tf.evaluation.detection_model import FasterRCNN, build_detector
-from mtssl_tf.evaluation.detection_scales import MULTISCALE_PREFIX, evaluate, multiscale_results
+from mtssl_tf.evaluation.detection_scales import MULTISCALE_PREFIX, detector, evaluate, multiscale_results
 from mtssl_tf.evaluation.protocol import Column, Context, Protocol
 from mtssl_tf.train.finetune import FineTune
 from mtssl_tf.trunk import block4
@@ -228,7 +228,9 @@ def run_detection(
   if start < cfg.train_steps:
     data = train_dataset(cfg, train_spec, preprocessing, start_step=start)
     timing = _train(model, optimizer, tune, data, cfg.bias_lr_multiplier)
-  results = evaluate(model, eval_dataset(cfg, test_spec, preprocessing), progress, cfg.map_conventions, name=NAME)
+  detect = detector(model)  # One for both tests: a canvas shape they share is traced once.
+  results = evaluate(model, eval_dataset(cfg, test_spec, preprocessing), progress, cfg.map_conventions, name=NAME,
+                     detect=detect)  # fmt: skip
   map_keys = {
     (convention, threshold): voc_metrics.mean_ap_key(convention, threshold)
     for convention in cfg.map_conventions
@@ -239,7 +241,7 @@ def run_detection(
     pyramid = multiscale_eval_dataset(cfg.test_scales, cfg.test_scales_max_side, test_spec, preprocessing)
     results.update(multiscale_results(evaluate(
       model, pyramid, progress, cfg.map_conventions, num_levels=len(cfg.test_scales), nms_iou=cfg.detection_nms_iou,
-      max_detections=cfg.max_detections, name=NAME,
+      max_detections=cfg.max_detections, name=NAME, detect=detect,
     )))  # fmt: skip
     tags.update({MULTISCALE_PREFIX + tag: MULTISCALE_PREFIX + key for tag, key in tags.items()})
   tune.scalars({tag: results[key] for tag, key in tags.items() if results.get(key) is not None})

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -85,7 +85,12 @@ def merge_levels(levels: Sequence[Detections], level_shapes: np.ndarray, nms_iou
   return boxes[order], scores[order], classes[order]
 
 
-def _detector(model: FasterRCNN) -> Callable[[tf.Tensor, tf.Tensor], Detections]:
+def detector(model: FasterRCNN) -> Callable[[tf.Tensor, tf.Tensor], Detections]:
+  """(canvas [1, H, W, 3], resized size [1, 2]) -> one image's `Detections`, traced once per canvas shape.
+
+  Share one between the single- and the multi-scale test: a canvas shape both use is traced once.
+  """
+
   @tf.function(autograph=False)  # As the train step: nothing to convert, much faster to trace.
   def detect(images, image_shape):
     return model.detect(images, image_shape)
@@ -109,6 +114,7 @@ def evaluate(
   nms_iou: float = 0.3,
   max_detections: int = 100,
   name: str = 'detection',
+  detect: Optional[Callable[[tf.Tensor, tf.Tensor], Detections]] = None,
 ) -> Dict[str, Any]:
   """Detects on every test image and scores them with `voc_metrics.VOCEvaluation`.
 
@@ -122,6 +128,7 @@ def evaluate(
     nms_iou: the merge's per-class NMS IoU (multi-scale only).
     max_detections: the merge's cap (multi-scale only).
     name: the protocol's name, for messages.
+    detect: a `detector(model)` to reuse (its traces with it); a new one when None.
 
   Returns:
     The evaluator's metrics (mAP and per-class AP of every convention at IoU 0.5 and
@@ -130,7 +137,7 @@ def evaluate(
   Raises:
     ValueError: the test source holds no images.
   """
-  detect = _detector(model)
+  detect = detect or detector(model)
   evaluation = voc_metrics.VOCEvaluation(VOC_CLASSES[: model.num_classes], conventions)
   counts = {'num_test_images': 0, 'num_groundtruth_boxes': 0, 'num_difficult_boxes': 0, 'num_detections': 0}
   num_skipped, tick = 0, time.perf_counter()
