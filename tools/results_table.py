@@ -26,10 +26,12 @@ def main(argv):
   if len(argv) < 2:
     raise app.UsageError('give at least one run: label=run_dir or run_dir')
   try:
-    header, rows = results_table.build_rows(results_table.parse_run_args(argv[1:]))
+    runs = results_table.parse_run_args(argv[1:])
+    header, rows = results_table.build_rows(runs)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  markdown = results_table.to_markdown(header, rows)
+  # Notes the results carry (detection of an AlexNet: RPN proposals in place of selective search).
+  markdown = results_table.to_markdown(header, rows, results_table.notes([results_table.read_run(d) for _, d in runs]))
   print(markdown)
   if FLAGS.markdown:
     with open(FLAGS.markdown, 'w', encoding='utf-8') as f:

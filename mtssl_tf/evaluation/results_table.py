@@ -56,6 +56,22 @@ def read_run(run_dir: str) -> Dict[str, Dict]:
   return found
 
 
+def notes(runs: Sequence[Dict[str, Dict]], evaluations: Optional[Sequence[str]] = None) -> List[str]:
+  """The `table_note` strings the runs' results carry (e.g. detection's documented choice on AlexNet), each once.
+
+  Args:
+    runs: `read_run` dicts of the table's rows.
+    evaluations: only these evaluations' results (the table's columns); None: all.
+  """
+  found = []
+  for evaluations_found in runs:
+    for name, results in evaluations_found.items():
+      note = results.get('table_note') if evaluations is None or name in evaluations else None
+      if isinstance(note, str) and note and note not in found:
+        found.append(note)
+  return found
+
+
 def lookup(results: Dict, key: str) -> Optional[float]:
   """A metric by key, also inside a nested 'metrics' dict; None if absent."""
   for source in (results, results.get('metrics') or {}):
@@ -95,15 +111,15 @@ def markdown_lines(header: List[str], rows: List[List[str]]) -> List[str]:
   return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + ['| ' + ' | '.join(r) + ' |' for r in rows]
 
 
-def to_markdown(header: List[str], rows: List[List[str]]) -> str:
-  """A GitHub-flavoured markdown table."""
+def to_markdown(header: List[str], rows: List[List[str]], table_notes: Sequence[str] = ()) -> str:
+  """A GitHub-flavoured markdown table, then `table_notes` (`notes`), one per line."""
   lines = markdown_lines(header, rows)
   note = (
     "\n\n[brackets]: the paper's number (Doersch & Zisserman 2017, Table 2)."
     if any('[' in c for r in rows for c in r)
     else ''
   )
-  return '\n'.join(lines) + note + '\n'
+  return '\n'.join(lines) + note + ''.join(f'\n\n{n}' for n in table_notes) + '\n'
 
 
 def to_csv(header: List[str], rows: List[List[str]]) -> str:

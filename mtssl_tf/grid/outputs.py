@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -176,8 +176,21 @@ def table_rows(grid: Grid, output_dir: str, table: str) -> Tuple[List[str], List
   return header, rows
 
 
-def table_markdown(table: str, header: List[str], rows: List[List[str]]) -> str:
-  """A markdown table under the paper table's title, with a note on the bracketed numbers."""
+def table_notes(grid: Grid, output_dir: str, table: str) -> List[str]:
+  """The `table_note`s of the results a table shows (its rows' cells, its columns' evaluations), each once.
+
+  E.g. detection of an AlexNet / VGG16 (RPN proposals in place of Noroozi's selective search, issue 16).
+  Noroozi's tables read the cells' results of every evaluation.
+  """
+  from mtssl_tf.evaluation import results_table
+
+  shown = None if table in paper.CC_TABLES else [c[1] for c in _columns(table)]
+  runs = [results_table.read_run(os.path.join(output_dir, c.name)) for c in grid.cells if table in c.rows]
+  return results_table.notes(runs, shown)
+
+
+def table_markdown(table: str, header: List[str], rows: List[List[str]], notes: Sequence[str] = ()) -> str:
+  """A markdown table under the paper table's title, with a note on the bracketed numbers, then `notes`."""
   from mtssl_tf.evaluation.results_table import markdown_lines
 
   title = paper.CC_TITLES.get(table) or paper.TITLES[table]
@@ -193,7 +206,7 @@ def table_markdown(table: str, header: List[str], rows: List[List[str]]) -> str:
   if table == 'table1' and not paper.TABLE1_VERIFIED:
     note += (' Table 1 was transcribed from the PDF; the text confirms its orderings and two of its'
              ' numbers (paper.table1_claims), not every digit.')  # fmt: skip
-  return '\n'.join(lines) + '\n' + note + '\n'
+  return '\n'.join(lines) + '\n' + note + ''.join(f'\n{n}' for n in notes) + '\n'
 
 
 def write_tables(grid: Grid, output_dir: str) -> Dict[str, str]:
@@ -211,7 +224,7 @@ def write_tables(grid: Grid, output_dir: str) -> Dict[str, str]:
     if not any(table in c.rows for c in grid.cells):
       continue
     header, rows = table_rows(grid, output_dir, table)
-    markdown = table_markdown(table, header, rows)
+    markdown = table_markdown(table, header, rows, table_notes(grid, output_dir, table))
     parts.append(markdown)
     path = os.path.join(folder, f'{table}.md')
     with open(path, 'w', encoding='utf-8') as f:

@@ -2,6 +2,7 @@
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,10 +10,11 @@ import tensorflow as tf
 
 from mtssl_tf.configs import ConfigError, override, save_config
 from mtssl_tf.configs.base import read_yaml
-from mtssl_tf.evaluation import backbone, detection, detection_convnet, detection_scales, runner
+from mtssl_tf.evaluation import backbone, detection, detection_convnet, detection_scales, results_table, runner
 from mtssl_tf.evaluation.detection_config import DetectionEvalConfig
 from mtssl_tf.evaluation.detection_model import LEVEL
 from mtssl_tf.evaluation.runner import load_eval_config
+from mtssl_tf.grid import outputs
 from mtssl_tf.train.experiment import ExperimentConfig
 from mtssl_tf.transfer import models
 from mtssl_tf.transfer.student import META, load_student
@@ -214,3 +216,19 @@ def test_conv1_stays_fixed_while_the_rest_of_an_alexnet_trunk_trains(tmp_path, t
       # Two SGD steps at lr 0.01 move every other kernel (values ~0.01, so any step of ~1e-9 shows; biases start at
       # CaffeNet's 1.0, where a small step can round away in float32, so they are not asserted).
       assert not np.array_equal(v.numpy(), before[v.name]), v.name
+
+
+def test_every_table_showing_a_conv_detection_prints_the_documented_choice(tmp_path):
+  cell = tmp_path / 'jigsaw' / 'eval' / 'detection'
+  cell.mkdir(parents=True)
+  with open(cell / 'results.json', 'w') as f:
+    json.dump({SS_KEY: 0.5, 'table_note': detection_convnet.TABLE_NOTE}, f)
+  found = [results_table.read_run(str(tmp_path / 'jigsaw'))]
+  assert results_table.notes(found) == [detection_convnet.TABLE_NOTE] and not results_table.notes(found, ['linear'])
+  header, rows = results_table.build_rows([('Jigsaw++', str(tmp_path / 'jigsaw'))])
+  assert detection_convnet.TABLE_NOTE in results_table.to_markdown(header, rows, results_table.notes(found))
+  # The grid's paper tables: a Doersch table shows the detection column, so it carries the note.
+  grid = SimpleNamespace(cells=[SimpleNamespace(name='jigsaw', rows={'table2': 'RP'})])
+  notes = outputs.table_notes(grid, str(tmp_path), 'table2')
+  assert notes == [detection_convnet.TABLE_NOTE]
+  assert outputs.table_markdown('table2', header, rows, notes).rstrip().endswith(detection_convnet.TABLE_NOTE)
