@@ -54,7 +54,7 @@ ENDPOINTS = {'alexnet': 'conv5', 'vgg16': 'conv5_3'}
 TABLE_NOTE = (
   'Detection of AlexNet/VGG16 networks: Faster R-CNN region proposals (an RPN on the network) in place of '
   "Fast R-CNN's selective-search proposals (Noroozi et al. 2018, Table 3); otherwise Fast R-CNN's settings. "
-  'A documented choice (BUILD.md, Detection).'
+  'A documented choice (BUILD.md, "Detection of AlexNet and VGG16").'
 )
 # Side of the blank canvas that creates the variables: AlexNet's pool5 needs a 3x3 conv5 (>= 48 px).
 BUILD_SIZE = 64

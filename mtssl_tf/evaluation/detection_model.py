@@ -28,6 +28,9 @@ runs block 4, so the detector is that model with our parts plugged in:
   express); RPN targets: `ops.anchor.RpnAnchorLabeler`; losses:
   `losses.maskrcnn_losses`.
 
+Other networks plug in as `FasterRCNN(cfg, backbone=..., detection_head=...)` with the same
+interfaces: `detection_convnet` puts AlexNet / VGG16 there under Fast R-CNN's fc6/fc7 head.
+
 RPN targets are assigned in the train step rather than the input pipeline: the
 labeler needs static anchor counts, and multi-scale training gives each batch its
 own canvas size, which only a traced step knows statically.
