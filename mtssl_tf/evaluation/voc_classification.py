@@ -300,9 +300,11 @@ class AlexNetClassifier(tf.keras.Model):
     self.to_input = to_input
     from mtssl_tf.transfer.models import AlexNet
 
-    # The student's own shape (CaffeNet layers, `transfer.models.AlexNet`): width and BatchNorm or LRN.
+    # The student's own shape (CaffeNet layers, `transfer.models.AlexNet`): width, BatchNorm or LRN, and conv
+    # groups (a deepcontext-style Context trunk has none); conv1's padding is not copied: classification runs
+    # the standard unpadded stride-4 conv1 (Noroozi §5), its 11x11 weights fit either way.
     self.net = AlexNet(cfg.num_classes, width=student.width, batch_norm=student.batch_norm, dropout=cfg.dropout,
-                       fc_units=cfg.fc_units, name='alexnet')  # fmt: skip
+                       fc_units=cfg.fc_units, name='alexnet', groups=getattr(student, 'groups', 2))  # fmt: skip
     try:
       self.net(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3]), training=False)
     except ValueError as e:  # Caffe's pools need every pooled map to hold a 3x3 window (>= 55 px).

@@ -68,7 +68,8 @@ class AlexNet(caffenet.AlexNet):
   POOLED = caffenet.POOLED
 
   def __init__(self, num_classes: int, width: float = 1.0, batch_norm: bool = False,
-               dropout: float = caffenet.DROPOUT, fc_units: int = 4096, name: str = 'alexnet'):  # fmt: skip
+               dropout: float = caffenet.DROPOUT, fc_units: int = 4096, name: str = 'alexnet',
+               groups: int = caffenet.GROUPS):  # fmt: skip
     """Creates the layers.
 
     Args:
@@ -79,8 +80,11 @@ class AlexNet(caffenet.AlexNet):
       dropout: dropout rate after fc6 and fc7 (CaffeNet: 0.5).
       fc_units: fc6/fc7 units before `width` (CaffeNet: 4096).
       name: model name.
+      groups: channel groups of conv2/4/5 (CaffeNet: 2; 1 to hold the conv layers of an
+        ungrouped trunk such as deepcontext's, see `trunk.alexnet`).
     """
-    super().__init__('standard', width, batch_norm, fc_units=(fc_units, fc_units), dropout=dropout, name=name)
+    super().__init__('standard', width, batch_norm, fc_units=(fc_units, fc_units), dropout=dropout, name=name,
+                     groups=groups)  # fmt: skip
     self.probe_endpoints: Tuple[str, ...] = tuple(c[0] for c in self.CONVS)
     self.classifier = tf.keras.layers.Dense(
       num_classes, kernel_initializer=tf.keras.initializers.RandomNormal(stddev=CLASSIFIER_STDDEV), name=LOGITS
