@@ -87,6 +87,7 @@ def test_conv_grids_line_up_with_the_anchors():
     assert detection_convnet.endpoint_side('vgg16', canvas) == canvas // 16, canvas
 
 
+@pytest.mark.numerics
 def test_multiscale_merge_keeps_each_box_at_its_nearest_224_level():
   shapes = np.array([[200.0, 300.0], [400.0, 600.0]])
   whole, half, half_b = [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.49]
@@ -104,6 +105,7 @@ def test_multiscale_merge_keeps_each_box_at_its_nearest_224_level():
   assert detection_scales.merge_levels(levels, shapes, 0.3, max_detections=2)[1].tolist() == [0.9, 0.6]
 
 
+@pytest.mark.numerics
 def test_learning_rate_is_divided_by_ten_after_each_third():
   cfg = override(
     DetectionEvalConfig(),
