@@ -143,8 +143,8 @@ def check_config(cfg: DetectionEvalConfig, kind: str) -> None:
   if cfg.use_lasso:
     raise ConfigError(f'{NAME}.use_lasso: the lasso mixes ResNet-v2 block-3 units; trunk.kind is {kind!r}')
   if cfg.box_head_init == 'checkpoint':
-    raise ConfigError(f"{NAME}.box_head_init: 'checkpoint' transfers a ResNet-v2 block 4; an {kind} gets new fc6/fc7 "
-                      '(Noroozi §5); use auto or random')  # fmt: skip
+    raise ConfigError(f"{NAME}.box_head_init: 'checkpoint' transfers a ResNet-v2 block 4; trunk.kind {kind!r} gets "
+                      'new fc6/fc7 (Noroozi §5); use auto or random')  # fmt: skip
 
 
 def check_canvases(cfg: DetectionEvalConfig, kind: str, conv1_padding: int = 0) -> None:
