@@ -155,6 +155,17 @@ def test_builds_on_vgg16_and_jigsaw_alexnet_run_trunks(tmp_path):
   # Noroozi §5: the tile network's conv weights in the standard AlexNet (conv1 stride 4 instead of 2).
   assert 'jigsaw' in description and net.variant == 'standard' and net.convs['conv1'].strides == (4, 4)
   np.testing.assert_array_equal(net.convs['conv2'].kernel.numpy(), jigsaw.net.convs['conv2'].kernel.numpy())
+  # deepcontext's Context AlexNet (conv1 padded by 5, no groups), in place: 4 px alignment, still a canvas / 16 grid.
+  shape = [
+    'trunk.kind=alexnet',
+    'trunk.alexnet.conv1_padding=5',
+    'trunk.alexnet.groups=1',
+    'trunk.alexnet.width=0.0625',
+  ]
+  context = build_trunk(load_eval_config([], shape).trunk)
+  context(tf.zeros([1, 64, 64, 3]))
+  model, _ = detection_convnet.build_conv_detector(tiny_cfg(), context)
+  assert model.backbone.pad == 4 and model.backbone(tf.zeros([1, 64, 96, 3]))[LEVEL].shape[1:3] == (4, 6)
 
 
 def test_unsupported_networks_and_settings_are_named(tmp_path, tiny_world):
