@@ -345,7 +345,7 @@ class KnnMonitor:
     self, cfg: KnnMonitorConfig, trunk_config, out_dir: str, bank_source: str, query_source: str,
     background: bool = False, cost_tick: float = 0.0,
   ):  # fmt: skip
-    """Creates the monitor; a background monitor starts its thread, which first decodes the data.
+    """Creates the monitor; data, trunk and (in the background) its thread start at the first due tick.
 
     Args:
       cfg: the monitor config.
@@ -368,10 +368,7 @@ class KnnMonitor:
     self.superseded = 0  # Due ticks not evaluated: a later one arrived while an evaluation ran.
     self._cost, self._pending, self._error, self._closed = 0.0, None, None, False
     self._wake = threading.Condition()
-    self._thread = None
-    if background:
-      self._thread = threading.Thread(target=self._serve, name='knn-monitor', daemon=True)
-      self._thread.start()
+    self.background, self._thread = background, None
 
   @property
   def traces(self) -> int:
@@ -396,8 +393,11 @@ class KnnMonitor:
     if not self.due(tick):
       return None
     job = (checkpoint, step, {'tick': tick, 'cost': cost})
-    if self._thread is None:
+    if not self.background:
       return self.evaluate(*job)
+    if self._thread is None:
+      self._thread = threading.Thread(target=self._serve, name='knn-monitor', daemon=True)
+      self._thread.start()
     with self._wake:
       if self._pending is not None:
         self.superseded += 1
@@ -437,7 +437,6 @@ class KnnMonitor:
 
   def _serve(self) -> None:
     try:
-      self._load()  # Decoded while training starts, not at the first tick.
       while True:
         with self._wake:
           self._wake.wait_for(lambda: self._pending is not None or self._closed)
