@@ -174,12 +174,7 @@ class FeatureExtractor:
   """
 
   def __init__(self, trunk: tf.keras.Model, cfg: KnnMonitorConfig):
-    """Compiles nothing yet; the first call traces.
-
-    Args:
-      trunk: the trunk (its variables are read at every call).
-      cfg: the monitor config (endpoint, pool_grid, batch_size, image_size, preprocessing).
-    """
+    """`trunk`'s features as `cfg` sets them (endpoint, pool_grid, batch_size, image_size, preprocessing)."""
     self.trunk = trunk
     self.batch_size = cfg.batch_size
     self.traces = 0
@@ -292,7 +287,8 @@ class KnnMonitorConfig(Config):
     bank_size: bank images (a seeded subsample; bounds the cost).
     query_size: query images (likewise).
     image_size: images are centre-squared and resized to this side.
-    batch_size: images per forward pass (the compiled function's one batch shape).
+    batch_size: images per forward pass (the compiled function's one batch shape; 125
+      divides the default 500 + 250 images, so no batch is padded).
     endpoint: trunk endpoint ('final': block 3 after its closing BN-ReLU).
     pool_grid: the endpoint is average-pooled to pool_grid x pool_grid (1: global,
       DINO / solo-learn's pooled backbone output).
@@ -431,8 +427,8 @@ class KnnMonitor:
     self._raise_error()
 
   def _raise_error(self) -> None:
-    if self._error is not None:
-      error, self._error = self._error, None
+    error, self._error = self._error, None
+    if error is not None:
       raise error
 
   def _serve(self) -> None:

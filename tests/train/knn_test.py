@@ -150,6 +150,8 @@ def test_monitor_reads_only_and_writes_summaries(tmp_path, tiny_trunk, tiny_worl
   for v in monitor.trunk.variables:  # The checkpoint's weights, exactly (a copy).
     np.testing.assert_array_equal(v.numpy(), weights['trunk/' + v.name.split('/', 1)[1]])
   monitor.evaluate(second, step=20, extra={'tick': 2})
+  # Two checkpoints read into one trunk, 42 images in batches of 16 (the last padded): one trace.
+  assert monitor.traces == 1
   assert set(scores) == {'top1_k5', 'top5_k5', 'top1_k20', 'top5_k20'}
   assert all(0.0 <= v <= 1.0 for v in scores.values())
   ticks = knn.read_ticks(str(tmp_path / 'run'))
