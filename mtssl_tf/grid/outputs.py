@@ -126,27 +126,42 @@ def read_probes(run_dir: str) -> Dict[str, float]:
 
 
 def cc_table_rows(grid: Grid, output_dir: str, table: str) -> Tuple[List[str], List[List[str]]]:
-  """Header and rows of a Noroozi table: the student's probe top-1 per layer, the paper's in [brackets].
+  """Header and rows of a Noroozi table, the paper's numbers in [brackets].
 
-  Tables 1 and 2 add the paper's VOC07 classification mAP as its own column (a
-  fine-tuning protocol not run here), Table 4 brackets each layer's probe.
+  Tables 1 and 2: the student's probe top-1 per layer, then the paper's metric (VOC07
+  classification mAP after fine-tuning) where the cell evaluated `voc07_cls`. Table 3:
+  `paper.CC_TABLE3_COLUMNS` (classification, detection SS / MS, segmentation) from the
+  cell's evaluations. Table 4: the probes, each layer bracketed.
   """
+  from mtssl_tf.evaluation import results_table
   from mtssl_tf.evaluation.results_table import cell_text
 
-  per_layer = table == 'cc_table4'  # Tables 1 and 2: the paper's one number gets its own column.
-  header = ['Row', 'Cell'] + [f'{layer} top-1 (%)' for layer in paper.CC_LAYERS]
-  header += [] if per_layer else ['VOC07 cls. mAP (%)']
+  if table == 'cc_table3':
+    header = ['Row', 'Cell'] + [title for title, _, _ in paper.CC_TABLE3_COLUMNS]
+  else:
+    header = ['Row', 'Cell'] + [f'{layer} top-1 (%)' for layer in paper.CC_LAYERS]
+    header += [] if table == 'cc_table4' else ['VOC07 cls. mAP (%)']
   rows = []
   for cell in grid.cells:
     label = cell.rows.get(table)
     if label is None:
       continue
-    probes = read_probes(os.path.join(output_dir, cell.name))
+    found = results_table.read_run(os.path.join(output_dir, cell.name))
     reference = paper.CC_TABLES[table].get(label)
     row = [label, cell.name]
+    if table == 'cc_table3':
+      for i, (_, evaluation, key) in enumerate(paper.CC_TABLE3_COLUMNS):
+        value = results_table.lookup(found.get(evaluation, {}), key)
+        row.append(cell_text(value, 100.0, reference[i] if reference else None))
+      rows.append(row)
+      continue
+    probes = read_probes(os.path.join(output_dir, cell.name))
+    per_layer = table == 'cc_table4'
     row += [cell_text(probes.get(layer), 100.0, reference[i] if per_layer and reference else None)
             for i, layer in enumerate(paper.CC_LAYERS)]  # fmt: skip
-    row += [] if per_layer else [cell_text(None, reference=reference[0] if reference else None)]
+    if not per_layer:
+      mean_ap = results_table.lookup(found.get('voc07_cls', {}), 'mAP')
+      row.append(cell_text(mean_ap, 100.0, reference[0] if reference else None))
     rows.append(row)
   return header, rows
 
@@ -198,9 +213,10 @@ def table_markdown(table: str, header: List[str], rows: List[List[str]], notes: 
   number = table.rsplit('table', 1)[1]
   if table in paper.CC_TABLES:
     note = f"\n[brackets]: the paper's number (Noroozi et al. 2018, Table {number})."
-    if table != 'cc_table4':
-      note += (' The paper reports VOC07 classification mAP of the fine-tuned student; ours are'
-               ' frozen linear probes of the student on each conv layer (its Table 4 protocol).')  # fmt: skip
+    if table in ('cc_table1', 'cc_table2'):
+      note += (' The paper reports VOC07 classification mAP of the fine-tuned student (our last column,'
+               ' where the cell ran voc07_cls); the conv columns are frozen linear probes of the student'
+               ' on each layer (its Table 4 protocol).')  # fmt: skip
   else:
     note = f"\n[brackets]: the paper's number (Doersch & Zisserman 2017, Table {number})."
   if table == 'table1' and not paper.TABLE1_VERIFIED:

@@ -168,6 +168,8 @@ class _Runner:
 
   def init_source(self, cell: Cell) -> str:
     """What the cell's evaluations start from."""
+    if cell.transfers:  # The student the transfer trained (a folder every evaluation of a student reads).
+      return os.path.join(self.cell_dir(cell), 'student')
     if cell.init:
       return cell.init
     if cell.supervised:
@@ -182,8 +184,8 @@ class _Runner:
       self.log(f'[{self.grid.name}] {cell.name}: skipped, cell {source!r} failed')
       return False
     try:
-      if cell.transfers:
-        return self.transfer(cell)
+      if cell.transfers and not self.transfer(cell):
+        return False
       if cell.pretrains and not self.pretrain(cell):
         return False
       if cell.supervised and not self.supervised(cell):

@@ -31,7 +31,8 @@ one pre-trained network (or a control) and the evaluations run on it:
 
 A transfer cell is one with a `transfer` key (its files come after `transfer_configs`);
 without a `teacher` it keeps the transfer config's own `extract.init` (random network,
-HOG features).
+HOG features). Its `evaluate` list runs on the trained student (`--init=<cell>/student`),
+e.g. Noroozi Table 3's VOC07 classification, detection and VOC12 segmentation.
 """
 
 from __future__ import annotations
@@ -172,9 +173,9 @@ def _parse_cell(i: int, raw, base_dir: str) -> Cell:
   if not set(cell.ticks) <= set(cell.evaluate):
     raise GridError(f'{where}: ticks {cell.ticks} must also be in evaluate {cell.evaluate}')
   if cell.transfers:
-    # A transfer cell's own evaluation is the student's probes; the trunk evaluations
-    # (linear, detection, depth) read a ResNet trunk, which a student is not.
-    clash = [k for k in ('train', 'evaluate', 'pretrained', 'supervised', 'init') if raw.get(k)]
+    # A transfer cell's own evaluation is the student's probes; `evaluate` adds protocols run on
+    # its student folder (<cell>/student: voc07_cls, voc12_seg, detection, nonlinear read one).
+    clash = [k for k in ('train', 'pretrained', 'supervised', 'init') if raw.get(k)]
     if clash:
       raise GridError(f'{where}: a transfer cell takes teacher and transfer_overrides, not {clash}')
   elif cell.teacher or cell.transfer_overrides:

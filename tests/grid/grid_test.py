@@ -169,7 +169,7 @@ def test_parse_errors_name_the_problem(tmp_path):
     "teacher: no cell 'z'": {'cells': [cell, {'name': 'b', 'teacher': 'z', 'transfer': []}],
                              'transfer_configs': [os.path.join(ROOT, 'configs/transfer/tiny.yaml')]},
     'need a transfer key': {'cells': [cell, {'name': 'b', 'teacher': 'a'}]},
-    "not \\['evaluate'\\]": {'cells': [{'name': 'b', 'transfer': [], 'evaluate': ['linear']}]},
+    "not \\['init'\\]": {'cells': [{'name': 'b', 'transfer': [], 'init': 'random'}]},
     "no config files here or in the grid's transfer_configs": {'cells': [{'name': 'b', 'transfer': []}]},
   }  # fmt: skip
   for message, data in cases.items():
@@ -251,3 +251,36 @@ def test_every_pre_training_cell_and_row_file_makes_a_valid_config():
   for row in rows:
     cfg = load_config(ExperimentConfig, [tiny, row])
     assert cfg.trunk.width == 16 and cfg.train.world_preset == 'small', row
+
+
+def test_a_transfer_cells_evaluations_run_on_its_student_and_fill_noroozi_table3(tmp_path):
+  """Noroozi Table 3: a transfer cell's `evaluate` runs on `<cell>/student`; the table reads cls/det/seg."""
+  tiny = os.path.join(ROOT, 'configs/transfer/tiny.yaml')
+  grid = spec.parse_grid({
+    'transfer_configs': [tiny],
+    'cells': [{'name': 'cc', 'rows': {'cc_table3': 'CC+vgg-Jigsaw++', 'cc_table1': '2000'}, 'transfer': [],
+               'evaluate': ['voc07_cls', 'voc12_seg', 'detection']}],
+  })  # fmt: skip
+  out = tmp_path / 'out'
+  calls = []
+  stage_runner = runner._Runner(grid, str(out), log=lambda _: None, python=sys.executable, env={})
+  stage_runner._subprocess = lambda cell, stage, argv: calls.append((stage, argv)) or True
+  assert stage_runner.run_cell(grid.cells[0], set())
+  assert [stage for stage, _ in calls] == ['transfer', 'eval_voc07_cls', 'eval_voc12_seg', 'eval_detection']
+  for _, argv in calls[1:]:
+    assert f'--init={out / "cc" / "student"}' in argv and f'--model_dir={out / "cc"}' in argv
+
+  results = {'voc07_cls': {'mAP': 0.5}, 'voc12_seg': {'mIoU': 0.25},
+             'detection': {'PascalBoxes_Precision/mAP@0.5IOU_VOC07_11point': 0.125,
+                           'multiscale_PascalBoxes_Precision/mAP@0.5IOU_VOC07_11point': 0.0625}}  # fmt: skip
+  for kind, values in results.items():
+    (out / 'cc' / 'eval' / kind).mkdir(parents=True)
+    (out / 'cc' / 'eval' / kind / 'results.json').write_text(json.dumps(values))
+  header, rows = outputs.table_rows(grid, str(out), 'cc_table3')
+  assert header[2:] == [title for title, _, _ in outputs.paper.CC_TABLE3_COLUMNS]
+  assert rows == [['CC+vgg-Jigsaw++', 'cc', '50.00 [72.50]', '12.50 [56.50]', '6.25 [57.20]', '25.00 [42.60]']]
+  header, rows = outputs.table_rows(grid, str(out), 'cc_table1')  # Table 1's own metric: VOC07 cls. mAP.
+  assert header[-1] == 'VOC07 cls. mAP (%)' and rows[0][-1] == '50.00 [69.90]'
+  # A paper '-' stays without brackets.
+  grid.cells[0].rows['cc_table3'] = 'Random'
+  assert outputs.table_rows(grid, str(out), 'cc_table3')[1][0][4] == '6.25'
