@@ -14,10 +14,13 @@ overrides on top of the demo config and `--overrides`:
 Per run: the training loop's steps/s (the trainer's last `train/steps_per_second`, from
 its first scheduled closure to its last update: cluster start-up is left out, and so is
 the wait after the loop for the run's last evaluation, which the run's wall time holds),
-the wall time of the whole run, and the monitor's evaluations and their seconds
-(`knn/ticks.jsonl`; the first one includes tracing).
+the wall time of the whole run, the CPU time of all its processes per step (servers and
+coordinator, their threads included: less sensitive than steps/s to other jobs' load,
+which takes cores away but adds no CPU time to ours), and the monitor's evaluations and
+their seconds (`knn/ticks.jsonl`; the first one includes decoding the images and tracing).
 The overhead of a mode is 1 - its steps/s / the off run's steps/s of the same
-repetition; reported as the median over repetitions and its range.
+repetition (and its CPU time per step / the off run's - 1); reported as the median over
+repetitions and its range.
 
     .venv/bin/python benchmarks/knn_overhead.py                        # ~45 min on 2 busy cores
     .venv/bin/python benchmarks/knn_overhead.py --reps=3 --modes=off,on,sync --steps=400
@@ -25,6 +28,7 @@ repetition; reported as the median over repetitions and its range.
 
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -70,19 +74,26 @@ def run_once(mode: str, world_dir: str) -> dict:
   cfg = load_config(ExperimentConfig, [DEMO], overrides)
   with tempfile.TemporaryDirectory() as model_dir:
     path = save_config(cfg, model_dir, 'input.yaml')
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     launch.supervise_local(cfg, model_dir, [f'--config={path}'], 0)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, _children_cpu() - cpu
     rates = _events(os.path.join(model_dir, 'train'), 'train/steps_per_second')
     ticks = knn.read_ticks(model_dir)
   if not rates or rates[-1][0] != FLAGS.steps:
     raise RuntimeError(f'{mode}: no final train/steps_per_second in the run (got {rates[-1:]})')
   seconds = [t['seconds'] for t in ticks]
   return dict(
-    mode=mode, steps_per_s=rates[-1][1], wall_s=round(wall, 1), evaluations=len(ticks),
+    mode=mode, steps_per_s=rates[-1][1], wall_s=round(wall, 1), cpu_ms_per_step=round(1000 * cpu / FLAGS.steps, 1),
+    evaluations=len(ticks),
     eval_s=round(statistics.median(seconds), 3) if seconds else 0.0, eval_total_s=round(sum(seconds), 1),
     first_eval_s=seconds[0] if seconds else 0.0, load=round(os.getloadavg()[0], 1),
   )  # fmt: skip
+
+
+def _children_cpu() -> float:
+  """CPU seconds of this process's finished children: the run's servers, coordinator and their threads."""
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
 
 
 def _spread(values):
@@ -95,17 +106,22 @@ def report(runs, modes):
   reps = sorted({r['rep'] for r in runs})
   by = {(r['rep'], r['mode']): r for r in runs}
   lines = [
-    '| monitor | steps/s | overhead vs off | evaluations / run | s per evaluation (first) | run wall s |',
-    '|---|---|---|---|---|---|',
+    '| monitor | steps/s | overhead vs off | run CPU ms / step | CPU overhead | evaluations / run '
+    '| s per evaluation (first) | run wall s |',
+    '|---|---|---|---|---|---|---|---|',
   ]
   for mode in modes:
     mine = [by[(i, mode)] for i in reps if (i, mode) in by]
     overhead = [100 * (1 - by[(i, mode)]['steps_per_s'] / by[(i, base)]['steps_per_s']) for i in reps
                 if (i, mode) in by and (i, base) in by]  # fmt: skip
+    cpu = [100 * (by[(i, mode)]['cpu_ms_per_step'] / by[(i, base)]['cpu_ms_per_step'] - 1) for i in reps
+           if (i, mode) in by and (i, base) in by]  # fmt: skip
     firsts = [r['first_eval_s'] for r in mine]
     lines.append(
       f'| {mode} | {_spread([r["steps_per_s"] for r in mine])} | '
       + (f'{_spread(overhead)} %' if mode != base else '(baseline)')
+      + f' | {_spread([r["cpu_ms_per_step"] for r in mine])} | '
+      + (f'{_spread(cpu)} %' if mode != base else '(baseline)')
       + f' | {statistics.median([r["evaluations"] for r in mine]):g} | '
       + (
         f'{statistics.median([r["eval_s"] for r in mine]):.2f} ({statistics.median(firsts):.1f})'
