@@ -181,17 +181,28 @@ def test_shipped_grids_parse_and_cover_every_paper_row():
   from mtssl_tf.grid import paper
 
   doersch = {(t, label) for t, rows in paper.TABLES.items() for label in rows}
-  noroozi = {(t, label) for t in ('cc_table1', 'cc_table2') for label in paper.CC_TABLES[t]}
-  noroozi |= {('cc_table4', label) for label in ('CC+HOG', 'Random', 'Supervised')}
-  # Not run: the Jigsaw++ and VGG teachers' own AlexNets (this project's teachers are ResNet trunks).
-  extra = {'mini': {('cc_table4', 'CC+RP+Col+Ex+MS')}, 'paper': {('cc_table4', 'CC+Jigsaw++')}}
   # Table 3 also read with the other evaluation input: the /H networks fed grey (their pre-training input).
   grey = {('table3', 'RP / H, grey eval'), ('table3', 'RP+Col / H, grey eval')}
-  for name in ('mini', 'paper'):
+  cc = {(t, label) for t in ('cc_table1', 'cc_table2') for label in paper.CC_TABLES[t]}
+  cc |= {('cc_table4', label) for label in ('CC+HOG', 'Random', 'Supervised')}
+  # Noroozi at paper scale: every row of Tables 1-4 with his teachers, but the rows not built
+  # (CC+Context-ColorProjection, [37]+vgg-Jigsaw++) or not a grid stage (Distillation: mtssl-transfer distill).
+  table3 = set(paper.CC_TABLES['cc_table3']) - {'CC+Context-ColorProjection', '[37]+vgg-Jigsaw++', 'Distillation'}
+  noroozi = cc | {('cc_table3', label) for label in table3}
+  noroozi |= {('cc_table4', label) for label in ('CC+Jigsaw++', 'CC+vgg-Jigsaw++')}
+  # The miniatures: Doersch's tables plus Tables 1, 2, 4 from a ResNet teacher (mini), and Table 3's headline.
+  headline = {'CC+vgg-Jigsaw++', 'CC+Jigsaw++', 'Jigsaw++', 'Random', 'Supervised'}
+  expected = {
+    'mini': doersch | grey | cc | {('cc_table4', 'CC+RP+Col+Ex+MS')},
+    'paper': doersch | grey,
+    'noroozi_paper': noroozi,
+    'noroozi_mini': {('cc_table3', label) for label in headline}
+    | {('cc_table4', label) for label in ('CC+vgg-Jigsaw++', 'CC+Jigsaw++', 'Supervised')},
+  }
+  for name, rows in expected.items():
     grid = spec.load_grid(os.path.join(ROOT, 'configs', 'grid', f'{name}.yaml'))
     covered = {(t, label) for c in grid.cells for t, label in c.rows.items()}
-    expected = doersch | noroozi | extra[name] | grey
-    assert covered == expected, (expected - covered, covered - expected)
+    assert covered == rows, (name, rows - covered, covered - rows)
   assert spec.load_grid(os.path.join(ROOT, 'configs', 'grid', 'paper.yaml')).checkpoint == 'tick:7'
 
 
@@ -236,7 +247,7 @@ def test_every_pre_training_cell_and_row_file_makes_a_valid_config():
   from mtssl_tf.train.experiment import ExperimentConfig
 
   tasks = ('relative_position', 'colorization', 'exemplar', 'motion_segmentation', 'jigsaw')
-  for name in ('mini', 'paper'):
+  for name in ('mini', 'paper', 'noroozi_mini', 'noroozi_paper'):
     grid = spec.load_grid(os.path.join(ROOT, 'configs', 'grid', f'{name}.yaml'))
     for cell in grid.cells:
       if cell.pretrains:
@@ -245,7 +256,8 @@ def test_every_pre_training_cell_and_row_file_makes_a_valid_config():
         assert any(getattr(cfg.tasks, t).enabled for t in tasks), (name, cell.name)
   # Every row file also runs in miniature (the "tiny variant" of each row).
   tiny = os.path.join(ROOT, 'configs', 'grid', 'tiny_base.yaml')
-  not_rows = ('mini.yaml', 'paper.yaml', 'tiny_base.yaml', 'paper_base.yaml', 'labels_tiny.yaml')
+  not_rows = ('mini.yaml', 'paper.yaml', 'noroozi_mini.yaml', 'noroozi_paper.yaml', 'tiny_base.yaml',
+              'paper_base.yaml', 'labels_tiny.yaml')  # fmt: skip
   rows = [p for p in glob.glob(os.path.join(ROOT, 'configs', 'grid', '*.yaml')) if os.path.basename(p) not in not_rows]
   assert len(rows) == 13
   for row in rows:
