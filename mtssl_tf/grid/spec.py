@@ -1,6 +1,6 @@
 """The grid file: which networks to pre-train, how to evaluate them, which paper rows they fill.
 
-A grid file (configs/grid/paper.yaml, configs/grid/mini.yaml) lists cells. Each cell is
+A grid file (configs/grid/paper.yaml, mini.yaml, noroozi_paper.yaml, noroozi_mini.yaml) lists cells. Each cell is
 one pre-trained network (or a control) and the evaluations run on it:
 
     name: mini

@@ -147,7 +147,7 @@ def test_shipped_yaml_files_load_and_open_with_their_purpose(path):
     # The shipped files name a teacher run the user makes first (e.g. runs/demo); a clean
     # clone has none, so the teacher is overridden here and the rest is checked as shipped.
     assert load_transfer_config([path], ['extract.init=random']).cluster.num_clusters > 0
-  elif folder == 'grid' and name in ('mini.yaml', 'paper.yaml'):
+  elif folder == 'grid' and name in ('mini.yaml', 'paper.yaml', 'noroozi_mini.yaml', 'noroozi_paper.yaml'):
     from mtssl_tf.grid.spec import load_grid
 
     assert load_grid(path).cells

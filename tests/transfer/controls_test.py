@@ -16,7 +16,7 @@ def _cell_config(grid, name):
   return load_transfer_config(grid.transfer_configs + cell.transfer, grid.transfer_overrides + cell.transfer_overrides)
 
 
-@pytest.mark.parametrize('grid_file', ['paper.yaml', 'mini.yaml'])
+@pytest.mark.parametrize('grid_file', ['noroozi_paper.yaml', 'mini.yaml'])
 def test_random_network_control_trains_at_the_papers_lower_rate(grid_file, monkeypatch):
   monkeypatch.chdir(ROOT)  # Grid files name configs from the project root.
   grid = load_grid(os.path.join('configs', 'grid', grid_file))
