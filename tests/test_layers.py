@@ -21,6 +21,7 @@ LAYERS = {
   'trunk': 0,
   'distribute': 0,
   'hardware': 0,
+  'compat': 0,  # The dependency lines' differences; it imports no package module.
   'assets': 0,
   'tasks': 1,
   'train': 2,
