@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Dict, Iterable, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple, TypeVar
 
 import tensorflow as tf
 
@@ -94,6 +94,11 @@ class LassoMixConfig(Config):
   lasso_l1_weight: float = 1e-3
   lasso_init: str = 'last'
   lasso_mix_norm: str = 'trunk'
+
+
+def lasso_alpha(lasso: Any) -> List[float]:
+  """A protocol's own lasso mix's alpha (its one consumer row), as floats for results.json and summaries."""
+  return [float(a) for a in lasso.alpha().numpy()[0]]
 
 
 def check_lasso_fields(cfg: LassoMixConfig, section: str) -> None:
@@ -318,7 +323,12 @@ def eval_dir(model_dir: str, name: str) -> str:
 
 def write_results(model_dir: str, name: str, results: Dict[str, Any]) -> str:
   """Writes `<model_dir>/eval/<name>/results.json` atomically; returns its path."""
-  path = os.path.join(eval_dir(model_dir, name), 'results.json')
+  return write_json(os.path.join(eval_dir(model_dir, name), 'results.json'), results)
+
+
+def write_json(path: str, results: Dict[str, Any]) -> str:
+  """Writes `results` to `path` atomically (sorted keys, NumPy scalars as floats); returns `path`."""
+  tf.io.gfile.makedirs(os.path.dirname(path))
   tmp = path + '.tmp'
   with tf.io.gfile.GFile(tmp, 'w') as f:
     json.dump(results, f, indent=2, sort_keys=True, default=float)

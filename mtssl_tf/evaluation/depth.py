@@ -1,6 +1,6 @@
 """NYU Depth v2 transfer evaluation (Doersch & Zisserman 2017 §5, after Laina et al. 2016).
 
-`run_depth` fine-tunes the trunk with FCRN's up-projection decoder (`depth_model`) on
+`DepthProtocol` fine-tunes the trunk with FCRN's up-projection decoder (`depth_model`) on
 NYU training images and reports the standard metrics on the test images.
 
 Protocol (FCRN unless noted): frames are downsampled from 480 x 640 to 240 x 320 and
@@ -24,14 +24,13 @@ import math
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import tensorflow as tf
-from absl import logging
 
 from mtssl_tf.configs.base import ConfigError
 from mtssl_tf.data import depth as nyu
 from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.evaluation import backbone
 from mtssl_tf.evaluation.depth_model import DepthMetrics, DepthModel, berhu_loss, valid_mask
-from mtssl_tf.evaluation.protocol import Column, Context, Protocol
+from mtssl_tf.evaluation.protocol import Column, Context, FineTuneProtocol, Trainee
 from mtssl_tf.train.finetune import FineTune
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
 
@@ -348,6 +347,82 @@ def evaluate(model: DepthModel, dataset: tf.data.Dataset, cfg: DepthEvalConfig) 
   return dict(metrics.result(), num_images=num_images, num_pixels=metrics.pixels, num_skipped=num_skipped)
 
 
+# The decoder reads block 3 at the trunk's configured output stride (the up-projections
+# undo it) and lasso mixes block-3 units: ResNet-v2's structure. AlexNet / VGG16 are refused.
+TRUNK_KINDS = ('resnet_v2',)
+TRUNK_NEEDS = 'the up-projection decoder reads block 3 at a chosen output stride, lasso its block-3 units'
+METRICS = ('delta1', 'delta2', 'delta3', 'abs_rel', 'rms', 'log10')
+
+
+class DepthProtocol(FineTuneProtocol):
+  """Doersch & Zisserman §5: NYU depth with up-projection (Laina et al.), fine-tuning the trunk.
+
+  Everything goes to `<model_dir>/eval/depth`: TensorBoard events (`depth/loss`,
+  `depth/learning_rate`, `depth/steps_per_second`, and every test metric as
+  `depth/<metric>` at the last step), `checkpoints/` (resumed from, if present) and
+  `results.json`: delta1-3, abs_rel, rms, log10, image and pixel counts and the protocol.
+  """
+
+  name = NAME
+  summary = 'NYU depth with up-projection, trunk fine-tuned (% of pixels with delta < 1.25)'
+  config_class = DepthEvalConfig
+  world_sources = ('depth_train', 'depth_test')
+  headline = METRICS
+  columns = (
+    Column('NYU delta<1.25 (%)', 'delta1', 100.0, 2),
+    Column('NYU abs rel', 'abs_rel', 1.0),
+    Column('NYU rms (m)', 'rms', 1.0),
+  )
+  max_to_keep = 1
+
+  def prepare(self, ctx: Context) -> Context:
+    ctx.section.validate()
+    backbone.check_trunk_kind(NAME, ctx.trunk_kind(), TRUNK_KINDS, TRUNK_NEEDS)  # Before loading anything.
+    return ctx
+
+  def build(self, ctx: Context) -> Trainee:
+    self.model = build_model(ctx.section, ctx.trunk())
+    return Trainee({'model': self.model}, self.model.trainable_variables)
+
+  def loop(self, cfg: DepthEvalConfig) -> Dict[str, int]:
+    return dict(super().loop(cfg), summary_every_steps=cfg.summary_every_steps)
+
+  def schedule(self, ctx: Context):
+    return learning_rate_schedule(ctx.section)
+
+  def optimizer(self, ctx: Context, schedule) -> tf.keras.optimizers.Optimizer:
+    return make_optimizer(ctx.section, schedule)
+
+  def train_step(self, ctx: Context, trainee: Trainee, optimizer: tf.keras.optimizers.Optimizer):
+    return make_train_step(self.model, optimizer, ctx.section)
+
+  def train_data(self, ctx: Context, start: int) -> tf.data.Dataset:
+    return training_dataset(ctx.train_spec, ctx.section, ctx.input_fn(), start_step=start)
+
+  def score(self, ctx: Context, tune: FineTune, stats: Dict[str, Any]) -> Dict[str, Any]:
+    cfg: DepthEvalConfig = ctx.section
+    preprocess = ctx.input_fn()
+    test = eval_dataset(ctx.test_spec, cfg).map(lambda b: dict(b, image=preprocess(b['image'])))
+    results = evaluate(self.model, test, cfg)
+    tune.scalars({key: results[key] for key in METRICS})
+    results.update(
+      steps=tune.step,
+      eval_crop=cfg.eval_crop,
+      eval_crop_bounds=list(nyu.EIGEN_CROP) if cfg.eval_crop == 'eigen' else None,
+      eval_resolution='ground truth (prediction bilinearly upsampled)',
+      min_depth=cfg.min_depth,
+      max_depth=cfg.max_depth,
+      frame_size=list(cfg.frame_size),
+      crop_size=list(cfg.crop_size),
+      fine_tune_trunk=cfg.fine_tune_trunk,
+      use_lasso=cfg.use_lasso,
+      **ctx.inputs(),
+    )
+    if self.model.lasso is not None:
+      results['lasso_alpha'] = backbone.lasso_alpha(self.model.lasso)
+    return results
+
+
 def run_depth(
   cfg: DepthEvalConfig,
   trunk: ResNetV2Trunk,
@@ -358,105 +433,14 @@ def run_depth(
   progress: bool = True,
   init_source: str = '',
 ) -> Dict[str, Any]:
-  """Trains the depth decoder (and trunk) on NYU, evaluates, writes results.json.
+  """`DepthProtocol` on a built trunk (fine-tuned in place unless frozen), outside `mtssl-eval`.
 
-  Everything goes to `<model_dir>/eval/depth`: TensorBoard events (`depth/loss`,
-  `depth/learning_rate`, `depth/steps_per_second`, and every test metric as
-  `depth/<metric>` at the last step), `checkpoints/` (resumed from, if present) and
-  `results.json`.
-
-  Args:
-    cfg: the evaluation config (validated here).
-    trunk: a built trunk (`backbone.load_trunk`); fine-tuned in place unless frozen.
-    model_dir: the evaluated run's folder (or any output folder).
-    train_spec: NYU training source; default `cfg.train_source`.
-    test_spec: NYU test source; default `cfg.test_source`.
-    preprocessing: the trunk's input convention, 'rgb' or 'harmonized'.
-    progress: log step, loss and steps/s every `cfg.log_every_steps`.
-    init_source: where the trunk came from, recorded in the results.
-
-  Returns:
-    The results: delta1-3, abs_rel, rms, log10, image and pixel counts and the protocol.
+  Sources default to the section's; `init_source` is recorded in the results.
 
   Raises:
     ConfigError: invalid config, no train/test source, or a trunk that is not ResNet-v2.
     FloatingPointError: the training loss became NaN or infinite (the step is named).
   """
-  cfg.validate()
-  train_spec, test_spec = train_spec or cfg.train_source, test_spec or cfg.test_source
-  if not train_spec or not test_spec:
-    raise ConfigError(f'depth.{"train_source" if not train_spec else "test_source"}: no NYU source given')
-  backbone.check_trunk_kind(NAME, trunk.kind, TRUNK_KINDS, TRUNK_NEEDS)
-  out_dir = backbone.eval_dir(model_dir, NAME)
-  preprocess = backbone.input_fn(preprocessing)
-  model = build_model(cfg, trunk)
-  schedule = learning_rate_schedule(cfg)
-  optimizer = make_optimizer(cfg, schedule)
-  tune = FineTune(NAME, out_dir, steps=cfg.steps, log_every_steps=cfg.log_every_steps,
-                  checkpoint_every_steps=cfg.checkpoint_every_steps, progress=progress, max_to_keep=1,
-                  summary_every_steps=cfg.summary_every_steps)  # fmt: skip
-  # Slots exist before a restore, so a resumed momentum is restored, not re-created as 0.
-  start = tune.restore(optimizer, model.trainable_variables, model=model)
-  if start < cfg.steps:
-    dataset = training_dataset(train_spec, cfg, preprocess, start_step=start)
-    tune.fit(make_train_step(model, optimizer, cfg), dataset, schedule=schedule,
-             empty_message='the training source yields no batch (fewer images than batch_size?)')  # fmt: skip
-  test = eval_dataset(test_spec, cfg).map(lambda b: dict(b, image=preprocess(b['image'])))
-  results = evaluate(model, test, cfg)
-  steps = tune.step
-  tune.scalars({key: results[key] for key in ('delta1', 'delta2', 'delta3', 'abs_rel', 'rms', 'log10')})
-  results.update(
-    steps=steps,
-    eval_crop=cfg.eval_crop,
-    eval_crop_bounds=list(nyu.EIGEN_CROP) if cfg.eval_crop == 'eigen' else None,
-    eval_resolution='ground truth (prediction bilinearly upsampled)',
-    min_depth=cfg.min_depth,
-    max_depth=cfg.max_depth,
-    frame_size=list(cfg.frame_size),
-    crop_size=list(cfg.crop_size),
-    fine_tune_trunk=cfg.fine_tune_trunk,
-    use_lasso=cfg.use_lasso,
-    preprocessing=preprocessing,
-    train_source=train_spec,
-    test_source=test_spec,
-  )
-  if model.lasso is not None:
-    results['lasso_alpha'] = [float(a) for a in model.lasso.alpha().numpy()[0]]
-  if init_source:
-    results['init'] = init_source
-  path = backbone.write_results(model_dir, NAME, results)
-  if progress:
-    logging.info(
-      'depth: %s (%d images, %d pixels) -> %s',
-      ', '.join(f'{k} {results[k]:.4f}' for k in ('delta1', 'delta2', 'delta3', 'abs_rel', 'rms', 'log10')),
-      results['num_images'],
-      results['num_pixels'],
-      path,
-    )
-  return results
-
-
-# The decoder reads block 3 at the trunk's configured output stride (the up-projections
-# undo it) and lasso mixes block-3 units: ResNet-v2's structure. AlexNet / VGG16 are refused.
-TRUNK_KINDS = ('resnet_v2',)
-TRUNK_NEEDS = 'the up-projection decoder reads block 3 at a chosen output stride, lasso its block-3 units'
-
-
-class DepthProtocol(Protocol):
-  """Doersch & Zisserman §5: NYU depth with up-projection (Laina et al.), fine-tuning the trunk."""
-
-  name = NAME
-  summary = 'NYU depth with up-projection, trunk fine-tuned (% of pixels with delta < 1.25)'
-  config_class = DepthEvalConfig
-  world_sources = ('depth_train', 'depth_test')
-  headline = ('delta1', 'delta2', 'delta3', 'abs_rel', 'rms', 'log10')
-  columns = (
-    Column('NYU delta<1.25 (%)', 'delta1', 100.0, 2),
-    Column('NYU abs rel', 'abs_rel', 1.0),
-    Column('NYU rms (m)', 'rms', 1.0),
-  )
-
-  def run(self, ctx: Context) -> Dict[str, Any]:
-    backbone.check_trunk_kind(NAME, ctx.config.trunk.kind, TRUNK_KINDS, TRUNK_NEEDS)  # Before loading anything.
-    return run_depth(ctx.section, ctx.trunk(), ctx.model_dir, ctx.train_spec, ctx.test_spec,
-                     preprocessing=ctx.preprocessing, progress=ctx.progress, init_source=ctx.init)  # fmt: skip
+  ctx = DepthProtocol.direct_context(cfg, model_dir, train_spec or '', test_spec or '', network=trunk,
+                                     preprocessing=preprocessing, init=init_source, progress=progress)  # fmt: skip
+  return DepthProtocol().run(ctx)

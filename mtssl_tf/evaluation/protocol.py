@@ -1,4 +1,4 @@
-"""What an evaluation protocol is: a class the registry lists, and the context it runs in.
+"""What an evaluation protocol is: a class the registry lists, the context it runs in, and the trained kind.
 
 A protocol (frozen linear probes, detection, depth, ...) is one module with one
 `Protocol` subclass, registered by one line in `protocols.py`, the way a pretext task
@@ -6,20 +6,29 @@ is one module and one line in `tasks/__init__.py`. The class declares its config
 section (a `Config` dataclass: `EvalConfig.<name>`, the `<name>:` block of an eval
 YAML file), where its data comes from when the config leaves the sources empty (the
 synthetic world's entries), the result keys `mtssl-eval` prints and the columns the
-results tables show. `run(ctx)` does the work; trainable protocols drive the shared
-fine-tuning loop (`mtssl_tf.train.finetune`). Everything else (flags, the grid,
-`tools/results_table.py`) reads the registry, so adding a protocol edits nothing else.
+results tables show. Everything else (flags, the grid, `tools/results_table.py`) reads
+the registry, so adding a protocol edits nothing else.
+
+A protocol that only reads features (kNN, SVMs, figures) implements `run(ctx)`. One
+that trains subclasses `FineTuneProtocol`, whose `run` is the same for all of them
+(prepare, build, restore, train through `mtssl_tf.train.finetune.FineTune`, score,
+results.json) and calls the protocol's hooks: its data, its model, its step and its
+scores. The transfer student's training and probes are `FineTuneProtocol`s too.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Type
+import os
+from typing import Any, Callable, ClassVar, Dict, Iterable, Optional, Sequence, Tuple, Type
 
 import tensorflow as tf
+from absl import logging
 
-from mtssl_tf.configs.base import Config
+from mtssl_tf.configs.base import Config, ConfigError, validate_all
+from mtssl_tf.evaluation import backbone
+from mtssl_tf.train.finetune import FineTune
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,55 +54,70 @@ class Column:
 class Context:
   """Everything a protocol's `run` gets: its config, data sources, trunk source and output folder.
 
+  `runner.context` makes it for `mtssl-eval`; `Protocol.direct_context` for a run on a
+  given section and network (scripts, tests, the transfer steps).
+
   Attributes:
     name: the protocol's registry name.
     section: its config section (`EvalConfig.<name>`), validated.
-    config: the whole eval config (trunk shape, precision, world).
-    model_dir: the evaluated run's folder; results go to `out_dir`.
-    out_dir: `<model_dir>/eval/<name>`: summaries, checkpoints, results.json.
+    model_dir: the evaluated run's folder.
+    out_dir: where summaries, checkpoints and results.json go (`<model_dir>/eval/<name>`).
     train_spec: the training source spec (config, else the synthetic world's).
-    test_spec: the test / validation source spec.
+    test_spec: the test / validation source spec ('' for a protocol without one).
     preprocessing: the trunk's input, 'rgb' or 'harmonized' (resolved).
+    init: where the trunk comes from ('random', checkpoint, run folder, SavedModel or
+      student folder); '' when the caller gives the network.
+    trunk_config: the trunk's shape (`EvalConfig.trunk`), if any.
+    config: the whole eval config under `mtssl-eval` (None for a direct run).
     precision: the Keras dtype policy in force.
     progress: log progress lines.
+    network: a network the caller built; None makes `trunk()` load one from `init`.
   """
 
   name: str
   section: Config
-  config: Any
   model_dir: str
   out_dir: str
   train_spec: str
   test_spec: str
-  preprocessing: str
+  preprocessing: str = 'rgb'
+  init: str = ''
+  trunk_config: Any = None
+  config: Any = None
   precision: str = 'float32'
   progress: bool = True
-  _trunk: Any = dataclasses.field(default=None, repr=False)
+  network: Any = dataclasses.field(default=None, repr=False)
 
   @property
-  def init(self) -> str:
-    """Where the trunk comes from ('random', checkpoint, run folder or SavedModel)."""
-    return self.config.init
+  def given(self) -> bool:
+    """Whether the network is at hand: given by the caller (a direct run) or already loaded by `trunk()`.
+
+    Checks that read `init` for the network (a student folder?) run while it is False.
+    """
+    return self.network is not None
 
   def trunk(self):
-    """The trunk from `init`, built and loaded once (`backbone.load_trunk`)."""
-    if self._trunk is None:
-      from mtssl_tf.evaluation import backbone
+    """The given network, or the trunk from `init`, built and loaded once (`backbone.load_trunk`)."""
+    if self.network is None:
+      self.network = backbone.load_trunk(self.init, self.trunk_config, self.precision)
+    return self.network
 
-      self._trunk = backbone.load_trunk(self.config.init, self.config.trunk, self.precision)
-    return self._trunk
+  def trunk_kind(self) -> str:
+    """The trunk's kind, without loading it when the caller gave none."""
+    return self.network.kind if self.given else self.trunk_config.kind
 
   def input_fn(self) -> Callable[[tf.Tensor], tf.Tensor]:
     """uint8 images -> the trunk's input (`preprocessing`)."""
-    from mtssl_tf.evaluation import backbone
-
     return backbone.input_fn(self.preprocessing)
+
+  def inputs(self) -> Dict[str, str]:
+    """What the run read, for its results: preprocessing, train_source, test_source and (when known) init."""
+    read = {'preprocessing': self.preprocessing, 'train_source': self.train_spec, 'test_source': self.test_spec}
+    return dict(read, init=self.init) if self.init else read
 
   def write_results(self, results: Dict[str, Any]) -> str:
     """Writes `<out_dir>/results.json` atomically; returns its path."""
-    from mtssl_tf.evaluation import backbone
-
-    return backbone.write_results(self.model_dir, self.name, results)
+    return backbone.write_json(os.path.join(self.out_dir, 'results.json'), results)
 
 
 class Protocol(abc.ABC):
@@ -123,3 +147,150 @@ class Protocol(abc.ABC):
   @abc.abstractmethod
   def run(self, ctx: Context) -> Dict[str, Any]:
     """Runs the protocol and returns its results (also written to results.json)."""
+
+  @classmethod
+  def direct_context(
+    cls, section: Config, model_dir: str, train_spec: str = '', test_spec: str = '', *, out_dir: str = '', **fields
+  ) -> Context:
+    """The context of a run outside `mtssl-eval`, on a given section (and network, `network=`).
+
+    Args:
+      section: the protocol's config.
+      model_dir: the run folder; results go to `out_dir`, by default `<model_dir>/eval/<name>`.
+      train_spec: the training source; '' reads the section's `source_fields[0]`.
+      test_spec: the test source; '' reads `source_fields[1]`.
+      out_dir: see `model_dir`.
+      **fields: the other `Context` fields (network, preprocessing, init, trunk_config, precision, progress).
+
+    Raises:
+      ConfigError: a source neither given nor configured (`<name>.<field>`), before any folder is made.
+    """
+    specs = [spec or getattr(section, key) for spec, key in zip((train_spec, test_spec), cls.source_fields)]
+    for spec, key in zip(specs, cls.source_fields):
+      if not spec:
+        raise ConfigError(f'{cls.name}.{key}: no data source given (config or argument)')
+    if fields.get('trunk_config') is None:
+      fields['trunk_config'] = getattr(fields.get('network'), 'config', None)
+    out_dir = out_dir or backbone.eval_dir(model_dir, cls.name)
+    return Context(cls.name, section, model_dir, out_dir, specs[0], specs[1], **fields)
+
+
+@dataclasses.dataclass
+class Trainee:
+  """What a `FineTuneProtocol` trains, from its `build` hook.
+
+  Attributes:
+    objects: the checkpointed trackables by name (`model=`, `probes=`, ...): a resumed run restores them.
+    variables: the variables the optimizer updates; its slots are made for them before a
+      restore, so a resumed momentum is restored rather than re-created as zeros.
+    summaries: more scalars per logging window (e.g. a lasso mix's alpha), or None.
+  """
+
+  objects: Dict[str, Any]
+  variables: Sequence[tf.Variable]
+  summaries: Optional[Callable[[], Dict[str, float]]] = None
+
+
+class FineTuneProtocol(Protocol):
+  """A protocol that trains through the fine-tuning engine; `run` is shared, a subclass defines the hooks.
+
+  `run(ctx)`: `prepare` (checks; may return another context), `build` the model, make the
+  `schedule` and `optimizer`, restore the last checkpoint of `<out_dir>/checkpoints`,
+  train the remaining steps on `train_data` with `train_step` (`FineTune.fit`: NaN check,
+  progress, summaries, checkpoints), `score` (final scalars too), write results.json and
+  `report` it. A protocol with several trainings (nonlinear's columns) calls
+  `train_and_score` once per training.
+
+  Class attributes (besides `Protocol`'s):
+    log_keys: the step values named in progress lines.
+    max_to_keep: checkpoints kept.
+    summary_name: the engine's name (summary prefix, log name); '' = the context's name.
+    empty_message: the error when the training data ends early.
+  """
+
+  log_keys: ClassVar[Tuple[str, ...]] = ('loss',)
+  max_to_keep: ClassVar[int] = 2
+  summary_name: ClassVar[str] = ''
+  empty_message: ClassVar[str] = 'the training source yields no batch (fewer images than batch_size?)'
+
+  def run(self, ctx: Context) -> Dict[str, Any]:
+    ctx = self.prepare(ctx)
+    results = self.train_and_score(ctx)
+    path = ctx.write_results(results)
+    self.report(ctx, results, path)
+    return results
+
+  def train_and_score(self, ctx: Context, name: str = '', out_dir: str = '') -> Dict[str, Any]:
+    """Builds, restores, trains the remaining steps and scores one training.
+
+    Args:
+      ctx: the context.
+      name: the engine's name; '' = `summary_name`, else the context's.
+      out_dir: the training's folder (summaries, checkpoints); '' = `ctx.out_dir`.
+    """
+    trainee = self.build(ctx)
+    schedule = self.schedule(ctx)
+    optimizer = self.optimizer(ctx, schedule)
+    tune = FineTune(name or self.summary_name or ctx.name, out_dir or ctx.out_dir, progress=ctx.progress,
+                    max_to_keep=self.max_to_keep, **self.loop(ctx.section))  # fmt: skip
+    start = tune.restore(optimizer, trainee.variables, **trainee.objects)
+    stats: Dict[str, Any] = {}
+    if start < tune.steps:
+      stats = tune.fit(self.train_step(ctx, trainee, optimizer), self.train_data(ctx, start), schedule=schedule,
+                       log_keys=self.log_keys, extra_summaries=trainee.summaries,
+                       empty_message=self.empty_message)  # fmt: skip
+    return self.score(ctx, tune, stats)
+
+  # ----------------------------------------------------------------------------- hooks
+
+  def prepare(self, ctx: Context) -> Context:
+    """Checks the section (and whatever else can fail before anything is built); returns the context to run."""
+    validate_all(ctx.section)
+    return ctx
+
+  @abc.abstractmethod
+  def build(self, ctx: Context) -> Trainee:
+    """Builds (and seeds) the model to train, its variables created; keeps on `self` what later hooks need."""
+
+  def loop(self, cfg: Config) -> Dict[str, int]:
+    """The engine's step counts: a `LoopConfig`'s fields (steps, log_every_steps, checkpoint_every_steps)."""
+    return {'steps': cfg.steps, 'log_every_steps': cfg.log_every_steps,
+            'checkpoint_every_steps': cfg.checkpoint_every_steps}  # fmt: skip
+
+  def schedule(self, ctx: Context) -> Any:
+    """The learning rate the optimizer runs and the summaries log: an `SGDConfig`'s staircase decay.
+
+    learning_rate x lr_decay_factor every `lr_decay_steps` (None: the logged rate is read from the optimizer).
+    """
+    cfg = ctx.section
+    return tf.keras.optimizers.schedules.ExponentialDecay(
+      cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_factor, staircase=True
+    )
+
+  def optimizer(self, ctx: Context, schedule: Any) -> tf.keras.optimizers.Optimizer:
+    """Momentum SGD (`SGDConfig.momentum`) on `schedule`; weight decay, where any, is in the step."""
+    return tf.keras.optimizers.SGD(learning_rate=schedule, momentum=ctx.section.momentum)
+
+  @abc.abstractmethod
+  def train_step(self, ctx: Context, trainee: Trainee, optimizer: tf.keras.optimizers.Optimizer) -> Callable:
+    """batch -> (total loss, {tag: value}) or {tag: value} with 'loss': one update (a tf.function)."""
+
+  @abc.abstractmethod
+  def train_data(self, ctx: Context, start: int) -> Iterable:
+    """Training batches from step `start` on (a resumed run does not replay the first run's batches)."""
+
+  @abc.abstractmethod
+  def score(self, ctx: Context, tune: FineTune, stats: Dict[str, Any]) -> Dict[str, Any]:
+    """Tests the trained model and returns the results; writes final scalars with `tune.scalars`.
+
+    Args:
+      ctx: the context.
+      tune: the engine, at the last step (`tune.step`).
+      stats: `FineTune.fit`'s timing and skip counts, {} when nothing was left to train.
+    """
+
+  def report(self, ctx: Context, results: Dict[str, Any], path: str) -> None:
+    """Logs the headline results and where they went."""
+    if ctx.progress:
+      shown = ', '.join(f'{k} {results[k]:.4f}' for k in self.headline if isinstance(results.get(k), float))
+      logging.info('%s: %s -> %s', ctx.name, shown, path)

@@ -41,12 +41,14 @@ def context(name: str, cfg: EvalConfigBase, model_dir: str, progress: bool = Tru
   return Context(
     name=name,
     section=cfg.section(name),
-    config=cfg,
     model_dir=model_dir,
     out_dir=backbone.eval_dir(model_dir, name),
     train_spec=train_spec,
     test_spec=test_spec,
     preprocessing=run_preprocessing(cfg),
+    init=cfg.init,
+    trunk_config=cfg.trunk,
+    config=cfg,
     precision=hardware.resolve_precision(cfg.precision),
     progress=progress,
   )
