@@ -83,10 +83,11 @@ def decode_label(encoded: tf.Tensor, num_classes: int = len(SEG_CLASSES)) -> tf.
   image = tf.io.decode_png(encoded, channels=0)
 
   def from_palette():
-    colours = voc_colormap()[list(range(num_classes)) + [VOID]]
+    # int32 before the arithmetic: uint8 * 256 overflows under numpy 2's casting rules (current line).
+    colours = voc_colormap()[list(range(num_classes)) + [VOID]].astype(np.int32)
     rgb = tf.cast(image[..., :3], tf.int32)
     codes = rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2]
-    known = tf.constant(colours[:, 0].astype(np.int32) * 65536 + colours[:, 1] * 256 + colours[:, 2], tf.int32)
+    known = tf.constant(colours[:, 0] * 65536 + colours[:, 1] * 256 + colours[:, 2], tf.int32)
     match = tf.equal(codes[..., None], known)
     found = tf.reduce_all(tf.reduce_any(match, axis=-1))
     indices = tf.constant(list(range(num_classes)) + [VOID], tf.int32)
