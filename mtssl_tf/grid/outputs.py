@@ -195,11 +195,16 @@ def table_notes(grid: Grid, output_dir: str, table: str) -> List[str]:
   """The `table_note`s of the results a table shows (its rows' cells, its columns' evaluations), each once.
 
   E.g. detection of an AlexNet / VGG16 (RPN proposals in place of Noroozi's selective search, issue 16).
-  Noroozi's tables read the cells' results of every evaluation.
+  Noroozi's tables read the evaluations their columns show (Table 3: cls., det., seg.; Tables 1-2: cls.).
   """
   from mtssl_tf.evaluation import results_table
 
-  shown = None if table in paper.CC_TABLES else [c[1] for c in _columns(table)]
+  if table == 'cc_table3':
+    shown = sorted({evaluation for _, evaluation, _ in paper.CC_TABLE3_COLUMNS})
+  elif table in paper.CC_TABLES:  # The probes, and Tables 1-2's fine-tuned classification.
+    shown = [] if table == 'cc_table4' else ['voc07_cls']
+  else:
+    shown = [c[1] for c in _columns(table)]
   runs = [results_table.read_run(os.path.join(output_dir, c.name)) for c in grid.cells if table in c.rows]
   return results_table.notes(runs, shown)
 

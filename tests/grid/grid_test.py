@@ -296,3 +296,16 @@ def test_a_transfer_cells_evaluations_run_on_its_student_and_fill_noroozi_table3
   # A paper '-' stays without brackets.
   grid.cells[0].rows['cc_table3'] = 'Random'
   assert outputs.table_rows(grid, str(out), 'cc_table3')[1][0][4] == '6.25'
+
+
+def test_noroozi_tables_carry_only_their_columns_notes(tmp_path):
+  grid = spec.parse_grid({
+    'transfer_configs': [os.path.join(ROOT, 'configs/transfer/tiny.yaml')],
+    'cells': [{'name': 'cc', 'rows': {'cc_table3': 'CC+Jigsaw++', 'cc_table4': 'CC+Jigsaw++'}, 'transfer': [],
+               'evaluate': ['detection']}],
+  })  # fmt: skip
+  folder = tmp_path / 'cc' / 'eval' / 'detection'
+  folder.mkdir(parents=True)
+  (folder / 'results.json').write_text(json.dumps({'table_note': 'RPN proposals.'}))
+  assert outputs.table_notes(grid, str(tmp_path), 'cc_table3') == ['RPN proposals.']
+  assert outputs.table_notes(grid, str(tmp_path), 'cc_table4') == []  # Probes only: no detection column.
