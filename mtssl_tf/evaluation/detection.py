@@ -17,9 +17,10 @@ Two papers' protocol in one (`detection_config` holds the section, its defaults 
   third (`lr_decay_fractions`), single- and multi-scale test (`test_scales`,
   `detection_scales`).
 
-This module holds the training loop and `run_detection`; the input pipeline is
-`detection_data`. `run_detection` writes under `<model_dir>/eval/detection/`: TensorBoard
-scalars (`detection/<name>`), `checkpoints/` (resumable) and `results.json`.
+This module holds the training step and `DetectionProtocol` (trained through the shared
+fine-tuning engine); the input pipeline is `detection_data`. It writes under
+`<model_dir>/eval/detection/`: TensorBoard scalars (`detection/<name>`), `checkpoints/`
+(resumable) and `results.json`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from mtssl_tf.evaluation.detection_config import NAME, DetectionEvalConfig
 from mtssl_tf.evaluation.detection_data import eval_dataset, multiscale_eval_dataset, train_dataset
 from mtssl_tf.evaluation.detection_model import FasterRCNN, build_detector
 from mtssl_tf.evaluation.detection_scales import MULTISCALE_PREFIX, detector, evaluate, multiscale_results
-from mtssl_tf.evaluation.protocol import Column, Context, Protocol
+from mtssl_tf.evaluation.protocol import Column, Context, FineTuneProtocol, Trainee
 from mtssl_tf.train.finetune import FineTune
 from mtssl_tf.trunk import block4
 
@@ -90,18 +91,8 @@ def make_train_step(model: FasterRCNN, optimizer: tf.keras.optimizers.Optimizer,
 
 
 _STEP_KEYS = ('image', 'image_shape', 'gt_boxes', 'gt_classes')
-
-
 _LOSSES = ('total_loss', 'rpn_score_loss', 'rpn_box_loss', 'frcnn_class_loss', 'frcnn_box_loss')
-
-
-def _train(model: FasterRCNN, optimizer, tune: FineTune, dataset, bias_lr_multiplier: float) -> Dict[str, float]:
-  """Trains to `tune.steps` through the fine-tuning engine; returns the timing and skip counts."""
-  step_fn = make_train_step(model, optimizer, bias_lr_multiplier)
-  # Keras's `learning_rate` (schedule=None) is the schedule at the optimizer's iterations.
-  stats = tune.fit(lambda batch: step_fn({k: batch[k] for k in _STEP_KEYS}), dataset, log_keys=_LOSSES,
-                   empty_message='the training source yields no batch (no image with a box?)')  # fmt: skip
-  return {k: stats[k] for k in ('train_seconds', 'seconds_per_step', 'num_skipped_train')}
+_TIMING = ('train_seconds', 'seconds_per_step', 'num_skipped_train')
 
 
 # --- Box head initialisation ---------------------------------------------------------------------
@@ -163,131 +154,26 @@ def _build(cfg: DetectionEvalConfig, network: Any, init_source: str) -> Tuple[Fa
   return model, described
 
 
-def run_detection(
-  cfg: DetectionEvalConfig,
-  trunk: Any,
-  model_dir: str,
-  train_spec: str = '',
-  test_spec: str = '',
-  preprocessing: str = 'rgb',
-  init_source: str = '',
-  progress: bool = True,
-) -> Dict[str, Any]:
-  """Fine-tunes Faster R-CNN on VOC07 trainval, evaluates on test, writes results.json.
+class DetectionProtocol(FineTuneProtocol):
+  """Faster R-CNN on PASCAL VOC07, the network fine-tuned: Doersch & Zisserman §5, Noroozi et al. Table 3.
 
-  Everything goes to `<model_dir>/eval/detection`: TensorBoard scalars
-  (`detection/<loss>`, `detection/learning_rate`, `detection/steps_per_second`, and
-  the final mAPs named as their result keys, e.g. `detection/mAP@0.5IOU_VOC07_11point`,
-  `detection/mAP@0.75IOU_VOC07_11point`, and without suffix for 'od_api'; the multi-scale
-  test's with a `multiscale_` prefix), `checkpoints/` (resumed from when present) and
-  `results.json`.
+  Everything goes to `<model_dir>/eval/detection`: TensorBoard scalars (`detection/<loss>`,
+  `detection/learning_rate`, `detection/steps_per_second`, and the final mAPs named as
+  their result keys, e.g. `detection/mAP@0.5IOU_VOC07_11point`, without suffix for
+  'od_api', the multi-scale test's with a `multiscale_` prefix), `checkpoints/` (resumed
+  from when present) and `results.json`: the `voc_metrics.VOCEvaluation` metrics of the
+  single-scale test (keys 'PascalBoxes_Precision/mAP@<t>IOU_VOC07_11point' and
+  'PascalBoxes_Precision/mAP@<t>IOU' for t = 0.5, 0.75 and the chosen conventions, and
+  per class), the same under `multiscale_` keys when `test_scales` are set, 'conventions',
+  'map_convention' (the headline), 'network', 'network_kind', 'proposals' ('rpn') and for
+  AlexNet / VGG16 'table_note' (the documented choice), 'box_head_init' with
+  'box_head_source' and 'box_head_input', the schedule, counts, timing and the protocol.
 
-  Args:
-    cfg: the protocol (validated here).
-    trunk: the evaluated network: a built ResNet-v2, AlexNet or VGG16 trunk
-      (`backbone.load_trunk`) or an AlexNet student (`transfer.student.load_student`);
-      fine-tuned in place, or (AlexNet students, Jigsaw-variant trunks) copied first.
-    model_dir: the evaluated run's folder (or any output folder).
-    train_spec: training source; default `cfg.train_source`.
-    test_spec: test source; default `cfg.test_source`.
-    preprocessing: the trunk's input convention, 'rgb' or 'harmonized'.
-    init_source: where the trunk came from, recorded in the results; it also decides
-      the ResNet box head's start under `box_head_init: auto` (see `resolve_box_head_init`).
-    progress: log progress lines.
-
-  Returns:
-    The results: the `voc_metrics.VOCEvaluation` metrics (keys
-    'PascalBoxes_Precision/mAP@<t>IOU_VOC07_11point' and 'PascalBoxes_Precision/mAP@<t>IOU'
-    for t = 0.5, 0.75 and the chosen conventions, and per class) of the single-scale test,
-    the same under `multiscale_` keys when `test_scales` are set, 'conventions',
-    'map_convention' (the headline), 'network', 'network_kind', 'proposals' ('rpn') and for
-    AlexNet / VGG16 'table_note' (the documented choice), 'box_head_init' with
-    'box_head_source' and 'box_head_input', the schedule, counts, timing and the protocol.
-
-  Raises:
-    ConfigError: invalid config, no source, a box head init the source cannot give, a
-      setting the network cannot run, or an unsupported network.
-    FloatingPointError: a non-finite loss (the step is named).
-    ValueError: a checkpoint that does not fit the config, or an empty source.
+  The network is a ResNet-v2, AlexNet or VGG16 trunk (`backbone.load_trunk`) or an
+  AlexNet student (`transfer.student.load_student`): fine-tuned in place, or (AlexNet
+  students, Jigsaw-variant trunks) copied first. The init source also decides the ResNet
+  box head's start under `box_head_init: auto` (`resolve_box_head_init`).
   """
-  validate_all(cfg, NAME)
-  train_spec, test_spec = train_spec or cfg.train_source, test_spec or cfg.test_source
-  if not train_spec or not test_spec:
-    raise ConfigError(f'{NAME}.{"train_source" if not train_spec else "test_source"}: no VOC source given')
-  out_dir = backbone.eval_dir(model_dir, NAME)
-  tf.random.set_seed(cfg.seed)
-  model, described = _build(cfg, trunk, init_source)
-  if progress:
-    logging.info('%s: %s; box head %s', NAME, described['network'], described['box_head_source'] or 'new')
-  optimizer = make_optimizer(cfg)
-  tune = FineTune(NAME, out_dir, steps=cfg.train_steps, log_every_steps=cfg.log_every_steps,
-                  checkpoint_every_steps=cfg.checkpoint_every_steps, progress=progress)  # fmt: skip
-  # Slots exist before a restore, so a resumed momentum is restored, not re-created as 0.
-  start = tune.restore(optimizer, model.trainable_variables, model=model)
-  timing: Dict[str, float] = {}
-  if start < cfg.train_steps:
-    data = train_dataset(cfg, train_spec, preprocessing, start_step=start)
-    timing = _train(model, optimizer, tune, data, cfg.bias_lr_multiplier)
-  detect = detector(model)  # One for both tests: a canvas shape they share is traced once.
-  results = evaluate(model, eval_dataset(cfg, test_spec, preprocessing), progress, cfg.map_conventions, name=NAME,
-                     detect=detect)  # fmt: skip
-  map_keys = {
-    (convention, threshold): voc_metrics.mean_ap_key(convention, threshold)
-    for convention in cfg.map_conventions
-    for threshold in voc_metrics.VOCEvaluation.IOU_THRESHOLDS
-  }
-  tags = {key.split('/', 1)[1]: key for key in map_keys.values()}
-  if cfg.test_scales:
-    pyramid = multiscale_eval_dataset(cfg.test_scales, cfg.test_scales_max_side, test_spec, preprocessing)
-    results.update(multiscale_results(evaluate(
-      model, pyramid, progress, cfg.map_conventions, num_levels=len(cfg.test_scales), nms_iou=cfg.detection_nms_iou,
-      max_detections=cfg.max_detections, name=NAME, detect=detect,
-    )))  # fmt: skip
-    tags.update({MULTISCALE_PREFIX + tag: MULTISCALE_PREFIX + key for tag, key in tags.items()})
-  tune.scalars({tag: results[key] for tag, key in tags.items() if results.get(key) is not None})
-  results.update(timing)
-  results.update(described)
-  results.update(
-    steps=tune.step,
-    scales=list(cfg.scales),
-    max_side=cfg.max_side,
-    test_scale=cfg.test_scale,
-    test_max_side=cfg.test_max_side,
-    test_scales=list(cfg.test_scales),
-    test_scales_max_side=cfg.test_scales_max_side,
-    flip=cfg.flip,
-    batch_size=cfg.batch_size,
-    learning_rate=cfg.learning_rate,
-    lr_decay_steps=cfg.decay_steps(),
-    lr_decay=cfg.lr_decay,
-    bias_lr_multiplier=cfg.bias_lr_multiplier,
-    freeze_conv1=cfg.freeze_conv1,
-    use_lasso=cfg.use_lasso,
-    lasso_mix_norm=cfg.lasso_mix_norm,
-    freeze_batch_norm=cfg.freeze_batch_norm,
-    train_difficult=cfg.train_difficult,
-    map_convention=cfg.map_conventions[0],
-    box_head_input=model.backbone.box_input,
-    preprocessing=preprocessing,
-    train_source=train_spec,
-    test_source=test_spec,
-  )
-  if model.backbone.lasso is not None:
-    results['lasso_alpha'] = [float(a) for a in model.backbone.lasso.alpha().numpy()[0]]
-  if init_source:
-    results['init'] = init_source
-  path = backbone.write_results(model_dir, NAME, results)
-  if progress:
-    headline = cfg.map_conventions[0]
-    logging.info(
-      '%s: mAP (%s) @0.5 %s, @0.75 %s on %d images -> %s', NAME, headline, results.get(map_keys[headline, 0.5]),
-      results.get(map_keys[headline, 0.75]), results['num_test_images'], path,
-    )  # fmt: skip
-  return results
-
-
-class DetectionProtocol(Protocol):
-  """Faster R-CNN on PASCAL VOC07, the network fine-tuned: Doersch & Zisserman §5, Noroozi et al. Table 3."""
 
   name = NAME
   summary = ('Faster R-CNN on PASCAL VOC07 trainval -> test, network fine-tuned (mAP, 11-point and all-point; '
@@ -311,21 +197,134 @@ class DetectionProtocol(Protocol):
     Column('VOC07 mAP@0.75 all-pt (%)', 'PascalBoxes_Precision/mAP@0.75IOU', 100.0),
     Column('VOC07 mAP@0.5 11-pt, MS test (%)', MULTISCALE_PREFIX + 'PascalBoxes_Precision/mAP@0.5IOU_VOC07_11point'),
   )
+  log_keys = _LOSSES
+  empty_message = 'the training source yields no batch (no image with a box?)'
 
-  def run(self, ctx: Context) -> Dict[str, Any]:
-    from mtssl_tf.evaluation.voc_classification import student_meta
+  def prepare(self, ctx: Context) -> Context:
+    validate_all(ctx.section, NAME)
+    self.student = ''
+    if not ctx.given:  # mtssl-eval: `init` names the network; check it before loading anything.
+      from mtssl_tf.evaluation.voc_classification import student_meta
 
-    meta = student_meta(ctx.init)
-    if meta and meta.get('architecture') not in ('alexnet', 'resnet_v2_trunk'):
-      raise ConfigError(f'init: student {ctx.init} is a {meta.get("architecture")!r}; {NAME} runs on AlexNet students '
-                        'and ResNet-v2 / AlexNet / VGG16 trunks')  # fmt: skip
-    if meta.get('architecture') == 'alexnet':
+      meta = student_meta(ctx.init)
+      if meta and meta.get('architecture') not in ('alexnet', 'resnet_v2_trunk'):
+        raise ConfigError(f'init: student {ctx.init} is a {meta.get("architecture")!r}; {NAME} runs on AlexNet '
+                          'students and ResNet-v2 / AlexNet / VGG16 trunks')  # fmt: skip
+      if meta.get('architecture') == 'alexnet':
+        self.student = ctx.init
+      elif ctx.trunk_config.kind in detection_convnet.KINDS:
+        detection_convnet.check_config(ctx.section, ctx.trunk_config.kind)
+    return ctx
+
+  def build(self, ctx: Context) -> Trainee:
+    cfg: DetectionEvalConfig = ctx.section
+    if self.student:
       from mtssl_tf.transfer.student import load_student
 
-      network = load_student(ctx.init)
+      network = load_student(self.student)
     else:
-      if ctx.config.trunk.kind in detection_convnet.KINDS:  # Before loading anything.
-        detection_convnet.check_config(ctx.section, ctx.config.trunk.kind)
       network = ctx.trunk()
-    return run_detection(ctx.section, network, ctx.model_dir, ctx.train_spec, ctx.test_spec,
-                         preprocessing=ctx.preprocessing, init_source=ctx.init, progress=ctx.progress)  # fmt: skip
+    tf.random.set_seed(cfg.seed)
+    self.model, self.described = _build(cfg, network, ctx.init)
+    if ctx.progress:
+      logging.info('%s: %s; box head %s', NAME, self.described['network'], self.described['box_head_source'] or 'new')
+    return Trainee({'model': self.model}, self.model.trainable_variables)
+
+  def loop(self, cfg: DetectionEvalConfig) -> Dict[str, int]:
+    return {'steps': cfg.train_steps, 'log_every_steps': cfg.log_every_steps,
+            'checkpoint_every_steps': cfg.checkpoint_every_steps}  # fmt: skip
+
+  def schedule(self, ctx: Context) -> None:
+    return None  # The logged rate is Keras's `learning_rate`: the schedule at the optimizer's iterations.
+
+  def optimizer(self, ctx: Context, schedule) -> tf.keras.optimizers.Optimizer:
+    return make_optimizer(ctx.section)
+
+  def train_step(self, ctx: Context, trainee: Trainee, optimizer: tf.keras.optimizers.Optimizer):
+    step_fn = make_train_step(self.model, optimizer, ctx.section.bias_lr_multiplier)
+    return lambda batch: step_fn({k: batch[k] for k in _STEP_KEYS})
+
+  def train_data(self, ctx: Context, start: int) -> tf.data.Dataset:
+    return train_dataset(ctx.section, ctx.train_spec, ctx.preprocessing, start_step=start)
+
+  def score(self, ctx: Context, tune: FineTune, stats: Dict[str, Any]) -> Dict[str, Any]:
+    cfg: DetectionEvalConfig = ctx.section
+    model, preprocessing = self.model, ctx.preprocessing
+    detect = detector(model)  # One for both tests: a canvas shape they share is traced once.
+    results = evaluate(model, eval_dataset(cfg, ctx.test_spec, preprocessing), ctx.progress, cfg.map_conventions,
+                       name=NAME, detect=detect)  # fmt: skip
+    tags = {key.split('/', 1)[1]: key for key in self.map_keys(cfg).values()}
+    if cfg.test_scales:
+      pyramid = multiscale_eval_dataset(cfg.test_scales, cfg.test_scales_max_side, ctx.test_spec, preprocessing)
+      results.update(multiscale_results(evaluate(
+        model, pyramid, ctx.progress, cfg.map_conventions, num_levels=len(cfg.test_scales),
+        nms_iou=cfg.detection_nms_iou, max_detections=cfg.max_detections, name=NAME, detect=detect,
+      )))  # fmt: skip
+      tags.update({MULTISCALE_PREFIX + tag: MULTISCALE_PREFIX + key for tag, key in tags.items()})
+    tune.scalars({tag: results[key] for tag, key in tags.items() if results.get(key) is not None})
+    results.update({k: stats[k] for k in _TIMING if k in stats})
+    results.update(self.described)
+    results.update(
+      steps=tune.step,
+      scales=list(cfg.scales),
+      max_side=cfg.max_side,
+      test_scale=cfg.test_scale,
+      test_max_side=cfg.test_max_side,
+      test_scales=list(cfg.test_scales),
+      test_scales_max_side=cfg.test_scales_max_side,
+      flip=cfg.flip,
+      batch_size=cfg.batch_size,
+      learning_rate=cfg.learning_rate,
+      lr_decay_steps=cfg.decay_steps(),
+      lr_decay=cfg.lr_decay,
+      bias_lr_multiplier=cfg.bias_lr_multiplier,
+      freeze_conv1=cfg.freeze_conv1,
+      use_lasso=cfg.use_lasso,
+      lasso_mix_norm=cfg.lasso_mix_norm,
+      freeze_batch_norm=cfg.freeze_batch_norm,
+      train_difficult=cfg.train_difficult,
+      map_convention=cfg.map_conventions[0],
+      box_head_input=model.backbone.box_input,
+      **ctx.inputs(),
+    )
+    if model.backbone.lasso is not None:
+      results['lasso_alpha'] = backbone.lasso_alpha(model.backbone.lasso)
+    return results
+
+  @staticmethod
+  def map_keys(cfg: DetectionEvalConfig) -> Dict[Tuple[str, float], str]:
+    """(convention, IoU threshold) -> the result key of that mAP."""
+    thresholds = voc_metrics.VOCEvaluation.IOU_THRESHOLDS
+    return {(c, t): voc_metrics.mean_ap_key(c, t) for c in cfg.map_conventions for t in thresholds}
+
+  def report(self, ctx: Context, results: Dict[str, Any], path: str) -> None:
+    if ctx.progress:
+      first, keys = ctx.section.map_conventions[0], self.map_keys(ctx.section)
+      logging.info('%s: mAP (%s) @0.5 %s, @0.75 %s on %d images -> %s', NAME, first, results.get(keys[first, 0.5]),
+                   results.get(keys[first, 0.75]), results['num_test_images'], path)  # fmt: skip
+
+
+def run_detection(
+  cfg: DetectionEvalConfig,
+  trunk: Any,
+  model_dir: str,
+  train_spec: str = '',
+  test_spec: str = '',
+  preprocessing: str = 'rgb',
+  init_source: str = '',
+  progress: bool = True,
+) -> Dict[str, Any]:
+  """`DetectionProtocol` on a built network (a trunk or an AlexNet student), outside `mtssl-eval`.
+
+  Sources default to the section's; `init_source` is recorded, and decides the ResNet box
+  head's start under `box_head_init: auto`.
+
+  Raises:
+    ConfigError: invalid config, no source, a box head init the source cannot give, a
+      setting the network cannot run, or an unsupported network.
+    FloatingPointError: a non-finite loss (the step is named).
+    ValueError: a checkpoint that does not fit the config, or an empty source.
+  """
+  ctx = DetectionProtocol.direct_context(cfg, model_dir, train_spec, test_spec, network=trunk,
+                                         preprocessing=preprocessing, init=init_source, progress=progress)  # fmt: skip
+  return DetectionProtocol().run(ctx)

@@ -7,7 +7,7 @@ AlexNet (Fast R-CNN's: multi-scale training, conv1 frozen, lr 0.001 / 10 every t
 training, biases at twice the rate, single- and multi-scale test), which the fields
 `freeze_conv1`, `lr_decay_fractions`, `bias_lr_multiplier`, `test_scales` and
 `test_scales_max_side` exist for. Which network runs is decided by the evaluated source
-(`detection.run_detection`), not here.
+(`detection.DetectionProtocol`), not here.
 """
 
 from __future__ import annotations
