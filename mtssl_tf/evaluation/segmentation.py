@@ -50,15 +50,14 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from mtssl_tf.configs.base import ConfigError
 from mtssl_tf.data import pipeline
 from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.data.segmentation import SEG_CLASSES, segmentation_dataset
-from mtssl_tf.evaluation.protocol import Column, Context, Protocol
+from mtssl_tf.evaluation.protocol import Column, Context
 from mtssl_tf.evaluation.segmentation_model import AlexNetFCN, TrunkFCN, layer_multipliers
-from mtssl_tf.evaluation.voc_classification import student_meta
+from mtssl_tf.evaluation.voc_classification import NetworkFineTuneProtocol, student_meta
 from mtssl_tf.train.finetune import FineTune, LoopConfig, SGDConfig
 
 NAME = 'voc12_seg'
@@ -300,7 +299,7 @@ def build_network(ctx: Context) -> Tuple[tf.keras.Model, str]:
     student = build_model('alexnet', 1, 227, width=cfg.alexnet_width, batch_norm=False)
     student(tf.zeros([1, 227, 227, 3]), training=False)
     return AlexNetFCN(student, cfg), f'FCN-32s on a randomly initialised AlexNet (width {cfg.alexnet_width}); {fcs}'
-  kind = ctx.config.trunk.kind
+  kind = ctx.trunk_config.kind
   if kind == 'alexnet':  # A pre-training run's AlexNet trunk (registry ConvNetTrunk around trunk.alexnet.AlexNet).
     return AlexNetFCN(ctx.trunk().net, cfg), f'FCN-32s on the AlexNet trunk conv1-conv5 from {ctx.init}; {fcs}'
   if kind != 'resnet_v2':
@@ -310,72 +309,11 @@ def build_network(ctx: Context) -> Tuple[tf.keras.Model, str]:
   return model, f'FCN on the ResNet-v2 trunk from {ctx.init}: score_fr on final, bilinear x{model.stride}'
 
 
-def run_voc12_seg(ctx: Context) -> Dict[str, Any]:
-  """Fine-tunes, scores and writes `<out_dir>/results.json` (resuming from `<out_dir>/checkpoints`)."""
-  cfg: SegmentationConfig = ctx.section
-  cfg.validate()
-  tf.keras.utils.set_random_seed(cfg.seed)
-  model, source = build_network(ctx)
-  variables = list(model.trainable_variables)
-  if cfg.lr_decay_steps:
-    schedule = tf.keras.optimizers.schedules.ExponentialDecay(cfg.learning_rate, cfg.lr_decay_steps,
-                                                              cfg.lr_decay_factor, staircase=True)  # fmt: skip
-  else:
-    schedule = cfg.learning_rate
-  optimizer = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
-  tune = FineTune(NAME, ctx.out_dir, steps=cfg.steps, log_every_steps=cfg.log_every_steps,
-                  checkpoint_every_steps=cfg.checkpoint_every_steps, progress=ctx.progress, max_to_keep=1)  # fmt: skip
-  start = tune.restore(optimizer, variables, model=model)
-  stats: Dict[str, Any] = {}
-  if start < cfg.steps:
-    stats = tune.fit(make_train_step(model, optimizer, cfg, variables), training_dataset(ctx.train_spec, cfg, start),
-                     schedule=schedule, empty_message=f'the training source yields fewer than iter_size '
-                     f'({cfg.iter_size}) images')  # fmt: skip
-  hist, images = evaluate(model, ctx.test_spec, cfg.num_classes)
-  scores = segmentation_scores(hist)
-  names = list(SEG_CLASSES[: cfg.num_classes]) + [str(i) for i in range(len(SEG_CLASSES), cfg.num_classes)]
-  results = {
-    'mIoU': scores['mean_iou'],
-    'pixel_accuracy': scores['pixel_accuracy'],
-    'mean_accuracy': scores['mean_accuracy'],
-    'fw_iou': scores['fw_iou'],
-    'iou': {n: (float(v) if np.isfinite(v) else None) for n, v in zip(names, scores['iou'])},
-    'protocol': {
-      'network': source,
-      'trained': 'every layer but the bilinear upsampling'
-      + ('; BatchNorm statistics kept' if cfg.freeze_bn_statistics else ''),  # fmt: skip
-      'loss': f'softmax cross-entropy per pixel, void ignored, '
-      f'{"/ non-void pixels" if cfg.loss_normalization == "valid" else "summed"}, averaged over {cfg.iter_size} '
-      'images per step',
-      'input': 'whole images, one per pass' + (', mirrored with p=1/2' if cfg.mirror else ''),
-      'scores': 'confusion matrix over the test set (score.py fast_hist); mean IU, mean accuracy over classes with '
-      'pixels',
-      'solver': f'SGD momentum {cfg.momentum}, lr {cfg.learning_rate}'
-      + (f' x{cfg.lr_decay_factor} every {cfg.lr_decay_steps}' if cfg.lr_decay_steps else ' fixed')
-      + f', decay {cfg.weight_decay}, iter_size {cfg.iter_size}',
-      'init_source': ctx.init,
-      'preprocessing': ctx.preprocessing,
-    },
-    'counts': {
-      'steps': tune.step,
-      'test_images': images,
-      'test_pixels': int(hist.sum()),
-      'classes_in_test': int((hist.sum(1) > 0).sum()),
-    },
-    'train': stats,
-  }
-  finite = {k: results[k] for k in ('mIoU', 'pixel_accuracy', 'mean_accuracy', 'fw_iou') if np.isfinite(results[k])}
-  tune.scalars(finite)
-  np.savez(os.path.join(ctx.out_dir, 'confusion.npz'), confusion=hist, classes=np.asarray(names))
-  path = ctx.write_results(results)
-  if ctx.progress:
-    logging.info('%s: mean IU %.4f, pixel accuracy %.4f, mean accuracy %.4f over %d test images -> %s', NAME,
-                 results['mIoU'], results['pixel_accuracy'], results['mean_accuracy'], images, path)  # fmt: skip
-  return results
+class Voc12SegmentationProtocol(NetworkFineTuneProtocol):
+  """Noroozi et al. 2018 Table 3 "Segm." / Long et al. 2015: VOC12 segmentation with FCN-32s, mean IU.
 
-
-class Voc12SegmentationProtocol(Protocol):
-  """Noroozi et al. 2018 Table 3 "Segm." / Long et al. 2015: VOC12 segmentation with FCN-32s, mean IU."""
+  Writes `<out_dir>/results.json` and `confusion.npz`, resuming from `<out_dir>/checkpoints`.
+  """
 
   name = NAME
   summary = 'VOC12 semantic segmentation, FCN-32s on the evaluated network, every layer fine-tuned, mean IU'
@@ -383,6 +321,52 @@ class Voc12SegmentationProtocol(Protocol):
   world_sources = ('segmentation_train', 'segmentation_val')
   headline = ('mIoU', 'pixel_accuracy', 'mean_accuracy')
   columns = (Column('VOC12 seg mIoU (%)', 'mIoU', 100.0),)
+  make_step = staticmethod(make_train_step)
+  dataset = staticmethod(training_dataset)
 
-  def run(self, ctx: Context) -> Dict[str, Any]:
-    return run_voc12_seg(ctx)
+  def network(self, ctx: Context) -> Tuple[tf.keras.Model, str]:
+    self.empty_message = f'the training source yields fewer than iter_size ({ctx.section.iter_size}) images'
+    return build_network(ctx)
+
+  def schedule(self, ctx: Context):
+    return super().schedule(ctx) if ctx.section.lr_decay_steps else ctx.section.learning_rate  # 0: lr_policy fixed.
+
+  def score(self, ctx: Context, tune: FineTune, stats: Dict[str, Any]) -> Dict[str, Any]:
+    cfg: SegmentationConfig = ctx.section
+    hist, images = evaluate(self.model, ctx.test_spec, cfg.num_classes)
+    scores = segmentation_scores(hist)
+    names = list(SEG_CLASSES[: cfg.num_classes]) + [str(i) for i in range(len(SEG_CLASSES), cfg.num_classes)]
+    results = {
+      'mIoU': scores['mean_iou'],
+      'pixel_accuracy': scores['pixel_accuracy'],
+      'mean_accuracy': scores['mean_accuracy'],
+      'fw_iou': scores['fw_iou'],
+      'iou': {n: (float(v) if np.isfinite(v) else None) for n, v in zip(names, scores['iou'])},
+      'protocol': {
+        'network': self.source,
+        'trained': 'every layer but the bilinear upsampling'
+        + ('; BatchNorm statistics kept' if cfg.freeze_bn_statistics else ''),  # fmt: skip
+        'loss': f'softmax cross-entropy per pixel, void ignored, '
+        f'{"/ non-void pixels" if cfg.loss_normalization == "valid" else "summed"}, averaged over {cfg.iter_size} '
+        'images per step',
+        'input': 'whole images, one per pass' + (', mirrored with p=1/2' if cfg.mirror else ''),
+        'scores': 'confusion matrix over the test set (score.py fast_hist); mean IU, mean accuracy over classes with '
+        'pixels',
+        'solver': f'SGD momentum {cfg.momentum}, lr {cfg.learning_rate}'
+        + (f' x{cfg.lr_decay_factor} every {cfg.lr_decay_steps}' if cfg.lr_decay_steps else ' fixed')
+        + f', decay {cfg.weight_decay}, iter_size {cfg.iter_size}',
+        'init_source': ctx.init,
+        'preprocessing': ctx.preprocessing,
+      },
+      'counts': {
+        'steps': tune.step,
+        'test_images': images,
+        'test_pixels': int(hist.sum()),
+        'classes_in_test': int((hist.sum(1) > 0).sum()),
+      },
+      'train': stats,
+    }
+    keys = ('mIoU', 'pixel_accuracy', 'mean_accuracy', 'fw_iou')
+    tune.scalars({k: results[k] for k in keys if np.isfinite(results[k])})
+    np.savez(os.path.join(ctx.out_dir, 'confusion.npz'), confusion=hist, classes=np.asarray(names))
+    return results

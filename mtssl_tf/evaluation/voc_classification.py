@@ -61,21 +61,21 @@ reported by Pathak et al. 2016, their ref. [27]).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from mtssl_tf.configs.base import ConfigError
 from mtssl_tf.data import pipeline
 from mtssl_tf.data.detection import VOC_CLASSES, detection_dataset
 from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.evaluation import voc_metrics
-from mtssl_tf.evaluation.protocol import Column, Context, Protocol
+from mtssl_tf.evaluation.protocol import Column, Context, FineTuneProtocol, Trainee
 from mtssl_tf.evaluation.svm import IGNORE, PRESENT, VocSourcesConfig, image_targets, mean_ap
 from mtssl_tf.train.finetune import FineTune, LoopConfig, SGDConfig
 
@@ -435,67 +435,45 @@ def per_class(ap_fn, scores: np.ndarray, targets: np.ndarray) -> List[float]:
   return [ap_fn(scores[:, c], targets[:, c]) for c in range(targets.shape[1])]
 
 
-def run_voc07_cls(ctx: Context) -> Dict[str, Any]:
-  """Fine-tunes, tests and writes `<out_dir>/results.json` (resuming from `<out_dir>/checkpoints`)."""
-  cfg: VocClassificationConfig = ctx.section
-  cfg.validate()
-  tf.keras.utils.set_random_seed(cfg.seed)
-  model, source = build_classifier(ctx)
-  frozen = {id(v) for v in model.conv1_variables()} if cfg.freeze_conv1 else set()
-  variables = [v for v in model.trainable_variables if id(v) not in frozen]
-  schedule = tf.keras.optimizers.schedules.ExponentialDecay(
-    cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_factor, staircase=True
-  )
-  optimizer = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
-  tune = FineTune(NAME, ctx.out_dir, steps=cfg.steps, log_every_steps=cfg.log_every_steps,
-                  checkpoint_every_steps=cfg.checkpoint_every_steps, progress=ctx.progress, max_to_keep=1)  # fmt: skip
-  start = tune.restore(optimizer, variables, model=model)
-  stats: Dict[str, Any] = {}
-  if start < cfg.steps:
-    stats = tune.fit(make_train_step(model, optimizer, cfg, variables), training_dataset(ctx.train_spec, cfg, start),
-                     schedule=schedule,
-                     empty_message='the training source yields no batch (fewer images than batch_size?)')  # fmt: skip
-  mean_scores, first_scores, targets = evaluate(model, eval_dataset(ctx.test_spec, cfg, cfg.batch_size))
-  aps = per_class(eleven_point_ap, mean_scores, targets)
-  names = list(VOC_CLASSES[: cfg.num_classes]) + [str(i) for i in range(len(VOC_CLASSES), cfg.num_classes)]
-  results = {
-    'mAP': mean_ap(aps),
-    'mAP_1view': mean_ap(per_class(eleven_point_ap, first_scores, targets)),
-    'mAP_reference': mean_ap(per_class(reference_ap, mean_scores, targets)),
-    'ap': dict(zip(names, aps)),
-    'protocol': {
-      'network': source,
-      'trained': 'every layer' + (' but conv1' if cfg.freeze_conv1 else ''),
-      'loss': 'sigmoid cross-entropy summed over classes / batch; difficult-only classes ignored',
-      'train_view': f'square window of side s*{cfg.crop_size}, s~U[{cfg.min_scale}, {cfg.max_scale}] capped to the '
-      'image, uniform position, mirrored with p=1/2, resampled bilinearly',  # fmt: skip
-      'test': f"mean of {cfg.test_views} random views' logits (seeded per image)",
-      'ap': 'VOC07 11-point per class over non-ignored images, ties ranked negatives first; mAP over classes '
-      'with test positives; mAP_reference: non-interpolated AP (philkr/voc-classification)',  # fmt: skip
-      'solver': f'SGD momentum {cfg.momentum}, lr {cfg.learning_rate} x{cfg.lr_decay_factor} every '
-      f'{cfg.lr_decay_steps}, batch {cfg.batch_size}, decay {cfg.weight_decay}, clip {cfg.clip_gradient_norm}',
-      'init_source': ctx.init,
-      'preprocessing': ctx.preprocessing,
-    },
-    'counts': {
-      'steps': tune.step,
-      'test_images': int(len(targets)),
-      'num_classes': cfg.num_classes,
-      'test_positives': (targets == PRESENT).sum(0).tolist(),
-    },  # fmt: skip
-    'train': stats,
-  }
-  tune.scalars({k: results[k] for k in ('mAP', 'mAP_1view', 'mAP_reference') if np.isfinite(results[k])})
-  np.savez(os.path.join(ctx.out_dir, 'test_scores.npz'), scores=mean_scores, first_view=first_scores, targets=targets)
-  path = ctx.write_results(results)
-  if ctx.progress:
-    logging.info('%s: mAP %.4f (1 view %.4f, reference AP %.4f) over %d test images -> %s', NAME, results['mAP'],
-                 results['mAP_1view'], results['mAP_reference'], len(targets), path)  # fmt: skip
-  return results
+class NetworkFineTuneProtocol(FineTuneProtocol):
+  """A whole network fine-tuned by a Caffe-style solver: `voc07_cls` and `voc12_seg`.
+
+  `build` seeds and builds the subclass's `network(ctx)` (the model and where its layers
+  came from) and trains all its variables but `frozen_variables`; the step and the
+  training data are the subclass module's `make_step(model, optimizer, cfg, variables)`
+  and `dataset(spec, cfg, start_step)`. One checkpoint is kept.
+  """
+
+  max_to_keep = 1
+  make_step: ClassVar[Callable]
+  dataset: ClassVar[Callable]
+
+  @abc.abstractmethod
+  def network(self, ctx: Context) -> Tuple[tf.keras.Model, str]:
+    """The network to fine-tune and a description of where its layers came from."""
+
+  def frozen_variables(self, ctx: Context) -> List[tf.Variable]:
+    """Variables kept fixed (none by default)."""
+    return []
+
+  def build(self, ctx: Context) -> Trainee:
+    tf.keras.utils.set_random_seed(ctx.section.seed)
+    self.model, self.source = self.network(ctx)
+    frozen = {id(v) for v in self.frozen_variables(ctx)}
+    return Trainee({'model': self.model}, [v for v in self.model.trainable_variables if id(v) not in frozen])
+
+  def train_step(self, ctx: Context, trainee: Trainee, optimizer):
+    return self.make_step(self.model, optimizer, ctx.section, trainee.variables)
+
+  def train_data(self, ctx: Context, start: int) -> tf.data.Dataset:
+    return self.dataset(ctx.train_spec, ctx.section, start)
 
 
-class Voc07ClassificationProtocol(Protocol):
-  """Noroozi et al. 2018 Tables 1-3 / Krähenbühl et al. 2016: VOC07 classification, every layer fine-tuned."""
+class Voc07ClassificationProtocol(NetworkFineTuneProtocol):
+  """Noroozi et al. 2018 Tables 1-3 / Krähenbühl et al. 2016: VOC07 classification, every layer fine-tuned.
+
+  Writes `<out_dir>/results.json` and `test_scores.npz`, resuming from `<out_dir>/checkpoints`.
+  """
 
   name = NAME
   summary = 'VOC07 multi-label classification, every layer fine-tuned (Krähenbühl et al. 2016), 10-view mAP'
@@ -503,6 +481,47 @@ class Voc07ClassificationProtocol(Protocol):
   world_sources = ('detection_trainval', 'detection_test')
   headline = ('mAP', 'mAP_1view', 'mAP_reference')
   columns = (Column('VOC07 cls mAP (%)', 'mAP', 100.0),)
+  make_step = staticmethod(make_train_step)
+  dataset = staticmethod(training_dataset)
 
-  def run(self, ctx: Context) -> Dict[str, Any]:
-    return run_voc07_cls(ctx)
+  def network(self, ctx: Context) -> Tuple[tf.keras.Model, str]:
+    return build_classifier(ctx)
+
+  def frozen_variables(self, ctx: Context) -> List[tf.Variable]:
+    return self.model.conv1_variables() if ctx.section.freeze_conv1 else []
+
+  def score(self, ctx: Context, tune: FineTune, stats: Dict[str, Any]) -> Dict[str, Any]:
+    cfg: VocClassificationConfig = ctx.section
+    mean_scores, first_scores, targets = evaluate(self.model, eval_dataset(ctx.test_spec, cfg, cfg.batch_size))
+    aps = per_class(eleven_point_ap, mean_scores, targets)
+    names = list(VOC_CLASSES[: cfg.num_classes]) + [str(i) for i in range(len(VOC_CLASSES), cfg.num_classes)]
+    results = {
+      'mAP': mean_ap(aps),
+      'mAP_1view': mean_ap(per_class(eleven_point_ap, first_scores, targets)),
+      'mAP_reference': mean_ap(per_class(reference_ap, mean_scores, targets)),
+      'ap': dict(zip(names, aps)),
+      'protocol': {
+        'network': self.source,
+        'trained': 'every layer' + (' but conv1' if cfg.freeze_conv1 else ''),
+        'loss': 'sigmoid cross-entropy summed over classes / batch; difficult-only classes ignored',
+        'train_view': f'square window of side s*{cfg.crop_size}, s~U[{cfg.min_scale}, {cfg.max_scale}] capped to the '
+        'image, uniform position, mirrored with p=1/2, resampled bilinearly',  # fmt: skip
+        'test': f"mean of {cfg.test_views} random views' logits (seeded per image)",
+        'ap': 'VOC07 11-point per class over non-ignored images, ties ranked negatives first; mAP over classes '
+        'with test positives; mAP_reference: non-interpolated AP (philkr/voc-classification)',  # fmt: skip
+        'solver': f'SGD momentum {cfg.momentum}, lr {cfg.learning_rate} x{cfg.lr_decay_factor} every '
+        f'{cfg.lr_decay_steps}, batch {cfg.batch_size}, decay {cfg.weight_decay}, clip {cfg.clip_gradient_norm}',
+        'init_source': ctx.init,
+        'preprocessing': ctx.preprocessing,
+      },
+      'counts': {
+        'steps': tune.step,
+        'test_images': int(len(targets)),
+        'num_classes': cfg.num_classes,
+        'test_positives': (targets == PRESENT).sum(0).tolist(),
+      },  # fmt: skip
+      'train': stats,
+    }
+    tune.scalars({k: results[k] for k in self.headline if np.isfinite(results[k])})
+    np.savez(os.path.join(ctx.out_dir, 'test_scores.npz'), scores=mean_scores, first_view=first_scores, targets=targets)
+    return results
