@@ -1,19 +1,20 @@
-"""Shared by the classification evaluations (linear probes, supervised baseline, student probes).
+"""Shared by the classification evaluations (linear probes, supervised baseline, student and its probes).
 
 Data (resize, crops, colour jitter, the labelled-image pipeline), recall@k metrics,
-config checks and the train-then-score tail over the fine-tuning engine.
+config checks and `ClassifierProtocol`, their shared steps over the fine-tuning engine.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 
 from mtssl_tf.configs.base import Config, ConfigError
 from mtssl_tf.data import decode, pipeline
 from mtssl_tf.data.images import ReadOptions, image_dataset
+from mtssl_tf.evaluation.protocol import Context, FineTuneProtocol
 from mtssl_tf.train.finetune import FineTune, LoopConfig, SGDConfig
 
 TOP_K = 5
@@ -94,6 +95,45 @@ def recall_at_k(logits, labels, k: int) -> float:
   """Fraction of examples whose label is among the k highest scores (see `correct_at_k`)."""
   hits = correct_at_k(tf.convert_to_tensor(logits, tf.float32), tf.convert_to_tensor(labels), k)
   return float(tf.reduce_mean(tf.cast(hits, tf.float32)))
+
+
+def make_softmax_step(
+  logits_fn: Callable[[tf.Tensor], tf.Tensor],
+  variables: List[tf.Variable],
+  optimizer: tf.keras.optimizers.Optimizer,
+  num_classes: int,
+  weight_decay: float,
+  labels_name: str = 'training label',
+) -> Callable:
+  """batch -> (loss + decay, {'loss', 'train_top1'}): one momentum-SGD update of a softmax classifier (a tf.function).
+
+  The supervised baseline's and the transfer student's step: softmax cross-entropy,
+  L2 weight decay on every kernel among `variables`; variables off the loss path (no
+  gradient) are left alone.
+
+  Args:
+    logits_fn: uint8 images -> logits, in training mode.
+    variables: the trained variables.
+    optimizer: applies the update.
+    num_classes: classes; a larger label is an error naming `labels_name`.
+    weight_decay: the L2 weight.
+    labels_name: what the labels are, in that error.
+  """
+  kernels = [v for v in variables if 'kernel' in v.name]
+
+  @tf.function
+  def train_step(batch):
+    labels = batch['label']
+    tf.debugging.assert_less(labels, tf.cast(num_classes, labels.dtype), message=f'{labels_name} >= num_classes')
+    with tf.GradientTape() as tape:
+      logits = logits_fn(batch['image'])
+      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+      total = loss + weight_decay * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
+    grads = tape.gradient(total, variables)
+    optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+    return total, {'loss': loss, 'train_top1': tf.reduce_mean(tf.cast(correct_at_k(logits, labels, 1), tf.float32))}
+
+  return train_step
 
 
 # ----------------------------------------------------------------------------- data
@@ -252,7 +292,79 @@ def evaluate(
   return {name: {'top1': c[0] / total, 'top5': c[1] / total} for name, c in hits.items()}, total, skipped
 
 
-# ----------------------------------------------------------------------------- the classifiers
+# ----------------------------------------------------------------------------- the protocols' shared steps
+
+
+class ClassifierProtocol(FineTuneProtocol):
+  """The classification protocols' shared steps over the fine-tuning engine.
+
+  Linear probes, the supervised baseline, nonlinear probes, and the transfer student and
+  its probes: training batches are `classification_dataset` views of `ctx.train_spec`
+  (`augmentation` picks the jitter and flips), progress names loss and train top-1, and
+  `test_heads` scores recall@1/@5 of every head on one centre crop per validation image.
+  """
+
+  log_keys = ('loss', 'train_top1')
+  empty_message = 'the training source yields no batch'
+
+  def augmentation(self, cfg: Config) -> Tuple[Optional[ColorJitter], bool]:
+    """(colour jitter or None, random horizontal flips) of the training views."""
+    return None, False
+
+  def count_classes(self, ctx: Context, count_images: bool = False) -> None:
+    """Sets `num_classes` (the config's, else max label + 1) and `train_count` (images, when counted)."""
+    cfg = ctx.section
+    self.num_classes, self.train_count = cfg.num_classes, None
+    if not self.num_classes or count_images:
+      self.train_count, labels = count_labels(ctx.train_spec, cfg.label_offset, cfg.data_dir)
+      self.num_classes = self.num_classes or labels
+
+  def train_data(self, ctx: Context, start: int) -> tf.data.Dataset:
+    cfg = ctx.section
+    color, flip = self.augmentation(cfg)
+    # The student's pseudo-labels have no label offset or tfds directory (its config has neither field).
+    return classification_dataset(
+      ctx.train_spec, image_size=cfg.image_size, crop_size=cfg.crop_size, batch_size=cfg.batch_size, training=True,
+      seed=cfg.seed, color=color, flip=flip, label_offset=getattr(cfg, 'label_offset', 0),
+      data_dir=getattr(cfg, 'data_dir', ''), shuffle_buffer=cfg.shuffle_buffer, start=start * cfg.batch_size,
+    )  # fmt: skip
+
+  def test_heads(
+    self, ctx: Context, tune: FineTune, stats: Dict[str, Any], predict: Callable, tags: Dict[str, str]
+  ) -> Tuple[Dict[str, Dict[str, float]], Dict[str, Any]]:
+    """Scores every head of `predict` on the validation set and writes `<tag>/top1`, `<tag>/top5` scalars.
+
+    Args:
+      ctx: the context (`test_spec` is the validation source).
+      tune: the engine, after training.
+      stats: `FineTune.fit`'s statistics ({} when nothing was trained).
+      predict: uint8 images -> {head: logits}.
+      tags: head -> summary tag prefix ('' for bare `top1` / `top5`).
+
+    Returns:
+      ({head: {'top1', 'top5'}}, the counts: steps, batch_size, num_classes, train_examples,
+      validation_examples, skipped train and validation records).
+    """
+    cfg = ctx.section
+    validation = classification_dataset(
+      ctx.test_spec, image_size=cfg.image_size, crop_size=cfg.crop_size, batch_size=cfg.eval_batch_size,
+      training=False, label_offset=cfg.label_offset, data_dir=cfg.data_dir,
+    )  # fmt: skip
+    scores, validation_count, validation_skipped = evaluate(validation, predict, self.num_classes)
+    tune.scalars({f'{tags[k]}/{m}' if tags[k] else m: v for k, values in scores.items() for m, v in values.items()})
+    counts = {
+      'steps': tune.step,
+      'batch_size': cfg.batch_size,
+      'num_classes': self.num_classes,
+      'train_examples': self.train_count,
+      'validation_examples': validation_count,
+      'skipped_train_records': stats.get('num_skipped_train', 0),
+      'skipped_validation_records': validation_skipped,
+    }
+    return scores, counts
+
+
+# ----------------------------------------------------------------------------- kept until the transfer student moves
 
 
 def resolve_sources(cfg, train_spec: str, validation_spec: str, section: str) -> Tuple[str, str]:

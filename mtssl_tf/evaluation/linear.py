@@ -30,27 +30,25 @@ the whole validation set. The data and metric helpers here are shared with
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 import re
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
-from absl import logging
 
-from mtssl_tf.configs.base import ConfigError, validate_all
+from mtssl_tf.configs.base import ConfigError
 from mtssl_tf.evaluation import backbone
 from mtssl_tf.evaluation.classification import (
   TOP_K,
+  ClassifierProtocol,
   ClassifierTrainingConfig,
   ColorJitter,
   check_training_fields,
   correct_at_k,
-  count_labels,
-  resolve_sources,
-  train_and_evaluate,
 )
-from mtssl_tf.evaluation.protocol import Column, Context, Protocol
+from mtssl_tf.evaluation.protocol import Column, Context, Trainee
 from mtssl_tf.train.finetune import FineTune
 from mtssl_tf.trunk import lasso as lasso_lib
 from mtssl_tf.trunk.lasso import LassoMix
@@ -308,7 +306,144 @@ def _head_layout(cfg: LinearEvalConfig, trunk: tf.keras.Model) -> Tuple[Dict[str
   return sources, grids, dims
 
 
-# ----------------------------------------------------------------------------- the run
+# ----------------------------------------------------------------------------- the protocols
+
+
+class ProbesProtocol(ClassifierProtocol):
+  """Linear classifiers on a frozen network's endpoints, all trained in one pass off one forward pass.
+
+  `linear` and the transfer student's probes (Noroozi Table 4) share it: a subclass says
+  which heads read which endpoints (`layout`), builds the heads (`make_probes`) and the
+  frozen forward pass (`frozen_features`), and writes its results from `probe_scores`.
+  """
+
+  def build(self, ctx: Context) -> Trainee:
+    cfg = ctx.section
+    self.count_classes(ctx)
+    self.sources, self.grids, self.dims = self.layout(ctx)
+    self.probes = self.make_probes(ctx)
+    frozen = self.frozen = self.frozen_features(ctx)
+
+    def forward(images, training):
+      return self.probes(*frozen(images), training=training)
+
+    # Variables (heads, optimizer slots) exist before any restore or traced step.
+    forward(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3], tf.uint8), False)
+    self.predict = tf.function(lambda images: forward(images, False)[0], reduce_retracing=True)
+    return Trainee({'probes': self.probes}, self.probes.trainable_variables, self.window_summaries())
+
+  def train_step(self, ctx: Context, trainee: Trainee, optimizer: tf.keras.optimizers.Optimizer) -> Callable:
+    return make_probe_step(self.probes, self.frozen, optimizer, self.num_classes, ctx.section.weight_decay)
+
+  @abc.abstractmethod
+  def layout(self, ctx: Context) -> Tuple[Dict[str, str], Dict[str, int], Dict[str, int]]:
+    """Head key -> the endpoint it reads, its pooling grid and its feature dimension."""
+
+  def make_probes(self, ctx: Context) -> LinearProbes:
+    """The heads (`LinearProbes` on `sources` and `grids`)."""
+    return LinearProbes(self.sources, self.grids, self.num_classes, ctx.section.feature_norm)
+
+  @abc.abstractmethod
+  def frozen_features(self, ctx: Context) -> Callable:
+    """uint8 images -> (endpoints, block-3 units) of the frozen network, outside any gradient path."""
+
+  def window_summaries(self) -> Optional[Callable[[], Dict[str, float]]]:
+    """More scalars per logging window (none by default)."""
+    return None
+
+  def probe_scores(self, ctx: Context, tune: FineTune, stats: Dict[str, Any], main: str = '') -> Tuple[Dict, Dict]:
+    """(scores per head key, counts) of the validation set; summaries `<endpoint>/top1`, bare for head `main`."""
+    tags = {k: '' if k == main else source for k, source in self.sources.items()}
+    return self.test_heads(ctx, tune, stats, self.predict, tags)
+
+  def probe_results(self, scores: Dict, main: str = '') -> Dict[str, Dict[str, Any]]:
+    """{endpoint: {top1, top5, grid, dims}} of every head but `main`."""
+    return {self.sources[k]: dict(scores[k], grid=self.grids[k], dims=self.dims[k]) for k in self.sources if k != main}
+
+  def grid_rule(self, max_dims: int) -> str:
+    return f'largest square grid g with g*g*channels <= {max_dims}, not above the map size'
+
+
+class LinearProtocol(ProbesProtocol):
+  """Doersch & Zisserman §5: frozen trunk, linear classifiers on pooled endpoints (ImageNet).
+
+  Summaries, the probe checkpoints (resumed from their last step) and results.json go
+  to `<model_dir>/eval/linear`; the trunk is never modified. Results: top1/top5 of the
+  main classifier, `probes` {endpoint: {top1, top5, grid, dims}}, `protocol`, `counts`.
+  """
+
+  name = NAME
+  summary = 'frozen trunk, linear classifiers on pooled endpoints (ImageNet top-1/top-5)'
+  config_class = LinearEvalConfig
+  source_fields = ('train_source', 'validation_source')
+  world_sources = ('images_train', 'images_validation')
+  headline = ('top1', 'top5')
+  columns = (Column('ImageNet top-5 (%)', 'top5', 100.0, 0), Column('ImageNet top-1 (%)', 'top1', 100.0))
+
+  def augmentation(self, cfg: LinearEvalConfig):
+    return ColorJitter(cfg.brightness, tuple(cfg.contrast_range), tuple(cfg.saturation_range), cfg.max_hue), False
+
+  def layout(self, ctx: Context):
+    return _head_layout(ctx.section, ctx.trunk())
+
+  def make_probes(self, ctx: Context) -> LinearProbes:
+    cfg: LinearEvalConfig = ctx.section
+    trunk = ctx.trunk()
+    self.lasso_units = trunk.num_units if cfg.use_lasso else 0
+    final_norm = None
+    if cfg.endpoint == 'final':  # The frozen trunk's closing BN-ReLU, in inference mode as the trunk runs.
+      final_norm = lambda x: lasso_lib.final_activation(trunk, x, training=False)  # noqa: E731
+    return LinearProbes(self.sources, self.grids, self.num_classes, cfg.feature_norm, self.lasso_units,
+                        cfg.lasso_l1_weight, cfg.lasso_init, cfg.lasso_mix_norm, final_norm)  # fmt: skip
+
+  def frozen_features(self, ctx: Context) -> Callable:
+    trunk, to_input, lasso_units = ctx.trunk(), ctx.input_fn(), self.lasso_units
+
+    def frozen(images):
+      # training=False: BatchNorm uses (and never updates) its moving statistics. Run
+      # outside any gradient tape and cut by stop_gradient, so nothing flows back.
+      endpoints = {k: tf.stop_gradient(v) for k, v in trunk(to_input(images), training=False).items()}
+      return endpoints, trunk.block3_units(endpoints) if lasso_units else ()
+
+    return frozen
+
+  def window_summaries(self):
+    if not self.lasso_units:
+      return None
+
+    def alpha():  # The lasso mix's weight on each block-3 unit, per logging window.
+      return {f'lasso/alpha_unit_{m + 1:02d}': a for m, a in enumerate(backbone.lasso_alpha(self.probes.lasso))}
+
+    return alpha
+
+  def score(self, ctx: Context, tune: FineTune, stats: Dict[str, Any]) -> Dict[str, Any]:
+    cfg: LinearEvalConfig = ctx.section
+    scores, counts = self.probe_scores(ctx, tune, stats, MAIN)
+    grid, dims = self.grids[MAIN], self.dims[MAIN]
+    main_name = 'lasso(block3 units)' if self.lasso_units else cfg.endpoint
+    results = {
+      'top1': scores[MAIN]['top1'],
+      'top5': scores[MAIN]['top5'],
+      'endpoint': main_name,
+      'grid': grid,
+      'dims': dims,
+      'probes': self.probe_results(scores, MAIN),
+      'protocol': {
+        'trunk': 'frozen: inference-mode BatchNorm, no gradients',
+        'features': f'{main_name} adaptive-max-pooled to {grid}x{grid} ({dims} dims)',
+        'probe_grid_rule': self.grid_rule(cfg.probe_max_dims),
+        'feature_norm': cfg.feature_norm,
+        'train_augmentation': f'random {cfg.crop_size} crop of shorter side {cfg.image_size}, colour jitter',
+        'test_crop': f'single centre {cfg.crop_size} crop of shorter side {cfg.image_size}',
+        'top5': f'label among the {min(TOP_K, self.num_classes)} highest scores (ties: lower class first)',
+        'preprocessing': ctx.preprocessing,
+        'init_source': ctx.init,
+      },
+      'counts': counts,
+    }
+    if self.lasso_units:
+      results['lasso_alpha'] = backbone.lasso_alpha(self.probes.lasso)
+    return results
 
 
 def run_linear(
@@ -321,135 +456,14 @@ def run_linear(
   init_source: str = '',
   progress: bool = True,
 ) -> Dict:
-  """Trains the frozen-trunk linear classifiers, evaluates them, writes results.json.
+  """`LinearProtocol` on a built trunk of any kind (lasso needs ResNet-v2), outside `mtssl-eval`.
 
-  Summaries, the probe checkpoints (resumed from their last step) and results.json go
-  to `<model_dir>/eval/linear`. The trunk is never modified.
-
-  Args:
-    cfg: the protocol.
-    trunk: a built trunk of any kind (`backbone.load_trunk`); lasso needs ResNet-v2.
-    model_dir: run folder.
-    train_spec: training source (overrides `cfg.train_source`).
-    validation_spec: validation source (overrides `cfg.validation_source`).
-    preprocessing: 'rgb' or 'harmonized', as the trunk was pre-trained.
-    init_source: where the trunk came from, recorded in the results.
-    progress: log progress lines.
-
-  Returns:
-    The results (also in results.json): top1/top5 of the main classifier, `probes`
-    {endpoint: {top1, top5, grid, dims}}, `protocol`, `counts`.
+  Sources default to the section's; `init_source` is recorded in the results.
 
   Raises:
-    ConfigError: a bad config value or an endpoint the trunk lacks (named).
+    ConfigError: a bad config value, a missing source or an endpoint the trunk lacks (named).
     FloatingPointError: a non-finite loss, naming the step.
   """
-  validate_all(cfg)
-  train_spec, validation_spec = resolve_sources(cfg, train_spec, validation_spec, 'linear')
-  out_dir = backbone.eval_dir(model_dir, NAME)
-  to_input = backbone.input_fn(preprocessing)
-  num_classes, train_count = cfg.num_classes, None
-  if not num_classes:
-    train_count, num_classes = count_labels(train_spec, cfg.label_offset, cfg.data_dir)
-  sources, grids, dims = _head_layout(cfg, trunk)
-  lasso_units = trunk.num_units if cfg.use_lasso else 0
-  final_norm = None
-  if cfg.endpoint == 'final':  # The frozen trunk's closing BN-ReLU, in inference mode as the trunk runs.
-    final_norm = lambda x: lasso_lib.final_activation(trunk, x, training=False)  # noqa: E731
-  probes = LinearProbes(sources, grids, num_classes, cfg.feature_norm, lasso_units, cfg.lasso_l1_weight,
-                        cfg.lasso_init, cfg.lasso_mix_norm, final_norm)  # fmt: skip
-  schedule = tf.keras.optimizers.schedules.ExponentialDecay(
-    cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_factor, staircase=True
-  )
-  optimizer = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
-
-  def frozen(images):
-    # training=False: BatchNorm uses (and never updates) its moving statistics. Run
-    # outside any gradient tape and cut by stop_gradient, so nothing flows back.
-    endpoints = {k: tf.stop_gradient(v) for k, v in trunk(to_input(images), training=False).items()}
-    return endpoints, trunk.block3_units(endpoints) if lasso_units else ()
-
-  def forward(images, training):
-    endpoints, units = frozen(images)
-    return probes(endpoints, units, training=training)
-
-  # Variables (heads, optimizer slots) exist before any restore or traced step.
-  forward(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3], tf.uint8), False)
-  tune = FineTune(NAME, out_dir, steps=cfg.steps, log_every_steps=cfg.log_every_steps,
-                  checkpoint_every_steps=cfg.checkpoint_every_steps, progress=progress)  # fmt: skip
-  tune.restore(optimizer, probes.trainable_variables, probes=probes)
-
-  train_step = make_probe_step(probes, frozen, optimizer, num_classes, cfg.weight_decay)
-
-  def alpha_summaries():
-    alpha = probes.lasso.alpha().numpy()[0] if lasso_units else ()
-    return {f'lasso/alpha_unit_{m + 1:02d}': float(a) for m, a in enumerate(alpha)}
-
-  @tf.function(reduce_retracing=True)
-  def predict(images):
-    return forward(images, False)[0]
-
-  writer = tune.writer
-  color = ColorJitter(cfg.brightness, tuple(cfg.contrast_range), tuple(cfg.saturation_range), cfg.max_hue)
-  scores, validation_count, train_skipped, validation_skipped = train_and_evaluate(
-    tune, cfg, train_step, predict, num_classes, train_spec, validation_spec, schedule=schedule, color=color,
-    extra_summaries=alpha_summaries,
-  )  # fmt: skip
-  step = int(optimizer.iterations.numpy())
-  with writer.as_default(step=step):
-    for key, metrics in scores.items():
-      for metric, value in metrics.items():
-        tf.summary.scalar(f'{NAME}/{metric}' if key == MAIN else f'{NAME}/{sources[key]}/{metric}', value)
-  writer.flush()
-  main_name = 'lasso(block3 units)' if lasso_units else cfg.endpoint
-  results = {
-    'top1': scores[MAIN]['top1'],
-    'top5': scores[MAIN]['top5'],
-    'endpoint': main_name,
-    'grid': grids[MAIN],
-    'dims': dims[MAIN],
-    'probes': {sources[k]: dict(scores[k], grid=grids[k], dims=dims[k]) for k in sources if k != MAIN},
-    'protocol': {
-      'trunk': 'frozen: inference-mode BatchNorm, no gradients',
-      'features': f'{main_name} adaptive-max-pooled to {grids[MAIN]}x{grids[MAIN]} ({dims[MAIN]} dims)',
-      'probe_grid_rule': f'largest square grid g with g*g*channels <= {cfg.probe_max_dims}, not above the map size',
-      'feature_norm': cfg.feature_norm,
-      'train_augmentation': f'random {cfg.crop_size} crop of shorter side {cfg.image_size}, colour jitter',
-      'test_crop': f'single centre {cfg.crop_size} crop of shorter side {cfg.image_size}',
-      'top5': f'label among the {min(TOP_K, num_classes)} highest scores (ties: lower class first)',
-      'preprocessing': preprocessing,
-      'init_source': init_source,
-    },
-    'counts': {
-      'steps': step,
-      'batch_size': cfg.batch_size,
-      'num_classes': num_classes,
-      'train_examples': train_count,
-      'validation_examples': validation_count,
-      'skipped_train_records': train_skipped,
-      'skipped_validation_records': validation_skipped,
-    },
-  }
-  if lasso_units:
-    results['lasso_alpha'] = [float(a) for a in probes.lasso.alpha().numpy()[0]]
-  path = backbone.write_results(model_dir, NAME, results)
-  if progress:
-    logging.info('linear: top1 %.4f, top5 %.4f over %d images -> %s', results['top1'], results['top5'],
-                 validation_count, path)  # fmt: skip
-  return results
-
-
-class LinearProtocol(Protocol):
-  """Doersch & Zisserman §5: frozen trunk, linear classifiers on pooled endpoints (ImageNet)."""
-
-  name = NAME
-  summary = 'frozen trunk, linear classifiers on pooled endpoints (ImageNet top-1/top-5)'
-  config_class = LinearEvalConfig
-  source_fields = ('train_source', 'validation_source')
-  world_sources = ('images_train', 'images_validation')
-  headline = ('top1', 'top5')
-  columns = (Column('ImageNet top-5 (%)', 'top5', 100.0, 0), Column('ImageNet top-1 (%)', 'top1', 100.0))
-
-  def run(self, ctx: Context) -> Dict:
-    return run_linear(ctx.section, ctx.trunk(), ctx.model_dir, ctx.train_spec, ctx.test_spec,
-                      preprocessing=ctx.preprocessing, init_source=ctx.init, progress=ctx.progress)  # fmt: skip
+  ctx = LinearProtocol.direct_context(cfg, model_dir, train_spec, validation_spec, network=trunk,
+                                      preprocessing=preprocessing, init=init_source, progress=progress)  # fmt: skip
+  return LinearProtocol().run(ctx)

@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Dict
+from typing import Any, Dict
 
 import tensorflow as tf
 import yaml
-from absl import logging
 
 from mtssl_tf.configs.base import ConfigError, to_plain, validate_all
 from mtssl_tf.configs.experiment import TrunkConfig
 from mtssl_tf.evaluation import backbone, classification
-from mtssl_tf.evaluation.protocol import Context, Protocol
+from mtssl_tf.evaluation.classification import ClassifierProtocol
+from mtssl_tf.evaluation.protocol import Context, Trainee
 from mtssl_tf.train.finetune import FineTune
 from mtssl_tf.trunk.block4 import Block4
 from mtssl_tf.trunk.resnet_v2 import ResNetV2Trunk
@@ -54,7 +54,7 @@ class SupervisedConfig(classification.ClassifierTrainingConfig):
     lr_decay_factor: the learning rate is multiplied by this every `epochs_per_decay` (0.94).
     epochs_per_decay: staircase interval in epochs (2).
     weight_decay: L2 weight decay on every kernel (He et al. 2016: 1e-4).
-    seed: initialisation (`run_supervised` sets the global Python/NumPy/TF seeds), data
+    seed: initialisation (`SupervisedProtocol` sets the global Python/NumPy/TF seeds), data
       order and crops.
   """
 
@@ -101,6 +101,84 @@ class SupervisedModel(tf.keras.Model):
     return self.classifier(tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2]))
 
 
+class SupervisedProtocol(ClassifierProtocol):
+  """The "ImageNet labels" row: block 1-4 trained from scratch on labels, then scored.
+
+  Everything goes to `<model_dir>/eval/supervised` (see the module docstring). Results:
+  top1, top5, `trunk_source` (for `backbone.load_trunk`), `protocol`, `counts`. The
+  precision is float32 or mixed_bfloat16 (there is no loss scaling for mixed_float16).
+  """
+
+  name = NAME
+  summary = 'the "ImageNet labels" baseline: the trunk and block 4 trained on labels (ignores --init)'
+  config_class = SupervisedConfig
+  source_fields = ('train_source', 'validation_source')
+  world_sources = ('images_train', 'images_validation')
+  headline = ('top1', 'top5')
+  uses_init = False
+
+  def prepare(self, ctx: Context) -> Context:
+    validate_all(ctx.section)
+    validate_all(ctx.trunk_config)
+    # The baseline is blocks 1-3 plus a ResNet-v2 block 4 (Doersch's "ImageNet labels" row).
+    backbone.check_trunk_kind(NAME, ctx.trunk_config.kind, ('resnet_v2',), 'it trains ResNet-v2 blocks 1-4 on labels')
+    if ctx.precision not in ('float32', 'mixed_bfloat16'):
+      raise ValueError(f"supervised baseline: precision must be 'float32' or 'mixed_bfloat16', got {ctx.precision!r}")
+    return ctx
+
+  def augmentation(self, cfg: SupervisedConfig):
+    return None, cfg.flip
+
+  def build(self, ctx: Context) -> Trainee:
+    cfg: SupervisedConfig = ctx.section
+    self.count_classes(ctx, count_images=not cfg.epoch_size)
+    self.epoch_size = cfg.epoch_size or self.train_count
+    with tf.io.gfile.GFile(os.path.join(ctx.out_dir, 'config.yaml'), 'w') as f:
+      yaml.safe_dump({'trunk': to_plain(ctx.trunk_config), NAME: to_plain(cfg)}, f, sort_keys=False)
+    tf.keras.utils.set_random_seed(cfg.seed)
+    self.model = SupervisedModel(ctx.trunk_config, self.num_classes, ctx.precision)
+    self.model(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3]), training=False)
+    return Trainee({'model': self.model}, self.model.trainable_variables)
+
+  def schedule(self, ctx: Context):
+    return learning_rate_schedule(ctx.section, self.epoch_size)
+
+  def train_step(self, ctx: Context, trainee: Trainee, optimizer):
+    model, to_input = self.model, ctx.input_fn()
+    # The trunk's closing BatchNorm is not on the loss path (block 4 reads `block3`): it gets no update.
+    return classification.make_softmax_step(lambda images: model(to_input(images), training=True),
+                                            model.trainable_variables, optimizer, self.num_classes,
+                                            ctx.section.weight_decay)  # fmt: skip
+
+  def score(self, ctx: Context, tune: FineTune, stats: Dict[str, Any]) -> Dict[str, Any]:
+    cfg: SupervisedConfig = ctx.section
+    model, to_input = self.model, ctx.input_fn()
+
+    @tf.function(reduce_retracing=True)
+    def predict(images):
+      return {NAME: model(to_input(images), training=False)}
+
+    scores, counts = self.test_heads(ctx, tune, stats, predict, {NAME: ''})
+    del counts['train_examples']  # The epoch size stands for it.
+    counts.update(epoch_size=self.epoch_size, epochs=tune.step * cfg.batch_size / self.epoch_size)
+    return {
+      'top1': scores[NAME]['top1'],
+      'top5': scores[NAME]['top5'],
+      'trunk_source': ctx.out_dir,
+      'checkpoint': tune.latest_checkpoint,
+      'protocol': {
+        'model': 'ResNet-v2 trunk (blocks 1-3) + block 4 + global average pool + linear softmax, from random init',
+        'optimizer': f'momentum SGD {cfg.momentum}, lr {cfg.learning_rate} x {cfg.lr_decay_factor} every '
+        f'{cfg.epochs_per_decay:g} epochs (staircase), weight decay {cfg.weight_decay:g}',
+        'train_augmentation': f'random {cfg.crop_size} crop of shorter side {cfg.image_size}'
+        + (', horizontal flip' if cfg.flip else ''),
+        'test_crop': f'single centre {cfg.crop_size} crop of shorter side {cfg.image_size}',
+        'preprocessing': ctx.preprocessing,
+      },
+      'counts': counts,
+    }
+
+
 def run_supervised(
   cfg: SupervisedConfig,
   trunk_config: TrunkConfig,
@@ -111,126 +189,15 @@ def run_supervised(
   precision: str = 'float32',
   progress: bool = True,
 ) -> Dict:
-  """Trains the supervised baseline (resuming its last checkpoint), evaluates it, writes results.json.
-
-  Everything goes to `<model_dir>/eval/supervised` (see the module docstring).
-
-  Args:
-    cfg: the protocol.
-    trunk_config: shape of the trunk (block 4 follows its width).
-    model_dir: run folder.
-    train_spec: training source (overrides `cfg.train_source`).
-    validation_spec: validation source (overrides `cfg.validation_source`).
-    preprocessing: 'rgb' or 'harmonized' input.
-    precision: Keras dtype policy of trunk and block 4 ('float32' or 'mixed_bfloat16';
-      there is no loss scaling for 'mixed_float16').
-    progress: log progress lines.
-
-  Returns:
-    The results: top1, top5, `trunk_source` (for `backbone.load_trunk`), `protocol`, `counts`.
+  """`SupervisedProtocol` for a trunk shape, outside `mtssl-eval`; sources default to the section's.
 
   Raises:
-    ConfigError: a bad config value (named).
+    ConfigError: a bad config value or a missing source (named).
     ValueError: an unsupported precision, or a checkpoint that does not fit the config.
     FloatingPointError: a non-finite loss, naming the step.
   """
-  validate_all(cfg)
-  validate_all(trunk_config)
-  # The baseline is blocks 1-3 plus a ResNet-v2 block 4 (Doersch's "ImageNet labels" row).
-  backbone.check_trunk_kind(NAME, trunk_config.kind, ('resnet_v2',), 'it trains ResNet-v2 blocks 1-4 on labels')
-  if precision not in ('float32', 'mixed_bfloat16'):
-    raise ValueError(f"supervised baseline: precision must be 'float32' or 'mixed_bfloat16', got {precision!r}")
-  train_spec, validation_spec = classification.resolve_sources(cfg, train_spec, validation_spec, NAME)
-  out_dir = backbone.eval_dir(model_dir, NAME)
-  to_input = backbone.input_fn(preprocessing)
-  epoch_size, num_classes = cfg.epoch_size, cfg.num_classes
-  if not epoch_size or not num_classes:
-    counted, labels = classification.count_labels(train_spec, cfg.label_offset, cfg.data_dir)
-    epoch_size, num_classes = epoch_size or counted, num_classes or labels
-  with tf.io.gfile.GFile(os.path.join(out_dir, 'config.yaml'), 'w') as f:
-    yaml.safe_dump({'trunk': to_plain(trunk_config), NAME: to_plain(cfg)}, f, sort_keys=False)
-
-  tf.keras.utils.set_random_seed(cfg.seed)
-  model = SupervisedModel(trunk_config, num_classes, precision)
-  model(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3]), training=False)
-  schedule = learning_rate_schedule(cfg, epoch_size)
-  optimizer = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
-  kernels = [v for v in model.trainable_variables if 'kernel' in v.name]
-  tune = FineTune(NAME, out_dir, steps=cfg.steps, log_every_steps=cfg.log_every_steps,
-                  checkpoint_every_steps=cfg.checkpoint_every_steps, progress=progress)  # fmt: skip
-  tune.restore(optimizer, model.trainable_variables, model=model)
-
-  @tf.function
-  def train_step(batch):
-    labels = batch['label']
-    tf.debugging.assert_less(labels, tf.cast(num_classes, labels.dtype), message='training label >= num_classes')
-    with tf.GradientTape() as tape:
-      logits = model(to_input(batch['image']), training=True)
-      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-      total = loss + cfg.weight_decay * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
-    grads = tape.gradient(total, model.trainable_variables)
-    # The trunk's closing BatchNorm is not on the loss path (block 4 reads `block3`).
-    optimizer.apply_gradients([(g, v) for g, v in zip(grads, model.trainable_variables) if g is not None])
-    return total, {
-      'loss': loss,
-      'train_top1': tf.reduce_mean(tf.cast(classification.correct_at_k(logits, labels, 1), tf.float32)),
-    }
-
-  @tf.function(reduce_retracing=True)
-  def predict(images):
-    return {NAME: model(to_input(images), training=False)}
-
-  writer = tune.writer
-  scores, validation_count, train_skipped, validation_skipped = classification.train_and_evaluate(
-    tune, cfg, train_step, predict, num_classes, train_spec, validation_spec, schedule=schedule, flip=cfg.flip,
+  ctx = SupervisedProtocol.direct_context(
+    cfg, model_dir, train_spec, validation_spec, trunk_config=trunk_config, preprocessing=preprocessing,
+    precision=precision, progress=progress,
   )  # fmt: skip
-  step = int(optimizer.iterations.numpy())
-  with writer.as_default(step=step):
-    for metric, value in scores[NAME].items():
-      tf.summary.scalar(f'{NAME}/{metric}', value)
-  writer.flush()
-  results = {
-    'top1': scores[NAME]['top1'],
-    'top5': scores[NAME]['top5'],
-    'trunk_source': out_dir,
-    'checkpoint': tune.latest_checkpoint,
-    'protocol': {
-      'model': 'ResNet-v2 trunk (blocks 1-3) + block 4 + global average pool + linear softmax, from random init',
-      'optimizer': f'momentum SGD {cfg.momentum}, lr {cfg.learning_rate} x {cfg.lr_decay_factor} every '
-      f'{cfg.epochs_per_decay:g} epochs (staircase), weight decay {cfg.weight_decay:g}',
-      'train_augmentation': f'random {cfg.crop_size} crop of shorter side {cfg.image_size}'
-      + (', horizontal flip' if cfg.flip else ''),
-      'test_crop': f'single centre {cfg.crop_size} crop of shorter side {cfg.image_size}',
-      'preprocessing': preprocessing,
-    },
-    'counts': {
-      'steps': step,
-      'batch_size': cfg.batch_size,
-      'epoch_size': epoch_size,
-      'epochs': step * cfg.batch_size / epoch_size,
-      'num_classes': num_classes,
-      'validation_examples': validation_count,
-      'skipped_train_records': train_skipped,
-      'skipped_validation_records': validation_skipped,
-    },
-  }
-  path = backbone.write_results(model_dir, NAME, results)
-  if progress:
-    logging.info('supervised baseline: top1 %.4f, top5 %.4f -> %s', results['top1'], results['top5'], path)
-  return results
-
-
-class SupervisedProtocol(Protocol):
-  """The "ImageNet labels" row: block 1-4 trained from scratch on labels, then scored."""
-
-  name = NAME
-  summary = 'the "ImageNet labels" baseline: the trunk and block 4 trained on labels (ignores --init)'
-  config_class = SupervisedConfig
-  source_fields = ('train_source', 'validation_source')
-  world_sources = ('images_train', 'images_validation')
-  headline = ('top1', 'top5')
-  uses_init = False
-
-  def run(self, ctx: Context) -> Dict:
-    return run_supervised(ctx.section, ctx.config.trunk, ctx.model_dir, ctx.train_spec, ctx.test_spec,
-                          precision=ctx.precision, progress=ctx.progress)  # fmt: skip
+  return SupervisedProtocol().run(ctx)

@@ -72,11 +72,11 @@ def test_harmonized_runs_are_evaluated_on_colour_unless_grey_is_asked(pretrained
   assert backbone.run_input_convention('as_trained', run_dir) == 'harmonized'  # What it was trained on.
   seen = {}
 
-  def spy(cfg, trunk, model_dir, train_spec, test_spec, preprocessing, init_source, **kwargs):
-    seen['preprocessing'] = preprocessing
+  def spy(protocol, ctx):
+    seen['preprocessing'] = ctx.preprocessing
     return {}
 
-  monkeypatch.setattr(linear, 'run_linear', spy)
+  monkeypatch.setattr(linear.LinearProtocol, 'run', spy)
   sources = ['linear.train_source=unused', 'linear.validation_source=unused']  # The spy reads nothing.
   expected = {(): 'rgb', ('preprocessing=harmonized',): 'harmonized', ('preprocessing=as_trained',): 'harmonized'}
   for overrides, mode in expected.items():
