@@ -57,8 +57,8 @@ from mtssl_tf.configs.base import ConfigError
 from mtssl_tf.data import decode
 from mtssl_tf.data.images import ReadOptions, image_dataset
 from mtssl_tf.evaluation import classification
-from mtssl_tf.evaluation.classification import ClassifierTrainingConfig, check_training_fields
-from mtssl_tf.evaluation.protocol import Column, Context, Protocol
+from mtssl_tf.evaluation.classification import ClassifierProtocol, ClassifierTrainingConfig, check_training_fields
+from mtssl_tf.evaluation.protocol import Column, Context, Trainee
 from mtssl_tf.evaluation.voc_classification import AlexNetClassifier, VocClassificationConfig, student_meta
 from mtssl_tf.train.finetune import FineTune
 from mtssl_tf.trunk import alexnet as caffenet
@@ -214,7 +214,7 @@ class TrunkAlexNetClassifier(tf.keras.Model):
 def _trunk_network(ctx: Context, through: str, num_classes: int) -> Tuple[TrunkAlexNetClassifier, str]:
   """The network of a run's AlexNet trunk (`TrunkAlexNetClassifier`) and its description."""
   cfg: NonlinearConfig = ctx.section
-  kind = ctx.config.trunk.kind  # The run's own (backbone.load_layered reads its config.yaml).
+  kind = ctx.trunk_config.kind  # The run's own (backbone.load_layered reads its config.yaml).
   if kind != 'alexnet':
     raise ConfigError(f"init: {NAME} (Noroozi Table 6) needs an AlexNet student folder (<transfer run>/student), a "
                       f"run with an AlexNet trunk or 'random'; {ctx.init!r} has trunk.kind {kind!r}")  # fmt: skip
@@ -329,72 +329,12 @@ def evaluate(model, dataset: tf.data.Dataset, num_classes: int) -> Dict[str, flo
   return {'top1': hits[0] / total, 'top5': hits[1] / total, 'top1_1crop': hits[2] / total, 'images': total}
 
 
-def run_column(ctx: Context, through: str, num_classes: int) -> Dict[str, Any]:
-  """Trains (or resumes) and tests the network frozen through `through`, in `<out_dir>/<through>/`."""
-  cfg: NonlinearConfig = ctx.section
-  tf.keras.utils.set_random_seed(cfg.seed)
-  model, source = build_network(ctx, through, num_classes)
-  schedule = tf.keras.optimizers.schedules.ExponentialDecay(
-    cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_factor, staircase=True
-  )
-  optimizer = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
-  tune = FineTune(f'{NAME}/{through}', os.path.join(ctx.out_dir, through), steps=cfg.steps,
-                  log_every_steps=cfg.log_every_steps, checkpoint_every_steps=cfg.checkpoint_every_steps,
-                  progress=ctx.progress, max_to_keep=1)  # fmt: skip
-  start = tune.restore(optimizer, model.trainable_variables, model=model)
-  stats: Dict[str, Any] = {}
-  if start < cfg.steps:
-    data = classification.classification_dataset(
-      ctx.train_spec, image_size=cfg.image_size, crop_size=cfg.crop_size, batch_size=cfg.batch_size, training=True,
-      seed=cfg.seed, flip=True, label_offset=cfg.label_offset, data_dir=cfg.data_dir, shuffle_buffer=cfg.shuffle_buffer,
-      start=start * cfg.batch_size,
-    )  # fmt: skip
-    stats = tune.fit(make_train_step(model, optimizer, cfg, num_classes), data, schedule=schedule,
-                     log_keys=('loss', 'train_top1'))  # fmt: skip
-  scores = evaluate(model, eval_dataset(ctx.test_spec, cfg), num_classes)
-  tune.scalars({k: v for k, v in scores.items() if k != 'images'})
-  if ctx.progress:
-    logging.info('%s %s: top1 %.4f (1 crop %.4f), top5 %.4f', NAME, through, scores['top1'], scores['top1_1crop'],
-                 scores['top5'])  # fmt: skip
-  return dict(scores, steps=tune.step, network=source, train=stats)
+class NonlinearProtocol(ClassifierProtocol):
+  """Noroozi et al. 2018 Table 6: AlexNet frozen through conv1..fc7, the rest retrained, 10-crop top-1.
 
-
-def run_nonlinear(ctx: Context) -> Dict[str, Any]:
-  """Every `freeze_through` column in turn; writes `<out_dir>/results.json`."""
-  cfg: NonlinearConfig = ctx.section
-  cfg.validate()
-  num_classes, train_count = cfg.num_classes, None
-  if not num_classes:
-    train_count, num_classes = classification.count_labels(ctx.train_spec, cfg.label_offset, cfg.data_dir)
-  columns = {through: run_column(ctx, through, num_classes) for through in cfg.freeze_through}
-  results: Dict[str, Any] = {}
-  for through, scores in columns.items():
-    for key in ('top1', 'top5', 'top1_1crop'):
-      results[f'{through}_{key}'] = scores[key]
-  results.update({
-    'layers': columns,
-    'protocol': {
-      'frozen': 'conv1 up to the column layer (with BatchNorms, in inference mode); later layers and fc8 drawn '
-      'afresh (JigsawPuzzleSolver train_val_cfn_rec fillers) and trained',
-      'solver': f'SGD momentum {cfg.momentum}, lr {cfg.learning_rate} x{cfg.lr_decay_factor} every '
-      f'{cfg.lr_decay_steps}, batch {cfg.batch_size}, weight decay {cfg.weight_decay} (weights), biases x'
-      f'{cfg.bias_lr_multiplier} rate',
-      'train_view': f'random {cfg.crop_size} crop of shorter side {cfg.image_size}, mirrored with p=1/2',
-      'test': f'mean softmax of 10 crops (4 corners + centre, and mirrors) of shorter side {cfg.image_size}; '
-      'top1_1crop: the centre crop',
-      'init_source': ctx.init,
-    },
-    'counts': {'num_classes': num_classes, 'train_examples': train_count, 'steps': cfg.steps},
-  })  # fmt: skip
-  path = ctx.write_results(results)
-  if ctx.progress:
-    shown = ', '.join(f'{t} {s["top1"]:.3f}' for t, s in columns.items())
-    logging.info('%s: top-1 per frozen prefix: %s -> %s', NAME, shown, path)
-  return results
-
-
-class NonlinearProtocol(Protocol):
-  """Noroozi et al. 2018 Table 6: AlexNet frozen through conv1..fc7, the rest retrained, 10-crop top-1."""
+  One training per `freeze_through` entry, each in `<out_dir>/<layer>/` (summaries
+  `nonlinear/<layer>/<metric>`, checkpoints, resumed); results.json holds them all.
+  """
 
   name = NAME
   summary = 'AlexNet frozen through conv1..fc7, the rest retrained on labels, 10-crop top-1 (Noroozi Table 6)'
@@ -403,6 +343,53 @@ class NonlinearProtocol(Protocol):
   world_sources = ('images_train', 'images_validation')
   headline = tuple(f'{layer}_top1' for layer in LAYERS)
   columns = tuple(Column(f'IN nonlinear {layer} top-1 (%)', f'{layer}_top1', 100.0) for layer in LAYERS)
+  max_to_keep = 1
 
   def run(self, ctx: Context) -> Dict[str, Any]:
-    return run_nonlinear(ctx)
+    cfg: NonlinearConfig = self.prepare(ctx).section
+    self.count_classes(ctx)
+    columns = {}
+    for through in cfg.freeze_through:
+      self.through = through
+      columns[through] = self.train_and_score(ctx, f'{NAME}/{through}', os.path.join(ctx.out_dir, through))
+    results: Dict[str, Any] = {}
+    for through, scores in columns.items():
+      for key in ('top1', 'top5', 'top1_1crop'):
+        results[f'{through}_{key}'] = scores[key]
+    results.update({
+      'layers': columns,
+      'protocol': {
+        'frozen': 'conv1 up to the column layer (with BatchNorms, in inference mode); later layers and fc8 drawn '
+        'afresh (JigsawPuzzleSolver train_val_cfn_rec fillers) and trained',
+        'solver': f'SGD momentum {cfg.momentum}, lr {cfg.learning_rate} x{cfg.lr_decay_factor} every '
+        f'{cfg.lr_decay_steps}, batch {cfg.batch_size}, weight decay {cfg.weight_decay} (weights), biases x'
+        f'{cfg.bias_lr_multiplier} rate',
+        'train_view': f'random {cfg.crop_size} crop of shorter side {cfg.image_size}, mirrored with p=1/2',
+        'test': f'mean softmax of 10 crops (4 corners + centre, and mirrors) of shorter side {cfg.image_size}; '
+        'top1_1crop: the centre crop',
+        'init_source': ctx.init,
+      },
+      'counts': {'num_classes': self.num_classes, 'train_examples': self.train_count, 'steps': cfg.steps},
+    })  # fmt: skip
+    self.report(ctx, results, ctx.write_results(results))
+    return results
+
+  def augmentation(self, cfg: NonlinearConfig):
+    return None, True
+
+  def build(self, ctx: Context) -> Trainee:
+    tf.keras.utils.set_random_seed(ctx.section.seed)
+    self.model, self.source = build_network(ctx, self.through, self.num_classes)
+    return Trainee({'model': self.model}, self.model.trainable_variables)
+
+  def train_step(self, ctx: Context, trainee: Trainee, optimizer):
+    return make_train_step(self.model, optimizer, ctx.section, self.num_classes)
+
+  def score(self, ctx: Context, tune: FineTune, stats: Dict[str, Any]) -> Dict[str, Any]:
+    """One column's scores (`evaluate`), with its step count, network and training statistics."""
+    scores = evaluate(self.model, eval_dataset(ctx.test_spec, ctx.section), self.num_classes)
+    tune.scalars({k: v for k, v in scores.items() if k != 'images'})
+    if ctx.progress:
+      logging.info('%s %s: top1 %.4f (1 crop %.4f), top5 %.4f', NAME, self.through, scores['top1'],
+                   scores['top1_1crop'], scores['top5'])  # fmt: skip
+    return dict(scores, steps=tune.step, network=self.source, train=stats)
