@@ -5,7 +5,7 @@ except that to evaluate generalization across datasets, the model is pre-trained
 ImageNet (with no labels) and then tested with frozen layers on Places (with labels)"
 (Noroozi §5.2; Places205, Zhou et al. 2014, as in Zhang et al. 2016/2017's evaluation).
 So this protocol runs the student probes of `mtssl-transfer probe`
-(`transfer.student.probe_student`: the student frozen, each conv layer max-pooled to the
+(`transfer.student.StudentProbes`: the student frozen, each conv layer max-pooled to the
 largest square grid under 9216 dimensions, one linear softmax classifier per layer) on a
 Places-style source, from `mtssl-eval --eval=places_linear --init=<transfer run>/student`,
 with its outputs in `<model_dir>/eval/places_linear/` (the ImageNet probes of Table 4 keep
@@ -27,19 +27,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, ClassVar, Dict, Tuple
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from mtssl_tf.configs.base import ConfigError
 from mtssl_tf.data.detection import detection_dataset
 from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.data.synthetic.classification import image_example
-from mtssl_tf.evaluation.classification import check_training_fields
-from mtssl_tf.evaluation.protocol import Column, Context, Protocol
+from mtssl_tf.evaluation.protocol import Column, Context
 from mtssl_tf.transfer.config import ProbeConfig
+from mtssl_tf.transfer.student import StudentProbes
 
 NAME = 'places_linear'
 LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')  # Table 5's columns (an AlexNet student's probes).
@@ -48,19 +47,13 @@ SCENES = 'scenes'
 
 @dataclasses.dataclass
 class PlacesProbeConfig(ProbeConfig):
-  """Table 4's student probes (`transfer.config.ProbeConfig`, same defaults) on a Places-style source.
+  """Table 4's student probes (`transfer.config.ProbeConfig`, same defaults and checks) on a Places-style source.
 
   `train_source` / `validation_source` left empty read the synthetic world's scenes
   ('detection_trainval' / 'detection_test', labelled by their largest object).
   """
 
-  def validate(self) -> None:
-    check_training_fields(self, NAME)
-    for key in ('max_dims', 'lr_decay_steps'):
-      if getattr(self, key) < 1:
-        raise ConfigError(f'{NAME}.{key}: must be positive, got {getattr(self, key)}')
-    if len(set(self.endpoints)) != len(self.endpoints):
-      raise ConfigError(f'{NAME}.endpoints: listed twice in {list(self.endpoints)}')
+  section: ClassVar[str] = NAME
 
 
 def _is_detection(spec: str) -> bool:
@@ -103,42 +96,12 @@ def labelled_scenes(spec: str, folder: str, name: str, data_dir: str = '') -> Tu
   return f'tfrecord:{path}', np.asarray(labels, np.int64)
 
 
-def run_places(ctx: Context) -> Dict[str, Any]:
-  """Probes the student of `ctx.init` on the configured source; writes `<out_dir>/results.json`."""
-  from mtssl_tf.evaluation.voc_classification import student_meta
-  from mtssl_tf.transfer.student import load_student, probe_student
+class PlacesLinearProtocol(StudentProbes):
+  """Noroozi et al. 2018 Table 5: the student's per-layer frozen linear probes on Places.
 
-  cfg: PlacesProbeConfig = ctx.section
-  cfg.validate()
-  if not student_meta(ctx.init):
-    raise ConfigError(f'init: {NAME} probes a transfer student folder (<transfer run>/student), got {ctx.init!r}; '
-                      'for a pre-training trunk run --eval=linear with these sources and probe_endpoints')  # fmt: skip
-  train_spec, test_spec, scenes = ctx.train_spec, ctx.test_spec, None
-  if _is_detection(train_spec) or _is_detection(test_spec):
-    if not (_is_detection(train_spec) and _is_detection(test_spec)):
-      raise ConfigError(f'{NAME}.train_source / validation_source: both or neither must be detection (voc:) '
-                        f'sources, got {train_spec!r}, {test_spec!r}')  # fmt: skip
-    folder = os.path.join(ctx.out_dir, SCENES)
-    train_spec, train_labels = labelled_scenes(ctx.train_spec, folder, 'train', cfg.data_dir)
-    test_spec, test_labels = labelled_scenes(ctx.test_spec, folder, 'test', cfg.data_dir)
-    cfg = dataclasses.replace(cfg, label_offset=0, num_classes=cfg.num_classes or
-                              int(max(train_labels.max(), test_labels.max())) + 1)  # fmt: skip
-    scenes = {'rule': 'class of the largest non-difficult box of each scene', 'train_images': len(train_labels),
-              'validation_images': len(test_labels), 'classes_present': sorted(set(train_labels.tolist()))}  # fmt: skip
-  results = probe_student(cfg, load_student(ctx.init), ctx.out_dir, train_spec, test_spec, progress=ctx.progress)
-  for layer, scores in results['probes'].items():
-    results[f'{layer}_top1'], results[f'{layer}_top5'] = scores['top1'], scores['top5']
-  results['protocol'].update(source=f'{ctx.train_spec} -> {ctx.test_spec}', init_source=ctx.init)
-  if scenes:
-    results['scene_labels'] = scenes
-  path = ctx.write_results(results)
-  if ctx.progress:
-    logging.info('%s: %s -> %s', NAME, ', '.join(f'{k} {v["top1"]:.3f}' for k, v in results['probes'].items()), path)
-  return results
-
-
-class PlacesLinearProtocol(Protocol):
-  """Noroozi et al. 2018 Table 5: the student's per-layer frozen linear probes on Places."""
+  `StudentProbes` on the configured source, with the student of `init`; results.json
+  adds `<layer>_top1` / `<layer>_top5` and, for a detection source, `scene_labels`.
+  """
 
   name = NAME
   summary = "a transfer student's per-layer frozen linear probes on a Places-style source (Noroozi Table 5)"
@@ -148,5 +111,36 @@ class PlacesLinearProtocol(Protocol):
   headline = tuple(f'{layer}_top1' for layer in LAYERS)
   columns = tuple(Column(f'Places {layer} top-1 (%)', f'{layer}_top1', 100.0) for layer in LAYERS)
 
-  def run(self, ctx: Context) -> Dict[str, Any]:
-    return run_places(ctx)
+  def prepare(self, ctx: Context) -> Context:
+    from mtssl_tf.evaluation.voc_classification import student_meta
+
+    cfg: PlacesProbeConfig = ctx.section
+    cfg.validate()
+    if not ctx.given and not student_meta(ctx.init):
+      raise ConfigError(f'init: {NAME} probes a transfer student folder (<transfer run>/student), got '
+                        f'{ctx.init!r}; for a pre-training trunk run --eval=linear with these sources and '
+                        'probe_endpoints')  # fmt: skip
+    self.source, self.scenes = f'{ctx.train_spec} -> {ctx.test_spec}', None
+    if _is_detection(ctx.train_spec) or _is_detection(ctx.test_spec):
+      if not (_is_detection(ctx.train_spec) and _is_detection(ctx.test_spec)):
+        raise ConfigError(f'{NAME}.train_source / validation_source: both or neither must be detection (voc:) '
+                          f'sources, got {ctx.train_spec!r}, {ctx.test_spec!r}')  # fmt: skip
+      folder = os.path.join(ctx.out_dir, SCENES)
+      train_spec, train_labels = labelled_scenes(ctx.train_spec, folder, 'train', cfg.data_dir)
+      test_spec, test_labels = labelled_scenes(ctx.test_spec, folder, 'test', cfg.data_dir)
+      cfg = dataclasses.replace(cfg, label_offset=0, num_classes=cfg.num_classes or
+                                int(max(train_labels.max(), test_labels.max())) + 1)  # fmt: skip
+      self.scenes = {'rule': 'class of the largest non-difficult box of each scene',
+                     'train_images': len(train_labels), 'validation_images': len(test_labels),
+                     'classes_present': sorted(set(train_labels.tolist()))}  # fmt: skip
+      ctx = dataclasses.replace(ctx, section=cfg, train_spec=train_spec, test_spec=test_spec)
+    return super().prepare(ctx)
+
+  def score(self, ctx: Context, tune, stats: Dict[str, Any]) -> Dict[str, Any]:
+    results = super().score(ctx, tune, stats)
+    for layer, scores in results['probes'].items():
+      results[f'{layer}_top1'], results[f'{layer}_top5'] = scores['top1'], scores['top5']
+    results['protocol'].update(source=self.source, init_source=ctx.init)
+    if self.scenes:
+      results['scene_labels'] = self.scenes
+    return results

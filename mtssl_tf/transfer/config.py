@@ -263,6 +263,7 @@ class ProbeConfig(ClassifierTrainingConfig):
     lr_decay_steps: staircase decay interval.
   """
 
+  section: ClassVar[str] = 'probe'  # The config key in error messages.
   endpoints: Tuple[str, ...] = ()
   max_dims: int = 9216
   feature_norm: bool = True
@@ -270,12 +271,12 @@ class ProbeConfig(ClassifierTrainingConfig):
   lr_decay_steps: int = 50_000
 
   def validate(self) -> None:
-    check_training_fields(self, 'probe')
+    check_training_fields(self, self.section)
     for key in ('max_dims', 'lr_decay_steps'):
       if getattr(self, key) < 1:
-        raise ConfigError(f'probe.{key}: must be positive, got {getattr(self, key)}')
+        raise ConfigError(f'{self.section}.{key}: must be positive, got {getattr(self, key)}')
     if len(set(self.endpoints)) != len(self.endpoints):
-      raise ConfigError(f'probe.endpoints: listed twice in {list(self.endpoints)}')
+      raise ConfigError(f'{self.section}.endpoints: listed twice in {list(self.endpoints)}')
 
 
 @dataclasses.dataclass

@@ -38,22 +38,19 @@ everything below that is not from it is a named config choice (`config.DistillCo
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
-from absl import logging
 
 from mtssl_tf.configs.base import ConfigError, to_plain, validate_all
 from mtssl_tf.data import decode
 from mtssl_tf.data.images import ReadOptions, image_dataset
 from mtssl_tf.evaluation import backbone, classification
-from mtssl_tf.export import saved_model
-from mtssl_tf.train.finetune import FineTune
+from mtssl_tf.evaluation.protocol import Context, Trainee
 from mtssl_tf.transfer.config import OUTPUTS, DistillConfig, TransferConfig, world_sources
-from mtssl_tf.transfer.models import AlexNet, build_model
-from mtssl_tf.transfer.student import META, StudentExport, describe_student, model_kwargs
+from mtssl_tf.transfer.models import AlexNet
+from mtssl_tf.transfer.student import StudentTraining, describe_student
 from mtssl_tf.trunk.inputs import preprocess
 from mtssl_tf.trunk.teacher_features import adaptive_max_pool
 
@@ -173,148 +170,104 @@ def image_batches(spec: str, cfg: DistillConfig, data_dir: str = '', start: int 
   return ds.map(view, num_parallel_calls=tf.data.AUTOTUNE).batch(cfg.batch_size, drop_remainder=True).prefetch(2)
 
 
-def distill_student(
-  cfg: DistillConfig,
-  teacher: tf.keras.Model,
-  teacher_input: Callable[[tf.Tensor], tf.Tensor],
-  out_dir: str,
-  train_spec: str,
-  data_dir: str = '',
-  teacher_info: Dict[str, Any] = None,
-  progress: bool = True,
-  export: bool = True,
-) -> Dict[str, Any]:
-  """Trains (or resumes) a student AlexNet regressing `teacher`'s layers; writes student.json and results.json.
+class Distillation(StudentTraining):
+  """A student AlexNet regressing the teacher's layers (module docstring), trained through the fine-tuning engine.
+
+  The context's network is the teacher (frozen, a built trunk returning named
+  endpoints, read through `ctx.input_fn()`), its `out_dir` the student folder
+  (`<model_dir>/distill`: student.json, checkpoints, summaries, saved_model,
+  results.json), its `train_spec` the images to regress on (labels unused). Results:
+  steps, first and last log window means (loss, mse_<layer>, fvu_<layer>), the layer
+  pairs and shapes, checkpoint, saved_model.
 
   Args:
-    cfg: the student, the layer pairs and the schedule.
-    teacher: a built trunk returning named endpoints (`trunk.registry` interface); frozen.
-    teacher_input: uint8 images -> the teacher's input.
-    out_dir: the student folder (`<model_dir>/distill`).
-    train_spec: the images to regress on (labels unused).
-    data_dir: tensorflow-datasets directory of `train_spec`.
+    data_dir: tensorflow-datasets directory of the images.
     teacher_info: what the teacher is, recorded in student.json and results.json.
-    progress: log progress lines.
     export: write the SavedModel at the end.
-
-  Returns:
-    The results: steps, first and last log window means (loss, mse_<layer>, fvu_<layer>),
-    the layer pairs and shapes, checkpoint, saved_model.
-
-  Raises:
-    ConfigError: a bad config value, or a layer the student or teacher lacks (named).
-    ValueError: a checkpoint that does not fit the config.
-    FloatingPointError: a non-finite loss, naming the step.
   """
-  validate_all(cfg)
-  tf.io.gfile.makedirs(out_dir)
-  tf.keras.utils.set_random_seed(cfg.seed)
-  kwargs = model_kwargs(cfg)
-  num_classes = cfg.num_classes or 1
-  try:
-    student = build_model('alexnet', num_classes, cfg.crop_size, **kwargs)
-  except ValueError as e:
-    raise ConfigError(f'distill: {e}') from None
-  zeros = tf.zeros([1, cfg.crop_size, cfg.crop_size, 3], tf.uint8)
-  student_maps = student(preprocess(zeros, 'rgb'), training=False)
-  teacher_maps = teacher(teacher_input(zeros), training=False)
-  kind = getattr(teacher, 'kind', 'resnet_v2')
-  pairs = dict(zip(cfg.student_endpoints, teacher_layers(cfg, kind)))
-  for layer, source in pairs.items():
-    if layer not in student.probe_endpoints:
-      raise ConfigError(f'distill.student_endpoints: the student has no conv layer {layer!r} '
-                        f'({list(student.probe_endpoints)})')  # fmt: skip
-    if source not in teacher_maps or teacher_maps[source].shape.rank != 4:
-      raise ConfigError(f'distill.teacher_endpoints: the {kind} teacher has no feature map {source!r} '
-                        f'({sorted(k for k, v in teacher_maps.items() if v.shape.rank == 4)})')  # fmt: skip
-  shapes = {}
-  for layer, source in pairs.items():
-    shapes[layer] = {
-      'student': student_maps[layer].shape.as_list()[1:],
-      'teacher': teacher_maps[source].shape.as_list()[1:],
-    }
-  regressors = Regressors({k: (v['student'][-1], v['teacher'][-1]) for k, v in shapes.items()}, cfg.adapter)
-  regressors({k: student_maps[k] for k in pairs})
-  meta = describe_student('alexnet', num_classes, cfg.crop_size, kwargs)
-  meta['distillation'] = {'pairs': pairs, 'teacher': teacher_info or {}, 'resize': cfg.resize,
-                          'adapters': sorted(regressors.adapters)}  # fmt: skip
-  with tf.io.gfile.GFile(os.path.join(out_dir, META), 'w') as f:
-    json.dump(meta, f, indent=2)
 
-  schedule = tf.keras.optimizers.schedules.ExponentialDecay(
-    cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_factor, staircase=True
-  )
-  optimizer = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
-  variables = regressed_variables(student, list(pairs)) + regressors.trainable_variables
-  kernels = [v for v in variables if 'kernel' in v.name]
-  tune = FineTune(NAME, out_dir, steps=cfg.steps, log_every_steps=cfg.log_every_steps,
-                  checkpoint_every_steps=cfg.checkpoint_every_steps, progress=progress)  # fmt: skip
-  start = tune.restore(optimizer, variables, model=student, regressors=regressors)
+  name = NAME
+  summary = "a student AlexNet regressing a teacher's layers (mtssl-transfer distill)"
+  config_class = DistillConfig
+  summary_name = NAME
+  window_keys = None
+  empty_message = 'the image source yields no batch (fewer images than batch_size?)'
 
-  @tf.function
-  def train_step(batch):
-    images = batch['image']
-    taught = teacher(teacher_input(images), training=False)
-    targets = {
-      k: tf.stop_gradient(resize_map(taught[s], shapes[k]['student'][:2], cfg.resize)) for k, s in pairs.items()
-    }
-    with tf.GradientTape() as tape:
-      endpoints = student(preprocess(images, 'rgb'), training=True)
-      predicted = regressors({k: endpoints[k] for k in pairs})
-      errors = {k: tf.reduce_mean(tf.square(tf.cast(predicted[k], tf.float32) - targets[k])) for k in pairs}
-      loss = tf.add_n(list(errors.values()))
-      total = loss + cfg.weight_decay * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
-    grads = tape.gradient(total, variables)
-    optimizer.apply_gradients(zip(grads, variables))
-    metrics = {'loss': loss}
-    for k, error in errors.items():
-      metrics[f'mse_{k}'] = error
-      # Against each channel's own batch mean (a constant per channel is what an adapter's bias gives for free).
-      spread = tf.reduce_mean(tf.math.reduce_variance(targets[k], axis=[0, 1, 2]))
-      metrics[f'fvu_{k}'] = error / tf.maximum(spread, 1e-12)
-    return total, metrics
+  def __init__(self, data_dir: str = '', teacher_info: Optional[Dict[str, Any]] = None, export: bool = True):
+    super().__init__(export=export)
+    self.data_dir, self.teacher_info = data_dir, teacher_info or {}
 
-  windows: List[Dict[str, float]] = []
+  def build(self, ctx: Context) -> Trainee:
+    cfg: DistillConfig = ctx.section
+    self.num_classes = cfg.num_classes or 1
+    self.model, kwargs = self.new_student(ctx, 'alexnet')
+    student, teacher = self.model, ctx.trunk()
+    zeros = tf.zeros([1, cfg.crop_size, cfg.crop_size, 3], tf.uint8)
+    student_maps = student(preprocess(zeros, 'rgb'), training=False)
+    teacher_maps = teacher(ctx.input_fn()(zeros), training=False)
+    kind = getattr(teacher, 'kind', 'resnet_v2')
+    self.pairs = dict(zip(cfg.student_endpoints, teacher_layers(cfg, kind)))
+    for layer, source in self.pairs.items():
+      if layer not in student.probe_endpoints:
+        raise ConfigError(f'distill.student_endpoints: the student has no conv layer {layer!r} '
+                          f'({list(student.probe_endpoints)})')  # fmt: skip
+      if source not in teacher_maps or teacher_maps[source].shape.rank != 4:
+        raise ConfigError(f'distill.teacher_endpoints: the {kind} teacher has no feature map {source!r} '
+                          f'({sorted(k for k, v in teacher_maps.items() if v.shape.rank == 4)})')  # fmt: skip
+    self.shapes = {}
+    for layer, source in self.pairs.items():
+      self.shapes[layer] = {
+        'student': student_maps[layer].shape.as_list()[1:],
+        'teacher': teacher_maps[source].shape.as_list()[1:],
+      }
+    self.regressors = Regressors({k: (v['student'][-1], v['teacher'][-1]) for k, v in self.shapes.items()}, cfg.adapter)
+    self.regressors({k: student_maps[k] for k in self.pairs})
+    meta = describe_student('alexnet', self.num_classes, cfg.crop_size, kwargs)
+    meta['distillation'] = {'pairs': self.pairs, 'teacher': self.teacher_info, 'resize': cfg.resize,
+                            'adapters': sorted(self.regressors.adapters)}  # fmt: skip
+    self.write_meta(ctx, meta)
+    self.log_keys = ('loss',) + tuple(f'fvu_{k}' for k in self.pairs)
+    variables = regressed_variables(student, list(self.pairs)) + self.regressors.trainable_variables
+    return Trainee({'model': student, 'regressors': self.regressors}, variables)
 
-  def recorded_step(batch):
-    total, metrics = train_step(batch)
-    windows.append({k: float(v) for k, v in metrics.items()})
-    return total, metrics
+  def make_step(self, ctx: Context, trainee: Trainee, optimizer) -> Callable:
+    """The tf.function update: the summed per-layer MSE to the teacher's resized maps, weight decay on kernels."""
+    cfg: DistillConfig = ctx.section
+    student, teacher, teacher_input, regressors = self.model, ctx.trunk(), ctx.input_fn(), self.regressors
+    pairs, shapes, variables = self.pairs, self.shapes, list(trainee.variables)
+    kernels = [v for v in variables if 'kernel' in v.name]
 
-  stats: Dict[str, Any] = {}
-  if start < cfg.steps:
-    data = image_batches(train_spec, cfg, data_dir, start * cfg.batch_size)
-    stats = tune.fit(recorded_step, data, schedule=schedule, log_keys=('loss',) + tuple(f'fvu_{k}' for k in pairs),
-                     empty_message='the image source yields no batch (fewer images than batch_size?)')  # fmt: skip
-  export_dir = os.path.join(out_dir, 'saved_model')
-  if export and (start < cfg.steps or not tf.io.gfile.exists(os.path.join(export_dir, 'saved_model.pb'))):
-    module = StudentExport(student, cfg.crop_size)
-    saved_model.save(module, export_dir, {'serving_default': module.logits, 'features': module.features})
-  window = max(1, min(cfg.log_every_steps, len(windows)))
+    @tf.function
+    def train_step(batch):
+      images = batch['image']
+      taught = teacher(teacher_input(images), training=False)
+      targets = {
+        k: tf.stop_gradient(resize_map(taught[s], shapes[k]['student'][:2], cfg.resize)) for k, s in pairs.items()
+      }
+      with tf.GradientTape() as tape:
+        endpoints = student(preprocess(images, 'rgb'), training=True)
+        predicted = regressors({k: endpoints[k] for k in pairs})
+        errors = {k: tf.reduce_mean(tf.square(tf.cast(predicted[k], tf.float32) - targets[k])) for k in pairs}
+        loss = tf.add_n(list(errors.values()))
+        total = loss + cfg.weight_decay * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
+      grads = tape.gradient(total, variables)
+      optimizer.apply_gradients(zip(grads, variables))
+      metrics = {'loss': loss}
+      for k, error in errors.items():
+        metrics[f'mse_{k}'] = error
+        # Against each channel's own batch mean (a constant per channel is what an adapter's bias gives for free).
+        spread = tf.reduce_mean(tf.math.reduce_variance(targets[k], axis=[0, 1, 2]))
+        metrics[f'fvu_{k}'] = error / tf.maximum(spread, 1e-12)
+      return total, metrics
 
-  def mean(rows):
-    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} if rows else None
+    return train_step
 
-  results = {
-    'steps': tune.step,
-    'pairs': pairs,
-    'shapes': shapes,
-    'adapters': sorted(regressors.adapters),
-    'resize': cfg.resize,
-    'teacher': teacher_info or {},
-    'first_window': mean(windows[:window]),
-    'last_window': mean(windows[-window:]),
-    'train_source': train_spec,
-    'checkpoint': tune.latest_checkpoint,
-    'saved_model': export_dir if export else None,
-    'train': stats,
-  }
-  with tf.io.gfile.GFile(os.path.join(out_dir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=2, default=float)
-  if progress and windows:
-    logging.info('distill: student trained to step %d, regression loss %.4g -> %.4g', results['steps'],
-                 results['first_window']['loss'], results['last_window']['loss'])  # fmt: skip
-  return results
+  def train_data(self, ctx: Context, start: int) -> tf.data.Dataset:
+    return image_batches(ctx.train_spec, ctx.section, self.data_dir, start * ctx.section.batch_size)
+
+  def details(self, ctx: Context, stats: Dict[str, Any]) -> Dict[str, Any]:
+    return {'pairs': self.pairs, 'shapes': self.shapes, 'adapters': sorted(self.regressors.adapters),
+            'resize': ctx.section.resize, 'teacher': self.teacher_info, 'train': stats}  # fmt: skip
 
 
 def run_distill(cfg: TransferConfig, model_dir: str, progress: bool = True, export: bool = True) -> Dict[str, Any]:
@@ -323,6 +276,6 @@ def run_distill(cfg: TransferConfig, model_dir: str, progress: bool = True, expo
   validate_all(cfg.distill)
   teacher, mode, info = load_teacher(cfg)
   spec = cfg.distill.source or cfg.extract.source
-  return distill_student(cfg.distill, teacher, lambda images: preprocess(images, mode),
-                         os.path.join(model_dir, OUTPUTS['distill']), spec, cfg.extract.data_dir, info,
-                         progress=progress, export=export)  # fmt: skip
+  out_dir = os.path.join(model_dir, OUTPUTS['distill'])
+  ctx = Context(NAME, cfg.distill, out_dir, out_dir, spec, '', preprocessing=mode, progress=progress, network=teacher)
+  return Distillation(cfg.extract.data_dir, info, export).run(ctx)

@@ -11,17 +11,20 @@ size), so `extract` can read it for another round of transfer, and `student.json
 says how to rebuild it (`load_student`). A 'resnet_v2_trunk' student also gets a
 `config.yaml` with its trunk, so `mtssl-eval --init=<model_dir>/student` evaluates it.
 
-`probe_student` is Noroozi's Table 4 (after Zhang et al. 2016): the student frozen,
-each conv layer max-pooled to the largest square grid under 9216 dimensions
-(`linear.probe_grid`), one linear classifier per layer trained on real labels, top-1
-per layer. It reuses the linear evaluation's heads, data, loop and metrics.
+Both are protocols over the shared fine-tuning engine: `StudentTraining` (a
+`ClassifierProtocol`: the classification views and loop) and `StudentProbes`, Noroozi's
+Table 4 (after Zhang et al. 2016): the student frozen, each conv layer max-pooled to the
+largest square grid under 9216 dimensions (`linear.probe_grid`), one linear classifier
+per layer trained on real labels, top-1 per layer; it is `linear`'s `ProbesProtocol`
+on the student's layers. `train_student` and `probe_student` run them on given folders.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 import yaml
@@ -30,7 +33,9 @@ from absl import logging
 from mtssl_tf.configs.base import Config, ConfigError, override, to_plain, validate_all
 from mtssl_tf.configs.experiment import TrunkConfig
 from mtssl_tf.evaluation import classification
-from mtssl_tf.evaluation.linear import LinearProbes, make_probe_step, probe_grid
+from mtssl_tf.evaluation.classification import ClassifierProtocol
+from mtssl_tf.evaluation.linear import ProbesProtocol, probe_grid
+from mtssl_tf.evaluation.protocol import Context, Trainee
 from mtssl_tf.export import saved_model
 from mtssl_tf.train.finetune import FineTune
 from mtssl_tf.transfer.assign import pseudo_label_spec, read_summary
@@ -113,115 +118,139 @@ class StudentExport(tf.Module):
     return {LOGITS: tf.cast(self.model(_to_input(images), training=False)[LOGITS], tf.float32)}
 
 
+class StudentTraining(ClassifierProtocol):
+  """Step 4: the student trained on pseudo-labelled images (or resumed); writes results.json.
+
+  The context's `out_dir` is the `student/` folder: checkpoints, summaries
+  `transfer/<metric>`, student.json, saved_model; `train_spec` the pseudo-labelled
+  images (`image/class/label` in [0, num_classes)). Results: steps, the mean loss and
+  train top-1 of this run's first and last log windows, checkpoint, saved_model.
+
+  Args:
+    num_classes: the number of pseudo-classes (k).
+    export: write the SavedModel at the end.
+  """
+
+  name = 'train'  # The config section, in messages.
+  summary = 'the student trained on pseudo-labels (mtssl-transfer train)'
+  config_class = StudentConfig
+  summary_name = NAME
+  # The first / last window's keys when this run trained no step (None: the window is None then).
+  window_keys: ClassVar[Optional[Tuple[str, ...]]] = ('loss', 'train_top1')
+
+  def __init__(self, num_classes: int = 0, export: bool = True):
+    self.num_classes, self.export = num_classes, export
+
+  def augmentation(self, cfg: StudentConfig):
+    return None, cfg.flip
+
+  def build(self, ctx: Context) -> Trainee:
+    cfg: StudentConfig = ctx.section
+    self.model, kwargs = self.new_student(ctx, cfg.architecture)
+    self.write_meta(ctx, describe_student(cfg.architecture, self.num_classes, cfg.crop_size, kwargs))
+    if cfg.architecture == 'resnet_v2_trunk':
+      with tf.io.gfile.GFile(os.path.join(ctx.out_dir, 'config.yaml'), 'w') as f:
+        yaml.safe_dump({'trunk': to_plain(cfg.trunk)}, f, sort_keys=False)
+    return Trainee({'model': self.model}, self.model.trainable_variables)
+
+  def new_student(self, ctx: Context, architecture: str) -> Tuple[tf.keras.Model, Dict[str, Any]]:
+    """The student network, seeded (and its folder made); with the `build_model` arguments it took.
+
+    Raises:
+      ConfigError: `build_model` refuses the architecture or its options (named `<section>.architecture`).
+    """
+    cfg = ctx.section
+    tf.io.gfile.makedirs(ctx.out_dir)
+    tf.keras.utils.set_random_seed(cfg.seed)
+    self.windows: List[Dict[str, float]] = []
+    kwargs = model_kwargs(cfg)
+    try:
+      return build_model(architecture, self.num_classes, cfg.crop_size, **kwargs), kwargs
+    except ValueError as e:
+      raise ConfigError(f'{cfg.section}.architecture: {e}') from None
+
+  def write_meta(self, ctx: Context, meta: Dict[str, Any]) -> None:
+    """Writes `student.json` (how `load_student` rebuilds the student)."""
+    with tf.io.gfile.GFile(os.path.join(ctx.out_dir, META), 'w') as f:
+      json.dump(meta, f, indent=2)
+
+  def train_step(self, ctx: Context, trainee: Trainee, optimizer) -> Callable:
+    step = self.make_step(ctx, trainee, optimizer)
+
+    def recorded_step(batch):  # Keeps every step's values for the first and last window means.
+      total, metrics = step(batch)
+      self.windows.append({k: float(v) for k, v in metrics.items()})
+      return total, metrics
+
+    return recorded_step
+
+  def make_step(self, ctx: Context, trainee: Trainee, optimizer) -> Callable:
+    """The tf.function update: softmax cross-entropy on the pseudo-labels, weight decay on every kernel."""
+    model = self.model
+    return classification.make_softmax_step(lambda images: model(_to_input(images), training=True)[LOGITS],
+                                            model.trainable_variables, optimizer, self.num_classes,
+                                            ctx.section.weight_decay, 'pseudo-label')  # fmt: skip
+
+  def score(self, ctx: Context, tune: FineTune, stats: Dict[str, Any]) -> Dict[str, Any]:
+    """Exports the student (when trained now, or not exported yet) and sums up the training."""
+    cfg = ctx.section
+    export_dir = os.path.join(ctx.out_dir, 'saved_model')
+    if self.export and (stats or not tf.io.gfile.exists(os.path.join(export_dir, 'saved_model.pb'))):
+      module = StudentExport(self.model, cfg.crop_size)
+      saved_model.save(module, export_dir, {'serving_default': module.logits, 'features': module.features})
+    size = max(1, min(cfg.log_every_steps, len(self.windows)))
+    results = {
+      'steps': tune.step,
+      'first_window': self.window_mean(self.windows[:size]),
+      'last_window': self.window_mean(self.windows[-size:]),
+      'train_source': ctx.train_spec,
+      'checkpoint': tune.latest_checkpoint,
+      'saved_model': export_dir if self.export else None,
+    }
+    results.update(self.details(ctx, stats))
+    return results
+
+  def details(self, ctx: Context, stats: Dict[str, Any]) -> Dict[str, Any]:
+    """The results particular to this kind of student."""
+    return {'architecture': ctx.section.architecture, 'num_classes': self.num_classes,
+            'skipped_train_records': stats.get('num_skipped_train', 0)}  # fmt: skip
+
+  def window_mean(self, rows: List[Dict[str, float]]) -> Optional[Dict[str, Optional[float]]]:
+    """Each value's mean over `rows`; without rows, None per `window_keys` (or None when it is None)."""
+    if rows:
+      return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+    return dict.fromkeys(self.window_keys) if self.window_keys is not None else None
+
+  def report(self, ctx: Context, results: Dict[str, Any], path: str) -> None:
+    if ctx.progress and self.windows:
+      logging.info('%s: student trained to step %d, loss %.4g -> %.4g', self.summary_name, results['steps'],
+                   results['first_window']['loss'], results['last_window']['loss'])  # fmt: skip
+
+
 def train_student(
   cfg: StudentConfig, out_dir: str, train_spec: str, num_classes: int, progress: bool = True, export: bool = True
 ) -> Dict[str, Any]:
-  """Trains (or resumes training) a student on pseudo-labelled images; writes results.json.
-
-  Args:
-    cfg: architecture and schedule.
-    out_dir: `student/` folder: checkpoints, summaries, student.json, saved_model.
-    train_spec: pseudo-labelled images (`image/class/label` in [0, num_classes)).
-    num_classes: number of pseudo-classes (k).
-    progress: log progress lines.
-    export: write the SavedModel at the end.
-
-  Returns:
-    The results: steps, mean loss and train top-1 of this run's first and last log windows,
-    checkpoint, saved_model.
+  """`StudentTraining` into the `student/` folder `out_dir`, on `train_spec`'s `num_classes` pseudo-labels.
 
   Raises:
-    ConfigError: a bad config value (named).
-    ValueError: unknown architecture, or a checkpoint that does not fit the config.
+    ConfigError: a bad config value (named), or an unknown architecture.
+    ValueError: a checkpoint that does not fit the config.
     FloatingPointError: a non-finite loss, naming the step.
   """
-  validate_all(cfg)
-  tf.io.gfile.makedirs(out_dir)
-  tf.keras.utils.set_random_seed(cfg.seed)
-  kwargs = model_kwargs(cfg)
-  try:
-    model = build_model(cfg.architecture, num_classes, cfg.crop_size, **kwargs)
-  except ValueError as e:
-    raise ConfigError(f'train.architecture: {e}') from None
-  meta = describe_student(cfg.architecture, num_classes, cfg.crop_size, kwargs)
-  with tf.io.gfile.GFile(os.path.join(out_dir, META), 'w') as f:
-    json.dump(meta, f, indent=2)
-  if cfg.architecture == 'resnet_v2_trunk':
-    with tf.io.gfile.GFile(os.path.join(out_dir, 'config.yaml'), 'w') as f:
-      yaml.safe_dump({'trunk': to_plain(cfg.trunk)}, f, sort_keys=False)
-
-  schedule = tf.keras.optimizers.schedules.ExponentialDecay(
-    cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_factor, staircase=True
-  )
-  optimizer = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
-  kernels = [v for v in model.trainable_variables if 'kernel' in v.name]
-  tune = FineTune(NAME, out_dir, steps=cfg.steps, log_every_steps=cfg.log_every_steps,
-                  checkpoint_every_steps=cfg.checkpoint_every_steps, progress=progress)  # fmt: skip
-  start = tune.restore(optimizer, model.trainable_variables, model=model)
-
-  @tf.function
-  def train_step(batch):
-    labels = batch['label']
-    tf.debugging.assert_less(labels, tf.cast(num_classes, labels.dtype), message='pseudo-label >= num_classes')
-    with tf.GradientTape() as tape:
-      logits = model(_to_input(batch['image']), training=True)[LOGITS]
-      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-      total = loss + cfg.weight_decay * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
-    grads = tape.gradient(total, model.trainable_variables)
-    optimizer.apply_gradients([(g, v) for g, v in zip(grads, model.trainable_variables) if g is not None])
-    top1 = tf.reduce_mean(tf.cast(classification.correct_at_k(logits, labels, 1), tf.float32))
-    return total, {'loss': loss, 'train_top1': top1}
-
-  windows = []
-
-  def recorded_step(batch):
-    total, metrics = train_step(batch)
-    windows.append((float(metrics['loss']), float(metrics['train_top1'])))
-    return total, metrics
-
-  skipped = 0
-  if start < cfg.steps:
-    data = classification.classification_dataset(
-      train_spec, image_size=cfg.image_size, crop_size=cfg.crop_size, batch_size=cfg.batch_size, training=True,
-      seed=cfg.seed, flip=cfg.flip, shuffle_buffer=cfg.shuffle_buffer, start=start * cfg.batch_size,
-    )  # fmt: skip
-    stats = tune.fit(recorded_step, data, schedule=schedule, log_keys=('loss', 'train_top1'))
-    skipped = stats['num_skipped_train']
-  export_dir = os.path.join(out_dir, 'saved_model')
-  if export and (start < cfg.steps or not tf.io.gfile.exists(os.path.join(export_dir, 'saved_model.pb'))):
-    module = StudentExport(model, cfg.crop_size)
-    saved_model.save(module, export_dir, {'serving_default': module.logits, 'features': module.features})
-  window = max(1, min(cfg.log_every_steps, len(windows)))
-
-  def mean(rows, i):
-    return sum(r[i] for r in rows) / len(rows) if rows else None
-
-  results = {
-    'steps': int(optimizer.iterations.numpy()),
-    'architecture': cfg.architecture,
-    'num_classes': num_classes,
-    'first_window': {'loss': mean(windows[:window], 0), 'train_top1': mean(windows[:window], 1)},
-    'last_window': {'loss': mean(windows[-window:], 0), 'train_top1': mean(windows[-window:], 1)},
-    'train_source': train_spec,
-    'checkpoint': tune.latest_checkpoint,
-    'saved_model': export_dir if export else None,
-    'skipped_train_records': skipped,
-  }
-  with tf.io.gfile.GFile(os.path.join(out_dir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=2)
-  if progress and windows:
-    logging.info('transfer: student trained to step %d, loss %.4f -> %.4f', results['steps'],
-                 results['first_window']['loss'], results['last_window']['loss'])  # fmt: skip
-  return results
+  ctx = Context(StudentTraining.name, cfg, out_dir, out_dir, train_spec, '', progress=progress)
+  return StudentTraining(num_classes, export).run(ctx)
 
 
-def _probe_layout(cfg: ProbeConfig, student: tf.keras.Model) -> Tuple[Dict[str, str], Dict[str, int], Dict[str, int]]:
+def _probe_layout(
+  cfg: ProbeConfig, student: tf.keras.Model, section: str = 'probe'
+) -> Tuple[Dict[str, str], Dict[str, int], Dict[str, int]]:
   """Classifier key -> layer, grid and dims, from one forward pass at crop size."""
   shapes = {k: v.shape for k, v in student(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3]), training=False).items()}
   layers = tuple(cfg.endpoints) or tuple(student.probe_endpoints)
   missing = [e for e in layers if e not in shapes or e == LOGITS]
   if missing:
-    raise ConfigError(f'probe.endpoints: the student has no layer {missing} (it has {sorted(set(shapes) - {LOGITS})})')
+    raise ConfigError(f'{section}.endpoints: the student has no layer {missing} (it has '
+                      f'{sorted(set(shapes) - {LOGITS})})')  # fmt: skip
   sources, grids, dims = {}, {}, {}
   for layer in layers:
     shape = shapes[layer]
@@ -233,6 +262,72 @@ def _probe_layout(cfg: ProbeConfig, student: tf.keras.Model) -> Tuple[Dict[str, 
   return sources, grids, dims
 
 
+class StudentProbes(ProbesProtocol):
+  """Step 5 (Noroozi Table 4, after Zhang et al. 2016): a linear classifier on each frozen student layer.
+
+  The student (the context's network, else the student folder `init`) is frozen and
+  never modified; each layer is max-pooled to the largest square grid under `max_dims`
+  dimensions (`linear.probe_grid`) and gets one linear classifier trained on real labels.
+  `out_dir` gets checkpoints (resumed), summaries `transfer/probe/<layer>/<metric>` and
+  results.json: `probes` {layer: {top1, top5, grid, dims}}, `protocol`, `counts`.
+  """
+
+  name = 'probe'  # The config section, in messages.
+  summary = 'per-layer frozen linear probes of a transfer student (mtssl-transfer probe)'
+  config_class = ProbeConfig
+  source_fields = ('train_source', 'validation_source')
+  summary_name = f'{NAME}/probe'
+
+  def prepare(self, ctx: Context) -> Context:
+    validate_all(ctx.section)
+    student = ctx.network if ctx.given else load_student(ctx.init)
+    input_size = getattr(student, 'input_size', None)
+    if input_size and input_size != ctx.section.crop_size:
+      raise ConfigError(f"{self.name}.crop_size: must be the student's input size {input_size}, got "
+                        f'{ctx.section.crop_size}')  # fmt: skip
+    return dataclasses.replace(ctx, network=student)
+
+  def augmentation(self, cfg: ProbeConfig):
+    return None, True
+
+  def layout(self, ctx: Context):
+    return _probe_layout(ctx.section, ctx.network, self.name)
+
+  def frozen_features(self, ctx: Context) -> Callable:
+    student, sources = ctx.network, self.sources
+
+    def frozen(images):
+      # Inference mode (BatchNorm's moving statistics, no dropout) and no gradient path.
+      endpoints = student(_to_input(images), training=False)
+      out = {}
+      for layer in sources.values():
+        x = tf.stop_gradient(endpoints[layer])
+        out[layer] = x if x.shape.rank == 4 else x[:, None, None, :]
+      return out, ()
+
+    return frozen
+
+  def score(self, ctx: Context, tune: FineTune, stats: Dict[str, Any]) -> Dict[str, Any]:
+    cfg: ProbeConfig = ctx.section
+    scores, counts = self.probe_scores(ctx, tune, stats)
+    return {
+      'probes': self.probe_results(scores),
+      'protocol': {
+        'student': 'frozen: inference mode (BatchNorm moving statistics, no dropout), no gradients',
+        'probe_grid_rule': self.grid_rule(cfg.max_dims),
+        'feature_norm': cfg.feature_norm,
+        'train_augmentation': f'random {cfg.crop_size} crop of shorter side {cfg.image_size}, horizontal flip',
+        'test_crop': f'single centre {cfg.crop_size} crop of shorter side {cfg.image_size}',
+      },
+      'counts': counts,
+    }
+
+  def report(self, ctx: Context, results: Dict[str, Any], path: str) -> None:
+    if ctx.progress:
+      shown = ', '.join(f'{k} {v["top1"]:.3f}' for k, v in results['probes'].items())
+      logging.info('%s: %s -> %s', self.summary_name, shown, path)
+
+
 def probe_student(
   cfg: ProbeConfig,
   student: tf.keras.Model,
@@ -241,93 +336,15 @@ def probe_student(
   validation_spec: str = '',
   progress: bool = True,
 ) -> Dict[str, Any]:
-  """Trains a linear classifier on each frozen student layer with real labels; top-1/top-5 per layer.
-
-  Args:
-    cfg: the protocol.
-    student: a built (trained) student; never modified.
-    out_dir: checkpoints (resumed), summaries `transfer/probe/<layer>/<metric>`, results.json.
-    train_spec: labelled training images (overrides `cfg.train_source`).
-    validation_spec: labelled validation images (overrides `cfg.validation_source`).
-    progress: log progress lines.
-
-  Returns:
-    The results: `probes` {layer: {top1, top5, grid, dims}}, `protocol`, `counts`.
+  """`StudentProbes` of a built student into `out_dir`; sources default to the section's.
 
   Raises:
-    ConfigError: a bad config value or a layer the student lacks (named).
+    ConfigError: a bad config value, a missing source or a layer the student lacks (named).
     FloatingPointError: a non-finite loss.
   """
-  validate_all(cfg)
-  train_spec, validation_spec = classification.resolve_sources(cfg, train_spec, validation_spec, 'probe')
-  tf.io.gfile.makedirs(out_dir)
-  input_size = getattr(student, 'input_size', None)
-  if input_size and input_size != cfg.crop_size:
-    raise ConfigError(f"probe.crop_size: must be the student's input size {input_size}, got {cfg.crop_size}")
-  num_classes, train_count = cfg.num_classes, None
-  if not num_classes:
-    train_count, num_classes = classification.count_labels(train_spec, cfg.label_offset, cfg.data_dir)
-  sources, grids, dims = _probe_layout(cfg, student)
-  probes = LinearProbes(sources, grids, num_classes, cfg.feature_norm)
-  schedule = tf.keras.optimizers.schedules.ExponentialDecay(
-    cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_factor, staircase=True
-  )
-  optimizer = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
-
-  def frozen(images):
-    # Inference mode (BatchNorm's moving statistics, no dropout) and no gradient path.
-    endpoints = student(_to_input(images), training=False)
-    out = {}
-    for layer in sources.values():
-      x = tf.stop_gradient(endpoints[layer])
-      out[layer] = x if x.shape.rank == 4 else x[:, None, None, :]
-    return out, ()
-
-  probes(*frozen(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3], tf.uint8)), training=False)
-  name = f'{NAME}/probe'
-  tune = FineTune(name, out_dir, steps=cfg.steps, log_every_steps=cfg.log_every_steps,
-                  checkpoint_every_steps=cfg.checkpoint_every_steps, progress=progress)  # fmt: skip
-  tune.restore(optimizer, probes.trainable_variables, probes=probes)
-  train_step = make_probe_step(probes, frozen, optimizer, num_classes, cfg.weight_decay)
-
-  @tf.function(reduce_retracing=True)
-  def predict(images):
-    return probes(*frozen(images), training=False)[0]
-
-  writer = tune.writer
-  scores, validation_count, train_skipped, validation_skipped = classification.train_and_evaluate(
-    tune, cfg, train_step, predict, num_classes, train_spec, validation_spec, schedule=schedule, flip=True,
-  )  # fmt: skip
-  step = int(optimizer.iterations.numpy())
-  with writer.as_default(step=step):
-    for key, metrics in scores.items():
-      for metric, value in metrics.items():
-        tf.summary.scalar(f'{name}/{sources[key]}/{metric}', value)
-  writer.flush()
-  results = {
-    'probes': {sources[k]: dict(scores[k], grid=grids[k], dims=dims[k]) for k in sources},
-    'protocol': {
-      'student': 'frozen: inference mode (BatchNorm moving statistics, no dropout), no gradients',
-      'probe_grid_rule': f'largest square grid g with g*g*channels <= {cfg.max_dims}, not above the map size',
-      'feature_norm': cfg.feature_norm,
-      'train_augmentation': f'random {cfg.crop_size} crop of shorter side {cfg.image_size}, horizontal flip',
-      'test_crop': f'single centre {cfg.crop_size} crop of shorter side {cfg.image_size}',
-    },
-    'counts': {
-      'steps': step,
-      'batch_size': cfg.batch_size,
-      'num_classes': num_classes,
-      'train_examples': train_count,
-      'validation_examples': validation_count,
-      'skipped_train_records': train_skipped,
-      'skipped_validation_records': validation_skipped,
-    },
-  }
-  with tf.io.gfile.GFile(os.path.join(out_dir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=2, default=float)
-  if progress:
-    logging.info('transfer probes: %s', ', '.join(f'{k} {v["top1"]:.3f}' for k, v in results['probes'].items()))
-  return results
+  ctx = StudentProbes.direct_context(cfg, out_dir, train_spec, validation_spec, out_dir=out_dir, network=student,
+                                     progress=progress)  # fmt: skip
+  return StudentProbes().run(ctx)
 
 
 def run_train(cfg: TransferConfig, model_dir: str, progress: bool = True) -> Dict[str, Any]:
