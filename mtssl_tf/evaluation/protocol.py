@@ -21,7 +21,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import os
-from typing import Any, Callable, ClassVar, Dict, Iterable, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, Iterable, List, Optional, Sequence, Tuple, Type
 
 import tensorflow as tf
 from absl import logging
@@ -294,3 +294,37 @@ class FineTuneProtocol(Protocol):
     if ctx.progress:
       shown = ', '.join(f'{k} {results[k]:.4f}' for k in self.headline if isinstance(results.get(k), float))
       logging.info('%s: %s -> %s', ctx.name, shown, path)
+
+
+class NetworkFineTuneProtocol(FineTuneProtocol):
+  """A whole network fine-tuned by a Caffe-style solver: `voc07_cls` and `voc12_seg`.
+
+  `build` seeds and builds the subclass's `network(ctx)` (the model and where its layers
+  came from) and trains all its variables but `frozen_variables`; the step and the
+  training data are the subclass module's `make_step(model, optimizer, cfg, variables)`
+  and `dataset(spec, cfg, start_step)`. One checkpoint is kept.
+  """
+
+  max_to_keep = 1
+  make_step: ClassVar[Callable]
+  dataset: ClassVar[Callable]
+
+  @abc.abstractmethod
+  def network(self, ctx: Context) -> Tuple[tf.keras.Model, str]:
+    """The network to fine-tune and a description of where its layers came from."""
+
+  def frozen_variables(self, ctx: Context) -> List[tf.Variable]:
+    """Variables kept fixed (none by default)."""
+    return []
+
+  def build(self, ctx: Context) -> Trainee:
+    tf.keras.utils.set_random_seed(ctx.section.seed)
+    self.model, self.source = self.network(ctx)
+    frozen = {id(v) for v in self.frozen_variables(ctx)}
+    return Trainee({'model': self.model}, [v for v in self.model.trainable_variables if id(v) not in frozen])
+
+  def train_step(self, ctx: Context, trainee: Trainee, optimizer):
+    return self.make_step(self.model, optimizer, ctx.section, trainee.variables)
+
+  def train_data(self, ctx: Context, start: int) -> tf.data.Dataset:
+    return self.dataset(ctx.train_spec, ctx.section, start)

@@ -55,9 +55,9 @@ from mtssl_tf.configs.base import ConfigError
 from mtssl_tf.data import pipeline
 from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.data.segmentation import SEG_CLASSES, segmentation_dataset
-from mtssl_tf.evaluation.protocol import Column, Context
+from mtssl_tf.evaluation.protocol import Column, Context, NetworkFineTuneProtocol
 from mtssl_tf.evaluation.segmentation_model import AlexNetFCN, TrunkFCN, layer_multipliers
-from mtssl_tf.evaluation.voc_classification import NetworkFineTuneProtocol, student_meta
+from mtssl_tf.evaluation.voc_classification import student_meta
 from mtssl_tf.train.finetune import FineTune, LoopConfig, SGDConfig
 
 NAME = 'voc12_seg'

@@ -61,11 +61,10 @@ reported by Pathak et al. 2016, their ref. [27]).
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 import json
 import os
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -75,7 +74,7 @@ from mtssl_tf.data import pipeline
 from mtssl_tf.data.detection import VOC_CLASSES, detection_dataset
 from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.evaluation import voc_metrics
-from mtssl_tf.evaluation.protocol import Column, Context, FineTuneProtocol, Trainee
+from mtssl_tf.evaluation.protocol import Column, Context, NetworkFineTuneProtocol
 from mtssl_tf.evaluation.svm import IGNORE, PRESENT, VocSourcesConfig, image_targets, mean_ap
 from mtssl_tf.train.finetune import FineTune, LoopConfig, SGDConfig
 
@@ -433,40 +432,6 @@ def evaluate(model: tf.keras.Model, dataset: tf.data.Dataset) -> Tuple[np.ndarra
 def per_class(ap_fn, scores: np.ndarray, targets: np.ndarray) -> List[float]:
   """`ap_fn` of each class column."""
   return [ap_fn(scores[:, c], targets[:, c]) for c in range(targets.shape[1])]
-
-
-class NetworkFineTuneProtocol(FineTuneProtocol):
-  """A whole network fine-tuned by a Caffe-style solver: `voc07_cls` and `voc12_seg`.
-
-  `build` seeds and builds the subclass's `network(ctx)` (the model and where its layers
-  came from) and trains all its variables but `frozen_variables`; the step and the
-  training data are the subclass module's `make_step(model, optimizer, cfg, variables)`
-  and `dataset(spec, cfg, start_step)`. One checkpoint is kept.
-  """
-
-  max_to_keep = 1
-  make_step: ClassVar[Callable]
-  dataset: ClassVar[Callable]
-
-  @abc.abstractmethod
-  def network(self, ctx: Context) -> Tuple[tf.keras.Model, str]:
-    """The network to fine-tune and a description of where its layers came from."""
-
-  def frozen_variables(self, ctx: Context) -> List[tf.Variable]:
-    """Variables kept fixed (none by default)."""
-    return []
-
-  def build(self, ctx: Context) -> Trainee:
-    tf.keras.utils.set_random_seed(ctx.section.seed)
-    self.model, self.source = self.network(ctx)
-    frozen = {id(v) for v in self.frozen_variables(ctx)}
-    return Trainee({'model': self.model}, [v for v in self.model.trainable_variables if id(v) not in frozen])
-
-  def train_step(self, ctx: Context, trainee: Trainee, optimizer):
-    return self.make_step(self.model, optimizer, ctx.section, trainee.variables)
-
-  def train_data(self, ctx: Context, start: int) -> tf.data.Dataset:
-    return self.dataset(ctx.train_spec, ctx.section, start)
 
 
 class Voc07ClassificationProtocol(NetworkFineTuneProtocol):
