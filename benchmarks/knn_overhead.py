@@ -16,8 +16,10 @@ its first scheduled closure to its last update: cluster start-up is left out, an
 the wait after the loop for the run's last evaluation, which the run's wall time holds),
 the wall time of the whole run, the CPU time of all its processes per step (servers and
 coordinator, their threads included: less sensitive than steps/s to other jobs' load,
-which takes cores away but adds no CPU time to ours), and the monitor's evaluations and
-their seconds (`knn/ticks.jsonl`; the first one includes decoding the images and tracing).
+which takes cores away but adds no CPU time to ours), and the monitor's evaluations, their
+seconds and the coordinator's CPU seconds during them over the run's CPU seconds (an upper
+bound of the monitor's share of the run's compute; `knn/ticks.jsonl`; the first evaluation
+includes decoding the images and tracing).
 The overhead of a mode is 1 - its steps/s / the off run's steps/s of the same
 repetition (and its CPU time per step / the off run's - 1); reported as the median over
 repetitions and its range.
@@ -87,6 +89,7 @@ def run_once(mode: str, world_dir: str) -> dict:
     evaluations=len(ticks),
     eval_s=round(statistics.median(seconds), 3) if seconds else 0.0, eval_total_s=round(sum(seconds), 1),
     first_eval_s=seconds[0] if seconds else 0.0, load=round(os.getloadavg()[0], 1),
+    monitor_cpu_pct=round(100 * sum(t.get('cpu_seconds', 0.0) for t in ticks) / cpu, 2),
   )  # fmt: skip
 
 
@@ -106,9 +109,9 @@ def report(runs, modes):
   reps = sorted({r['rep'] for r in runs})
   by = {(r['rep'], r['mode']): r for r in runs}
   lines = [
-    '| monitor | steps/s | overhead vs off | run CPU ms / step | CPU overhead | evaluations / run '
-    '| s per evaluation (first) | run wall s |',
-    '|---|---|---|---|---|---|---|---|',
+    '| monitor | steps/s | overhead vs off | run CPU ms / step | CPU overhead | monitor CPU / run CPU '
+    '| evaluations / run | s per evaluation (first) | run wall s |',
+    '|---|---|---|---|---|---|---|---|---|',
   ]
   for mode in modes:
     mine = [by[(i, mode)] for i in reps if (i, mode) in by]
@@ -122,6 +125,7 @@ def report(runs, modes):
       + (f'{_spread(overhead)} %' if mode != base else '(baseline)')
       + f' | {_spread([r["cpu_ms_per_step"] for r in mine])} | '
       + (f'{_spread(cpu)} %' if mode != base else '(baseline)')
+      + f' | {_spread([r["monitor_cpu_pct"] for r in mine])} %'
       + f' | {statistics.median([r["evaluations"] for r in mine]):g} | '
       + (
         f'{statistics.median([r["eval_s"] for r in mine]):.2f} ({statistics.median(firsts):.1f})'

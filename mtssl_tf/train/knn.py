@@ -461,12 +461,12 @@ class KnnMonitor:
       step: the summaries' step (the trainer's total worker steps).
       extra: further values recorded in ticks.jsonl (e.g. tick, cost).
     """
-    start = time.perf_counter()
+    start = time.perf_counter(), time.process_time()
     self.trunk = restore_trunk(self.trunk_config, checkpoint, self.trunk)
     return self._score(self.trunk, step, dict(extra or {}, checkpoint=checkpoint), start)
 
-  def _score(self, trunk, step: int, extra: Dict, start: Optional[float] = None) -> Dict[str, float]:
-    start = time.perf_counter() if start is None else start
+  def _score(self, trunk, step: int, extra: Dict, start: Optional[Tuple[float, float]] = None) -> Dict[str, float]:
+    start = (time.perf_counter(), time.process_time()) if start is None else start
     images, bank_labels, query_labels, num_classes = self._load()
     if id(trunk) not in self.extractors:
       self.extractors[id(trunk)] = FeatureExtractor(trunk, self.cfg)
@@ -474,13 +474,15 @@ class KnnMonitor:
     bank, queries = features[: len(bank_labels)], features[len(bank_labels) :]
     c = self.cfg
     scores = knn_accuracy(bank, bank_labels, queries, query_labels, num_classes, c.k, c.temperature)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start[0], time.process_time() - start[1]
     with self.writer.as_default(step=step):
       for key, value in scores.items():
         tf.summary.scalar(f'knn/{key}', value)
       tf.summary.scalar('knn/seconds', seconds)
     self.writer.flush()
-    record = dict(extra, step=step, seconds=round(seconds, 3), **scores)
+    # cpu_seconds: this process's CPU time meanwhile (in the background, the coordinator's own work
+    # too: an upper bound of the monitor's).
+    record = dict(extra, step=step, seconds=round(seconds, 3), cpu_seconds=round(cpu, 3), **scores)
     with tf.io.gfile.GFile(os.path.join(self.out_dir, 'ticks.jsonl'), 'a') as f:
       f.write(json.dumps(record) + '\n')
     logging.info('knn at step %d (%.1f s): %s', step, seconds, ', '.join(f'{k} {v:.4f}' for k, v in scores.items()))
