@@ -341,7 +341,7 @@ class KnnMonitor:
     self, cfg: KnnMonitorConfig, trunk_config, out_dir: str, bank_source: str, query_source: str,
     background: bool = False, cost_tick: float = 0.0,
   ):  # fmt: skip
-    """Creates the monitor; data, trunk and (in the background) its thread start at the first due tick.
+    """Creates the monitor; data, trunk and (in the background) its thread start at the first due tick or `start()`.
 
     Args:
       cfg: the monitor config.
@@ -391,9 +391,7 @@ class KnnMonitor:
     job = (checkpoint, step, {'tick': tick, 'cost': cost})
     if not self.background:
       return self.evaluate(*job)
-    if self._thread is None:
-      self._thread = threading.Thread(target=self._serve, name='knn-monitor', daemon=True)
-      self._thread.start()
+    self.start()
     with self._wake:
       if self._pending is not None:
         self.superseded += 1
@@ -431,8 +429,15 @@ class KnnMonitor:
     if error is not None:
       raise error
 
+  def start(self) -> None:
+    """Starts the background thread (once), which decodes the images before it waits for a tick."""
+    if self.background and self._thread is None:
+      self._thread = threading.Thread(target=self._serve, name='knn-monitor', daemon=True)
+      self._thread.start()
+
   def _serve(self) -> None:
     try:
+      self._load()
       while True:
         with self._wake:
           self._wake.wait_for(lambda: self._pending is not None or self._closed)
@@ -518,17 +523,23 @@ def monitor_for_run(cfg, model_dir: str) -> Optional[KnnMonitor]:
   k = cfg.knn
   if not k.enabled:
     return None
+  tasks = [t for t in (getattr(cfg.tasks, f.name) for f in dataclasses.fields(cfg.tasks)) if t.enabled]
   world = {}
   if not (k.bank_source and k.query_source):
-    tasks = [getattr(cfg.tasks, f.name) for f in dataclasses.fields(cfg.tasks)]
-    if all(t.data.source for t in tasks if t.enabled):
+    if all(t.data.source for t in tasks):
       logging.warning('knn: off: every task has its own data; set knn.bank_source and knn.query_source to monitor')
       return None
     from mtssl_tf.data.synthetic.world import default_world_dir, make_world
 
     world = make_world(cfg.train.world_dir or default_world_dir(cfg.train.world_preset), cfg.train.world_preset)
   bank, query = resolve_sources(k, world.get('sources'))
-  return KnnMonitor(k, cfg.trunk, os.path.join(model_dir, 'knn'), bank, query, background=k.background)
+  monitor = KnnMonitor(k, cfg.trunk, os.path.join(model_dir, 'knn'), bank, query, background=k.background)
+  # A run whose steps can reach a due tick decodes the images now, while the cluster starts and the
+  # workers wait for their first closures, rather than beside training steps.
+  most = cfg.train.total_steps * max((t.cost_per_step for t in tasks), default=0.0)
+  if most >= cfg.train.cost_tick * k.every_ticks:
+    monitor.start()
+  return monitor
 
 
 def local_monitor(cfg, out_dir: str, world_sources: Optional[Dict[str, str]] = None) -> Optional[KnnMonitor]:

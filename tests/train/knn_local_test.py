@@ -46,6 +46,22 @@ def test_a_run_without_a_world_and_without_sources_has_no_monitor(tmp_path):
   assert knn.monitor_for_run(cfg, str(tmp_path)) is None
 
 
+def test_a_run_that_reaches_a_tick_decodes_the_images_at_start(tmp_path, tiny_world):
+  cfg = ExperimentConfig()
+  sources = tiny_world['sources']
+  override(cfg, {
+    'knn': dict(SMALL, bank_source=sources['images_train'], query_source=sources['images_validation']),
+    'tasks': {'relative_position': {'enabled': True}},
+    'train': {'total_steps': 8},
+  })  # fmt: skip
+  cfg.train.cost_tick = 100.0  # 8 steps of cost 1 reach no tick: nothing starts.
+  assert knn.monitor_for_run(cfg, str(tmp_path / 'a'))._thread is None
+  cfg.train.cost_tick = 4.0
+  monitor = knn.monitor_for_run(cfg, str(tmp_path / 'b'))
+  monitor.close()  # Waits for the thread, which decoded the images before any tick.
+  assert monitor.data is not None and len(monitor.data[0]) == 36 and knn.read_ticks(str(tmp_path / 'b')) == []
+
+
 def _local_run(tiny_world, tiny_trunk, tmp_path, steps):
   tasks_cfg = TasksConfig()
   override(tasks_cfg, {
