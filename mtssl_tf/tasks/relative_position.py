@@ -22,6 +22,18 @@ deepcontext's train.py (`prep_image`) instead fills them with U(0, 1) - 0.5 on t
 0-255 scale (1/255 of that on our [0, 1] scale), 'deepcontext'. Both remove the
 kept channel's mean, as `prep_image` does, so every channel is centred.
 
+`color_projection` is the paper's other remedy (Doersch et al. 2015 §3.1, "projection"; Noroozi
+et al. 2018's "Context-ColorProjection" teacher): every pixel's colour c becomes B c with
+B = I - a^T a / (a a^T), a = [-1, 2, -1] the "green-magenta color axis" in RGB, i.e. its
+component along a is subtracted, shifting green and magenta toward grey (the lens shrinks one
+channel, commonly green, toward the image centre relative to the others, a cue to a patch's
+absolute position). Grey [1, 1, 1] and red-blue [1, 0, -1] are orthogonal to a and kept. No
+revision of cdoersch/deepcontext has it (its train.py `prep_image` only drops colours), so this
+follows the paper alone. The paper projects before the downsampling; both are linear (one
+per-pixel channel mix, one per-channel spatial filter) and commute, so it runs where colour
+dropping does. The paper's mean subtraction is `normalize_patch`'s, as for every mode: no
+channel is centred on its own, so a patch keeps its mean colour in the projected plane.
+
 The head follows deepcontext's network (train.py `gen_net`, Doersch et al. 2015
 Fig. 3), keeping each patch's spatial layout: pool5 (3x3 max pooling, stride 2)
 of each patch's map, flattened into fc6 (per patch, shared weights, batch-normalised
@@ -62,6 +74,8 @@ PAPER_NOISE_FRACTION = 0.01
 # a natural patch's channel (std ~50 grey levels) that is ~1/170 of its std, near the paper's 1/100.
 DEEPCONTEXT_NOISE_SCALE = 1.0 / 255.0
 HEAD_LAYOUTS = ('spatial', 'pooled')
+# Doersch et al. 2015 §3.1 ("projection"): a = [-1, 2, -1], the "green-magenta color axis" in RGB space.
+GREEN_MAGENTA_AXIS = (-1.0, 2.0, -1.0)
 
 
 @dataclasses.dataclass
@@ -81,6 +95,9 @@ class RelativePositionConfig(base.TaskConfig):
     color_drop_noise: that noise: 'gaussian_paper' (Doersch et al. 2015: Gaussian,
       std 1/100 of the kept channel's) or 'deepcontext' (the authors' code: uniform,
       width 1/255 of the [0, 1] range).
+    color_projection: instead of dropping, remove each pixel's green-magenta component
+      (Doersch et al. 2015's "projection", `project_colors`); needs `color_dropping: false`
+      and no `harmonize`.
     head_layout: 'spatial' (deepcontext's: pool5, flatten, fc6 per patch, fc7 and
       fc8 on the pair) or 'pooled' (each patch's map globally averaged after a 1x1
       projection to hidden_units / 2, then one pair layer: cheaper, 19M instead of
@@ -101,6 +118,7 @@ class RelativePositionConfig(base.TaskConfig):
   min_downsample: int = 10
   color_dropping: bool = True
   color_drop_noise: str = 'gaussian_paper'
+  color_projection: bool = False
   head_layout: str = 'spatial'
   hidden_units: int = 4096
   patch_scale: float = 1.0
@@ -121,6 +139,15 @@ class RelativePositionConfig(base.TaskConfig):
     if self.color_drop_noise not in COLOR_DROP_NOISE:
       raise ConfigError(
         f'relative_position.color_drop_noise: must be one of {COLOR_DROP_NOISE}, got {self.color_drop_noise!r}'
+      )
+    if self.color_projection and self.color_dropping:
+      raise ConfigError(
+        'relative_position.color_projection: exclusive with color_dropping (on by default); '
+        'set relative_position.color_dropping: false to project colours instead of dropping them'
+      )
+    if self.color_projection and self.harmonize:
+      raise ConfigError(
+        'relative_position.color_projection: exclusive with harmonize (which feeds grey L, with no colour to project)'
       )
     if self.head_layout not in HEAD_LAYOUTS:
       raise ConfigError(f'relative_position.head_layout: must be one of {HEAD_LAYOUTS}, got {self.head_layout!r}')
@@ -162,6 +189,28 @@ def drop_colors(patch: tf.Tensor, seed: tf.Tensor, noise: str = 'gaussian_paper'
     filler = (tf.random.stateless_uniform(tf.shape(patch), seeds[1], dtype=patch.dtype) - 0.5) * DEEPCONTEXT_NOISE_SCALE
   mask = tf.one_hot(keep, 3, dtype=patch.dtype)
   return kept[..., None] * mask + filler * (1.0 - mask)
+
+
+def project_colors(image: tf.Tensor) -> tf.Tensor:
+  """Removes every pixel's component along the green-magenta axis (Doersch et al. 2015's "projection").
+
+  c -> B c, B = I - a^T a / (a a^T), a = `GREEN_MAGENTA_AXIS`, computed as c - (a . c / a . a) a
+  (B is symmetric and idempotent; a . (B c) = 0, and grey and red-blue components are kept).
+
+  Args:
+    image: [..., 3] float RGB, any scale (the map is linear).
+
+  Returns:
+    The same shape and dtype.
+
+  Raises:
+    ValueError: the last axis is known and not 3.
+  """
+  if image.shape.rank and image.shape[-1] not in (None, 3):
+    raise ValueError(f'relative_position.color_projection: needs RGB (last axis 3), got shape {image.shape}')
+  axis = tf.constant(GREEN_MAGENTA_AXIS, image.dtype)
+  along = tf.reduce_sum(image * axis, axis=-1, keepdims=True) / tf.reduce_sum(axis * axis)
+  return image - along * axis
 
 
 class RelativePositionTask(base.Task):
@@ -208,6 +257,8 @@ class RelativePositionTask(base.Task):
     patch = self._maybe_downsample(patch, seeds[0])
     if self.config.harmonize:
       patch = color.harmonize(patch)
+    elif self.config.color_projection:
+      patch = project_colors(patch)  # Commutes with the downsampling above (module docstring).
     elif self.config.color_dropping:
       patch = drop_colors(patch, seeds[1], self.config.color_drop_noise)
     patch = normalize_patch(patch)
