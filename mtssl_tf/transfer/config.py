@@ -11,9 +11,11 @@ One `TransferConfig` drives the whole chain, one section per step:
 * `probe`: per-layer frozen linear probes of that student on real labels (Table 4);
 * `distill`: the distillation baseline (Table 3), a student regressing the teacher's
   conv4-5 (`distill.py`; its own step, not part of `all`).
+* `attention`: the attention-transfer baseline (Table 3 "[37]+vgg-Jigsaw++"), a Jigsaw++
+  AlexNet matching the teacher's attention maps (`attention.py`; its own step too).
 
 Outputs go under one model_dir: `features/`, `clusters/`, `pseudo_labels/`, `student/`,
-`distill/` (see `OUTPUTS`). Data sources left empty read the synthetic world, as `mtssl-eval` does.
+`distill/`, `attention/` (see `OUTPUTS`). Data sources left empty read the synthetic world, as `mtssl-eval` does.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from mtssl_tf.configs.experiment import PRECISIONS, TrunkConfig
 from mtssl_tf.evaluation.backbone import DEFAULT_EVAL_INPUT, EVAL_INPUTS
 from mtssl_tf.evaluation.classification import ClassifierTrainingConfig, check_training_fields
 from mtssl_tf.train.finetune import LoopConfig, SGDConfig
+from mtssl_tf.transfer.attention_config import AttentionConfig
 from mtssl_tf.transfer.kmeans import KMeansConfig
 
 FEATURES = ('network', 'hog')
@@ -39,7 +42,7 @@ DTYPES = ('float32', 'float16')
 PREPROCESSINGS = EVAL_INPUTS  # As mtssl-eval: colour by default (Doersch §3.3), see evaluation/backbone.py.
 # Step -> its folder under model_dir.
 OUTPUTS = {'extract': 'features', 'cluster': 'clusters', 'assign': 'pseudo_labels', 'train': 'student',
-           'distill': 'distill'}  # fmt: skip
+           'distill': 'distill', 'attention': 'attention'}  # fmt: skip
 PROBE_DIR = os.path.join('student', 'probe')
 # models.AlexNet's smallest input: conv1, conv2 and conv5 maps must each hold a 3x3 pool window.
 ALEXNET_MIN_CROP = 55
@@ -336,6 +339,7 @@ class TransferConfig(Config):
     train: the student.
     probe: the student's evaluation.
     distill: the distillation baseline's student.
+    attention: the attention-transfer baseline's Jigsaw++ student (`attention_config.py`).
   """
 
   world_preset: str = 'small'
@@ -346,6 +350,7 @@ class TransferConfig(Config):
   train: StudentConfig = dataclasses.field(default_factory=StudentConfig)
   probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
   distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+  attention: AttentionConfig = dataclasses.field(default_factory=AttentionConfig)
 
 
 def load_transfer_config(files: Iterable[str] = (), overrides: Iterable[str] = ()) -> TransferConfig:
@@ -378,7 +383,7 @@ def world_sources(cfg: TransferConfig) -> TransferConfig:
     ConfigError: a `world:` name the world does not have (the message lists them).
   """
   keys = ('extract.source', 'assign.source', 'train.source', 'probe.train_source', 'probe.validation_source',
-          'distill.source')  # fmt: skip
+          'distill.source', 'attention.source')  # fmt: skip
   values = {k: getattr(getattr(cfg, k.split('.')[0]), k.split('.')[1]) for k in keys}
   needs_world = any(v.startswith(WORLD_PREFIX) for v in values.values()) or not (
     values['extract.source'] and values['probe.train_source'] and values['probe.validation_source']
