@@ -26,8 +26,9 @@ CONFIGS = ROOT / 'configs' / 'transfer'
 # float32 arithmetic on values <= 4 through a dozen operations (squares, means, a square root, divisions): each
 # rounds by at most 2^-24 relative, so the results are within ~1e-6 relative of the exact ones; 1e-5 leaves margin.
 RTOL = 1e-5
-# The AT term's last-window mean over its first's after 40 steps must fall below this (measured: see the test).
-MARGIN = 0.8
+# The AT term (beta-weighted) must fall to below this fraction of its first 10 steps' mean in the last 10 of 40.
+# Measured (EPYC, oneDNN on, student seeds 0-3): 0.16, 0.17, 0.14, 0.21 (e.g. 72.7 -> 11.9).
+MARGIN = 0.5
 
 
 def _pairs(values):
@@ -126,11 +127,12 @@ def test_binary_lowers_the_at_term_and_voc07_cls_reads_the_student(vgg16_teacher
   assert json.loads(line.split(':', 1)[1])['steps'] == steps
   done = json.loads((model_dir / 'attention' / 'results.json').read_text())
   assert done['pairs'] == {'conv3': 'conv3_3', 'conv4': 'conv4_3', 'conv5': 'conv5_3'}
-  # 33 px tiles: student conv3-conv5 3x3; VGG16 conv3_3 8x8, conv4_3 4x4, conv5_3 2x2 (the student's pooled to it).
-  assert [done['shapes'][k]['grid'] for k in ('conv3', 'conv4', 'conv5')] == [[3, 3], [3, 3], [2, 2]]
+  # 33 px tiles: student conv3-conv5 3x3; VGG16 conv3_3 9x9, conv4_3 5x5, conv5_3 3x3, area-averaged to 3x3.
+  assert [done['shapes'][k]['teacher'][:2] for k in ('conv3', 'conv4', 'conv5')] == [[9, 9], [5, 5], [3, 3]]
+  assert all(done['shapes'][k]['grid'] == [3, 3] for k in ('conv3', 'conv4', 'conv5'))
   assert done['tile_scale'] == {'student': 1.0, 'teacher': 2.0}
   first, last = done['first_window'], done['last_window']
-  # The AT term falls: MARGIN below is set from measured runs (see the comment at its value).
+  # The AT term falls (MARGIN: measured ratios at its definition).
   assert last['at'] < MARGIN * first['at'], (first, last)
   assert (model_dir / 'attention' / 'saved_model' / 'saved_model.pb').exists()
   # The folder is a Jigsaw++ AlexNet run: its trunk loads from config.yaml + checkpoint, and voc07_cls fine-tunes it.
