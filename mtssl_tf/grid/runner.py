@@ -35,7 +35,7 @@ from mtssl_tf.grid.outputs import (
   write_figures,
   write_tables,
 )
-from mtssl_tf.grid.spec import Cell, Grid
+from mtssl_tf.grid.spec import TRANSFER_STEPS, Cell, Grid
 
 RESULTS = 'results.json'
 TRAIN_RESULT = 'train_result.json'
@@ -148,12 +148,14 @@ class _Runner:
     return self._evaluate(cell, stage, kind, init, model_dir)
 
   def transfer(self, cell: Cell) -> bool:
-    """Knowledge transfer: `mtssl-transfer all`, the teacher cell's network as `extract.init`."""
+    """Knowledge transfer: `mtssl-transfer <transfer_step>`, the teacher cell's network as `extract.init`."""
     run_dir = self.cell_dir(cell)
-    if os.path.exists(os.path.join(run_dir, PROBE_RESULTS)):
-      self._skip(cell, 'transfer', f'{PROBE_RESULTS} exists')
+    # `all` ends with the student's probes; distill and attention write their folder's results.json last.
+    done = PROBE_RESULTS if cell.transfer_step == 'all' else os.path.join(TRANSFER_STEPS[cell.transfer_step], RESULTS)
+    if os.path.exists(os.path.join(run_dir, done)):
+      self._skip(cell, 'transfer', f'{done} exists')
       return True
-    argv = [self.python, '-m', 'mtssl_tf.bin.transfer', 'all', f'--model_dir={run_dir}']
+    argv = [self.python, '-m', 'mtssl_tf.bin.transfer', cell.transfer_step, f'--model_dir={run_dir}']
     argv += [f'--config={c}' for c in self.grid.transfer_configs + (cell.transfer or [])]
     overrides = list(self.grid.transfer_overrides)
     if cell.teacher:
@@ -168,8 +170,8 @@ class _Runner:
 
   def init_source(self, cell: Cell) -> str:
     """What the cell's evaluations start from."""
-    if cell.transfers:  # The student the transfer trained (a folder every evaluation of a student reads).
-      return os.path.join(self.cell_dir(cell), 'student')
+    if cell.transfers:  # The network the transfer trained (a folder every evaluation of a student reads).
+      return os.path.join(self.cell_dir(cell), TRANSFER_STEPS[cell.transfer_step])
     if cell.init:
       return cell.init
     if cell.supervised:

@@ -33,6 +33,10 @@ A transfer cell is one with a `transfer` key (its files come after `transfer_con
 without a `teacher` it keeps the transfer config's own `extract.init` (random network,
 HOG features). Its `evaluate` list runs on the trained student (`--init=<cell>/student`),
 e.g. Noroozi Table 3's VOC07 classification, detection and VOC12 segmentation.
+`transfer_step` picks the `mtssl-transfer` step (`TRANSFER_STEPS`): `all` (cluster
+classification, the default), `distill` (Table 3's distillation baseline) or `attention`
+(Table 3's "[37]+vgg-Jigsaw++"); the latter two train `<cell>/distill` or `<cell>/attention`,
+which the cell's evaluations then read, and have no per-layer probes.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ import yaml
 
 from mtssl_tf.evaluation import protocols
 from mtssl_tf.grid import paper
+
+# `mtssl-transfer` steps a transfer cell can run -> the folder its evaluations read (transfer/config.py OUTPUTS).
+TRANSFER_STEPS = {'all': 'student', 'distill': 'distill', 'attention': 'attention'}
 
 
 class GridError(ValueError):
@@ -67,6 +74,7 @@ class Cell:
   init: str = ''
   transfer: Optional[List[str]] = None
   transfer_overrides: List[str] = dataclasses.field(default_factory=list)
+  transfer_step: str = 'all'
   teacher: str = ''
 
   @property
@@ -165,6 +173,7 @@ def _parse_cell(i: int, raw, base_dir: str) -> Cell:
     init=str(raw.get('init') or ''),
     transfer=None if transfer is None else [_resolve(p, base_dir) for p in _strings(transfer, f'{where}: transfer')],
     transfer_overrides=_strings(raw.get('transfer_overrides'), f'{where}: transfer_overrides'),
+    transfer_step=str(raw.get('transfer_step') or 'all'),
     teacher=str(raw.get('teacher') or ''),
   )
   for kind in cell.evaluate + cell.ticks:
@@ -178,8 +187,12 @@ def _parse_cell(i: int, raw, base_dir: str) -> Cell:
     clash = [k for k in ('train', 'pretrained', 'supervised', 'init') if raw.get(k)]
     if clash:
       raise GridError(f'{where}: a transfer cell takes teacher and transfer_overrides, not {clash}')
-  elif cell.teacher or cell.transfer_overrides:
-    raise GridError(f'{where}: teacher / transfer_overrides need a transfer key (transfer: [] for the defaults)')
+    if cell.transfer_step not in TRANSFER_STEPS:
+      raise GridError(f'{where}: transfer_step {cell.transfer_step!r}: choose from {", ".join(TRANSFER_STEPS)}')
+  elif cell.teacher or cell.transfer_overrides or 'transfer_step' in raw:
+    raise GridError(
+      f'{where}: teacher / transfer_overrides / transfer_step need a transfer key (transfer: [] for the defaults)'
+    )
   if cell.pretrains and not cell.train:
     raise GridError(f'{where}: give train (row config files), or pretrained / supervised / init / transfer')
   if cell.ticks and not cell.pretrains:

@@ -171,6 +171,11 @@ def test_parse_errors_name_the_problem(tmp_path):
     'need a transfer key': {'cells': [cell, {'name': 'b', 'teacher': 'a'}]},
     "not \\['init'\\]": {'cells': [{'name': 'b', 'transfer': [], 'init': 'random'}]},
     "no config files here or in the grid's transfer_configs": {'cells': [{'name': 'b', 'transfer': []}]},
+    "transfer_step 'train': choose from all, distill, attention": {
+      'cells': [{'name': 'b', 'transfer': [], 'transfer_step': 'train'}],
+      'transfer_configs': [os.path.join(ROOT, 'configs/transfer/tiny.yaml')]},
+    'transfer_step need a transfer key': {'cells': [cell, {'name': 'b', 'train': cell['train'],
+                                                           'transfer_step': 'distill'}]},
   }  # fmt: skip
   for message, data in cases.items():
     with pytest.raises(spec.GridError, match=message.replace('(', r'\(')):
@@ -185,9 +190,9 @@ def test_shipped_grids_parse_and_cover_every_paper_row():
   grey = {('table3', 'RP / H, grey eval'), ('table3', 'RP+Col / H, grey eval')}
   cc = {(t, label) for t in ('cc_table1', 'cc_table2') for label in paper.CC_TABLES[t]}
   cc |= {('cc_table4', label) for label in ('CC+HOG', 'Random', 'Supervised')}
-  # Noroozi at paper scale: every row of Tables 1-4 with his teachers, but the row not built
-  # ([37]+vgg-Jigsaw++) or not a grid stage (Distillation: mtssl-transfer distill).
-  table3 = set(paper.CC_TABLES['cc_table3']) - {'[37]+vgg-Jigsaw++', 'Distillation'}
+  # Noroozi at paper scale: every row of Tables 1-4 with his teachers (Distillation and [37]+vgg-Jigsaw++ through
+  # their transfer_step).
+  table3 = set(paper.CC_TABLES['cc_table3'])
   noroozi = cc | {('cc_table3', label) for label in table3}
   noroozi |= {('cc_table4', label) for label in ('CC+Jigsaw++', 'CC+vgg-Jigsaw++')}
   # The miniatures: Doersch's tables plus Tables 1, 2, 4 from a ResNet teacher (mini), and Table 3's headline.
@@ -309,3 +314,28 @@ def test_noroozi_tables_carry_only_their_columns_notes(tmp_path):
   (folder / 'results.json').write_text(json.dumps({'table_note': 'RPN proposals.'}))
   assert outputs.table_notes(grid, str(tmp_path), 'cc_table3') == ['RPN proposals.']
   assert outputs.table_notes(grid, str(tmp_path), 'cc_table4') == []  # Probes only: no detection column.
+
+
+@pytest.mark.parametrize('step', ['distill', 'attention'])
+def test_a_transfer_step_cell_runs_that_step_and_evaluates_its_folder(step, tmp_path):
+  """Table 3's distillation and [37] rows: `mtssl-transfer <step>`, evaluations on `<cell>/<step>`, skip when done."""
+  tiny = os.path.join(ROOT, 'configs/transfer/tiny.yaml')
+  grid = spec.parse_grid({
+    'transfer_configs': [tiny],
+    'cells': [{'name': 'at', 'rows': {'cc_table3': '[37]+vgg-Jigsaw++'}, 'transfer': [], 'transfer_step': step,
+               'evaluate': ['voc07_cls']}],
+  })  # fmt: skip
+  out = tmp_path / 'out'
+  calls = []
+  stage_runner = runner._Runner(grid, str(out), log=lambda _: None, python=sys.executable, env={})
+  stage_runner._subprocess = lambda cell, stage, argv: calls.append((stage, argv)) or True
+  assert stage_runner.run_cell(grid.cells[0], set())
+  assert [stage for stage, _ in calls] == ['transfer', 'eval_voc07_cls']
+  assert calls[0][1][3:5] == [step, f'--model_dir={out / "at"}']  # python -m mtssl_tf.bin.transfer <step>
+  assert f'--init={out / "at" / step}' in calls[1][1]
+  # Its own results.json marks the step done (there are no student probes to wait for).
+  (out / 'at' / step).mkdir(parents=True)
+  (out / 'at' / step / 'results.json').write_text('{}')
+  calls.clear()
+  assert stage_runner.run_cell(grid.cells[0], set())
+  assert [stage for stage, _ in calls] == ['eval_voc07_cls']
