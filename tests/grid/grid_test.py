@@ -196,7 +196,7 @@ def test_shipped_grids_parse_and_cover_every_paper_row():
   noroozi = cc | {('cc_table3', label) for label in table3}
   noroozi |= {('cc_table4', label) for label in ('CC+Jigsaw++', 'CC+vgg-Jigsaw++')}
   # The miniatures: Doersch's tables plus Tables 1, 2, 4 from a ResNet teacher (mini), and Table 3's headline.
-  headline = {'CC+vgg-Jigsaw++', 'CC+Jigsaw++', 'Jigsaw++', 'Random', 'Supervised'}
+  headline = {'CC+vgg-Jigsaw++', 'CC+Jigsaw++', 'Jigsaw++', 'Random', 'Supervised', 'Distillation', '[37]+vgg-Jigsaw++'}
   expected = {
     'mini': doersch | grey | cc | {('cc_table4', 'CC+RP+Col+Ex+MS')},
     'paper': doersch | grey,
