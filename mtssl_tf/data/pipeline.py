@@ -82,9 +82,16 @@ def robust_map(
   trainers log once each, print and write to the run's results. The map keeps element
   order (it is still parallel) so that the count is exact.
 
-  Each element is tried in a dataset of its own (`ignore_errors` on one element), so a
-  failure becomes a marked element instead of a silent gap; measured on 2 cores, the
-  same throughput as one `map` + `ignore_errors` within noise for JPEG decoding.
+  `fn` runs in one parallel, order-keeping `map` whose errors are ignored; a dropped
+  element shows as a gap in the element indices, so the count needs no per-element
+  bookkeeping. Each element carries the `MAX_NAMED_SKIPS` raw elements before it (a
+  sliding window, references only), from which a gap's newest members are described;
+  that per-element dataset work runs only where a gap is found. Measured on the small
+  world's JPEG reader (one core): the reader's extra cost over a plain `map` fell from
+  ~0.7x to ~0.2x of a decode+resize, against trying each element in a dataset of its own
+  (`ignore_errors` on one element). Raw elements of unknown rank use that older path.
+  Errors raised upstream of the map are ignored too (readers already skip a truncated
+  file's tail, `file_dataset`).
 
   Args:
     dataset: dataset of elements (dicts or tuples, passed to `fn` as one argument).
@@ -100,9 +107,65 @@ def robust_map(
   describers = [] if describe is None else [describe] if callable(describe) else list(describe)
   ds = dataset.enumerate()
   spec = ds.map(lambda i, x: fn(x)).element_spec
-  # A stand-in for a failed element's output: never emitted, only shaped like one.
   if any(s.shape.rank is None for s in tf.nest.flatten(spec)):
     raise ValueError('robust_map: fn must return tensors of known rank')
+  raw_specs = tf.nest.flatten(dataset.element_spec)
+  if not all(isinstance(s, tf.TensorSpec) and s.shape.rank is not None for s in raw_specs):
+    return _robust_map_per_element(ds, fn, spec, num_parallel_calls, describers)
+
+  def name(index, element):
+    """'source: reason' of a failed element: the first describer that does not raise."""
+    one = tf.data.Dataset.from_tensors((element,))  # A 1-tuple: map passes the element as one argument.
+    candidates = tf.data.Dataset.from_tensors(tf.strings.format('element {}', index))
+    for describer in reversed(describers):
+      candidates = one.map(lambda x, d=describer: d(x)).ignore_errors().concatenate(candidates)
+    return candidates.take(1).get_single_element()
+
+  # Each element with the raw elements before it (oldest first; blanks before the first).
+  blank = tf.nest.map_structure(lambda s: tf.zeros([d or 0 for d in s.shape], s.dtype), dataset.element_spec)
+
+  def remember(window, item):
+    index, element = item
+    return window[1:] + (element,), (index, element, window)
+
+  ds = ds.scan((blank,) * MAX_NAMED_SKIPS, remember)
+  ds = ds.map(
+    lambda index, element, window: (index, window, fn(element)),
+    num_parallel_calls=num_parallel_calls,
+    deterministic=True,
+  ).ignore_errors()
+
+  def count(state, item):
+    last, skipped, recent = state
+    index, window, out = item
+    gap = index - last - 1
+
+    def named_gap():
+      # window[j] is element index - MAX_NAMED_SKIPS + j: skipped when it comes after `last`.
+      names = []
+      for j, element in enumerate(window):
+        position = index - MAX_NAMED_SKIPS + j
+        names.append(tf.cond(position > last, lambda p=position, e=element: name(p, e), lambda: tf.constant('')))
+      is_new = tf.range(MAX_NAMED_SKIPS, dtype=tf.int64) >= MAX_NAMED_SKIPS - gap
+      return tf.boolean_mask(tf.concat([recent, names], 0), tf.concat([tf.fill([MAX_NAMED_SKIPS], True), is_new], 0))[
+        -MAX_NAMED_SKIPS:
+      ]
+
+    recent = tf.cond(gap > 0, named_gap, lambda: recent)
+    recent.set_shape([MAX_NAMED_SKIPS])
+    skipped = skipped + gap
+    element = dict(out)
+    element[SKIPPED_KEY] = skipped
+    element[SKIPPED_SOURCES_KEY] = recent
+    return (index, skipped, recent), element
+
+  initial = (tf.constant(-1, tf.int64), tf.constant(0, tf.int64), tf.fill([MAX_NAMED_SKIPS], ''))
+  return ds.scan(initial, count)
+
+
+def _robust_map_per_element(ds, fn, spec, num_parallel_calls, describers) -> tf.data.Dataset:
+  """`robust_map` trying each element in a dataset of its own (raw elements of unknown rank)."""
+  # A stand-in for a failed element's output: never emitted, only shaped like one.
   stand_in = tf.nest.map_structure(lambda s: tf.zeros([d or 0 for d in s.shape], s.dtype), spec)
 
   def attempt(index, element):

@@ -56,6 +56,38 @@ def test_robust_map_names_the_most_recent_failures():
   ]
 
 
+def test_robust_map_names_the_newest_of_a_long_run_of_failures():
+  # Six failures in a row: the count is exact, the names are the newest MAX_NAMED_SKIPS (= 4) of them.
+  values = tf.constant([1.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0, 4.0, -7.0, 9.0])
+  source = tf.data.Dataset.from_tensor_slices({'v': values})
+  out = list(
+    pipeline.robust_map(
+      source, _checked_sqrt, describe=lambda x: tf.strings.format('value {}', x['v'])
+    ).as_numpy_iterator()
+  )
+  assert [float(e['v']) for e in out] == [1.0, 2.0, 3.0]
+  assert [int(e[pipeline.SKIPPED_KEY]) for e in out] == [0, 6, 7]
+  assert list(out[1][pipeline.SKIPPED_SOURCES_KEY]) == [b'value -3', b'value -4', b'value -5', b'value -6']
+  assert list(out[2][pipeline.SKIPPED_SOURCES_KEY]) == [b'value -4', b'value -5', b'value -6', b'value -7']
+
+
+def test_robust_map_of_elements_of_unknown_rank():
+  # Raw elements of unknown rank cannot be remembered in a window: the per-element path, same results.
+  values = [4.0, -1.0, 9.0, -2.0]
+  source = tf.data.Dataset.from_generator(lambda: iter(values), output_signature=tf.TensorSpec(None, tf.float32))
+
+  def scalar_sqrt(x):
+    return _checked_sqrt({'v': tf.reshape(x, [])})
+
+  def describe(x):
+    return tf.strings.format('value {}', x)
+
+  out = list(pipeline.robust_map(source, scalar_sqrt, describe=describe).as_numpy_iterator())
+  assert [float(e['v']) for e in out] == [2.0, 3.0]
+  assert [int(e[pipeline.SKIPPED_KEY]) for e in out] == [0, 1]
+  assert list(out[1][pipeline.SKIPPED_SOURCES_KEY]) == [b''] * 3 + [b'value -1']
+
+
 def test_skip_counter_names_each_source_once():
   counter = pipeline.SkipCounter('images')
   counter.update(np.array([1]), np.array([[b'', b'a.jpg: empty file']]))
