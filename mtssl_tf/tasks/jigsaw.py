@@ -196,12 +196,14 @@ class JigsawTask(base.Task):
     """Pairs each example with the previous one after shuffling: its occluding image."""
     return pair_with_previous(ds)
 
-  def _crop(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  def _crop(self, image: tf.Tensor, seed: tf.Tensor, box: Optional[Tuple[tf.Tensor, tf.Tensor]] = None) -> tf.Tensor:
     """Resizes (shorter side `resize_side`, antialiased) and randomly crops; float32 [S, S, 3] in [0, 1].
 
     Only the crop of the resized image is computed: TF's ScaleAndTranslate (the kernel of
     `tf.image.resize(antialias=True)`) translated to the crop, its offset drawn exactly as
-    `tf.image.stateless_random_crop` draws it.
+    `tf.image.stateless_random_crop` draws it. With `box` = (int32 [2] top-left, int32 [2]
+    size) inside the crop, only that box is computed (the same pixels within float32
+    rounding of the sample positions) and the rest of the crop is 0.
     """
     c = self.config
     shape = tf.shape(image)[:2]
@@ -210,15 +212,26 @@ class JigsawTask(base.Task):
     size = tf.maximum(size, c.resize_side)
     limit = tf.concat([size - c.crop_size + 1, [1]], axis=0)
     offset = tf.random.stateless_uniform([3], seed, maxval=tf.int32.max, dtype=tf.int32) % limit
+    start, extent = (offset[:2], [c.crop_size, c.crop_size]) if box is None else (offset[:2] + box[0], box[1])
     crop = tf.raw_ops.ScaleAndTranslate(
       images=image[None],
-      size=[c.crop_size, c.crop_size],
+      size=extent,
       scale=tf.cast(size, tf.float32) / shape_f,
-      translation=-tf.cast(offset[:2], tf.float32),
+      translation=-tf.cast(start, tf.float32),
       kernel_type='triangle',
       antialias=True,
-    )
-    return crop[0] * (1.0 / 255.0)
+    )[0]
+    if box is not None:
+      after = c.crop_size - box[0] - box[1]
+      crop = tf.pad(crop, [[box[0][0], after[0]], [box[0][1], after[1]], [0, 0]])
+      crop.set_shape([c.crop_size, c.crop_size, 3])
+    return crop * (1.0 / 255.0)
+
+  def _cells_box(self, cells: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """(top-left, size), int32 [2] each: the pixel box in the crop of the grid cells `cells` (non-empty)."""
+    cell = tf.stack([cells // GRID, cells % GRID], axis=-1)
+    first = tf.reduce_min(cell, axis=0)
+    return first * self.config.cell_size, (tf.reduce_max(cell, axis=0) - first + 1) * self.config.cell_size
 
   def _occluded_cells(self, seed: tf.Tensor) -> tf.Tensor:
     """[9] bool: the cells whose tile comes from the other image."""
@@ -270,17 +283,24 @@ class JigsawTask(base.Task):
     perm = tf.gather(tf.constant(self.permutations), label)
     occluded = tf.gather(self._occluded_cells(seeds[3]), perm)
     crop = self._crop(example['image'], seeds[0])
-    # The other image's crop only when a tile comes from it (not in a third of examples by default).
+    # The other image's crop only when a tile comes from it (not in a third of examples by default), and
+    # only the box of the cells its tiles come from (one or two of nine by default): the rest is never read.
     other = tf.cond(
-      tf.reduce_any(occluded), lambda: self._crop(example['other_image'], seeds[1]), lambda: tf.zeros_like(crop)
+      tf.reduce_any(occluded),
+      lambda: self._crop(example['other_image'], seeds[1], self._cells_box(tf.boolean_mask(perm, occluded))),
+      lambda: tf.zeros_like(crop),
     )
     crops = tf.stack([crop, other])
     tiles = self.cut_tiles(crops, perm, occluded, seeds[4])
     if c.harmonize:
       tiles = color.harmonize(tiles)
     elif c.grayscale_prob > 0:
-      gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(tiles))
-      tiles = tf.where(tf.random.stateless_uniform([], seeds[5]) < c.grayscale_prob, gray, tiles)
+      # A branch, not a select: colour tiles skip the conversion.
+      tiles = tf.cond(
+        tf.random.stateless_uniform([], seeds[5]) < c.grayscale_prob,
+        lambda: tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(tiles)),
+        lambda: tiles,
+      )
     tiles = normalize_tiles(tiles)
     if c.tile_scale != 1.0:
       tiles = tiles * c.tile_scale

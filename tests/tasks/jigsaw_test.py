@@ -169,6 +169,22 @@ def test_preprocess_same_eagerly_and_in_tf_data():
   assert eager['tiles'].shape == (9, 12, 12, 3)
 
 
+def test_other_image_cropped_to_its_cells_box_gives_the_full_crops_tiles():
+  # Only the box of the occluded tiles' cells of the other image is resampled; the reference crops it whole.
+  class FullCrop(JigsawTask):
+    def _cells_box(self, cells):
+      return tf.zeros([2], tf.int32), tf.fill([2], self.config.crop_size)
+
+  cfg = _config(occlusion_probs=(0.0, 0.5, 0.5), resize_side=54, crop_size=48)
+  example = {'image': _noise(60), 'other_image': _noise(70, seed=1)}
+  out, reference = _many(JigsawTask(cfg), example, 40), _many(FullCrop(cfg), example, 40)
+  assert out['occluded'].any(axis=1).all()
+  np.testing.assert_array_equal(out['occluded'], reference['occluded'])
+  # Sample positions differ by float32 rounding (~1e-5 px), weights by as much: far below 1e-4 after
+  # normalisation (tiles of noise have a std near 0.3, so errors grow ~3x).
+  np.testing.assert_allclose(out['tiles'], reference['tiles'], atol=1e-4)
+
+
 def test_each_example_is_paired_with_the_previous_image():
   sizes = [(20, 30), (25, 25), (31, 18), (22, 22)]
   ims = [tf.fill([h, w, 3], tf.constant(i, tf.uint8)) for i, (h, w) in enumerate(sizes)]
