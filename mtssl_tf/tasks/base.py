@@ -209,13 +209,28 @@ class Task(abc.ABC):
     ds = self.combine(ds)
 
     def prepare(index, example):
-      out = self.preprocess(example, tf.stack([tf.constant(seed, tf.int64), index]))
+      out = self.prepare(example, tf.stack([tf.constant(seed, tf.int64), index]))
       out[pipeline.SKIPPED_KEY] = example[pipeline.SKIPPED_KEY]
       out[pipeline.SKIPPED_SOURCES_KEY] = example[pipeline.SKIPPED_SOURCES_KEY]
       return out
 
     ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=read_options.deterministic)
-    return ds.batch(self.config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(self.config.batch_size, drop_remainder=True)
+    if type(self).finish_batch is not Task.finish_batch:
+      ds = ds.map(self.finish_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=read_options.deterministic)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+  def prepare(self, example: Dict[str, tf.Tensor], seed: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """The per-example part of `preprocess`, which `dataset` maps before batching. Default: all of it.
+
+    A task that overrides it also overrides `finish_batch`, and its `preprocess` must equal
+    `finish_batch` of a batch of one `prepare` output.
+    """
+    return self.preprocess(example, seed)
+
+  def finish_batch(self, batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """The rest of `preprocess`, over a batch of `prepare` outputs at once (fewer, larger ops). Default: none."""
+    return batch
 
   def combine(self, ds: tf.data.Dataset) -> tf.data.Dataset:
     """Hook between shuffling and `preprocess`, for tasks whose example needs several images.

@@ -47,6 +47,8 @@ HEAD_LAYOUTS = ('auto', 'cfn', 'reduced')
 HEAD_INITS = ('glorot', 'prototxt')
 # fc6 units by layout: train_val_cfn_jps++.prototxt fc6_s1 (1024); Noroozi & Favaro 2016's Jigsaw (512).
 TILE_UNITS = {'cfn': 1024, 'reduced': 512}
+# `prepare`'s per-example grey decision, consumed by `finish_batch`.
+GRAY_KEY = 'gray'
 
 
 @dataclasses.dataclass
@@ -277,6 +279,11 @@ class JigsawTask(base.Task):
 
   def preprocess(self, example: Dict[str, tf.Tensor], seed: tf.Tensor) -> Dict[str, tf.Tensor]:
     """{'image', 'other_image'} -> {'tiles' [9, T, T, 3], 'label' int32, 'occluded' bool [9] per slot}."""
+    batch = self.finish_batch({k: v[None] for k, v in self.prepare(example, seed).items()})
+    return {k: v[0] for k, v in batch.items()}
+
+  def prepare(self, example: Dict[str, tf.Tensor], seed: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """`preprocess` up to the cut tiles, plus whether they turn grey (`GRAY_KEY`); `finish_batch` does the rest."""
     c = self.config
     seeds = base.stateless_seeds(seed, 6)
     label = tf.random.stateless_uniform([], seeds[2], 0, len(self.permutations), dtype=tf.int32)
@@ -292,20 +299,31 @@ class JigsawTask(base.Task):
     )
     crops = tf.stack([crop, other])
     tiles = self.cut_tiles(crops, perm, occluded, seeds[4])
+    out = {'label': label, 'occluded': occluded}
     if c.harmonize:
       tiles = color.harmonize(tiles)
     elif c.grayscale_prob > 0:
-      # A branch, not a select: colour tiles skip the conversion.
-      tiles = tf.cond(
-        tf.random.stateless_uniform([], seeds[5]) < c.grayscale_prob,
-        lambda: tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(tiles)),
-        lambda: tiles,
+      out[GRAY_KEY] = tf.random.stateless_uniform([], seeds[5]) < c.grayscale_prob
+    tiles.set_shape([NUM_TILES, c.tile_size, c.tile_size, 3])
+    out['tiles'] = tiles
+    return out
+
+  def finish_batch(self, batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Grey tiles and per-tile normalisation over a batch of `prepare` outputs at once (fewer, larger ops)."""
+    c = self.config
+    batch = dict(batch)
+    tiles = batch['tiles']  # [B, 9, T, T, 3]
+    gray = batch.pop(GRAY_KEY, None)
+    if gray is not None:
+      tiles = tf.where(
+        gray[:, None, None, None, None], tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(tiles)), tiles
       )
-    tiles = normalize_tiles(tiles)
+    tiles = tf.reshape(normalize_tiles(tf.reshape(tiles, [-1, c.tile_size, c.tile_size, 3])), tf.shape(tiles))
     if c.tile_scale != 1.0:
       tiles = tiles * c.tile_scale
-    tiles.set_shape([NUM_TILES, c.tile_size, c.tile_size, 3])
-    return {'tiles': tiles, 'label': label, 'occluded': occluded}
+    tiles.set_shape([None, NUM_TILES, c.tile_size, c.tile_size, 3])
+    batch['tiles'] = tiles
+    return batch
 
   def trunk_images(self, batch: Dict[str, tf.Tensor]) -> tf.Tensor:
     t = self.config.tile_size
