@@ -204,8 +204,8 @@ class JigsawTask(base.Task):
     Only the crop of the resized image is computed: TF's ScaleAndTranslate (the kernel of
     `tf.image.resize(antialias=True)`) translated to the crop, its offset drawn exactly as
     `tf.image.stateless_random_crop` draws it. With `box` = (int32 [2] top-left, int32 [2]
-    size) inside the crop, only that box is computed (the same pixels within float32
-    rounding of the sample positions) and the rest of the crop is 0.
+    size) inside the crop, only that box is computed and returned (the same pixels within
+    float32 rounding of the sample positions).
     """
     c = self.config
     shape = tf.shape(image)[:2]
@@ -223,10 +223,6 @@ class JigsawTask(base.Task):
       kernel_type='triangle',
       antialias=True,
     )[0]
-    if box is not None:
-      after = c.crop_size - box[0] - box[1]
-      crop = tf.pad(crop, [[box[0][0], after[0]], [box[0][1], after[1]], [0, 0]])
-      crop.set_shape([c.crop_size, c.crop_size, 3])
     return crop * (1.0 / 255.0)
 
   def _cells_box(self, cells: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -257,6 +253,15 @@ class JigsawTask(base.Task):
     Returns:
       float [9, T, T, 3].
     """
+    flat = tf.reshape(crops, [-1])
+    return self._gather_tiles(flat, tf.zeros([2], tf.int32), self.config.crop_size, perm, occluded, seed)
+
+  def _gather_tiles(self, flat, other_origin, other_width, perm, occluded, seed) -> tf.Tensor:
+    """`cut_tiles` from `flat`: the image's crop [S, S, 3], then the other image's box of it, flattened.
+
+    The box starts at `other_origin` (int32 [2], crop pixels) and is `other_width` pixels wide;
+    the whole crop is origin 0 and width S.
+    """
     c = self.config
     seeds = base.stateless_seeds(seed, 2)
     room = c.cell_size - c.tile_size - c.color_jitter_px
@@ -267,15 +272,17 @@ class JigsawTask(base.Task):
     shift = tf.random.stateless_uniform([NUM_TILES, 3, 2], seeds[1], 0, c.color_jitter_px + 1, dtype=tf.int32)
     origin = tf.stack([perm // GRID, perm % GRID], axis=-1) * c.cell_size + corner  # [9, 2]
     start = origin[:, None, :] + shift  # [9 slots, 3 channels, (y, x)]
-    # One gather from the flattened crops: the index of every output value (which crop, y, x, channel).
+    # One gather from `flat`: the index of every output value, as the index of its tile's top-left
+    # value (per slot and channel) plus its row and column offsets; a slot's source is the crop or the box.
     s = c.crop_size
+    occluded = tf.cast(occluded, tf.int32)[:, None]  # [9, 1]
+    width = s + occluded * (other_width - s)  # [9, 1]: the row length of each slot's source.
+    start = start - occluded[..., None] * other_origin
+    top_left = occluded * (s * s * 3) + (start[..., 0] * width + start[..., 1]) * 3 + tf.range(3)  # [9, 3]
     t = tf.range(c.tile_size)
-    index = (
-      (tf.cast(occluded, tf.int32)[:, None, None, None] * s + start[:, None, None, :, 0] + t[:, None, None]) * s
-      + start[:, None, None, :, 1]
-      + t[:, None]
-    ) * 3 + tf.range(3)
-    return tf.gather(tf.reshape(crops, [-1]), index)
+    rows = t[None, :, None, None] * (width * 3)[:, :, None, None]  # [9, T, 1, 1]
+    index = top_left[:, None, None, :] + rows + (t * 3)[None, None, :, None]
+    return tf.gather(flat, index)
 
   def preprocess(self, example: Dict[str, tf.Tensor], seed: tf.Tensor) -> Dict[str, tf.Tensor]:
     """{'image', 'other_image'} -> {'tiles' [9, T, T, 3], 'label' int32, 'occluded' bool [9] per slot}."""
@@ -290,15 +297,19 @@ class JigsawTask(base.Task):
     perm = tf.gather(tf.constant(self.permutations), label)
     occluded = tf.gather(self._occluded_cells(seeds[3]), perm)
     crop = self._crop(example['image'], seeds[0])
+
     # The other image's crop only when a tile comes from it (not in a third of examples by default), and
     # only the box of the cells its tiles come from (one or two of nine by default): the rest is never read.
-    other = tf.cond(
-      tf.reduce_any(occluded),
-      lambda: self._crop(example['other_image'], seeds[1], self._cells_box(tf.boolean_mask(perm, occluded))),
-      lambda: tf.zeros_like(crop),
-    )
-    crops = tf.stack([crop, other])
-    tiles = self.cut_tiles(crops, perm, occluded, seeds[4])
+    def other_box():
+      box = self._cells_box(tf.boolean_mask(perm, occluded))
+      return tf.reshape(self._crop(example['other_image'], seeds[1], box), [-1]), box[0], box[1][1]
+
+    def no_box():
+      return tf.zeros([0]), tf.zeros([2], tf.int32), tf.constant(0)
+
+    other, other_origin, other_width = tf.cond(tf.reduce_any(occluded), other_box, no_box)
+    flat = tf.concat([tf.reshape(crop, [-1]), other], axis=0)
+    tiles = self._gather_tiles(flat, other_origin, other_width, perm, occluded, seeds[4])
     out = {'label': label, 'occluded': occluded}
     if c.harmonize:
       tiles = color.harmonize(tiles)
