@@ -198,14 +198,17 @@ class JigsawTask(base.Task):
     """Pairs each example with the previous one after shuffling: its occluding image."""
     return pair_with_previous(ds)
 
-  def _crop(self, image: tf.Tensor, seed: tf.Tensor, box: Optional[Tuple[tf.Tensor, tf.Tensor]] = None) -> tf.Tensor:
+  def _crop(
+    self, image: tf.Tensor, seed: tf.Tensor, box: Optional[Tuple[tf.Tensor, tf.Tensor]] = None, unit: bool = True
+  ) -> tf.Tensor:
     """Resizes (shorter side `resize_side`, antialiased) and randomly crops; float32 [S, S, 3] in [0, 1].
 
     Only the crop of the resized image is computed: TF's ScaleAndTranslate (the kernel of
     `tf.image.resize(antialias=True)`) translated to the crop, its offset drawn exactly as
     `tf.image.stateless_random_crop` draws it. With `box` = (int32 [2] top-left, int32 [2]
     size) inside the crop, only that box is computed and returned (the same pixels within
-    float32 rounding of the sample positions).
+    float32 rounding of the sample positions). `unit=False` keeps the 0-255 scale (the caller
+    scales only the pixels it keeps).
     """
     c = self.config
     shape = tf.shape(image)[:2]
@@ -223,7 +226,7 @@ class JigsawTask(base.Task):
       kernel_type='triangle',
       antialias=True,
     )[0]
-    return crop * (1.0 / 255.0)
+    return crop * (1.0 / 255.0) if unit else crop
 
   def _cells_box(self, cells: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """(top-left, size), int32 [2] each: the pixel box in the crop of the grid cells `cells` (non-empty)."""
@@ -290,19 +293,23 @@ class JigsawTask(base.Task):
     return {k: v[0] for k, v in batch.items()}
 
   def prepare(self, example: Dict[str, tf.Tensor], seed: tf.Tensor) -> Dict[str, tf.Tensor]:
-    """`preprocess` up to the cut tiles, plus whether they turn grey (`GRAY_KEY`); `finish_batch` does the rest."""
+    """`preprocess` up to the cut tiles (0-255, or harmonized), and whether they turn grey (`GRAY_KEY`).
+
+    `finish_batch` does the rest.
+    """
     c = self.config
     seeds = base.stateless_seeds(seed, 6)
     label = tf.random.stateless_uniform([], seeds[2], 0, len(self.permutations), dtype=tf.int32)
     perm = tf.gather(tf.constant(self.permutations), label)
     occluded = tf.gather(self._occluded_cells(seeds[3]), perm)
-    crop = self._crop(example['image'], seeds[0])
+    # Crops on the 0-255 scale: the tiles are scaled, not the crops (fewer values, the same products).
+    crop = self._crop(example['image'], seeds[0], unit=False)
 
     # The other image's crop only when a tile comes from it (not in a third of examples by default), and
     # only the box of the cells its tiles come from (one or two of nine by default): the rest is never read.
     def other_box():
       box = self._cells_box(tf.boolean_mask(perm, occluded))
-      return tf.reshape(self._crop(example['other_image'], seeds[1], box), [-1]), box[0], box[1][1]
+      return tf.reshape(self._crop(example['other_image'], seeds[1], box, unit=False), [-1]), box[0], box[1][1]
 
     def no_box():
       return tf.zeros([0]), tf.zeros([2], tf.int32), tf.constant(0)
@@ -312,7 +319,7 @@ class JigsawTask(base.Task):
     tiles = self._gather_tiles(flat, other_origin, other_width, perm, occluded, seeds[4])
     out = {'label': label, 'occluded': occluded}
     if c.harmonize:
-      tiles = color.harmonize(tiles)
+      tiles = color.harmonize(tiles * (1.0 / 255.0))
     elif c.grayscale_prob > 0:
       out[GRAY_KEY] = tf.random.stateless_uniform([], seeds[5]) < c.grayscale_prob
     tiles.set_shape([NUM_TILES, c.tile_size, c.tile_size, 3])
@@ -324,6 +331,8 @@ class JigsawTask(base.Task):
     c = self.config
     batch = dict(batch)
     tiles = batch['tiles']  # [B, 9, T, T, 3]
+    if not c.harmonize:  # Harmonized tiles were scaled to [0, 1] by `prepare`.
+      tiles = tiles * (1.0 / 255.0)
     gray = batch.pop(GRAY_KEY, None)
     if gray is not None:
       tiles = tf.where(
