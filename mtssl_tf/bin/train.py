@@ -70,6 +70,15 @@ def main(argv):
       launch.check_cluster(cfg, spec, tasks)
       launch.write_run_config(cfg, model_dir)
       code = launch.coordinator_main(cfg, model_dir, spec, launch.prepare(cfg, tasks))
+      if code == launch.EXIT_CLUSTER_FAILURE:
+        # After a cluster failure TF's coordinator threads still hold the dead servers' channels, and
+        # tearing them down at interpreter exit can abort the process (TF 2.20: "terminate called ...",
+        # SIGABRT, seen once in CI after a parameter server was killed). The run's state is its last
+        # checkpoint, so exit without the teardown: the supervisor sees the code and restarts.
+        logging.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
       if code:
         sys.exit(code)
     else:

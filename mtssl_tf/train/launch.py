@@ -242,7 +242,7 @@ def supervise_local(
       if code == 0:
         with open(os.path.join(model_dir, 'train_result.json'), encoding='utf-8') as f:
           return json.load(f)
-      if code != EXIT_CLUSTER_FAILURE:
+      if code != EXIT_CLUSTER_FAILURE and not _aborted_after_cluster_failure(code, logs):
         raise RuntimeError(f'coordinator exited with code {code}; see {logs}/coordinator.log')
       logging.warning(
         'cluster failure after %.0f s (attempt %d of %d); restarting servers, resuming from the last checkpoint',
@@ -255,6 +255,22 @@ def supervise_local(
       cluster.stop()
     if network:
       network.close()
+
+
+def _aborted_after_cluster_failure(code: int, logs: str) -> bool:
+  """Whether the coordinator died by a signal after logging a cluster failure (a restartable failure).
+
+  TF's C++ runtime can abort while a coordinator handles a lost server (TF 2.20: "terminate called after
+  throwing ...", SIGABRT), before the process can exit with `EXIT_CLUSTER_FAILURE`; its log still says why.
+  """
+  if code >= 0:
+    return False
+  try:
+    with open(os.path.join(logs, 'coordinator.log'), encoding='utf-8', errors='replace') as f:
+      tail = f.read()[-20000:]
+  except OSError:
+    return False
+  return 'cluster failure (' in tail
 
 
 def _strings(value) -> List[str]:

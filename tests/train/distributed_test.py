@@ -484,3 +484,15 @@ def test_tf_config_roles_train_on_a_cluster(tmp_path):
   values = _checkpoint_values(str(tmp_path / 'run'))
   assert {n: int(values[k]) for k in values for n in steps if k.startswith(f'cost/steps/{n}')} == steps
   assert (tmp_path / 'run' / 'saved_model' / 'saved_model.pb').exists()
+
+
+def test_a_coordinator_aborted_after_a_cluster_failure_counts_as_one(tmp_path):
+  """TF can abort (SIGABRT) while a coordinator handles a lost server; the supervisor restarts it."""
+  logs = tmp_path / 'logs'
+  logs.mkdir()
+  assert not launch._aborted_after_cluster_failure(-6, str(logs))  # No log: not known to be a cluster failure.
+  (logs / 'coordinator.log').write_text('step 9/30 ...\nE launch.py] cluster failure (UnavailableError): reset\n')
+  assert launch._aborted_after_cluster_failure(-6, str(logs))
+  assert not launch._aborted_after_cluster_failure(1, str(logs))  # An error exit stays an error.
+  (logs / 'coordinator.log').write_text('Traceback ... ValueError: bad\n')
+  assert not launch._aborted_after_cluster_failure(-6, str(logs))
