@@ -68,10 +68,10 @@ def _puzzle_accuracy(cfg, model_dir, source, batches=20):
 @pytest.mark.numerics
 @pytest.mark.parametrize('kind', ['alexnet', 'vgg16'])
 def test_jigsaw_learns_above_chance_through_the_trainer(kind, tiny_world, tmp_path):
-  # 300 steps, not fewer: over 12 VGG16 runs of 150 steps (oneDNN off, EPYC 2 cores) the held-out accuracy ranged
-  # 0.23-0.78, four under 0.4 and two never leaving chance, and it trailed the run's own training accuracy by up
-  # to 0.4: after 150 steps BatchNorm's moving averages (momentum 0.99) still hold 22% of their initial 0/1, after
-  # 300 steps 5%. Six VGG16 runs of 300 steps: 0.61-0.84.
+  # 300 steps, not fewer: over 13 VGG16 runs of 150 steps (oneDNN off, EPYC 2 cores; one of them CI's) the held-out
+  # accuracy ranged 0.23-0.78, four under 0.4 and two never leaving chance, and it trailed the run's own training
+  # accuracy by up to 0.4: after 150 steps BatchNorm's moving averages (momentum 0.99) still hold 22% of their
+  # initial 0/1, after 300 steps 5%. Six VGG16 runs of 300 steps: 0.61-0.84.
   steps = 300
   cfg = _jigsaw_config(kind, tiny_world['sources']['images_train'], steps=steps)
   model_dir = str(tmp_path / 'run')
