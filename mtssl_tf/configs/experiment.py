@@ -200,7 +200,8 @@ class RuntimeConfig(Config):
       (emulated bf16 is 7.7x slower than float32 on an AVX2-only CPU, issue 20); the trainer
       logs the choice. Tests and miniature configs whose figures were measured in float32 set
       float32.
-    seed: global seed for initialisers and data order.
+    seed: a fresh run's initial weights (the coordinator seeds TensorFlow, NumPy and Python
+      with it before building the model, `train.distributed.build_model`) and the data order.
   """
 
   precision: str = 'auto'

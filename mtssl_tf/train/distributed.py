@@ -82,6 +82,21 @@ def worker_pools(tasks: Dict[str, Task]) -> List[int]:
   return pools
 
 
+def build_model(cfg: ExperimentConfig, tasks: Dict[str, Task], samples, precision: str):
+  """The run's model, built on sample batches, its initial weights drawn from `runtime.seed`.
+
+  The seed makes a config's fresh run start from the same weights every time (a resumed
+  run restores them instead); without it a small network's run-to-run spread includes
+  its initialisation.
+
+  Returns:
+    (model, outputs of `build_all` on the samples).
+  """
+  tf.keras.utils.set_random_seed(cfg.runtime.seed)
+  model = MultiTaskModel(cfg.trunk, tasks, cfg.lasso, precision)
+  return model, model.build_all(samples)
+
+
 def _union_dataset(name: str, ds: tf.data.Dataset, dummies: Dict[str, tf.Tensor], index: int, worker=0):
   """Task batches in the union structure: own fields filled, the others zeros; 'worker' names the pipeline."""
   others = {k: v for k, v in dummies.items() if not k.startswith(name + '/')}
@@ -162,8 +177,7 @@ class DistributedTrainer:
     precision, why = hardware.explain_precision(cfg.runtime.precision)
     logging.info('precision: %s (%s)', precision, why)
     with self.strategy.scope():
-      self.model = MultiTaskModel(cfg.trunk, self.tasks, cfg.lasso, precision)
-      outputs = self.model.build_all(self.samples)
+      self.model, outputs = build_model(cfg, self.tasks, self.samples, precision)
       # Too many batch metrics is an error now, before any step (the closures check again when traced).
       for name, task in self.tasks.items():
         batch_metric_names(name, task.batch_metrics(outputs[name], self.samples[name]))
