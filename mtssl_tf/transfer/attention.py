@@ -68,7 +68,7 @@ from mtssl_tf.train.experiment import ExperimentConfig
 from mtssl_tf.train.finetune import FineTune
 from mtssl_tf.transfer.attention_config import AttentionConfig
 from mtssl_tf.transfer.config import OUTPUTS, TransferConfig, world_sources
-from mtssl_tf.transfer.distill import load_teacher, resize_map
+from mtssl_tf.transfer.distill import load_teacher, paired_teacher_layers, resize_map
 from mtssl_tf.transfer.student import StudentTraining
 from mtssl_tf.trunk import registry
 
@@ -85,19 +85,8 @@ TEACHER_LAYERS: Dict[str, Tuple[str, ...]] = {
 
 
 def teacher_layers(cfg: AttentionConfig, kind: str) -> Tuple[str, ...]:
-  """`cfg.teacher_endpoints`, or the kind's default (`TEACHER_LAYERS`).
-
-  Raises:
-    ConfigError: no default for this kind, or the default does not pair with `student_endpoints`.
-  """
-  if cfg.teacher_endpoints:
-    return tuple(cfg.teacher_endpoints)
-  if kind not in TEACHER_LAYERS:
-    raise ConfigError(f'attention.teacher_endpoints: no default for a {kind!r} teacher; name its layers')
-  if len(cfg.student_endpoints) != len(TEACHER_LAYERS[kind]):
-    raise ConfigError(f'attention.teacher_endpoints: the {kind} default {list(TEACHER_LAYERS[kind])} pairs with '
-                      f'three student layers, got {list(cfg.student_endpoints)}; name the teacher layers')  # fmt: skip
-  return TEACHER_LAYERS[kind]
+  """`cfg.teacher_endpoints`, or the kind's default (`TEACHER_LAYERS`); errors as `distill.paired_teacher_layers`."""
+  return paired_teacher_layers(NAME, cfg.teacher_endpoints, cfg.student_endpoints, TEACHER_LAYERS, kind)
 
 
 def attention_map(x: tf.Tensor, p: float = 2.0) -> tf.Tensor:

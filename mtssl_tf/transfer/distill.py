@@ -63,20 +63,39 @@ TEACHER_LAYERS: Dict[str, Tuple[str, str]] = {
 }
 
 
-def teacher_layers(cfg: DistillConfig, kind: str) -> Tuple[str, ...]:
-  """`cfg.teacher_endpoints`, or the kind's default pair (`TEACHER_LAYERS`).
+def paired_teacher_layers(
+  section: str,
+  teacher_endpoints: Sequence[str],
+  student_endpoints: Sequence[str],
+  defaults: Dict[str, Tuple[str, ...]],
+  kind: str,
+) -> Tuple[str, ...]:
+  """The teacher layers a transfer step pairs with its student layers (distillation, attention).
+
+  Args:
+    section: the config section, for errors ('distill', 'attention').
+    teacher_endpoints: the section's `teacher_endpoints` (empty: the kind's default).
+    student_endpoints: the section's `student_endpoints`.
+    defaults: trunk kind -> default teacher layers, one per student layer.
+    kind: the teacher's trunk kind.
 
   Raises:
-    ConfigError: no default for this kind, or the default pair does not fit `student_endpoints`.
+    ConfigError: no default for this kind, or the default does not pair with `student_endpoints`.
   """
-  if cfg.teacher_endpoints:
-    return tuple(cfg.teacher_endpoints)
-  if kind not in TEACHER_LAYERS:
-    raise ConfigError(f'distill.teacher_endpoints: no default for a {kind!r} teacher; name its layers')
-  if len(cfg.student_endpoints) != len(TEACHER_LAYERS[kind]):
-    raise ConfigError(f'distill.teacher_endpoints: the {kind} default {list(TEACHER_LAYERS[kind])} pairs with two '
-                      f'student layers, got {list(cfg.student_endpoints)}; name the teacher layers')  # fmt: skip
-  return TEACHER_LAYERS[kind]
+  if teacher_endpoints:
+    return tuple(teacher_endpoints)
+  if kind not in defaults:
+    raise ConfigError(f'{section}.teacher_endpoints: no default for a {kind!r} teacher; name its layers')
+  if len(student_endpoints) != len(defaults[kind]):
+    raise ConfigError(f'{section}.teacher_endpoints: the {kind} default {list(defaults[kind])} pairs with '
+                      f'{len(defaults[kind])} student layers, got {list(student_endpoints)}; name the teacher '
+                      'layers')  # fmt: skip
+  return tuple(defaults[kind])
+
+
+def teacher_layers(cfg: DistillConfig, kind: str) -> Tuple[str, ...]:
+  """`cfg.teacher_endpoints`, or the kind's default pair (`TEACHER_LAYERS`); errors as `paired_teacher_layers`."""
+  return paired_teacher_layers(NAME, cfg.teacher_endpoints, cfg.student_endpoints, TEACHER_LAYERS, kind)
 
 
 def load_teacher(cfg: TransferConfig) -> Tuple[tf.keras.Model, str, Dict[str, Any]]:

@@ -86,6 +86,11 @@ def test_resize_and_adapters_fit_other_teachers():
   with pytest.raises(ConfigError, match='distill.adapter'):
     distill.Regressors({'conv4': (48, 64)}, 'none')
   assert distill.teacher_layers(DistillConfig(), 'vgg16') == ('conv4_3', 'conv5_3')
+  with pytest.raises(ConfigError, match=r"distill.teacher_endpoints: the vgg16 default \['conv4_3', 'conv5_3'\] pairs "
+                                        r"with 2 student layers, got \['conv5'\]"):  # fmt: skip
+    distill.teacher_layers(DistillConfig(student_endpoints=('conv5',)), 'vgg16')
+  with pytest.raises(ConfigError, match="distill.teacher_endpoints: no default for a 'inception' teacher"):
+    distill.teacher_layers(DistillConfig(), 'inception')
   assert distill.teacher_layers(DistillConfig(teacher_endpoints=('block3', 'final')), 'resnet_v2') == (
     'block3',
     'final',
