@@ -65,7 +65,6 @@ from mtssl_tf.export import saved_model
 from mtssl_tf.tasks.jigsaw import JigsawTask
 from mtssl_tf.tasks.multitask import MultiTaskModel
 from mtssl_tf.train.experiment import ExperimentConfig
-from mtssl_tf.train.finetune import FineTune
 from mtssl_tf.transfer.attention_config import AttentionConfig
 from mtssl_tf.transfer.config import OUTPUTS, TransferConfig, world_sources
 from mtssl_tf.transfer.distill import load_teacher, paired_teacher_layers, resize_map
@@ -247,20 +246,14 @@ class AttentionTransfer(StudentTraining):
     options = ReadOptions(shuffle_files=True, seed=cfg.seed + start, data_dir=self.data_dir or None)
     return self.task.dataset(options, ctx.train_spec, seed=cfg.seed + start, repeat=True)
 
-  def score(self, ctx: Context, tune: FineTune, stats: Dict[str, Any]) -> Dict[str, Any]:
-    """Exports the trunk (when trained now, or not exported yet) and sums up the training."""
+  def export_model(self, ctx: Context, export_dir: str) -> None:
+    """Writes the trunk's SavedModel, `mtssl-export`'s signatures."""
+    saved_model.export(self.model, export_dir, 'rgb', image_size=ctx.section.export_image_size)
+
+  def details(self, ctx: Context, stats: Dict[str, Any]) -> Dict[str, Any]:
+    """Layer pairs and shapes, the loss's constants, both networks and the run's statistics."""
     cfg: AttentionConfig = ctx.section
-    export_dir = os.path.join(ctx.out_dir, 'saved_model')
-    if self.export and (stats or not tf.io.gfile.exists(os.path.join(export_dir, 'saved_model.pb'))):
-      saved_model.export(self.model, export_dir, 'rgb', image_size=cfg.export_image_size)
-    size = max(1, min(cfg.log_every_steps, len(self.windows)))
     return {
-      'steps': tune.step,
-      'first_window': self.window_mean(self.windows[:size]),
-      'last_window': self.window_mean(self.windows[-size:]),
-      'train_source': ctx.train_spec,
-      'checkpoint': tune.latest_checkpoint,
-      'saved_model': export_dir if self.export else None,
       'pairs': self.pairs,
       'shapes': self.shapes,
       'beta': cfg.beta,

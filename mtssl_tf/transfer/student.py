@@ -192,12 +192,11 @@ class StudentTraining(ClassifierProtocol):
                                             ctx.section.weight_decay, 'pseudo-label')  # fmt: skip
 
   def score(self, ctx: Context, tune: FineTune, stats: Dict[str, Any]) -> Dict[str, Any]:
-    """Exports the student (when trained now, or not exported yet) and sums up the training."""
+    """Exports the model (when trained now, or not exported yet) and sums up the training."""
     cfg = ctx.section
     export_dir = os.path.join(ctx.out_dir, 'saved_model')
     if self.export and (stats or not tf.io.gfile.exists(os.path.join(export_dir, 'saved_model.pb'))):
-      module = StudentExport(self.model, cfg.crop_size)
-      saved_model.save(module, export_dir, {'serving_default': module.logits, 'features': module.features})
+      self.export_model(ctx, export_dir)
     size = max(1, min(cfg.log_every_steps, len(self.windows)))
     results = {
       'steps': tune.step,
@@ -209,6 +208,11 @@ class StudentTraining(ClassifierProtocol):
     }
     results.update(self.details(ctx, stats))
     return results
+
+  def export_model(self, ctx: Context, export_dir: str) -> None:
+    """Writes the SavedModel: the student's logits and features."""
+    module = StudentExport(self.model, ctx.section.crop_size)
+    saved_model.save(module, export_dir, {'serving_default': module.logits, 'features': module.features})
 
   def details(self, ctx: Context, stats: Dict[str, Any]) -> Dict[str, Any]:
     """The results particular to this kind of student."""
