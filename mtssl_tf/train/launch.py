@@ -50,6 +50,9 @@ _NOISE = re.compile(rb'cuda|cuDNN|cuFFT|cuBLAS|TensorRT|grpc|GRPC|remote target|
 
 # The coordinator's exit code for "the cluster failed; restart me from the checkpoint".
 EXIT_CLUSTER_FAILURE = 75
+# Written into model_dir by a coordinator the moment it catches a cluster failure, before anything that
+# could abort it: the supervisor reads it when the process died by a signal instead of exiting with the code.
+CLUSTER_FAILURE_MARKER = 'cluster_failure.json'
 # What an export may feed the trunk: a `trunk.inputs.PREPROCESSING` convention, or 'as_trained' (the run's).
 EXPORT_INPUTS = (*PREPROCESSING, 'as_trained')
 
@@ -172,10 +175,16 @@ def coordinator_main(
   tf.get_logger().setLevel('WARNING')
   logging.get_absl_logger().addFilter(lambda record: not record.getMessage().startswith('default session config:'))
   prepared = prepare(cfg) if prepared is None else prepared
+  marker = os.path.join(model_dir, CLUSTER_FAILURE_MARKER)
+  if os.path.exists(marker):
+    os.remove(marker)  # An earlier attempt's; this attempt has not failed.
   try:
     result = run_coordinator(cfg, model_dir, resolver_for(cluster_spec), prepared)
   except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError) as e:
-    logging.error('cluster failure (%s): %s', type(e).__name__, str(e).splitlines()[0])
+    first_line = str(e).splitlines()[0] if str(e) else ''
+    with open(marker, 'w', encoding='utf-8') as f:
+      json.dump({'error': type(e).__name__, 'message': first_line, 'time': time.time()}, f)
+    logging.error('cluster failure (%s): %s', type(e).__name__, first_line)
     return EXIT_CLUSTER_FAILURE
   with open(os.path.join(model_dir, 'train_result.json'), 'w', encoding='utf-8') as f:
     json.dump(result, f, indent=2)
@@ -242,7 +251,7 @@ def supervise_local(
       if code == 0:
         with open(os.path.join(model_dir, 'train_result.json'), encoding='utf-8') as f:
           return json.load(f)
-      if code != EXIT_CLUSTER_FAILURE and not _aborted_after_cluster_failure(code, logs):
+      if code != EXIT_CLUSTER_FAILURE and not _aborted_after_cluster_failure(code, model_dir):
         raise RuntimeError(f'coordinator exited with code {code}; see {logs}/coordinator.log')
       logging.warning(
         'cluster failure after %.0f s (attempt %d of %d); restarting servers, resuming from the last checkpoint',
@@ -257,20 +266,14 @@ def supervise_local(
       network.close()
 
 
-def _aborted_after_cluster_failure(code: int, logs: str) -> bool:
-  """Whether the coordinator died by a signal after logging a cluster failure (a restartable failure).
+def _aborted_after_cluster_failure(code: int, model_dir: str) -> bool:
+  """Whether the coordinator died by a signal after catching a cluster failure (a restartable failure).
 
   TF's C++ runtime can abort while a coordinator handles a lost server (TF 2.20: "terminate called after
-  throwing ...", SIGABRT), before the process can exit with `EXIT_CLUSTER_FAILURE`; its log still says why.
+  throwing ...", SIGABRT), before the process can exit with `EXIT_CLUSTER_FAILURE`; the coordinator wrote
+  `CLUSTER_FAILURE_MARKER` first (`coordinator_main` removes an earlier attempt's when it starts).
   """
-  if code >= 0:
-    return False
-  try:
-    with open(os.path.join(logs, 'coordinator.log'), encoding='utf-8', errors='replace') as f:
-      tail = f.read()[-20000:]
-  except OSError:
-    return False
-  return 'cluster failure (' in tail
+  return code < 0 and os.path.exists(os.path.join(model_dir, CLUSTER_FAILURE_MARKER))
 
 
 def _strings(value) -> List[str]:

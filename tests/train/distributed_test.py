@@ -486,13 +486,26 @@ def test_tf_config_roles_train_on_a_cluster(tmp_path):
   assert (tmp_path / 'run' / 'saved_model' / 'saved_model.pb').exists()
 
 
-def test_a_coordinator_aborted_after_a_cluster_failure_counts_as_one(tmp_path):
+def test_a_coordinator_aborted_after_a_cluster_failure_counts_as_one(tmp_path, monkeypatch):
   """TF can abort (SIGABRT) while a coordinator handles a lost server; the supervisor restarts it."""
-  logs = tmp_path / 'logs'
-  logs.mkdir()
-  assert not launch._aborted_after_cluster_failure(-6, str(logs))  # No log: not known to be a cluster failure.
-  (logs / 'coordinator.log').write_text('step 9/30 ...\nE launch.py] cluster failure (UnavailableError): reset\n')
-  assert launch._aborted_after_cluster_failure(-6, str(logs))
-  assert not launch._aborted_after_cluster_failure(1, str(logs))  # An error exit stays an error.
-  (logs / 'coordinator.log').write_text('Traceback ... ValueError: bad\n')
-  assert not launch._aborted_after_cluster_failure(-6, str(logs))
+  run = tmp_path / 'run'
+  run.mkdir()
+  assert not launch._aborted_after_cluster_failure(-6, str(run))  # No marker: not known to be a cluster failure.
+
+  def lost_server(*args):
+    raise tf.errors.UnavailableError(None, None, 'Socket closed\nmore detail')
+
+  # What the coordinator does on a cluster failure: the marker first, then the exit code.
+  monkeypatch.setattr(launch, 'run_coordinator', lost_server)
+  cfg = ExperimentConfig()
+  code = launch.coordinator_main(cfg, str(run), {'worker': ['localhost:1'], 'ps': ['localhost:2']}, prepared=object())
+  assert code == launch.EXIT_CLUSTER_FAILURE
+  marker = json.loads((run / launch.CLUSTER_FAILURE_MARKER).read_text())
+  assert marker['error'] == 'UnavailableError' and marker['message'] == 'Socket closed'
+  assert launch._aborted_after_cluster_failure(-6, str(run))
+  assert not launch._aborted_after_cluster_failure(1, str(run))  # An error exit stays an error.
+
+  # The next attempt removes the marker when it starts: a later abort of its own is not a cluster failure.
+  monkeypatch.setattr(launch, 'run_coordinator', lambda *args: {'relative_position': {'steps': 1}})
+  assert launch.coordinator_main(cfg, str(run), {'worker': ['localhost:1'], 'ps': ['localhost:2']}, object()) == 0
+  assert not launch._aborted_after_cluster_failure(-6, str(run))
