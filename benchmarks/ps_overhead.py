@@ -6,13 +6,17 @@ loss + gradients; every K steps one averaged per-task RMSProp update, the K grad
 summed in local variables). The PS figures include everything the real trainer does:
 closures on the worker, gradient slot writes on the PS, the coordinator's applies and
 bookkeeping, once per `train.accumulate` mode (the K gradients summed on the parameter
-server, the default and the paper's scheme, or on the worker). Baseline, PS runs (each in
-a fresh process), baseline again; ratio = PS steps/s / mean baseline steps/s (goal >= 0.9).
+server, the default and the paper's scheme, or on the worker), and once per
+`train.closures_per_worker` (1, the default: a worker's next step waits for the
+coordinator's round trip and reads fresh weights; 2: the round trip hides behind a queued
+step whose gradient is one update staler). Baseline, PS runs (each in a fresh process),
+baseline again; ratio = PS steps/s / mean baseline steps/s (goal >= 0.9).
 
 Defaults: ResNet-101's width (64) on a shallow trunk (units 1, 1, 2), the paper's
 K = 16, batch 16 (the relative-position batch of configs/train/rp_col_ex_ms.yaml).
 
-    .venv/bin/python benchmarks/ps_overhead.py                     # ~4 min on 2 cores
+    .venv/bin/python benchmarks/ps_overhead.py                     # ~6 min on 2 cores
+    .venv/bin/python benchmarks/ps_overhead.py --closures_per_worker=2 --accumulate=worker
     .venv/bin/python benchmarks/ps_overhead.py --width=32 --aggregate_steps=1
     .venv/bin/python benchmarks/ps_overhead.py --accumulate=worker --steps=128
     .venv/bin/python benchmarks/ps_overhead.py --units=3,4,23 --steps=32   # the full trunk
@@ -51,18 +55,21 @@ flags.DEFINE_list(
   ['parameter_server', 'worker'],
   'train.accumulate modes of the PS trainer to measure: where the K gradients are summed.',
 )
+flags.DEFINE_list('closures_per_worker', ['1', '2'], 'train.closures_per_worker values of the PS trainer to measure.')
 flags.DEFINE_enum(
   'private_network',
   'auto',
   ['auto', 'on', 'off'],
   'Run each PS measurement (its servers and coordinator) in a private network namespace, as mtssl-train does.',
 )
-flags.DEFINE_string('ps_child', None, 'Internal: measure this accumulate mode only, in this process, and print it.')
+flags.DEFINE_string(
+  'ps_child', None, 'Internal: measure this <accumulate>:<closures_per_worker> only, here, and print it.'
+)
 flags.DEFINE_string('world_dir', None, 'Internal: the synthetic world of the parent process.')
 FLAGS = flags.FLAGS
 
 
-def _config(world_dir, accumulate='parameter_server'):
+def _config(world_dir, accumulate='parameter_server', closures_per_worker=1):
   cfg = ExperimentConfig()
   override(cfg, {
     'trunk': {'units_per_block': [int(u) for u in FLAGS.units], 'width': FLAGS.width},
@@ -71,7 +78,8 @@ def _config(world_dir, accumulate='parameter_server'):
                                         data={'shuffle_buffer': 0}, aggregate_steps=FLAGS.aggregate_steps)},
     # float32 as measured in benchmarks/README.md; 'auto' is printed (mixed_bfloat16 on AVX512_BF16 or AMX).
     'runtime': {'precision': 'float32'},
-    'train': dict(mode='hybrid', accumulate=accumulate, world_dir=world_dir, world_preset='small',
+    'train': dict(mode='hybrid', accumulate=accumulate, closures_per_worker=closures_per_worker,
+                  world_dir=world_dir, world_preset='small',
                   checkpoint_every_seconds=1e9, log_every_seconds=1e9, cost_tick=1e9),
   })  # fmt: skip
   validate_all(cfg)
@@ -166,7 +174,8 @@ def main(argv):
   if FLAGS.ps_child:
     world = make_world(FLAGS.world_dir, 'small')
     with tempfile.TemporaryDirectory() as tmp:
-      rate = ps_rate(_config(FLAGS.world_dir, FLAGS.ps_child), world['sources']['images_train'], tmp)
+      mode, closures = FLAGS.ps_child.split(':')
+      rate = ps_rate(_config(FLAGS.world_dir, mode, int(closures)), world['sources']['images_train'], tmp)
     print(f'RATE {rate}')
     return
   print(f'CPU: {hardware.describe_cpu()}')
@@ -178,7 +187,7 @@ def main(argv):
     cfg = _config(world_dir)
     source = world['sources']['images_train']
     first = baseline_rate(cfg, source)
-    ps = {mode: _ps_in_child(mode, world_dir) for mode in FLAGS.accumulate}
+    ps = {f'{m}:{c}': _ps_in_child(f'{m}:{c}', world_dir) for m in FLAGS.accumulate for c in FLAGS.closures_per_worker}
     second = baseline_rate(cfg, source)
   base = (first + second) / 2
   print(
@@ -187,8 +196,12 @@ def main(argv):
     f'K = {FLAGS.aggregate_steps}, {FLAGS.steps} timed steps'
   )
   print(f'no strategy:                      {first:.2f} / {second:.2f} steps/s (before / after)')
-  for mode, rate in ps.items():
-    print(f'PS trainer, accumulate on {mode + ":":17s}{rate:.2f} steps/s, ratio {rate / base:.2f}  (goal >= 0.9)')
+  for key, rate in ps.items():
+    mode, closures = key.split(':')
+    print(
+      f'PS trainer, accumulate on {mode + ",":17s} {closures} closure(s)/worker: {rate:.2f} steps/s, '
+      f'ratio {rate / base:.2f}  (goal >= 0.9)'
+    )
 
 
 if __name__ == '__main__':

@@ -7,12 +7,15 @@ How a step flows:
    are constant zeros) plus a task id, and `choose_from_datasets` keyed by the worker's
    index makes each worker read only its own task's pipeline. (`schedule` cannot pin a
    closure to a worker; the worker's dataset decides what it trains.)
-2. Compute closures. The coordinator keeps two generic closures per worker in flight,
-   each with a gradient slot of its own, and takes each as it finishes, not in schedule
-   order (`in_flight.py`), so a slow task's closure holds back no other task's results
-   and keeps no worker idle. On the worker it switches on the task id, computes
-   that task's loss and gradients and assigns them into its slot on the parameter
-   servers (`GradientSlots`; assignment makes re-run closures harmless). Under
+2. Compute closures. The coordinator keeps `train.closures_per_worker` generic closures
+   per worker in flight (1, default: a worker's next step reads the weights after its last
+   result was taken and applied; 2: that step overlaps the coordinator's round trip, and
+   its gradient is one update staler), each with a gradient slot of
+   its own, and takes each as it finishes, not in schedule order (`in_flight.py`), so a
+   slow task's closure holds back no other task's results and keeps no worker idle. On
+   the worker it switches on the task id, computes that task's loss and gradients and
+   assigns them into its slot on the parameter servers (`GradientSlots`; assignment
+   makes re-run closures harmless). Under
    `train.accumulate: worker` a closure reads its weights once, runs its task's K_t
    steps on them in a loop on the worker and assigns the gradients' sum once (K_t
    times less traffic each way; `snapshot.py`).
@@ -150,7 +153,7 @@ class DistributedTrainer:
     self.sources = sources
     t = cfg.train
     self.num_workers = len(self.pools)
-    self.window = 2 * self.num_workers
+    self.window = t.closures_per_worker * self.num_workers  # Closures in flight (docstring, 2).
     if fetch_order not in ORDERS:
       raise ValueError(f'fetch_order must be one of {ORDERS}, got {fetch_order!r}')
     self.fetch_order = fetch_order

@@ -63,6 +63,18 @@ class TrainConfig(Config):
     sgd_lr_stepsize: updates of a task between steps (100000: the same solver).
     sgd_bias_lr_mult: biases' lr_mult (2: train_val_cfn_jps++.prototxt; weights 1).
     sgd_bias_decay_mult: biases' decay_mult (0: the same prototxt; weights 1).
+    closures_per_worker: compute closures the coordinator keeps in flight per worker. 1
+      (default): a worker's next step starts after the coordinator took its last result and
+      applied any update it completed, so with one worker per task (or K_t = 1) every
+      gradient is taken at the latest weights, as §4's per-task synchronous aggregation
+      ("applies the accumulated update while all workers wait ... preventing stale
+      gradients"); the worker idles for the coordinator's round trip. 2: that round trip
+      hides behind a queued step, whose gradient is one update older (a VGG16 Jigsaw++ run
+      of tests/train/conv_trunk_test.py stayed at chance with 2 and learned with 1, same
+      seed). Left as the paper's departure either way: with several workers on a task, a
+      worker that finishes early starts its next step before its task's aggregate is applied
+      (BUILD.md, "How training is distributed"). 'sync' ignores it (a round is one closure
+      per worker).
     num_ps: parameter servers of the local cluster.
     cost_tick: a checkpoint is kept each time total compute crosses a multiple of it
       (same unit as the tasks' cost_per_step; the paper used ~2.4K GPU-hours).
@@ -89,6 +101,7 @@ class TrainConfig(Config):
   sgd_lr_stepsize: int = optim.DEFAULT_LR_STEPSIZE
   sgd_bias_lr_mult: float = optim.DEFAULT_BIAS_LR_MULT
   sgd_bias_decay_mult: float = optim.DEFAULT_BIAS_DECAY_MULT
+  closures_per_worker: int = 1
   num_ps: int = 1
   cost_tick: float = 100.0
   checkpoint_every_seconds: float = 600.0
@@ -104,6 +117,8 @@ class TrainConfig(Config):
       raise ConfigError(f'train.accumulate: must be one of {ACCUMULATE}, got {self.accumulate!r}')
     if self.total_steps < 1 or self.num_ps < 1:
       raise ConfigError('train.total_steps and train.num_ps: must be positive')
+    if self.closures_per_worker < 1:
+      raise ConfigError(f'train.closures_per_worker: must be >= 1, got {self.closures_per_worker}')
     if self.rmsprop_variant not in rmsprop.VARIANTS:
       raise ConfigError(f'train.rmsprop_variant: must be one of {rmsprop.VARIANTS}, got {self.rmsprop_variant!r}')
     if not 0.0 <= self.rmsprop_decay < 1.0:

@@ -9,7 +9,8 @@ The coordinator runs in a subprocess with the patch applied (the test process ne
 joins a cluster); servers and coordinator share a private network namespace where
 Linux allows it, as the launcher's. It records every closure it takes: task, the
 worker's clock at the closure's start and end, and whether the result was held behind
-another closure.
+another closure; and the (wall) time each update's apply returned, in
+`<model_dir>/taken.json.updates`.
 """
 
 import json
@@ -25,7 +26,7 @@ from mtssl_tf.distribute.private_net import open_private_network
 from mtssl_tf.tasks import build_tasks
 
 _SCRIPT = """
-import functools, json, sys
+import functools, json, sys, time
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import testing
 from mtssl_tf.configs import load_config
@@ -60,6 +61,13 @@ def paced(self, name, batch, *args, **kwargs):
   return compute_gradients(self, name, batch, *args, **kwargs)
 
 MultiTaskModel.compute_gradients = paced
+applied, update = [], distributed.DistributedTrainer._update
+
+def record_update(self, name, pending):
+  update(self, name, pending)
+  applied.append(dict(task=name, end=time.time()))  # The apply has returned: the weights hold it.
+
+distributed.DistributedTrainer._update = record_update
 distributed.DistributedTrainer = functools.partial(distributed.DistributedTrainer, fetch_order={order!r})
 taken, take = [], in_flight.InFlight.next
 
@@ -72,6 +80,8 @@ in_flight.InFlight.next = record
 code = launch.coordinator_main(load_config(ExperimentConfig, [{config!r}]), {run!r}, {spec!r})
 with open({trace!r}, 'w') as f:
   json.dump(taken, f)
+with open({trace!r} + '.updates', 'w') as f:
+  json.dump(applied, f)
 sys.exit(code)
 """
 

@@ -58,7 +58,7 @@ def test_fast_task_keeps_its_own_speed_beside_a_5x_slower_task(paced_train, tmp_
   assert not any(c['held'] for c in taken)
   # While the slow task runs (its third closure's end to its last one's), the fast task
   # keeps its own speed: at least 85% of its rate alone. Taking closures in schedule order
-  # (2 per worker in flight) leaves it at most 3 steps per slow step: measured 0.70 of
+  # (measured with 2 per worker in flight) left it at most 3 steps per slow step: 0.70 of
   # its rate alone (0.95 as they finish). No upper bound: on a loaded machine the alone
   # run's compute can exceed the pace (measured 1.28x once), which says nothing about waiting.
   slow = sorted(c['end'] for c in taken if c['task'] == 1)
