@@ -52,6 +52,7 @@ from mtssl_tf.tasks import build_tasks
 from mtssl_tf.tasks.base import Task
 from mtssl_tf.tasks.multitask import MultiTaskModel
 from mtssl_tf.train import knn, optim, snapshot
+from mtssl_tf.train.admission import RoundGate
 from mtssl_tf.train.checkpointing import TracedCheckpoint
 from mtssl_tf.train.cost import CostTracker
 from mtssl_tf.train.experiment import ExperimentConfig
@@ -190,6 +191,11 @@ class DistributedTrainer:
         snapshot.check_supported(self.model.variables)
       self.optimizer = optim.from_config(t, self.variables)
       self.cost = CostTracker({n: task.config.cost_per_step for n, task in self.tasks.items()}, t.cost_tick)
+      # A task's workers wait for its open update (docstring, 3); not tracked by the checkpoint.
+      self.gate = None
+      if t.mode == 'hybrid' and t.wait_for_update:
+        rounds = [1 if on_worker else aggregate[n] for n in self.names]
+        self.gate = RoundGate(rounds, num_slots, t.wait_timeout_seconds)
     # Traced once per run: TF's eager save retraces at every save on several devices (checkpointing.py).
     self.checkpoint = TracedCheckpoint(model=self.model, optimizer=self.optimizer, cost=self.cost)
     self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(model_dir, 'checkpoints'), max_to_keep=3)
@@ -259,7 +265,7 @@ class DistributedTrainer:
       skipped = (tf.reduce_max(batch[pipeline.SKIPPED_KEY]), batch[pipeline.SKIPPED_SOURCES_KEY][-1])
       return tf.cast(task_loss, tf.float32), tf.stack(values), skipped, grads
 
-    def branch(name, first, iterator, slot, budget):
+    def step(name, first, iterator, slot, budget):
       variables = self.variables[name]
       snap = None
       if multi_step:
@@ -295,17 +301,24 @@ class DistributedTrainer:
         n = tf.cast(steps, tf.float32)
         return tf.identity(steps), loss / n, metrics / n, skipped
 
+    def branch(index, name, first, iterator, slot, budget):
+      # Admission before any weight is read: the step's reads wait for its control dependencies.
+      epoch, waited = tf.constant(-1, tf.int64), tf.constant(0.0, tf.float64)
+      if self.gate is not None:
+        epoch, waited = self.gate.admit(index, slot)
+      began = tf.timestamp()  # After admission: the step's weights are read from here on.
+      with tf.control_dependencies([epoch, began]):
+        return (epoch, waited, began, *step(name, first, iterator, slot, budget))
+
     @tf.function
     def worker_step(iterator, slot, budget):
-      # The worker's clock around the whole closure (input included): busy time per pool.
-      start = tf.timestamp()
-      with tf.control_dependencies([start]):
-        first = next(iterator)
-      branches = [lambda n=n: branch(n, first, iterator, slot, budget) for n in names]
-      outputs = tf.switch_case(first['task'], branches)
+      first = next(iterator)
+      branches = [lambda i=i, n=n: branch(i, n, first, iterator, slot, budget) for i, n in enumerate(names)]
+      epoch, waited, began, *outputs = tf.switch_case(first['task'], branches)
       with tf.control_dependencies(outputs):
         end = tf.timestamp()
-      return (first['task'], first['worker'], *outputs, start, end)
+      # The worker's clock from admission to the end (input of later steps included): busy time per pool.
+      return (first['task'], first['worker'], *outputs, epoch, waited, began, end)
 
     return worker_step
 
@@ -327,7 +340,11 @@ class DistributedTrainer:
     # The accounting counts steps in the function that applies them, never before
     # (module docstring, 4): a checkpoint's counters are the steps in its weights.
     with tf.control_dependencies([update]):
-      self.cost.add(name, steps)
+      counted = self.cost.add(name, steps)
+    if self.gate is not None:
+      # After the new weights (and the counters): a closure admitted in the next epoch reads them.
+      with tf.control_dependencies([counted]):
+        self.gate.reopen(self.names.index(name))
 
   def _update(self, name: str, pending: List[Tuple[int, int]]) -> None:
     """Applies one update of `name` from its pending (slot, steps) pairs, counts their steps, frees the slots."""
@@ -371,6 +388,12 @@ class DistributedTrainer:
     pending = {n: [] for n in self.names}
     closures = {n: 0 for n in self.names}
     busy = {n: [0.0, np.inf, -np.inf] for n in self.names}  # Seconds in closures, first start, last end.
+    # Admission (admission.py): per task the updates applied in this run (its epoch), the epochs of its
+    # pending results, results applied at a later epoch than admitted in, and seconds spent waiting.
+    epochs = {n: 0 for n in self.names}
+    admitted = {n: [] for n in self.names}
+    stale = {n: 0 for n in self.names}
+    waited = {n: 0.0 for n in self.names}
     window = _Window(self.names)
     last_log = last_ckpt = start = time.time()
     start_done = done
@@ -388,7 +411,9 @@ class DistributedTrainer:
           in_flight.add((self.free_slots.pop(), budget))
           reserved += budget
       for _ in range(len(in_flight) if t.mode == 'sync' else 1):
-        (slot, budget), (task_index, worker, steps, loss, metrics, skipped, began, ended), _ = in_flight.next()
+        (slot, budget), (task_index, worker, steps, loss, metrics, skipped, epoch, wait, began, ended), _ = (
+          in_flight.next()
+        )
         name, steps = self.names[int(task_index)], int(steps)
         if not np.isfinite(loss):
           raise FloatingPointError(
@@ -399,6 +424,8 @@ class DistributedTrainer:
         fetched[name] += steps
         closures[name] += 1
         busy[name] = [busy[name][0] + ended - began, min(busy[name][1], began), max(busy[name][2], ended)]
+        waited[name] += float(wait)
+        admitted[name].append(int(epoch))
         done += steps
         reserved -= budget - steps  # A task with a smaller K_t returns the rest.
         window.add(name, float(loss), metrics, steps)
@@ -407,6 +434,10 @@ class DistributedTrainer:
         if t.mode != 'sync' and sum(n for _, n in pending[name]) >= self.aggregate[name]:
           self._update(name, pending[name])
           pending[name] = []
+          if self.gate is not None:
+            stale[name] += sum(e != epochs[name] for e in admitted[name])
+            epochs[name] += 1
+          admitted[name] = []
       if t.mode == 'sync':
         for name in self.names:
           if pending[name]:
@@ -438,6 +469,8 @@ class DistributedTrainer:
         'updates': int(self.optimizer.iterations[n].numpy()),
         'closures': closures[n],
         'worker_busy': _busy_fraction(*busy[n], self.tasks[n].config.workers),
+        'waited_seconds': round(waited[n], 3),
+        'stale_steps': stale[n] if self.gate is not None else None,
         'skipped_examples': self.skips[n].count,
         'skipped_sources': self.skips[n].sources,
         **self.last_logged.get(n, {}),

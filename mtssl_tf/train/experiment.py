@@ -71,10 +71,18 @@ class TrainConfig(Config):
       gradients"); the worker idles for the coordinator's round trip. 2: that round trip
       hides behind a queued step, whose gradient is one update older (a VGG16 Jigsaw++ run
       of tests/train/conv_trunk_test.py stayed at chance with 2 and learned with 1, same
-      seed). Left as the paper's departure either way: with several workers on a task, a
-      worker that finishes early starts its next step before its task's aggregate is applied
-      (BUILD.md, "How training is distributed"). 'sync' ignores it (a round is one closure
-      per worker).
+      seed). With `wait_for_update` (the default) a queued step waits on its worker for the
+      update instead, so 2 is as fresh as 1 and only hides the dispatch. 'sync' ignores it
+      (a round is one closure per worker).
+    wait_for_update: 'hybrid' only. True (default, §4: the parameter servers apply a task's
+      accumulated update "while all workers wait ... preventing stale gradients"): a step
+      starts on its worker only while its task's open update has room (K_t steps, or one
+      closure under worker accumulation), so every gradient of an update is taken at the
+      weights of the update before, however many workers a task has
+      (mtssl_tf/train/admission.py). False: a worker that finishes early starts its next step
+      at once, and that gradient is one update old when applied.
+    wait_timeout_seconds: a waiting step runs anyway after this long (a place held by a
+      closure that was lost with its worker; admission.py); longer than any step.
     num_ps: parameter servers of the local cluster.
     cost_tick: a checkpoint is kept each time total compute crosses a multiple of it
       (same unit as the tasks' cost_per_step; the paper used ~2.4K GPU-hours).
@@ -102,6 +110,8 @@ class TrainConfig(Config):
   sgd_bias_lr_mult: float = optim.DEFAULT_BIAS_LR_MULT
   sgd_bias_decay_mult: float = optim.DEFAULT_BIAS_DECAY_MULT
   closures_per_worker: int = 1
+  wait_for_update: bool = True
+  wait_timeout_seconds: float = 120.0
   num_ps: int = 1
   cost_tick: float = 100.0
   checkpoint_every_seconds: float = 600.0
@@ -119,6 +129,8 @@ class TrainConfig(Config):
       raise ConfigError('train.total_steps and train.num_ps: must be positive')
     if self.closures_per_worker < 1:
       raise ConfigError(f'train.closures_per_worker: must be >= 1, got {self.closures_per_worker}')
+    if not self.wait_timeout_seconds > 0:
+      raise ConfigError(f'train.wait_timeout_seconds: must be positive, got {self.wait_timeout_seconds}')
     if self.rmsprop_variant not in rmsprop.VARIANTS:
       raise ConfigError(f'train.rmsprop_variant: must be one of {rmsprop.VARIANTS}, got {self.rmsprop_variant!r}')
     if not 0.0 <= self.rmsprop_decay < 1.0:

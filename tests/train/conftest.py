@@ -9,7 +9,8 @@ The coordinator runs in a subprocess with the patch applied (the test process ne
 joins a cluster); servers and coordinator share a private network namespace where
 Linux allows it, as the launcher's. It records every closure it takes: task, the
 worker's clock at the closure's start and end, and whether the result was held behind
-another closure; and the (wall) time each update's apply returned, in
+another closure, the epoch it was admitted in and the seconds it waited for admission (-1 and 0 when
+closures do not wait, admission.py); and the (wall) time each update's apply returned, in
 `<model_dir>/taken.json.updates`.
 """
 
@@ -24,6 +25,10 @@ from mtssl_tf.configs import save_config
 from mtssl_tf.distribute.cluster import LocalCluster
 from mtssl_tf.distribute.private_net import open_private_network
 from mtssl_tf.tasks import build_tasks
+
+# `--import-mode=importlib` puts no test folder on sys.path; this one holds tiny_configs.py, the trainer tests'
+# shared config pieces (imported by module, not as fixtures, by their module-level config helpers).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 _SCRIPT = """
 import functools, json, sys, time
@@ -72,8 +77,9 @@ distributed.DistributedTrainer = functools.partial(distributed.DistributedTraine
 taken, take = [], in_flight.InFlight.next
 
 def record(self):
-  out = take(self)  # The worker step returns the task index first, its clock at start and end last.
-  taken.append(dict(task=int(out.value[0]), start=float(out.value[-2]), end=float(out.value[-1]), held=bool(out.held)))
+  out = take(self)  # The worker step returns the task index first; its admission epoch, wait, start and end last.
+  taken.append(dict(task=int(out.value[0]), start=float(out.value[-2]), end=float(out.value[-1]), held=bool(out.held),
+                    epoch=int(out.value[-4]), waited=float(out.value[-3])))
   return out
 
 in_flight.InFlight.next = record

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from tiny_configs import TINY_TRUNK, tiny_relative_position
 
 from mtssl_tf.configs import override, save_config, validate_all
 from mtssl_tf.train import launch
@@ -27,11 +28,10 @@ SAVED_MODEL_CLI = str(__import__('pathlib').Path(sys.executable).with_name('save
 def _config(world_dir, **train):
   cfg = ExperimentConfig()
   override(cfg, {
-    'trunk': {'units_per_block': [1, 1, 2], 'width': 8},
+    'trunk': TINY_TRUNK,
     'runtime': {'precision': 'float32'},  # Pinned: 'auto' is mixed_bfloat16 on CPUs with AVX512_BF16 or AMX.
     'tasks': {
-      'relative_position': dict(enabled=True, batch_size=4, patch_size=16, gap=4, jitter=1, min_area=4096,
-                                max_area=4096, min_downsample=4, hidden_units=16, aggregate_steps=3),
+      'relative_position': tiny_relative_position(batch_size=4, aggregate_steps=3),
       'exemplar': dict(enabled=True, batch_size=4, patch_size=16, num_views=2, embedding_size=8, hidden_units=16,
                        cost_per_step=0.5),
     },

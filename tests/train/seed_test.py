@@ -2,6 +2,7 @@
 
 import numpy as np
 import tensorflow as tf
+from tiny_configs import TINY_TRUNK, tiny_relative_position
 
 from mtssl_tf.configs import override, validate_all
 from mtssl_tf.data.images import ReadOptions
@@ -13,10 +14,9 @@ from mtssl_tf.train.experiment import ExperimentConfig
 def _weights(seed, source):
   cfg = ExperimentConfig()
   override(cfg, {
-    'trunk': {'units_per_block': [1, 1, 2], 'width': 8},
+    'trunk': TINY_TRUNK,
     'runtime': {'seed': seed},
-    'tasks': {'relative_position': dict(enabled=True, batch_size=2, patch_size=16, gap=4, jitter=1, min_area=4096,
-                                        max_area=4096, min_downsample=4, hidden_units=16)},
+    'tasks': {'relative_position': tiny_relative_position()},
   })  # fmt: skip
   validate_all(cfg)
   tasks = build_tasks(cfg.tasks, cfg.trunk.output_stride, cfg.trunk)  # Fresh heads each time.
