@@ -25,7 +25,7 @@ class LabelledImagesConfig(Config):
   """Where labelled images come from and how they are cut, shared by the classification protocols.
 
   Attributes:
-    train_source: training images (`tfrecord:`, `folder:`, `tfds:` spec); '' = the
+    train_source: training images (`tfrecord:`, `folder:`, `list:`, `tfds:` spec); '' = the
       synthetic world's (or the caller passes it).
     validation_source: validation images, likewise.
     data_dir: tensorflow-datasets data directory for `tfds:` sources.

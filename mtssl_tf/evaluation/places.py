@@ -11,8 +11,9 @@ Places-style source, from `mtssl-eval --eval=places_linear --init=<transfer run>
 with its outputs in `<model_dir>/eval/places_linear/` (the ImageNet probes of Table 4 keep
 `student/probe/`). A config is all a new dataset needs.
 
-Sources. Image TFRecords, folders or tfds specs are read as labelled images (Places205 as
-Model Garden-style TFRecords at paper scale). A `voc:` / `tfds:voc` source (the synthetic
+Sources. Image TFRecords, folders, image lists or tfds specs are read as labelled images
+(Places205 at paper scale as distributed: `list:` sources over its trainvalsplit csv files,
+`data.sources`). A `voc:` / `tfds:voc` source (the synthetic
 world's multi-object scenes, this protocol's default: they stand for Places at miniature
 scale, as `world:scene_images` does for Table 2) is labelled here by its scene's largest
 object: the class of the largest non-difficult box (of any box when all are difficult),

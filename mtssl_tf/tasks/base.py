@@ -32,7 +32,7 @@ class DataConfig(Config):
   """Where a task reads its examples.
 
   Attributes:
-    source: a source spec (`tfrecord:<glob>`, `folder:<dir>`, `tfds:<name>:<split>`);
+    source: a source spec (`tfrecord:<glob>`, `folder:<dir>`, `list:<file>@<root>`, `tfds:<name>:<split>`);
       empty means the synthetic world's default for the task.
     data_dir: tensorflow-datasets directory (nothing is downloaded).
     label_offset: subtracted from stored labels (1 for Model Garden ImageNet).

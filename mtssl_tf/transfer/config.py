@@ -56,7 +56,7 @@ class ExtractConfig(Config):
   """Features of the images to cluster.
 
   Attributes:
-    source: image source spec (`tfrecord:`, `folder:`, `tfds:`); '' = the synthetic
+    source: image source spec (`tfrecord:`, `folder:`, `list:`, `tfds:`); '' = the synthetic
       world's training images.
     data_dir: tensorflow-datasets data directory for `tfds:` sources.
     label_offset: subtracted from labels (kept for diagnostics only; 1 for Model Garden ImageNet).
