@@ -13,6 +13,7 @@ and may call `decode.decode_and_crop_rgb` so only the crop of a JPEG is decoded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -222,6 +223,19 @@ def read_image_list(list_file: str) -> Tuple[List[str], np.ndarray]:
   """
   if not tf.io.gfile.exists(list_file) or tf.io.gfile.isdir(list_file):
     raise DataError(f'image list file {list_file!r} does not exist or is not a file')
+  stat = tf.io.gfile.stat(list_file)
+  paths, labels = _parse_image_list(list_file, stat.length, stat.mtime_nsec)
+  return list(paths), labels.copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_image_list(list_file: str, length: int, mtime_nsec: int) -> Tuple[Tuple[str, ...], np.ndarray]:
+  """`read_image_list`'s parse, cached per file version (size and mtime are in the key).
+
+  A parameter-server run builds one input pipeline per worker and task in the
+  coordinator's process, each of which would otherwise parse the list again.
+  """
+  del length, mtime_nsec  # Cache key only.
   with tf.io.gfile.GFile(list_file, 'rb') as f:
     text = f.read().decode('utf-8', errors='replace')
   paths, labels, width = [], [], 0
@@ -241,7 +255,7 @@ def read_image_list(list_file: str) -> Tuple[List[str], np.ndarray]:
     paths.append(fields[0].lstrip('/'))
   if not paths:
     raise DataError(f'image list {list_file!r} holds no entries')
-  return paths, np.asarray(labels, np.int64)
+  return tuple(paths), np.asarray(labels, np.int64)
 
 
 def list_images(

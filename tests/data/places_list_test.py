@@ -124,6 +124,11 @@ def test_read_image_list_is_plain_python(tmp_path):
   listing.write_text('/a/b/1.jpg 5\n  c/2.jpg\t7  \n')
   paths, labels = images.read_image_list(str(listing))
   assert paths == ['a/b/1.jpg', 'c/2.jpg'] and labels.dtype == np.int64 and labels.tolist() == [5, 7]
+  labels[0], paths[0] = 99, 'changed'  # Callers get copies: the parse is cached per file version.
+  assert images.read_image_list(str(listing))[1].tolist() == [5, 7]
+  listing.write_text('c/3.jpg 2\n')  # A rewritten list (new size and mtime) is parsed again.
+  paths, labels = images.read_image_list(str(listing))
+  assert paths == ['c/3.jpg'] and labels.tolist() == [2]
 
 
 def test_places_linear_reads_list_sources_from_the_shipped_config(tmp_path):
