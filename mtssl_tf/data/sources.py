@@ -8,26 +8,30 @@ Kinds of labelled image source:
                           paths relative to `<root>` (the part after the last '@').
 
 The `list:` kind reads the Places datasets as distributed, whose first-level folders are
-letters (`a/airfield/...`), so `folder:` would label every image by its letter. Formats
-as the dataset files and public readers of them show (checked, not run: the Places365
-development kit README, 'data/places365_train_challenge.txt ... places365_val.txt, where
-each line contains one image filename and its corresponding scene category label';
-pytorch/vision `torchvision/datasets/places365.py`, which strips the leading '/' and joins
-`data_256` / `val_256`; for Places205 a tensorpack `place_lmdb_generator.py`, which splits
-`train_places205.csv` lines at ' ' and strips `data/vision/torralba/deeplearning/images256/`
-from archive names, and self-supervised benchmark configs with that folder as image
-prefix and `trainvalsplit_places205/train_places205.csv` as annotation file):
+letters (`a/airfield/...`), so `folder:` would label every image by its letter. The
+formats below are as the dataset's own documentation and public readers show them
+(read, not run): the Places365 development kit README (training images listed with
+their category ids in `places365_train_*.txt`; 'each line [of places365_val.txt] contains
+one image filename and its corresponding scene category label (from 0 to 364)';
+fine-grained categories nest, e.g. `s/swimming_pool/indoor`); pytorch/vision
+`torchvision/datasets/places365.py` (splits each line at whitespace, strips the leading
+'/', joins the tarballs' `data_256` / `val_256` folders, which it renames
+`data_256_standard`); for Places205 a tensorpack `place_lmdb_generator.py` (splits
+`trainvalsplit_places205/train_places205.csv` lines at ' ' and matches the paths after
+`data/vision/torralba/deeplearning/images256/` in imagesPlaces205_resize.tar) and
+self-supervised benchmark configs with that folder as image prefix and the csv files as
+annotation files:
   Places365-Standard  `list:<root>/places365_train_standard.txt@<root>/data_256`, lines
-                      '/a/airfield/00000001.jpg 0' (a leading '/'; fine-grained classes nest
-                      one level deeper, '/a/apartment_building/outdoor/...');
+                      '/a/airfield/00000001.jpg 0' (a leading '/'; some classes one level
+                      deeper, '/a/apartment_building/outdoor/...');
                       `list:<root>/places365_val.txt@<root>/val_256`, lines
                       'Places365_val_00000001.jpg 165' (a flat folder). Labels 0..364, the ids
                       of `categories_places365.txt` ('/a/airfield 0').
-  Places205           `list:<root>/trainvalsplit_places205/train_places205.csv@<root>/images256`
+  Places205           `list:<root>/trainvalsplit_places205/train_places205.csv@<images256>`
                       (and `val_places205.csv`), lines 'a/abbey/00000000.jpg 0', space
-                      separated despite the extension; labels 0..204. The images archive
-                      (imagesPlaces205_resize.tar.gz) unpacks to
-                      `data/vision/torralba/deeplearning/images256/`: that folder is the root.
+                      separated despite the extension; labels 0..204; `<images256>` is
+                      `data/vision/torralba/deeplearning/images256` where the images archive
+                      was unpacked (configs/eval/places_linear.yaml: a link `<root>/images256`).
 A line with only a path is unlabelled (label -1) when every line of its file is so
 (e.g. `places365_test.txt`); blank lines are skipped; paths hold no whitespace.
 
