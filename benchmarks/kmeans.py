@@ -1,31 +1,39 @@
-"""K-means (`mtssl_tf.transfer.kmeans`, TF) against faiss-cpu (and scikit-learn), start and Lloyd apart.
+"""K-means (`mtssl_tf.transfer.kmeans`, TF) against faiss-cpu: start, Lloyd and the whole fit, with quality.
 
-One Gaussian mixture is generated in-process; every method clusters all of it (no
-subsampling anywhere). Reported:
+One Gaussian mixture is generated in-process and every method clusters all of it (no
+sampling for Lloyd; our start runs on at most `INIT_POINTS_PER_CENTROID` points per
+centroid, as in `fit`). Reported, after the CPU, its flags and the ISA each library uses:
 
-* Start: our greedy k-means++ (TF, batched candidates) and our random start, against
-  the previous numpy k-means++ (one matrix-vector product per centre, the "before"
-  figure, `--numpy_baseline`) and faiss's own random start.
-* Lloyd: every method from the same initial centroids (our k-means++), the same number
-  of iterations; time ratio ours/faiss and each method's final objective.
-* Whole fit: ours (start by `--init`, then Lloyd) against faiss's `train` with its own
-  random start, ratio ours/faiss; and both starts' final objectives.
-* Start quality on a miniature-like case (2000 ReLU features, k=20, as configs/transfer/tiny.yaml):
-  final objective after 20 iterations from k-means++ and from random, over seeds.
+* Start: ours by the library's default (greedy k-means++ on a PCA projection), the exact
+  greedy k-means++ on the features (`--exact_reference`) and the random start, in seconds
+  and in assignment passes.
+* Lloyd from the same start (our default), the same iterations: ours against faiss, time
+  ratio and both final objectives (one shared evaluation: mean squared distance of every
+  point to its nearest final centroid), which must agree within 0.1%. Ours makes
+  iterations + 1 assignment passes (it scores its final centroids), faiss `iterations`.
+* Whole fit: our `fit` with the library's defaults (start included) against faiss's
+  `train` with its own random start, `--repeats` times alternately; the ratio ours/faiss.
+* Start quality: final objective after Lloyd from our default start and from a random one,
+  relative to the exact greedy start, at this size and on two smaller cases (400
+  overlapping blobs, 20000 x 1024, k=400; a miniature-like 2000 x 256 ReLU mixture, k=20).
 
-Objectives are one shared evaluation (mean squared distance of every point to its
-nearest final centroid, our assignment), so they compare like for like. Ours makes
-iterations + 1 assignment passes (it scores its final centroids), faiss `iterations`.
-Run on demand (the issue's size is the default):
+AVX2-only emulation on an AVX-512 CPU (`--emulate_avx2`, re-executes itself with these set):
+`ONEDNN_MAX_CPU_ISA=AVX2` caps TF's oneDNN (its GEMMs), `FAISS_SIMD_LEVEL=AVX2` faiss's
+dynamic dispatch (faiss-cpu >= 1.12; the older `FAISS_OPT_LEVEL` picks a module that
+these wheels no longer ship, so it changes nothing), `OPENBLAS_CORETYPE=Haswell` the OpenBLAS
+that faiss bundles (its sgemm). The header prints what each library reports it uses. This
+is an emulation: the caches, memory and clock stay those of the AVX-512 CPU.
 
-    .venv/bin/python benchmarks/kmeans.py
-    .venv/bin/python benchmarks/kmeans.py --num_points=20000 --dims=256 --k=500 --iterations=10
-
-Ends with the paper-scale estimate (Noroozi et al. 2018: 1.3M ImageNet images, 4x4x512 or
-5x5x384 features, k=2000) from the measured rates.
+    .venv/bin/python benchmarks/kmeans.py                  # the issue's size
+    .venv/bin/python benchmarks/kmeans.py --emulate_avx2
+    .venv/bin/python benchmarks/kmeans.py --num_points=20000 --k=400
 """
 
+import ctypes
+import glob
 import os
+import subprocess
+import sys
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -44,25 +52,18 @@ flags.DEFINE_integer('k', 2000, 'Clusters.')
 flags.DEFINE_integer('iterations', 10, 'Lloyd iterations of every method.')
 flags.DEFINE_integer('batch_size', 65536, 'Our assignment batch.')
 flags.DEFINE_integer('seed', 0, 'Data and init seed.')
-flags.DEFINE_float(
-  'noise',
-  1.0,
-  'Noise sigma per dim (centres ~N(0, 1)); at 1.0 the blobs overlap, so '
-  'Lloyd does not converge within a few iterations and every method runs them all.',
-)
-flags.DEFINE_enum(
-  'init', KMeansConfig.init, ['kmeans++', 'random'], "Our start in the whole-fit ratio (default: the library's)."
-)
-flags.DEFINE_integer(
-  'init_dims', 0, 'Our k-means++ start on a random projection to this many dims (cluster.init_dims).'
-)
-flags.DEFINE_list('methods', ['ours', 'faiss'], 'Lloyd methods to run (ours, faiss, sklearn).')
-flags.DEFINE_bool('numpy_baseline', True, 'Also time the previous numpy k-means++ start (before).')
-flags.DEFINE_bool('whole_fit', True, 'Also run the whole fits (both our starts, faiss with its own).')
+flags.DEFINE_float('noise', 1.0, 'Noise sigma per dim (centres ~N(0, 1)); at 1.0 the blobs overlap.')
+flags.DEFINE_integer('init_dims', KMeansConfig.init_dims, "Our start's projection dims (cluster.init_dims).")
+flags.DEFINE_enum('init_projection', KMeansConfig.init_projection, kmeans.PROJECTIONS, 'cluster.init_projection.')
+flags.DEFINE_integer('repeats', 2, 'Whole fits of ours and faiss, alternately.')
+flags.DEFINE_bool('exact_reference', True, 'Also run the exact greedy k-means++ start (slow) and Lloyd from it.')
 flags.DEFINE_bool('breakdown', True, 'Time the parts of one Lloyd pass over one batch.')
 flags.DEFINE_integer('quality_seeds', 10, 'Seeds of the miniature-like start-quality comparison (0: skip).')
+flags.DEFINE_integer('blob_seeds', 2, 'Seeds of the 400-blob start-quality comparison (0: skip).')
+flags.DEFINE_bool('emulate_avx2', False, 'Re-run with TF oneDNN, faiss and OpenBLAS capped at AVX2.')
 FLAGS = flags.FLAGS
 
+AVX2_ENV = {'ONEDNN_MAX_CPU_ISA': 'AVX2', 'FAISS_SIMD_LEVEL': 'AVX2', 'OPENBLAS_CORETYPE': 'Haswell'}
 # Paper scale: ImageNet train images, the two feature layouts of the paper, k=2000, 20 iterations
 # on faiss's 256-per-centroid sample, then one assignment pass over every image.
 PAPER_IMAGES = 1_281_167
@@ -71,6 +72,30 @@ PAPER_K = 2000
 PAPER_ITERATIONS = 20
 PCIE_BYTES = 12e9  # PCIe 3 x16, achieved.
 GPU_FLOPS = {'V100 (15.7 TFLOP/s fp32, 60% of peak)': 0.6 * 15.7e12, 'A100 (19.5 fp32, 60%)': 0.6 * 19.5e12}
+
+
+def _onednn_isa():
+  """The ISA oneDNN reports in a fresh process with this environment (its verbose mode, at the first GEMM)."""
+  code = 'import tensorflow as tf; a = tf.ones([64, 64]); tf.function(lambda a: tf.linalg.matmul(a, a))(a)'
+  env = dict(os.environ, ONEDNN_VERBOSE='1', TF_CPP_MIN_LOG_LEVEL='3')
+  out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300).stdout
+  return next((line.split('isa:', 1)[1] for line in out.splitlines() if 'isa:' in line), 'oneDNN not used')
+
+
+def _faiss_isa():
+  """faiss's dispatched SIMD level and the core its bundled OpenBLAS chose, or why not."""
+  try:
+    import faiss
+  except ImportError:
+    return 'faiss not installed (pip install -e .[faiss])'
+  level = faiss.SIMDConfig.get_level_name() if hasattr(faiss, 'SIMDConfig') else 'unknown'
+  libs = glob.glob(os.path.join(os.path.dirname(faiss.__file__), '..', 'faiss_cpu.libs', 'libopenblas*.so*'))
+  core = 'no bundled OpenBLAS found'
+  if libs:
+    blas = ctypes.CDLL(libs[0])
+    blas.openblas_get_config.restype = ctypes.c_char_p
+    core = blas.openblas_get_config().decode()
+  return f'faiss {faiss.__version__} SIMD level {level}; its BLAS: {core}'
 
 
 def _mixture(n, dims, k, seed, noise):
@@ -83,44 +108,26 @@ def _mixture(n, dims, k, seed, noise):
   return x
 
 
-def _numpy_kmeans_plus_plus(x, k, rng):
-  """The previous start (before): plain D^2 sampling in numpy, one matrix-vector product per centre."""
-  n = len(x)
-  sq = np.einsum('ij,ij->i', x, x)
-  chosen = [int(rng.integers(n))]
-  d2 = np.full(n, np.inf, np.float32)
-  for _ in range(1, k):
-    c = chosen[-1]
-    d2 = np.minimum(d2, np.maximum(sq + sq[c] - 2.0 * (x @ x[c]), 0.0))
-    d2[c] = 0.0
-    cumulative = np.cumsum(d2, dtype=np.float64)
-    chosen.append(min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side='right')), n - 1))
-  return x[chosen]
+def _miniature(seed):
+  """Like the miniature's features: 2000 ReLU vectors of a 40-class mixture with unequal class sizes."""
+  rng = np.random.default_rng(100 + seed)
+  weights = 1.0 / np.arange(1, 41)
+  centres = rng.normal(size=(40, 256)) * 1.5
+  x = np.maximum(centres[rng.choice(40, 2000, p=weights / weights.sum())] + rng.normal(size=(2000, 256)), 0)
+  return x.astype(np.float32)
 
 
-def _config(init='kmeans++', **values):
-  values = dict(num_clusters=FLAGS.k, iterations=FLAGS.iterations, max_points_per_centroid=0, init=init,
-                batch_size=FLAGS.batch_size, seed=FLAGS.seed, init_dims=FLAGS.init_dims) | values  # fmt: skip
+def _config(k=None, iterations=None, seed=None, **values):
+  values = dict(num_clusters=k or FLAGS.k, iterations=FLAGS.iterations if iterations is None else iterations,
+                max_points_per_centroid=0, batch_size=FLAGS.batch_size, seed=FLAGS.seed if seed is None else seed,
+                init_dims=FLAGS.init_dims, init_projection=FLAGS.init_projection) | values  # fmt: skip
   return KMeans(KMeansConfig(**values))
 
 
-def _timed(fn, *args):
+def _timed(fn, *args, **kwargs):
   start = time.perf_counter()
-  out = fn(*args)
+  out = fn(*args, **kwargs)
   return out, time.perf_counter() - start
-
-
-def _ours(x, init):
-  km = _config().fit(x, progress=False, init_centroids=init)
-  return km.centroids, len(km.objective_history) - 1
-
-
-def _sklearn(x, init):
-  from sklearn.cluster import KMeans as SkKMeans
-
-  km = SkKMeans(FLAGS.k, init=init, n_init=1, max_iter=FLAGS.iterations, tol=0.0, algorithm='lloyd',
-                random_state=FLAGS.seed).fit(x)  # fmt: skip
-  return km.cluster_centers_.astype(np.float32), km.n_iter_
 
 
 def _faiss(x, init):
@@ -130,7 +137,7 @@ def _faiss(x, init):
   km = faiss.Kmeans(x.shape[1], FLAGS.k, niter=FLAGS.iterations, seed=FLAGS.seed, verbose=False,
                     max_points_per_centroid=len(x) // FLAGS.k + 1)  # fmt: skip
   km.train(x, init_centroids=init)  # init None: faiss's own start (k random points).
-  return km.centroids, FLAGS.iterations
+  return km.centroids
 
 
 def _objective(centroids, x):
@@ -139,14 +146,8 @@ def _objective(centroids, x):
   return float(np.mean(evaluator.assign(x)[1], dtype=np.float64))
 
 
-def _host_update(sums, counts):
-  total = np.zeros(sums.shape, np.float64)
-  total += sums
-  return (total / counts[:, None]).astype(np.float32)
-
-
 def _breakdown(x, init):
-  """Where one Lloyd pass over one batch spends its time: copies, GEMM, argmin/min, segment sums, host update."""
+  """Where one Lloyd pass over one batch spends its time: copies, GEMM, argmin/min, segment sums."""
   batch = np.ascontiguousarray(x[: FLAGS.batch_size])
   centroids = kmeans._Centroids(init)
   rows = centroids.rows
@@ -160,146 +161,147 @@ def _breakdown(x, init):
 
   tensor = tf.convert_to_tensor(batch)
   labels, _ = centroids.nearest(tensor)
-  sums = tf.math.unsorted_segment_sum(tensor, labels, len(init)).numpy()
-  counts = np.maximum(np.bincount(labels.numpy(), minlength=len(init)), 1)
   parts = {
     'host -> TF (convert_to_tensor)': lambda: tf.convert_to_tensor(batch),
     'blocked GEMM alone': lambda: gemm_only(tensor).numpy(),
     'GEMM + argmin + min (assignment)': lambda: centroids.nearest(tensor)[0].numpy(),
     'segment sums (unsorted_segment_sum)': lambda: tf.math.unsorted_segment_sum(tensor, labels, len(init)).numpy(),
     'whole batch step (one call, to host)': lambda: [t.numpy() for t in centroids.assign_and_sum(tensor)],
-    'host update (float64 sums, means)': lambda: _host_update(sums, counts),
   }
+  flops = 2.0 * len(batch) * len(init) * batch.shape[1]
   print(f'\nbreakdown of one Lloyd pass over one batch ({len(batch)} rows, score blocks of {int(rows)} rows), '
-        'best of 3 after one untimed call')  # fmt: skip
+        'best of 2 after one untimed call')  # fmt: skip
   for name, fn in parts.items():
     fn()
-    best = min(_timed(fn)[1] for _ in range(3))
-    print(f'  {name:<40}{best:>8.3f} s')
+    best = min(_timed(fn)[1] for _ in range(2))
+    rate = f'  ({flops / best / 1e9:.0f} GFLOP/s of distances)' if 'GEMM' in name else ''
+    print(f'  {name:<40}{best:>8.3f} s{rate}')
 
 
-def _start_quality(seeds):
-  """Final objective from k-means++ and from random starts on a miniature-like case, per seed."""
-  ratios = []
-  for seed in range(seeds):
-    # Like the miniature's features: 2000 non-negative (ReLU) vectors of a 40-class mixture
-    # with unequal class sizes, clustered into 20 (configs/transfer/tiny.yaml).
-    rng = np.random.default_rng(100 + seed)
-    weights = 1.0 / np.arange(1, 41)
-    centres = rng.normal(size=(40, 256)) * 1.5
-    x = np.maximum(centres[rng.choice(40, 2000, p=weights / weights.sum())] + rng.normal(size=(2000, 256)), 0)
-    x = x.astype(np.float32)
+def _quality(name, datasets):
+  """Final objective from our default start and from a random one, over that from the exact greedy start."""
+  ratios = {'default': [], 'random': []}
+  for x, k, iterations, seed in datasets:
+    mpc = 256 if len(x) < 10_000 else 0  # The miniature fits as the library does; the blobs on all points.
     final = {}
-    for init in ('kmeans++', 'random'):
-      cfg = dict(num_clusters=20, iterations=20, max_points_per_centroid=256, seed=seed, init=init)
-      final[init] = KMeans(KMeansConfig(**cfg)).fit(x, progress=False).objective_history[-1]
-    ratios.append(final['random'] / final['kmeans++'])
-  ratios = np.array(ratios)
-  print(f'\nstart quality, miniature-like (2000 x 256 ReLU mixture, k=20, 20 iterations, {seeds} seeds): '
-        f'final objective random / k-means++ = mean {ratios.mean():.4f}, min {ratios.min():.4f}, '
-        f'max {ratios.max():.4f}; random worse in {int(np.sum(ratios > 1.001))} of {seeds} by > 0.1%')  # fmt: skip
+    for start, values in (('exact', {'init_dims': 0}), ('default', {}), ('random', {'init': 'random'})):
+      cfg = _config(k, iterations, seed, max_points_per_centroid=mpc, **values)
+      final[start] = cfg.fit(x, progress=False).objective_history[-1]
+    for start in ratios:
+      ratios[start].append(final[start] / final['exact'])
+  print(f'\nstart quality, {name}, {len(datasets)} seeds: final objective over the exact greedy start')
+  for start, values in ratios.items():
+    values = np.array(values)
+    print(f'  {start:<8} mean {values.mean():.4f}, min {values.min():.4f}, max {values.max():.4f}')
 
 
-def _estimate(rate, init_rate):
+def _estimate(rate, start_s, n_start):
   n_fit = min(PAPER_IMAGES, PAPER_K * 256)
   init_n = min(n_fit, PAPER_K * INIT_POINTS_PER_CENTROID)
-  trials = default_trials(PAPER_K)
+  # The projected start's steps do not grow with D (only its one projection GEMM does): scale by points only.
+  start = start_s * init_n / n_start * PAPER_K / FLAGS.k
   print(f'\npaper-scale estimate: {PAPER_IMAGES} images, k={PAPER_K}, {PAPER_ITERATIONS} iterations on a {n_fit}-point '
-        f'sample, then one assignment pass over all images; distance FLOPs = 2 N k D per pass; k-means++ on '
-        f'{init_n} points with {trials} candidates per step')  # fmt: skip
+        f'sample, then one assignment pass over all images; distance FLOPs = 2 N k D per pass; the start on '
+        f'{init_n} points, ~{start:.0f} s on this CPU (scaled from the measured start)')  # fmt: skip
   for name, dims in PAPER_DIMS.items():
     lloyd = (PAPER_ITERATIONS + 1) * 2.0 * n_fit * PAPER_K * dims
     assign = 2.0 * PAPER_IMAGES * PAPER_K * dims
-    init_flops = trials * 2.0 * init_n * PAPER_K * dims
     print(f'  {name}: {dims} dims, {n_fit * dims * 4 / 1e9:.1f} GB float32 sample, '
-          f'{(lloyd + assign) / 1e12:.0f} TFLOP of distances')  # fmt: skip
-    print(f'    this CPU at {rate / 1e9:.0f} GFLOP/s: Lloyd {lloyd / rate / 3600:.1f} h + assignment '
-          f'{assign / rate / 3600:.1f} h + k-means++ start {init_flops / init_rate / 3600:.1f} h '
-          f'(at its measured {init_rate / 1e9:.0f} GFLOP/s)')  # fmt: skip
-    # The sample is streamed host -> device every pass (it does not fit a 16 GB GPU); the
-    # k-means++ subsample (init_n x dims) is copied once and stays on the device.
+          f'{(lloyd + assign) / 1e12:.0f} TFLOP of distances; this CPU at {rate / 1e9:.0f} GFLOP/s: '
+          f'Lloyd {lloyd / rate / 3600:.1f} h + assignment {assign / rate / 3600:.1f} h')  # fmt: skip
+    # The sample is streamed host -> device every pass (it does not fit a 16 GB GPU).
     copies = ((PAPER_ITERATIONS + 1) * n_fit + PAPER_IMAGES + init_n) * dims * 4 / PCIE_BYTES
     for gpu, flops in GPU_FLOPS.items():
       print(f'    {gpu}, on paper: Lloyd {lloyd / flops / 60:.1f} min + assignment {assign / flops / 60:.1f} min '
-            f'+ k-means++ {init_flops / flops / 60:.1f} min + PCIe copies {copies / 60:.1f} min')  # fmt: skip
+            f'+ PCIe copies {copies / 60:.1f} min')  # fmt: skip
 
 
 def main(argv):
-  del argv
+  if FLAGS.emulate_avx2 and any(os.environ.get(key) != value for key, value in AVX2_ENV.items()):
+    # The libraries read these when loaded: set them, then start again.
+    os.execve(sys.executable, [sys.executable] + argv, dict(os.environ, **AVX2_ENV))
   logging.set_verbosity(logging.WARNING)
   n, dims, k, iters = FLAGS.num_points, FLAGS.dims, FLAGS.k, FLAGS.iterations
   print(f'CPU: {hardware.describe_cpu()}; load average at start {os.getloadavg()[0]:.2f}')
+  capped = {key: os.environ[key] for key in AVX2_ENV if key in os.environ}
+  print(f'ISA caps set: {capped or "none (native)"}' + ('; an AVX2-only EMULATION on this CPU (same caches, memory '
+        'and clock), not an AVX2-only machine' if capped else ''))  # fmt: skip
+  print(f'TF oneDNN ISA: {_onednn_isa()}\n{_faiss_isa()}')
   x = _mixture(n, dims, k, FLAGS.seed, FLAGS.noise)
-  print(f'{n} points x {dims} dims, k={k}, {iters} Lloyd iterations; every method clusters all points, one run each')
   pass_flops = 2.0 * n * k * dims
+  projection = f'{FLAGS.init_projection} projection to {FLAGS.init_dims} dims' if FLAGS.init_dims else 'the features'
+  print(f'{n} points x {dims} dims, k={k}, {iters} Lloyd iterations; our start: greedy k-means++ '
+        f'({default_trials(k)} candidates per step) on {projection}, '
+        f'on at most {INIT_POINTS_PER_CENTROID * k} points')  # fmt: skip
 
-  print('\nstart')
-  trials = default_trials(k)
-  _config().initialize(x[: 4 * k])  # Traces the TF loop, so the timing below is the start alone.
+  _config().initialize(x[: 4 * k])  # Traces the TF loop, so the timings below are the starts alone.
   init, init_s = _timed(_config().initialize, x)
-  init_rate = trials * pass_flops / init_s
-  on = f'a {FLAGS.init_dims}-dim projection' if 0 < FLAGS.init_dims < dims else 'the features'
-  print(f'  ours k-means++ (TF, greedy, {trials} candidates per step, on {on}): {init_s:.1f} s '
-        f'({init_rate / 1e9:.1f} GFLOP/s of {dims}-dim distances)')  # fmt: skip
-  random_init, random_s = _timed(_config('random').initialize, x)
-  print(f'  ours random: {random_s:.3f} s')
-  if FLAGS.numpy_baseline:
-    _, numpy_s = _timed(_numpy_kmeans_plus_plus, x, k, np.random.default_rng(FLAGS.seed))
-    print(f'  before: numpy k-means++ (plain, 1 candidate): {numpy_s:.1f} s '
-          f'({pass_flops / numpy_s / 1e9:.1f} GFLOP/s); ours/before {init_s / numpy_s:.2f}')  # fmt: skip
-
   _objective(init, x[: FLAGS.batch_size])  # Traces the assignment.
   init_objective, pass_s = _timed(_objective, init, x)
-  print(f'  one assignment pass (ours): {pass_s:.2f} s = {pass_flops / pass_s / 1e9:.1f} GFLOP/s; '
-        f'k-means++ start objective {init_objective:.6g}, random start {_objective(random_init, x):.6g}')  # fmt: skip
+  print(f'\none assignment pass (ours): {pass_s:.2f} s = {pass_flops / pass_s / 1e9:.1f} GFLOP/s')
+  print('start')
+  print(f'  ours, default: {init_s:.2f} s = {init_s / pass_s:.2f} passes, start objective {init_objective:.6g}')
+  random_init, random_s = _timed(_config(init='random').initialize, x)
+  print(f'  ours, random: {random_s:.3f} s, start objective {_objective(random_init, x):.6g}')
+  if FLAGS.exact_reference:
+    exact_init, exact_s = _timed(_config(init_dims=0).initialize, x)
+    print(f'  ours, exact greedy k-means++ on the features: {exact_s:.1f} s = {exact_s / pass_s:.1f} passes, '
+          f'start objective {_objective(exact_init, x):.6g}')  # fmt: skip
 
   if FLAGS.breakdown:
     _breakdown(x, init)
-  runners = {'ours': _ours, 'sklearn': _sklearn, 'faiss': _faiss}
-  seconds, results = {}, {}
-  for method in FLAGS.methods:
-    if method == 'faiss':
-      try:
-        import faiss  # noqa: F401
-      except ImportError:
-        print('faiss not installed (pip install -e .[faiss])')
-        continue
-    results[method], seconds[method] = _timed(runners[method], x, init)
-  print(f'\nLloyd from the same start (our k-means++), {iters} iterations')
-  print(f'{"method":<10}{"seconds":>10}{"iterations":>12}{"s/iter":>9}{"GFLOP/s":>9}{"objective":>13}'
-        f'{"ours/method":>13}{"obj vs ours":>13}')  # fmt: skip
-  objectives = {method: _objective(centroids, x) for method, (centroids, _) in results.items()}
-  for method, (_, done) in results.items():
-    passes = done + 1 if method == 'ours' else done
-    time_ratio = f'{seconds["ours"] / seconds[method]:.2f}' if 'ours' in seconds else '-'
-    obj_ratio = f'{objectives[method] / objectives["ours"]:.5f}' if 'ours' in objectives else '-'
-    print(f'{method:<10}{seconds[method]:>10.1f}{done:>12}{seconds[method] / max(done, 1):>9.2f}'
-          f'{passes * pass_flops / seconds[method] / 1e9:>9.1f}{objectives[method]:>13.6g}{time_ratio:>13}'
-          f'{obj_ratio:>13}')  # fmt: skip
+  try:
+    import faiss  # noqa: F401
+  except ImportError:
+    faiss = None
+    print('faiss not installed (pip install -e .[faiss]): ours only')
+  ours_model, ours_s = _timed(_config().fit, x, progress=False, init_centroids=init)
+  finals = {'ours': _objective(ours_model.centroids, x)}
+  print(f'\nLloyd from the same start (our default), {iters} iterations')
+  print(f'  ours : {ours_s:.1f} s, {len(ours_model.objective_history)} passes ({ours_s / iters:.2f} s per iteration), '
+        f'final objective {finals["ours"]:.6g}')  # fmt: skip
+  if faiss is not None:
+    faiss_centroids, faiss_s = _timed(_faiss, x, init)
+    finals['faiss'] = _objective(faiss_centroids, x)
+    print(f'  faiss: {faiss_s:.1f} s, {iters} passes ({faiss_s / iters:.2f} s per iteration), '
+          f'final objective {finals["faiss"]:.6g}')  # fmt: skip
+    print(
+      f'  ours/faiss: time {ours_s / faiss_s:.2f} (per iteration), objective {finals["ours"] / finals["faiss"]:.6f}'
+    )
 
-  if FLAGS.whole_fit and 'ours' in seconds:
-    print('\nwhole fit (start + Lloyd)')
-    (random_centroids, _), random_lloyd_s = _timed(_ours, x, random_init)
-    whole = {'kmeans++': init_s + seconds['ours'], 'random': random_s + random_lloyd_s}
-    finals = {'kmeans++': objectives['ours'], 'random': _objective(random_centroids, x)}
-    for start in ('kmeans++', 'random'):
-      print(f'  ours, {start} start: {whole[start]:.1f} s, final objective {finals[start]:.6g}')
-    print(f'  final objective random / k-means++ = {finals["random"] / finals["kmeans++"]:.5f}')
-    print(f'  ours/faiss per Lloyd pass (ours scores its final centroids too): '
-          f'{seconds["ours"] / (results["ours"][1] + 1) / (seconds["faiss"] / results["faiss"][1]):.2f}'
-          if 'faiss' in seconds else '')  # fmt: skip
-    if 'faiss' in seconds:
-      (faiss_centroids, _), faiss_s = _timed(_faiss, x, None)
-      # Its start is a random sample (no distance work): any gap to its Lloyd above is load noise.
-      print(f'  faiss, own random start: {faiss_s:.1f} s (its Lloyd from our start: {seconds["faiss"]:.1f} s), '
-            f'final objective {_objective(faiss_centroids, x):.6g}')  # fmt: skip
-      print(f'  ours/faiss time: Lloyd {seconds["ours"] / seconds["faiss"]:.2f}; whole fit with our '
-            f'{FLAGS.init} start {whole[FLAGS.init] / faiss_s:.2f}')  # fmt: skip
+  print(f'\nwhole fit: our fit with the defaults (start included) and faiss train (own random start), '
+        f'{FLAGS.repeats} times alternately')  # fmt: skip
+  whole = {'ours': [], 'faiss': []}
+  for _ in range(FLAGS.repeats):
+    model, seconds = _timed(_config().fit, x, progress=False)
+    whole['ours'].append(seconds)
+    if faiss is not None:
+      faiss_own, seconds = _timed(_faiss, x, None)
+      whole['faiss'].append(seconds)
+  print(
+    f'  ours : {", ".join(f"{s:.1f}" for s in whole["ours"])} s, final objective {_objective(model.centroids, x):.6g}'
+  )
+  if faiss is not None:
+    print(f'  faiss: {", ".join(f"{s:.1f}" for s in whole["faiss"])} s, '
+          f'final objective {_objective(faiss_own, x):.6g}')  # fmt: skip
+    pairs = [f'{a / b:.2f}' for a, b in zip(whole['ours'], whole['faiss'])]
+    print(f'  ours/faiss per pair: {", ".join(pairs)}; of the sums {sum(whole["ours"]) / sum(whole["faiss"]):.2f}')
+  random_model = _config(init='random').fit(x, progress=False, init_centroids=random_init)
+  print(f'  ours from the random start: final objective {_objective(random_model.centroids, x):.6g}')
+  if FLAGS.exact_reference:
+    exact_model = _config().fit(x, progress=False, init_centroids=exact_init)
+    exact_final = _objective(exact_model.centroids, x)
+    random_final = _objective(random_model.centroids, x)
+    print(f'  ours from the exact greedy start: final objective {exact_final:.6g}; default start over exact '
+          f'{finals["ours"] / exact_final:.4f}, random over exact {random_final / exact_final:.4f}')  # fmt: skip
+
+  if FLAGS.blob_seeds:
+    _quality('400 overlapping blobs (20000 x 1024, k=400, 10 iterations)',
+             [(_mixture(20000, 1024, 400, seed, 1.0), 400, 10, seed) for seed in range(FLAGS.blob_seeds)])  # fmt: skip
   if FLAGS.quality_seeds:
-    _start_quality(FLAGS.quality_seeds)
-  if 'ours' in seconds:
-    rate = (results['ours'][1] + 1) * pass_flops / seconds['ours']
-    _estimate(rate, init_rate)
+    _quality('miniature-like (2000 x 256 ReLU mixture, k=20, 20 iterations, fit as the library does)',
+             [(_miniature(seed), 20, 20, seed) for seed in range(FLAGS.quality_seeds)])  # fmt: skip
+  _estimate(len(ours_model.objective_history) * pass_flops / ours_s, init_s, min(n, INIT_POINTS_PER_CENTROID * k))
   print(f'load average at end {os.getloadavg()[0]:.2f}')
 
 

@@ -3,6 +3,7 @@ the starts (D^2 sampling, seeding) and the Lloyd step against a float64 referenc
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from sklearn.metrics import adjusted_rand_score
 
 from mtssl_tf.configs.base import ConfigError, load_config
@@ -206,6 +207,7 @@ def test_save_load_roundtrip(tmp_path):
     ('seed=-1', 'cluster.seed: must be >= 0'),
     ('init_trials=-1', 'cluster.init_trials: must be >= 0'),
     ('init_dims=-2', 'cluster.init_dims: must be >= 0'),
+    ('init_projection=sketch', 'cluster.init_projection: must be one of'),
   ],
 )
 def test_config_errors_name_the_key(text, fragment):
@@ -248,12 +250,12 @@ def test_kmeans_plus_plus_samples_by_squared_distance():
   assert frequencies[-1] - 0.2 > 0.15  # Expected 0.458, far from uniform (0.2): D^2, not chance.
 
 
-@pytest.mark.parametrize('options', [{}, {'trials': 1}, {'dims': 8}])
+@pytest.mark.parametrize('options', [{}, {'trials': 1}, {'dims': 8}, {'dims': 8, 'projection': 'random'}])
 def test_kmeans_plus_plus_puts_one_centre_in_each_blob(options):
   # Blob centres >= 330 apart (spread 60 in 32 dims), unit noise: a point of a blob that holds a
   # centre has D^2 ~ 64, one of an uncovered blob >= 1e5, so a step misses an uncovered blob with
   # probability < 9 * 64 / 1e5 even with one candidate: every blob covered in nearly every seed
-  # (also on an 8-dim projection, which keeps the blobs apart).
+  # (also on an 8-dim PCA or random projection, which keep the blobs apart).
   x, truth = _blobs(n=1000, spread=60.0)
   covered = 0
   for seed in range(20):
@@ -261,6 +263,66 @@ def test_kmeans_plus_plus_puts_one_centre_in_each_blob(options):
     assert len(set(index.tolist())) == 10
     covered += len(np.unique(truth[index])) == 10
   assert covered >= 19, covered
+
+
+def test_kmeans_plus_plus_samples_by_squared_distance_across_blocks():
+  # The two-level draw (a block of INIT_BLOCK rows by its D^2 sum, then a row within it) on rows in three
+  # blocks and a padded tail: all rows at the origin except three at D^2 = 1, 9, 36 from it, in blocks 0, 1
+  # and the last. When the first (uniform) row is at the origin, the second is one of the three with
+  # probability 1/46, 9/46, 36/46; distances of small integers are exact in float32.
+  n, block = 2 * kmeans.INIT_BLOCK + 52, kmeans.INIT_BLOCK
+  far = {5: 1.0, block + 476: 3.0, n - 1: 6.0}
+  x = np.zeros((n, 2), np.float32)
+  for row, value in far.items():
+    x[row, 0] = value
+  counts, draws = dict.fromkeys(far, 0), 0
+  for seed in range(600):
+    first, second = _start_indices(x, 2, seed, trials=1)
+    if first in far:
+      continue
+    assert second in far  # D^2 = 0 at every other row: never drawn.
+    counts[int(second)] += 1
+    draws += 1
+  expected = np.array([1.0, 9.0, 36.0]) / 46
+  # Binomial sigma <= sqrt(0.25 / draws) ~ 0.02 for ~600 draws; 5 sigma.
+  np.testing.assert_allclose(np.array(list(counts.values())) / draws, expected, atol=5 * np.sqrt(0.25 / draws))
+
+
+def test_principal_directions_span_the_dominant_subspace():
+  # Variance 100 along 3 random orthonormal directions, 1 along the other 61: the top 3 principal
+  # directions must lie in that subspace. The sample covariance's error is O(1/sqrt(rows)) = O(0.02)
+  # relative, far below the 100:1 eigengap, so the captured fraction is ~0.999; 0.99 leaves margin.
+  rng = np.random.default_rng(0)
+  basis = np.linalg.qr(rng.normal(size=(64, 3)))[0]
+  x = rng.normal(size=(4000, 64)) + 10 * rng.normal(size=(4000, 3)) @ basis.T
+  directions = kmeans._principal_directions(tf.constant(x.astype(np.float32)), 3, np.random.default_rng(1)).numpy()
+  assert directions.shape == (64, 3)
+  np.testing.assert_allclose(directions.T @ directions, np.eye(3), atol=1e-4)  # Orthonormal up to float32.
+  captured = np.linalg.norm(basis.T @ directions, axis=0)
+  assert captured.min() > 0.99, captured
+
+
+@pytest.mark.parametrize('projection', kmeans.PROJECTIONS)
+def test_projected_start_is_seeded_distinct_rows(projection):
+  # The default start projects features wider than init_dims: still distinct rows of the data, the same
+  # for the same seed, others for another.
+  x = _mixture(n=2000, dims=96)
+  cfg = dict(num_clusters=30, init_dims=8, init_projection=projection)
+  starts = {seed: KMeans(_config(seed=seed, **cfg)).initialize(x) for seed in (3, 4)}
+  np.testing.assert_array_equal(KMeans(_config(seed=3, **cfg)).initialize(x), starts[3])
+  assert not np.array_equal(starts[3], starts[4])
+  rows = {row.tobytes() for row in x}
+  assert all(c.tobytes() in rows for c in starts[3]) and len({c.tobytes() for c in starts[3]}) == 30
+
+
+def test_default_projected_start_recovers_blobs():
+  # 128-dim blobs: the default start runs on a 32-dim PCA projection (KMeansConfig.init_dims), which keeps
+  # blobs 20 sigma apart far apart, so every blob gets a centre and Lloyd recovers them exactly.
+  assert 0 < KMeansConfig.init_dims < 128
+  x, truth = _blobs(dims=128)
+  for seed in range(3):
+    labels, _ = KMeans(_config(seed=seed)).fit(x, progress=False).assign(x)
+    assert adjusted_rand_score(truth, labels) == 1.0
 
 
 @pytest.mark.parametrize('init', ['kmeans++', 'random'])
