@@ -62,7 +62,7 @@ INITS = ('kmeans++', 'random')
 # 2 + ln k candidates). On the whole 512K x 8192 sample at k=2000 plain k-means++ in numpy measured ~1.4 h
 # on 2 cores, as long as 20 Lloyd iterations, so it runs on a subsample of this many points per centroid
 # (D^2 sampling needs coverage, not density).
-INIT_POINTS_PER_CENTROID = 64
+INIT_POINTS_PER_CENTROID = 16
 # Whitening divides by sqrt(eigenvalue + eps): eps, relative to the top eigenvalue (scale-free), keeps
 # zero-variance directions (dead units) finite and leaves the others whitened to within 1e-6 * top / value.
 PCA_EPSILON = 1e-6
@@ -118,7 +118,7 @@ class KMeansConfig(Config):
   num_clusters: int = 2000
   init: str = 'kmeans++'
   init_trials: int = 0
-  init_dims: int = 32
+  init_dims: int = 128
   init_projection: str = 'pca'
   iterations: int = 20
   max_points_per_centroid: int = 256
@@ -251,6 +251,23 @@ def _greedy_d2_sampling(x, first, draws):
     d2, block_sums = chosen_at_zero(trial[best], candidates[best])
     chosen = chosen.write(step + 1, candidates[best])
   return chosen.stack()
+
+
+class _TensorBatches:
+  """The sample as TF tensors of `batch_size` rows, converted once for all Lloyd passes."""
+
+  def __init__(self, x: np.ndarray, batch_size: int):
+    self.rows, self.batch_size = len(x), batch_size
+    self.batches = [(start, tf.convert_to_tensor(batch)) for start, batch in _batches(x, batch_size)]
+
+  def take(self, index: np.ndarray) -> np.ndarray:
+    """Rows `index` (sorted or not) as float32 numpy [len(index), D]."""
+    out = np.empty((len(index), self.batches[0][1].shape[1]), np.float32)
+    which = index // self.batch_size
+    for b in np.unique(which):
+      at = np.flatnonzero(which == b)
+      out[at] = tf.gather(self.batches[b][1], index[at] - self.batches[b][0]).numpy()
+    return out
 
 
 class _Centroids:
@@ -399,7 +416,7 @@ def default_trials(k: int) -> int:
   return 2 + int(np.log(k))
 
 
-def _principal_directions(x: tf.Tensor, dims: int, rng: np.random.Generator) -> tf.Tensor:
+def _principal_directions(x: np.ndarray, dims: int, rng: np.random.Generator) -> tf.Tensor:
   """Top `dims` principal directions [D, dims] of a seeded sample of `x`'s rows, by randomized SVD, in TF.
 
   Halko, Martinsson & Tropp 2011 (Alg. 4.4: range of a Gaussian sketch with
@@ -407,9 +424,9 @@ def _principal_directions(x: tf.Tensor, dims: int, rng: np.random.Generator) -> 
   projection) on at most `PROJECTION_ROWS` centred rows: a few [rows, D] x [D, dims + 10]
   GEMMs, far less than one assignment pass.
   """
-  n = int(x.shape[0])
+  n = len(x)
   rows = rng.choice(n, PROJECTION_ROWS, replace=False) if n > PROJECTION_ROWS else np.arange(n)
-  sample = tf.gather(x, np.sort(rows))
+  sample = tf.convert_to_tensor(x[np.sort(rows)])
   sample -= tf.reduce_mean(sample, axis=0)
   width = min(dims + PROJECTION_OVERSAMPLING, *sample.shape)
   basis = tf.linalg.matmul(sample, rng.standard_normal((int(x.shape[1]), width), dtype=np.float32))
@@ -439,13 +456,17 @@ def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator, trials: in
   """
   if projection not in PROJECTIONS:
     raise ValueError(f'cluster.init_projection: must be one of {PROJECTIONS}, got {projection!r}')
-  x = tf.convert_to_tensor(np.asarray(x, np.float32))
+  x = np.asarray(x, np.float32)
   if 0 < dims < x.shape[1]:
     if projection == 'pca':
       matrix = _principal_directions(x, dims, rng)
     else:  # Entries N(0, 1/dims): squared distances are preserved in expectation.
-      matrix = rng.standard_normal((int(x.shape[1]), dims), dtype=np.float32) / np.float32(np.sqrt(dims))
-    x = tf.linalg.matmul(x, matrix)
+      matrix = rng.standard_normal((x.shape[1], dims), dtype=np.float32) / np.float32(np.sqrt(dims))
+    # Projected a block of rows at a time: TF copies what it is given, and one [n, D] copy (fresh pages) cost
+    # 1-2 s at 100k x 1024 on the busy 2-core EPYC, more than the projection's GEMM.
+    x = tf.concat([tf.linalg.matmul(x[i : i + PROJECTION_ROWS], matrix) for i in range(0, len(x), PROJECTION_ROWS)], 0)
+  else:
+    x = tf.convert_to_tensor(x)
   trials = trials or default_trials(k)
   first = np.int32(rng.integers(int(x.shape[0])))
   draws = rng.random((k - 1, trials))
@@ -543,7 +564,12 @@ class KMeans:
       centroids = self.initialize(x)
     logging.info('k-means: %s init in %.1f s', 'given' if init_centroids is not None else cfg.init,
                  time.perf_counter() - tick)  # fmt: skip
-    self.centroids = self._lloyd(x, centroids, progress)
+    # Lloyd reads the sample from TF tensors converted once, batch by batch, and drops the numpy sample (where
+    # fit owns it; both exist while converting): converting every batch again in every pass cost 25-35% of a
+    # pass on the busy 2-core EPYC (100k x 1024, k=2000), fresh pages for each copy.
+    batches = _TensorBatches(x, cfg.batch_size)
+    del x
+    self.centroids = self._lloyd(batches, centroids, progress)
     history = self.objective_history
     logging.info('k-means: k=%d, objective %.6g -> %.6g after %d updates, %d empty clusters re-seeded, %.1f s in all',
                  k, history[0], history[-1], len(history) - 1, sum(self.reseeded_history),
@@ -563,10 +589,10 @@ class KMeans:
       subset[kmeans_plus_plus(subset, k, rng, cfg.init_trials, cfg.init_dims, cfg.init_projection)], np.float32
     )
 
-  def _lloyd(self, x: np.ndarray, centroids: np.ndarray, progress: bool) -> np.ndarray:
+  def _lloyd(self, x: _TensorBatches, centroids: np.ndarray, progress: bool) -> np.ndarray:
     """Runs the Lloyd iterations on the transformed sample; fills the histories; returns the centroids."""
     cfg = self.config
-    n, k = len(x), len(centroids)
+    n, k = x.rows, len(centroids)
     self.objective_history, self.reseeded_history = [], []
     labels = np.empty(n, np.int32)
     previous = None
@@ -576,17 +602,17 @@ class KMeans:
       current = _Centroids(centroids)
       total = 0.0
       sums = np.zeros(centroids.shape, np.float64) if update else None
-      for start, batch in _batches(x, cfg.batch_size):
+      for start, batch in x.batches:
         # One call per batch: assignment, objective and cluster sums (summed in float64 across batches); the
         # last pass only scores the final centroids, without sums.
         if update:
-          batch_labels, batch_total, batch_sums = current.assign_and_sum(tf.convert_to_tensor(batch))
+          batch_labels, batch_total, batch_sums = current.assign_and_sum(batch)
           sums += batch_sums.numpy()
           total += float(batch_total)
         else:
-          batch_labels, sq_dist = current.nearest(tf.convert_to_tensor(batch))
+          batch_labels, sq_dist = current.nearest(batch)
           total += float(np.sum(sq_dist.numpy(), dtype=np.float64))
-        labels[start : start + len(batch)] = batch_labels.numpy()
+        labels[start : start + batch.shape[0]] = batch_labels.numpy()
       counts = np.bincount(labels, minlength=k)
       objective = total / n
       self.objective_history.append(objective)
@@ -628,10 +654,10 @@ class KMeans:
     for cluster in empty:
       largest = int(np.argmax(sizes))
       members = np.flatnonzero(labels == largest)
-      order = np.argsort(-np.sum(np.square(x[members] - centroids[largest]), axis=1), kind='stable')
+      order = np.argsort(-np.sum(np.square(x.take(members) - centroids[largest]), axis=1), kind='stable')
       point = next((int(m) for m in members[order] if int(m) not in taken), int(members[order[0]]))
       taken.add(point)
-      centroids[cluster] = x[point]
+      centroids[cluster] = x.take(np.array([point]))[0]
       sizes[largest] /= 2  # Expected split, so the next empty cluster may split another.
     if len(empty):
       logging.info('k-means: re-seeded %d empty clusters (%s%s)', len(empty), ', '.join(map(str, empty[:10])),

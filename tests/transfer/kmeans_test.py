@@ -3,7 +3,6 @@ the starts (D^2 sampling, seeding) and the Lloyd step against a float64 referenc
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from sklearn.metrics import adjusted_rand_score
 
 from mtssl_tf.configs.base import ConfigError, load_config
@@ -295,7 +294,7 @@ def test_principal_directions_span_the_dominant_subspace():
   rng = np.random.default_rng(0)
   basis = np.linalg.qr(rng.normal(size=(64, 3)))[0]
   x = rng.normal(size=(4000, 64)) + 10 * rng.normal(size=(4000, 3)) @ basis.T
-  directions = kmeans._principal_directions(tf.constant(x.astype(np.float32)), 3, np.random.default_rng(1)).numpy()
+  directions = kmeans._principal_directions(x.astype(np.float32), 3, np.random.default_rng(1)).numpy()
   assert directions.shape == (64, 3)
   np.testing.assert_allclose(directions.T @ directions, np.eye(3), atol=1e-4)  # Orthonormal up to float32.
   captured = np.linalg.norm(basis.T @ directions, axis=0)
@@ -316,10 +315,11 @@ def test_projected_start_is_seeded_distinct_rows(projection):
 
 
 def test_default_projected_start_recovers_blobs():
-  # 128-dim blobs: the default start runs on a 32-dim PCA projection (KMeansConfig.init_dims), which keeps
-  # blobs 20 sigma apart far apart, so every blob gets a centre and Lloyd recovers them exactly.
-  assert 0 < KMeansConfig.init_dims < 128
-  x, truth = _blobs(dims=128)
+  # 256-dim blobs: the default start runs on a PCA projection (KMeansConfig.init_dims dims) of at most
+  # INIT_POINTS_PER_CENTROID points per centroid, which keeps blobs 20 sigma apart far apart, so every blob
+  # gets a centre and Lloyd recovers them exactly.
+  assert 0 < KMeansConfig.init_dims < 256
+  x, truth = _blobs(dims=256)
   for seed in range(3):
     labels, _ = KMeans(_config(seed=seed)).fit(x, progress=False).assign(x)
     assert adjusted_rand_score(truth, labels) == 1.0
