@@ -11,19 +11,34 @@ pseudo-label. This is Euclidean k-means with Lloyd iterations, shaped for that s
   in stream order, so the same rows give the same sample however they are chunked:
   a fit from chunks equals a fit from their concatenation.
 * Initial centroids: greedy k-means++ (D^2 sampling of 2 + ln k candidates per step,
-  keeping the one that lowers the potential most, as scikit-learn; on at most 64 sample
-  points per centroid), or k distinct random sample points (faiss's start). The k
-  sequential steps run in one TF loop, each scoring its candidates against every point
-  with one GEMM, so the start runs on a GPU like the iterations.
-  The default is k-means++: random costs quality. Final objective of a random start over
-  a k-means++ one, same iterations, measured with benchmarks/kmeans.py and this module:
-  1.198 at the benchmark's size (100k x 1024 mixture, k=2000, 10 iterations; faiss's own
-  random start 1.201), 1.164 on 400 overlapping blobs (20000 x 1024, 2 seeds), 1.095 and
-  1.106 on a miniature-like case (2000 x 256 ReLU mixture, k=20, 20 iterations, two sets
-  of 10 seeds). Plain one-candidate k-means++ ends 1.123 (400 blobs) and 1.066
-  (miniature-like) over greedy, so greedy is worth its cost; a 128- or 256-dim random
-  projection for the start (`init_dims`) 1.013 (400 blobs).
-* An iteration assigns the sample in batches, one TF call per batch: per block of rows
+  keeping the one that lowers the potential most, as scikit-learn), by default on the
+  sample's projection onto its top 128 principal directions (randomized SVD of 8192
+  rows) and on at most 16 sample points per centroid; or k distinct random sample points
+  (faiss's start). The k sequential steps run in one TF loop, each scoring its
+  candidates against every point with one GEMM, so the start runs on a GPU too.
+  Why these defaults (measured with benchmarks/kmeans.py, final objective after Lloyd
+  over that from the exact greedy start on the features of <= 64 points per centroid,
+  the previous default, which cost ~33 assignment passes at 100k x 1024, k=2000):
+  - random start: 1.198 at the benchmark's size (100k x 1024 mixture, k=2000, 10
+    iterations), 1.13-1.16 on 400 overlapping blobs (20000 x 1024, k=400, 2 seeds),
+    1.10-1.13 on a miniature-like case (2000 x 256 ReLU mixture, k=20, 20 iterations,
+    10 seeds): k-means++ stays the default. Plain one-candidate k-means++ ends 1.12
+    (blobs) and 1.07 (miniature-like): greedy is worth its candidates.
+  - the dims of the start's space set its cost and its quality. PCA keeps far more of
+    the clusters' separation than a random projection of the same dims (blobs at 32
+    dims: PCA 0.996, Gaussian random 1.133; miniature-like at 16: 0.98 against 1.054).
+    On the benchmark's mixture (2000 centres spread evenly over 1024 dims, the hardest
+    case for a projection) PCA at 16, 32, 64 and 128 dims ends 1.161, 1.100, 1.017
+    and 1.011; on the blobs and the miniature-like case every PCA start from 32 dims
+    on is within 0.99-1.00 (PCA drops the isotropic noise, so it may beat the exact
+    start). 128 dims is the smallest within ~1% on all three.
+  - points per centroid barely matter at 128 or 64 dims (64 dims: 1.017, 1.020, 1.022
+    at 64, 32, 16 per centroid on the benchmark; 128 dims at 16: 1.011, blobs 0.997,
+    miniature-like 1.002 over 10 seeds), while the start's cost scales with them, so
+    16. The start then costs about one assignment pass at the benchmark's size (see
+    benchmarks/README.md), where the exact one cost ~33.
+* An iteration assigns the sample in batches (TF tensors converted once, not per pass),
+  one TF call per batch: per block of rows
   one GEMM (||c||^2 - 2 x.c; ||x||^2 is added to the minimum only), reduced to argmin
   and min while the block is in cache, then segment sums of the batch; the centroids
   move to the means of their points (sums accumulated in float64 across batches).
@@ -38,8 +53,10 @@ pseudo-label. This is Euclidean k-means with Lloyd iterations, shaped for that s
   (up to exact float ties).
 
 Memory: the sample (float32, n x D: 512K x 8192 is 17 GB; lower `max_points_per_centroid`
-or use `pca_dims` to shrink the clustered copy), plus per batch the batch itself, its
-[k, D] sums and a few [rows, k] score blocks of `SCORE_BLOCK_BYTES`.
+or use `pca_dims` to shrink the clustered copy), held twice while it is converted to TF
+tensors for Lloyd (once after, where `fit` sampled it; an array fitted whole stays the
+caller's), plus per batch its [k, D] sums and a few [rows, k] score blocks of
+`SCORE_BLOCK_BYTES`; the start's projection is [16 k, init_dims].
 """
 
 from __future__ import annotations
@@ -59,9 +76,9 @@ from mtssl_tf.configs.base import Config, ConfigError, override, to_plain
 
 INITS = ('kmeans++', 'random')
 # k-means++ is sequential: one pass over its points per centroid, k passes in all (each a GEMM of its
-# 2 + ln k candidates). On the whole 512K x 8192 sample at k=2000 plain k-means++ in numpy measured ~1.4 h
-# on 2 cores, as long as 20 Lloyd iterations, so it runs on a subsample of this many points per centroid
-# (D^2 sampling needs coverage, not density).
+# 2 + ln k candidates), so it runs on a subsample of this many points per centroid (D^2 sampling needs
+# coverage, not density): 16, 32 and 64 ended within 0.6% of each other after Lloyd (module docstring),
+# at a cost proportional to the points.
 INIT_POINTS_PER_CENTROID = 16
 # Whitening divides by sqrt(eigenvalue + eps): eps, relative to the top eigenvalue (scale-free), keeps
 # zero-variance directions (dead units) finite and leaves the others whitened to within 1e-6 * top / value.
@@ -96,13 +113,16 @@ class KMeansConfig(Config):
   Attributes:
     num_clusters: k, the number of pseudo-labels (2000 in the paper).
     init: 'kmeans++' (greedy D^2 sampling on at most `INIT_POINTS_PER_CENTROID` * k sample
-      points) or 'random' (k distinct sample points, as faiss). See the module docstring
-      for the measured choice of the default.
+      points) or 'random' (k distinct sample points, as faiss: 10-20% worse final
+      objective). See the module docstring for the measured choice of the defaults.
     init_trials: k-means++ candidates per step (1: plain k-means++); 0 takes scikit-learn's
       2 + ln(k) (`default_trials`).
-    init_dims: > 0 runs k-means++ on a Gaussian random projection of the sample to this
-      many dims (a cheaper start: its cost scales with the dims; +1.3% final objective at
-      1024 -> 128 or 256 in the measurement of the module docstring); 0 on the features.
+    init_dims: > 0 runs k-means++ on a projection of the sample to this many dims (the
+      start's cost scales with them); 0 on the features (exact, ~33 assignment passes at
+      100k x 1024, k=2000). 128: within ~1% of the exact start's final objective on the
+      three measured cases, 64 within 2%, 32 10% worse on the benchmark's mixture.
+    init_projection: 'pca' (the sample's top principal directions; keeps the clusters'
+      separation far better than random at the same dims) or 'random' (Gaussian).
     iterations: Lloyd iterations (assignment + centroid update); 0 keeps the initial centroids.
     max_points_per_centroid: fit on a seeded uniform sample of at most k times this many
       points (faiss's convention); 0 fits on all points (held in memory).
