@@ -8,23 +8,24 @@ How a step flows:
    index makes each worker read only its own task's pipeline. (`schedule` cannot pin a
    closure to a worker; the worker's dataset decides what it trains.)
 2. Compute closures. The coordinator keeps `train.closures_per_worker` generic closures
-   per worker in flight (1, default: a worker's next step reads the weights after its last
-   result was taken and applied; 2: that step overlaps the coordinator's round trip, and
-   its gradient is one update staler), each with a gradient slot of
-   its own, and takes each as it finishes, not in schedule order (`in_flight.py`), so a
-   slow task's closure holds back no other task's results and keeps no worker idle. On
-   the worker it switches on the task id, computes that task's loss and gradients and
-   assigns them into its slot on the parameter servers (`GradientSlots`; assignment
-   makes re-run closures harmless). Under
+   per worker in flight, each with a gradient slot of its own, and takes each as it
+   finishes, not in schedule order (`in_flight.py`), so a slow task's closure holds back
+   no other task's results and keeps no worker idle. On the worker a closure switches on
+   the task id; in 'hybrid' mode it first waits until its task's open update has room
+   (`admission.py`: §4's workers wait while their task's update is applied, so every
+   gradient is taken at the weights of the update before), then computes that task's
+   loss and gradients and assigns them into its slot on the parameter servers
+   (`GradientSlots`; assignment makes re-run closures harmless). Under
    `train.accumulate: worker` a closure reads its weights once, runs its task's K_t
    steps on them in a loop on the worker and assigns the gradients' sum once (K_t
    times less traffic each way; `snapshot.py`).
 3. Per-task aggregation. When K_t (`aggregate_steps`) steps of task t have finished,
    the coordinator averages exactly their slots and applies the result with t's own
-   RMSProp slots (`PerTaskRMSProp`). The apply runs from the coordinator, which is
-   never re-run, with every op on the parameter servers; tasks never wait for each
-   other ('hybrid'); 'async' is K_t = 1; 'sync' runs rounds of one closure per worker,
-   then updates every task, then the next round.
+   RMSProp slots (`PerTaskRMSProp`), then re-opens the task's admission. The apply runs
+   from the coordinator, which is never re-run, with every op on the parameter servers;
+   tasks never wait for each other ('hybrid'); 'async' is K_t = 1 and nobody waits;
+   'sync' runs rounds of one closure per worker, then updates every task, then the next
+   round.
 4. Accounting. Each update counts the steps whose gradients it applied (in the same
    function as the apply): steps of a task that have not yet filled an aggregate are
    not counted, so a checkpoint's counters are exactly the steps in its weights, and a
@@ -372,7 +373,10 @@ class DistributedTrainer:
       Per task: steps (all applied) and optimizer updates so far (restored ones
       included), closures fetched by this run, the fraction of this run its pool's
       workers spent in closures (`worker_busy`, on the workers' clocks, from its first
-      closure's start to its last one's end), and the last logged window's loss and
+      closure's start to its last one's end; waiting for admission is not busy), the
+      seconds its closures waited for admission (`waited_seconds`), the steps applied
+      at a later epoch than they were admitted in (`stale_steps`: 0 unless a wait timed
+      out; None when closures do not wait), and the last logged window's loss and
       batch metrics.
 
     Raises:

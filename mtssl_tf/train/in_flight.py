@@ -2,7 +2,7 @@
 
 §4: "apply the aggregated gradients from a single task when ready, without
 synchronizing with other tasks". The coordinator keeps a window of closures in flight
-(two per worker); whichever finishes first is taken first, so a task whose steps are
+(`train.closures_per_worker` per worker); whichever finishes first is taken first, so a task whose steps are
 10x slower (colorization at stride 8 against relative position) never holds back
 another task's results, nor keeps the fast task's workers idle while the window is
 full of finished-but-unread results. Taking them in schedule order instead (the
