@@ -2,11 +2,9 @@
 
 How a step flows:
 1. Worker pools. Worker w serves one task (`TaskConfig.workers` consecutive workers per
-   task, in registry order). Every worker's dataset is built from one function, so all
-   share one element structure: the union of every task's batch (other tasks' fields
-   are constant zeros) plus a task id, and `choose_from_datasets` keyed by the worker's
-   index makes each worker read only its own task's pipeline. (`schedule` cannot pin a
-   closure to a worker; the worker's dataset decides what it trains.)
+   task); its dataset decides what it trains, since `schedule` cannot pin a closure to a
+   worker (`worker_input.py`: one element structure for all, each worker reading only its
+   own task's pipeline).
 2. Compute closures. The coordinator keeps `train.closures_per_worker` generic closures
    per worker in flight, each with a gradient slot of its own, and takes each as it
    finishes, not in schedule order (`in_flight.py`), so a slow task's closure holds back
@@ -52,7 +50,7 @@ from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.tasks import build_tasks
 from mtssl_tf.tasks.base import Task
 from mtssl_tf.tasks.multitask import MultiTaskModel
-from mtssl_tf.train import knn, optim, snapshot
+from mtssl_tf.train import knn, optim, snapshot, worker_input
 from mtssl_tf.train.admission import RoundGate
 from mtssl_tf.train.checkpointing import TracedCheckpoint
 from mtssl_tf.train.cost import CostTracker
@@ -79,14 +77,6 @@ def batch_metric_names(name: str, metrics: Dict[str, tf.Tensor]) -> List[str]:
   return sorted(metrics)
 
 
-def worker_pools(tasks: Dict[str, Task]) -> List[int]:
-  """Task index served by each worker: `workers` consecutive workers per task."""
-  pools = []
-  for index, task in enumerate(tasks.values()):
-    pools += [index] * task.config.workers
-  return pools
-
-
 def build_model(cfg: ExperimentConfig, tasks: Dict[str, Task], samples, precision: str):
   """The run's model, built on sample batches, its initial weights drawn from `runtime.seed`.
 
@@ -100,20 +90,6 @@ def build_model(cfg: ExperimentConfig, tasks: Dict[str, Task], samples, precisio
   tf.keras.utils.set_random_seed(cfg.runtime.seed)
   model = MultiTaskModel(cfg.trunk, tasks, cfg.lasso, precision)
   return model, model.build_all(samples)
-
-
-def _union_dataset(name: str, ds: tf.data.Dataset, dummies: Dict[str, tf.Tensor], index: int, worker=0):
-  """Task batches in the union structure: own fields filled, the others zeros; 'worker' names the pipeline."""
-  others = {k: v for k, v in dummies.items() if not k.startswith(name + '/')}
-
-  def merge(batch):
-    merged = dict(others)  # Constants, folded into the map (a single-task run has none).
-    merged.update({f'{name}/{k}': v for k, v in batch.items()})
-    merged['task'] = tf.constant(index, tf.int32)
-    merged['worker'] = tf.cast(worker, tf.int32)
-    return merged
-
-  return ds.map(merge)
 
 
 def unique_variables(groups) -> List[tf.Variable]:
@@ -151,7 +127,7 @@ class DistributedTrainer:
     self.model_dir = model_dir
     self.tasks = prepared.tasks if prepared is not None else build_tasks(cfg.tasks, cfg.trunk.output_stride, cfg.trunk)
     self.names = list(self.tasks)
-    self.pools = worker_pools(self.tasks)
+    self.pools = worker_input.worker_pools(self.tasks)
     self.sources = sources
     t = cfg.train
     self.num_workers = len(self.pools)
@@ -210,7 +186,13 @@ class DistributedTrainer:
     self.free_slots = list(range(num_slots))
     self.touched: Dict[str, List[tf.Variable]] = {}  # Filled when the worker step is traced.
     self.metric_names: Dict[str, List[str]] = {}
-    self.iterator = iter(self.coordinator.create_per_worker_dataset(self._per_worker_dataset_fn()))
+    self.iterator = iter(
+      self.coordinator.create_per_worker_dataset(
+        worker_input.per_worker_dataset_fn(
+          self.strategy, self.tasks, self.samples, sources, self.pools, cfg.runtime.seed
+        )
+      )
+    )
     self.worker_step = self._make_worker_step()
     self.apply_fns = {}
     self.last_logged: Dict[str, Dict[str, float]] = {}  # Per task: the last window's means.
@@ -222,28 +204,6 @@ class DistributedTrainer:
     self.skips = {n: pipeline.SkipCounter(n) for n in self.names}
 
   # ----- worker side -----
-
-  def _per_worker_dataset_fn(self):
-    dummies = {f'{n}/{k}': tf.zeros(v.shape, v.dtype) for n, batch in self.samples.items() for k, v in batch.items()}
-    starts = np.cumsum([0] + [self.tasks[n].config.workers for n in self.names])[:-1].tolist()
-    seed = self.cfg.runtime.seed
-
-    def dataset_fn(_):
-      worker = tf.distribute.coordinator.experimental_get_current_worker_index()
-      datasets = []
-      for i, (name, task) in enumerate(self.tasks.items()):
-        size = task.config.workers
-        shard = tf.clip_by_value(tf.cast(worker, tf.int64) - starts[i], 0, size - 1)
-        options = ReadOptions(shard_index=shard, num_shards=size, seed=seed)
-        datasets.append(_union_dataset(name, task.dataset(options, self.sources[name], seed=seed), dummies, i, worker))
-      choice = tf.gather(tf.constant(self.pools, tf.int64), worker)
-      return tf.data.Dataset.choose_from_datasets(datasets, tf.data.Dataset.from_tensors(choice).repeat())
-
-    @tf.function
-    def per_worker():
-      return self.strategy.distribute_datasets_from_function(dataset_fn)
-
-    return per_worker
 
   def _make_worker_step(self):
     model, names, strategy = self.model, self.names, self.strategy
