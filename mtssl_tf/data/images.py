@@ -182,14 +182,17 @@ def path_images(
 ) -> tf.data.Dataset:
   """Reads the image files of a (path, label) dataset of `size` elements.
 
-  Shuffled and sharded as `options` say (before anything is read), then each file
+  Sharded, then shuffled, as `options` say (before anything is read), then each file
   `<prefix><path>` is read and processed inside `robust_map`: an unreadable or corrupt file
   is skipped, counted and named '<prefix><path>: <reason>'.
   """
-  if options.shuffle_files:
-    ds = ds.shuffle(size, seed=options.seed, reshuffle_each_iteration=True)
+  # Shard first: shards are disjoint with or without a seed (shuffling first, unseeded workers would each
+  # draw their own order and read overlapping shards), and each worker's buffer holds only its shard.
   if options.num_shards > 1:
     ds = ds.shard(options.num_shards, options.shard_index)
+    size = -(-size // options.num_shards)
+  if options.shuffle_files:
+    ds = ds.shuffle(size, seed=options.seed, reshuffle_each_iteration=True)
   if prefix:
     # Joined after shuffle and shard: the shuffle buffer holds the short relative paths.
     ds = ds.map(lambda path, label: (tf.strings.join([prefix, path]), label))

@@ -104,6 +104,17 @@ def test_sharding_splits_without_overlap(tmp_path):
   assert not set(seen[0]) & set(seen[1])
 
 
+def test_unseeded_shuffled_folder_shards_are_disjoint(tmp_path):
+  # Shuffled without a seed, each worker draws its own order: only sharding before the shuffle keeps them apart.
+  write_image_folder(str(tmp_path), 12, size=32, num_classes=3)
+  seen = []
+  for index in range(3):
+    opts = images.ReadOptions(shuffle_files=True, shard_index=index, num_shards=3)
+    seen.append([e['image'].tobytes() for e in _read(images.image_dataset(f'folder:{tmp_path}', opts))])
+  assert [len(s) for s in seen] == [4, 4, 4]
+  assert len(set(seen[0]) | set(seen[1]) | set(seen[2])) == 12
+
+
 def test_seeded_shuffle_is_reproducible(tmp_path):
   write_image_tfrecords(str(tmp_path), 16, num_shards=4, size=32)
   opts = images.ReadOptions(shuffle_files=True, seed=7)
