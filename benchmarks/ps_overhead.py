@@ -9,7 +9,9 @@ bookkeeping, once per `train.accumulate` mode (the K gradients summed on the par
 server, the default and the paper's scheme, or on the worker), and once per
 `train.closures_per_worker` (1, the default: a worker's next step waits for the
 coordinator's round trip and reads fresh weights; 2: the round trip hides behind a queued
-step whose gradient is one update staler). Baseline, PS runs (each in a fresh process),
+step whose gradient is one update staler), and once per `train.wait_for_update` (true, the
+default: each closure first claims a place in its task's open update on the parameter
+server, a few small RPCs; false: no admission). Baseline, PS runs (each in a fresh process),
 baseline again; ratio = PS steps/s / mean baseline steps/s (goal >= 0.9).
 
 Defaults: ResNet-101's width (64) on a shallow trunk (units 1, 1, 2), the paper's
@@ -56,6 +58,9 @@ flags.DEFINE_list(
   'train.accumulate modes of the PS trainer to measure: where the K gradients are summed.',
 )
 flags.DEFINE_list('closures_per_worker', ['1', '2'], 'train.closures_per_worker values of the PS trainer to measure.')
+flags.DEFINE_list(
+  'wait_for_update', ['true'], 'train.wait_for_update values of the PS trainer to measure (true, false).'
+)
 flags.DEFINE_enum(
   'private_network',
   'auto',
@@ -63,13 +68,13 @@ flags.DEFINE_enum(
   'Run each PS measurement (its servers and coordinator) in a private network namespace, as mtssl-train does.',
 )
 flags.DEFINE_string(
-  'ps_child', None, 'Internal: measure this <accumulate>:<closures_per_worker> only, here, and print it.'
+  'ps_child', None, 'Internal: measure this <accumulate>:<closures_per_worker>:<wait_for_update> only, here.'
 )
 flags.DEFINE_string('world_dir', None, 'Internal: the synthetic world of the parent process.')
 FLAGS = flags.FLAGS
 
 
-def _config(world_dir, accumulate='parameter_server', closures_per_worker=1):
+def _config(world_dir, accumulate='parameter_server', closures_per_worker=1, wait_for_update=True):
   cfg = ExperimentConfig()
   override(cfg, {
     'trunk': {'units_per_block': [int(u) for u in FLAGS.units], 'width': FLAGS.width},
@@ -79,6 +84,7 @@ def _config(world_dir, accumulate='parameter_server', closures_per_worker=1):
     # float32 as measured in benchmarks/README.md; 'auto' is printed (mixed_bfloat16 on AVX512_BF16 or AMX).
     'runtime': {'precision': 'float32'},
     'train': dict(mode='hybrid', accumulate=accumulate, closures_per_worker=closures_per_worker,
+                  wait_for_update=wait_for_update,
                   world_dir=world_dir, world_preset='small',
                   checkpoint_every_seconds=1e9, log_every_seconds=1e9, cost_tick=1e9),
   })  # fmt: skip
@@ -174,8 +180,9 @@ def main(argv):
   if FLAGS.ps_child:
     world = make_world(FLAGS.world_dir, 'small')
     with tempfile.TemporaryDirectory() as tmp:
-      mode, closures = FLAGS.ps_child.split(':')
-      rate = ps_rate(_config(FLAGS.world_dir, mode, int(closures)), world['sources']['images_train'], tmp)
+      mode, closures, wait = FLAGS.ps_child.split(':')
+      cfg = _config(FLAGS.world_dir, mode, int(closures), wait == 'true')
+      rate = ps_rate(cfg, world['sources']['images_train'], tmp)
     print(f'RATE {rate}')
     return
   print(f'CPU: {hardware.describe_cpu()}')
@@ -187,7 +194,8 @@ def main(argv):
     cfg = _config(world_dir)
     source = world['sources']['images_train']
     first = baseline_rate(cfg, source)
-    ps = {f'{m}:{c}': _ps_in_child(f'{m}:{c}', world_dir) for m in FLAGS.accumulate for c in FLAGS.closures_per_worker}
+    keys = [f'{m}:{c}:{w}' for m in FLAGS.accumulate for c in FLAGS.closures_per_worker for w in FLAGS.wait_for_update]
+    ps = {key: _ps_in_child(key, world_dir) for key in keys}
     second = baseline_rate(cfg, source)
   base = (first + second) / 2
   print(
@@ -197,9 +205,9 @@ def main(argv):
   )
   print(f'no strategy:                      {first:.2f} / {second:.2f} steps/s (before / after)')
   for key, rate in ps.items():
-    mode, closures = key.split(':')
+    mode, closures, wait = key.split(':')
     print(
-      f'PS trainer, accumulate on {mode + ",":17s} {closures} closure(s)/worker: {rate:.2f} steps/s, '
+      f'PS trainer, accumulate on {mode + ",":17s} {closures} closure(s)/worker, wait {wait:5s}: {rate:.2f} steps/s, '
       f'ratio {rate / base:.2f}  (goal >= 0.9)'
     )
 
