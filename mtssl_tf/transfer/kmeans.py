@@ -18,25 +18,26 @@ pseudo-label. This is Euclidean k-means with Lloyd iterations, shaped for that s
   candidates against every point with one GEMM, so the start runs on a GPU too.
   Why these defaults (measured with benchmarks/kmeans.py, final objective after Lloyd
   over that from the exact greedy start on the features of <= 64 points per centroid,
-  the previous default, which cost ~33 assignment passes at 100k x 1024, k=2000):
-  - random start: 1.198 at the benchmark's size (100k x 1024 mixture, k=2000, 10
-    iterations), 1.13-1.16 on 400 overlapping blobs (20000 x 1024, k=400, 2 seeds),
-    1.10-1.13 on a miniature-like case (2000 x 256 ReLU mixture, k=20, 20 iterations,
-    10 seeds): k-means++ stays the default. Plain one-candidate k-means++ ends 1.12
+  the previous default, which cost 28-38 assignment passes at 100k x 1024, k=2000):
+  - random start: 1.198-1.203 at the benchmark's size (100k x 1024 mixture, k=2000, 10
+    iterations), 1.164 on 400 overlapping blobs (20000 x 1024, k=400, 2 seeds), 1.106
+    (1.05-1.22) on a miniature-like case (2000 x 256 ReLU mixture, k=20, 20
+    iterations, 10 seeds): k-means++ stays the default. Plain one-candidate k-means++ ends 1.12
     (blobs) and 1.07 (miniature-like): greedy is worth its candidates.
   - the dims of the start's space set its cost and its quality. PCA keeps far more of
     the clusters' separation than a random projection of the same dims (blobs at 32
     dims: PCA 0.996, Gaussian random 1.133; miniature-like at 16: 0.98 against 1.054).
     On the benchmark's mixture (2000 centres spread evenly over 1024 dims, the hardest
     case for a projection) PCA at 16, 32, 64 and 128 dims ends 1.161, 1.100, 1.017
-    and 1.011; on the blobs and the miniature-like case every PCA start from 32 dims
-    on is within 0.99-1.00 (PCA drops the isotropic noise, so it may beat the exact
-    start). 128 dims is the smallest within ~1% on all three.
+    and 1.011 (1.016 with AVX2 emulated); on the blobs and the miniature-like case
+    every PCA start from 32 dims on ends 0.977-1.002 (PCA drops the isotropic noise,
+    so it may beat the exact start). 128 dims is the smallest within ~1-1.5% on all
+    three.
   - points per centroid barely matter at 128 or 64 dims (64 dims: 1.017, 1.020, 1.022
     at 64, 32, 16 per centroid on the benchmark; 128 dims at 16: 1.011, blobs 0.997,
     miniature-like 1.002 over 10 seeds), while the start's cost scales with them, so
-    16. The start then costs about one assignment pass at the benchmark's size (see
-    benchmarks/README.md), where the exact one cost ~33.
+    16. The start then costs 2.2-2.4 assignment passes at the benchmark's size (see
+    benchmarks/README.md), where the exact one cost 28-38.
 * An iteration assigns the sample in batches (TF tensors converted once, not per pass),
   one TF call per batch: per block of rows
   one GEMM (||c||^2 - 2 x.c; ||x||^2 is added to the minimum only), reduced to argmin
@@ -118,9 +119,9 @@ class KMeansConfig(Config):
     init_trials: k-means++ candidates per step (1: plain k-means++); 0 takes scikit-learn's
       2 + ln(k) (`default_trials`).
     init_dims: > 0 runs k-means++ on a projection of the sample to this many dims (the
-      start's cost scales with them); 0 on the features (exact, ~33 assignment passes at
-      100k x 1024, k=2000). 128: within ~1% of the exact start's final objective on the
-      three measured cases, 64 within 2%, 32 10% worse on the benchmark's mixture.
+      start's cost scales with them); 0 on the features (exact, 28-38 assignment passes
+      at 100k x 1024, k=2000). 128: within 1-1.5% of the exact start's final objective
+      on the three measured cases, 64 within ~2%, 32 10% worse on the benchmark's mixture.
     init_projection: 'pca' (the sample's top principal directions; keeps the clusters'
       separation far better than random at the same dims) or 'random' (Gaussian).
     iterations: Lloyd iterations (assignment + centroid update); 0 keeps the initial centroids.
@@ -216,9 +217,11 @@ def _greedy_d2_sampling(x, first, draws):
   squared distance to the nearest chosen row), scores all of them against every row with
   one GEMM and keeps the one that leaves the smallest potential (sum of D^2).
 
-  A step touches each row's D^2 a few times only, so it is laid out for that (measured
-  per op at 100k rows, 16 dims, 9 candidates on the 2-core EPYC, 0.6 ms per step in all
-  against 2.3 ms for the plain layout): rows as columns [D + 2, n'] of (x, ||x||^2, 1),
+  A step touches each row's D^2 a few times only, so it is laid out for that (per op at
+  100k rows, 16 dims, 9 candidates on the 2-core EPYC: the GEMM as [candidates, n] 0.21
+  ms against 0.43 as [n, candidates], the min/max 0.22 against 0.59, block sums by
+  reshape 0.11 against 0.45 by segment sum, and a float64 cumsum over all n rows
+  0.4-0.5 ms, now over n / INIT_BLOCK): rows as columns [D + 2, n'] of (x, ||x||^2, 1),
   so one [candidates, D + 2] x [D + 2, n'] GEMM yields the squared distances
   ||c||^2 + ||x||^2 - 2 x.c; n' pads n to whole blocks of `INIT_BLOCK` with zero columns,
   whose distance and D^2 are 0 (never drawn). Sampling is two-level: a block by the
