@@ -36,7 +36,7 @@ pseudo-label. This is Euclidean k-means with Lloyd iterations, shaped for that s
   - points per centroid barely matter at 128 or 64 dims (64 dims: 1.017, 1.020, 1.022
     at 64, 32, 16 per centroid on the benchmark; 128 dims at 16: 1.011, blobs 0.997,
     miniature-like 1.002 over 10 seeds), while the start's cost scales with them, so
-    16. The start then costs 2.2-2.4 assignment passes at the benchmark's size (see
+    16. The start then costs 1.6-2.4 assignment passes at the benchmark's size (see
     benchmarks/README.md), where the exact one cost 28-38.
 * An iteration assigns the sample in batches (TF tensors converted once, not per pass),
   one TF call per batch: per block of rows
