@@ -243,7 +243,9 @@ def main(argv):
   print(f'TF oneDNN ISA: {_onednn_isa()}\n{_faiss_isa()}')
   x = _mixture(n, dims, k, FLAGS.seed, FLAGS.noise)
   pass_flops = 2.0 * n * k * dims
-  projection = f'{FLAGS.init_projection} projection to {FLAGS.init_dims} dims' if FLAGS.init_dims else 'the features'
+  projection = (
+    f'{FLAGS.init_projection} projection to {FLAGS.init_dims} dims' if 0 < FLAGS.init_dims < dims else 'the features'
+  )
   print(f'{n} points x {dims} dims, k={k}, {iters} Lloyd iterations; our start: greedy k-means++ '
         f'({default_trials(k)} candidates per step) on {projection}, '
         f'on at most {INIT_POINTS_PER_CENTROID * k} points')  # fmt: skip
