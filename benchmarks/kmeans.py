@@ -44,7 +44,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from mtssl_tf import hardware  # noqa: E402
-from mtssl_tf.transfer import kmeans  # noqa: E402
+from mtssl_tf.transfer import kmeans, kmeans_init  # noqa: E402
 from mtssl_tf.transfer.kmeans import INIT_POINTS_PER_CENTROID, KMeans, KMeansConfig, default_trials  # noqa: E402
 
 flags.DEFINE_integer('num_points', 100_000, 'Points of the generated mixture.')
@@ -55,7 +55,7 @@ flags.DEFINE_integer('batch_size', 65536, 'Our assignment batch.')
 flags.DEFINE_integer('seed', 0, 'Data and init seed.')
 flags.DEFINE_float('noise', 1.0, 'Noise sigma per dim (centres ~N(0, 1)); at 1.0 the blobs overlap.')
 flags.DEFINE_integer('init_dims', KMeansConfig.init_dims, "Our start's projection dims (cluster.init_dims).")
-flags.DEFINE_enum('init_projection', KMeansConfig.init_projection, kmeans.PROJECTIONS, 'cluster.init_projection.')
+flags.DEFINE_enum('init_projection', KMeansConfig.init_projection, kmeans_init.PROJECTIONS, 'cluster.init_projection.')
 flags.DEFINE_integer('repeats', 2, 'Whole fits of ours and faiss, alternately.')
 flags.DEFINE_bool('exact_reference', True, 'Also run the exact greedy k-means++ start (slow) and Lloyd from it.')
 flags.DEFINE_bool('breakdown', True, 'Time the parts of one Lloyd pass over one batch.')

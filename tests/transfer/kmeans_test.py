@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from mtssl_tf.configs.base import ConfigError, load_config
-from mtssl_tf.transfer import kmeans
+from mtssl_tf.transfer import kmeans, kmeans_init
 from mtssl_tf.transfer.kmeans import KMeans, KMeansConfig
 
 # Outcomes depend on floating-point results: CI runs these again with oneDNN off.
@@ -229,7 +229,7 @@ def test_data_errors_name_the_key():
 
 
 def _start_indices(x, k, seed, **options):
-  return kmeans.kmeans_plus_plus(x, k, np.random.default_rng(seed), **options)
+  return kmeans_init.kmeans_plus_plus(x, k, np.random.default_rng(seed), **options)
 
 
 def test_kmeans_plus_plus_samples_by_squared_distance():
@@ -269,7 +269,7 @@ def test_kmeans_plus_plus_samples_by_squared_distance_across_blocks():
   # blocks and a padded tail: all rows at the origin except three at D^2 = 1, 9, 36 from it, in blocks 0, 1
   # and the last. When the first (uniform) row is at the origin, the second is one of the three with
   # probability 1/46, 9/46, 36/46; distances of small integers are exact in float32.
-  n, block = 2 * kmeans.INIT_BLOCK + 52, kmeans.INIT_BLOCK
+  n, block = 2 * kmeans_init.INIT_BLOCK + 52, kmeans_init.INIT_BLOCK
   far = {5: 1.0, block + 476: 3.0, n - 1: 6.0}
   x = np.zeros((n, 2), np.float32)
   for row, value in far.items():
@@ -294,14 +294,14 @@ def test_principal_directions_span_the_dominant_subspace():
   rng = np.random.default_rng(0)
   basis = np.linalg.qr(rng.normal(size=(64, 3)))[0]
   x = rng.normal(size=(4000, 64)) + 10 * rng.normal(size=(4000, 3)) @ basis.T
-  directions = kmeans._principal_directions(x.astype(np.float32), 3, np.random.default_rng(1)).numpy()
+  directions = kmeans_init._principal_directions(x.astype(np.float32), 3, np.random.default_rng(1)).numpy()
   assert directions.shape == (64, 3)
   np.testing.assert_allclose(directions.T @ directions, np.eye(3), atol=1e-4)  # Orthonormal up to float32.
   captured = np.linalg.norm(basis.T @ directions, axis=0)
   assert captured.min() > 0.99, captured
 
 
-@pytest.mark.parametrize('projection', kmeans.PROJECTIONS)
+@pytest.mark.parametrize('projection', kmeans_init.PROJECTIONS)
 def test_projected_start_is_seeded_distinct_rows(projection):
   # The default start projects features wider than init_dims: still distinct rows of the data, the same
   # for the same seed, others for another.
