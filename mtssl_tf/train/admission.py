@@ -113,15 +113,16 @@ class RoundGate(tf.Module):
     slot = tf.reshape(tf.cast(slot, tf.int64), [1])
     held_task, held_epoch = tf.gather(self.slot_task, slot)[0], tf.gather(self.slot_epoch, slot)[0]
     # A re-run of a closure that already holds a place: of this task, keep it; of another, give it back.
+    # Each counter is read only in its own branch: a fresh slot (the usual case) costs no extra read.
     released = []
     for other, other_counter in enumerate(self.counters):
       if other != task:
-        still_open = tf.logical_and(
-          tf.equal(held_task, other), tf.equal(held_epoch, other_counter.read_value() // EPOCH)
-        )
-        released.append(
-          tf.cond(still_open, lambda c=other_counter: c.assign_add(-1).value(), lambda c=other_counter: c.value())
-        )
+
+        def give_back(c=other_counter):
+          still_open = tf.equal(held_epoch, c.read_value() // EPOCH)
+          return tf.cond(still_open, lambda: c.assign_add(-1).value(), lambda: tf.constant(0, tf.int64))
+
+        released.append(tf.cond(tf.equal(held_task, other), give_back, lambda: tf.constant(0, tf.int64)))
     with tf.control_dependencies(released):
       now = counter.read_value()
     keep = tf.logical_and(tf.equal(held_task, task), tf.equal(held_epoch, now // EPOCH))
