@@ -173,6 +173,10 @@ class DistributedTrainer:
       if t.mode == 'hybrid' and t.wait_for_update:
         rounds = [1 if on_worker else aggregate[n] for n in self.names]
         self.gate = RoundGate(rounds, num_slots, t.wait_timeout_seconds)
+      # Per task, updates applied by this trainer (the gate's epoch, across `run` calls) and steps applied at a
+      # later epoch than they were admitted in.
+      self.epochs = {n: 0 for n in self.names}
+      self.stale_steps = {n: 0 for n in self.names}
     # Traced once per run: TF's eager save retraces at every save on several devices (checkpointing.py).
     self.checkpoint = TracedCheckpoint(model=self.model, optimizer=self.optimizer, cost=self.cost)
     self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(model_dir, 'checkpoints'), max_to_keep=3)
@@ -307,10 +311,13 @@ class DistributedTrainer:
       with tf.control_dependencies([counted]):
         self.gate.reopen(self.names.index(name))
 
-  def _update(self, name: str, pending: List[Tuple[int, int]]) -> None:
-    """Applies one update of `name` from its pending (slot, steps) pairs, counts their steps, frees the slots."""
-    slots = [slot for slot, _ in pending]
-    self._apply_fn(name)(tf.constant(slots, tf.int32), tf.constant(sum(n for _, n in pending), tf.int32))
+  def _update(self, name: str, pending: List[Tuple[int, int, int]]) -> None:
+    """Applies one update of `name` from its pending (slot, steps, admission epoch) results, frees the slots."""
+    slots = [slot for slot, _, _ in pending]
+    self._apply_fn(name)(tf.constant(slots, tf.int32), tf.constant(sum(n for _, n, _ in pending), tf.int32))
+    if self.gate is not None:
+      self.stale_steps[name] += sum(epoch != self.epochs[name] for _, _, epoch in pending)
+      self.epochs[name] += 1
     self.free_slots.extend(slots)
 
   # ----- coordinator loop -----
@@ -352,12 +359,7 @@ class DistributedTrainer:
     pending = {n: [] for n in self.names}
     closures = {n: 0 for n in self.names}
     busy = {n: [0.0, np.inf, -np.inf] for n in self.names}  # Seconds in closures, first start, last end.
-    # Admission (admission.py): per task the updates applied in this run (its epoch), the epochs of its
-    # pending results, results applied at a later epoch than admitted in, and seconds spent waiting.
-    epochs = {n: 0 for n in self.names}
-    admitted = {n: [] for n in self.names}
-    stale = {n: 0 for n in self.names}
-    waited = {n: 0.0 for n in self.names}
+    waited = {n: 0.0 for n in self.names}  # Seconds closures waited for admission (admission.py).
     window = _Window(self.names)
     last_log = last_ckpt = start = time.time()
     start_done = done
@@ -389,19 +391,14 @@ class DistributedTrainer:
         closures[name] += 1
         busy[name] = [busy[name][0] + ended - began, min(busy[name][1], began), max(busy[name][2], ended)]
         waited[name] += float(wait)
-        admitted[name].append(int(epoch))
         done += steps
         reserved -= budget - steps  # A task with a smaller K_t returns the rest.
         window.add(name, float(loss), metrics, steps)
         self.skips[name].update(skipped[0], skipped[1], pipeline_id=int(worker))
-        pending[name].append((slot, steps))
-        if t.mode != 'sync' and sum(n for _, n in pending[name]) >= self.aggregate[name]:
+        pending[name].append((slot, steps, int(epoch)))
+        if t.mode != 'sync' and sum(n for _, n, _ in pending[name]) >= self.aggregate[name]:
           self._update(name, pending[name])
           pending[name] = []
-          if self.gate is not None:
-            stale[name] += sum(e != epochs[name] for e in admitted[name])
-            epochs[name] += 1
-          admitted[name] = []
       if t.mode == 'sync':
         for name in self.names:
           if pending[name]:
@@ -434,7 +431,7 @@ class DistributedTrainer:
         'closures': closures[n],
         'worker_busy': _busy_fraction(*busy[n], self.tasks[n].config.workers),
         'waited_seconds': round(waited[n], 3),
-        'stale_steps': stale[n] if self.gate is not None else None,
+        'stale_steps': self.stale_steps[n] if self.gate is not None else None,
         'skipped_examples': self.skips[n].count,
         'skipped_sources': self.skips[n].sources,
         **self.last_logged.get(n, {}),
