@@ -9,7 +9,7 @@ pseudo-label. This is Euclidean k-means with Lloyd iterations, shaped for that s
   pass from an array or from a stream of chunks larger than memory. Every row gets a
   random key in stream order and the sample is the rows with the smallest keys, kept
   in stream order, so the same rows give the same sample however they are chunked:
-  a fit from chunks equals a fit from their concatenation.
+  a fit from chunks equals a fit from their concatenation (`mtssl_tf/transfer/kmeans_sample.py`).
 * Initial centroids: greedy k-means++ (D^2 sampling of 2 + ln k candidates per step,
   keeping the one that lowers the potential most, as scikit-learn), by default on the
   sample's projection onto its top 128 principal directions (randomized SVD of 8192
@@ -46,7 +46,7 @@ import io
 import json
 import os
 import time
-from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -56,6 +56,9 @@ from mtssl_tf.configs.base import Config, ConfigError, override, to_plain
 
 # The start (greedy k-means++ on a projection) lives in kmeans_init.py; default_trials is re-exported.
 from mtssl_tf.transfer.kmeans_init import PROJECTIONS, default_trials, kmeans_plus_plus  # noqa: F401
+
+# Feature chunks, batches and the seeded sample live in kmeans_sample.py.
+from mtssl_tf.transfer.kmeans_sample import Features, iter_batches, iter_chunks, sample_array, sample_stream
 
 INITS = ('kmeans++', 'random')
 # k-means++ is sequential: one pass over its points per centroid, k passes in all (each a GEMM of its
@@ -73,8 +76,6 @@ SCORE_BLOCK_BYTES = 16 << 20
 # Fewer points per centroid than this gives noisy centroids (faiss warns below 39).
 MIN_POINTS_PER_CENTROID = 39
 _FORMAT_VERSION = 1
-
-Features = Union[np.ndarray, Iterable[np.ndarray], Callable[[], Iterable[np.ndarray]]]
 
 
 @dataclasses.dataclass
@@ -184,7 +185,7 @@ class _TensorBatches:
 
   def __init__(self, x: np.ndarray, batch_size: int):
     self.rows, self.batch_size = len(x), batch_size
-    self.batches = [(start, tf.convert_to_tensor(batch)) for start, batch in _batches(x, batch_size)]
+    self.batches = [(start, tf.convert_to_tensor(batch)) for start, batch in iter_batches(x, batch_size)]
 
   def take(self, index: np.ndarray) -> np.ndarray:
     """Rows `index` (sorted or not) as float32 numpy [len(index), D]."""
@@ -211,121 +212,17 @@ class _Centroids:
     return _assign_and_sum(x, self.neg2, self.sq, self.rows)
 
 
-# ----------------------------------------------------------------------------- inputs and sampling
-
-
-def _chunks(features: Features) -> Iterator[np.ndarray]:
-  """Yields the non-empty 2-D chunks of an array, an iterable of arrays, or a callable returning one."""
-  if isinstance(features, (np.ndarray, tf.Tensor)):
-    source = [features]
-  elif callable(features):
-    source = features()
-  else:
-    source = features
-  dims = None
-  for chunk in source:
-    chunk = np.asarray(chunk)
-    if chunk.ndim != 2:
-      raise ValueError(f'k-means: features must be 2-D [points, dims], got a chunk of shape {chunk.shape}')
-    if dims is None:
-      dims = chunk.shape[1]
-    elif chunk.shape[1] != dims:
-      raise ValueError(f'k-means: a chunk has {chunk.shape[1]} dims, the earlier ones {dims}')
-    if len(chunk):
-      yield chunk
-
-
-def _batches(x: np.ndarray, batch_size: int) -> Iterator[Tuple[int, np.ndarray]]:
-  for start in range(0, len(x), batch_size):
-    yield start, np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)
-
-
-def _permute_rows(a: np.ndarray, order: np.ndarray) -> None:
-  """`a[:] = a[order]` in place with one row of scratch (a copy would double the sample's memory)."""
-  done = np.zeros(len(order), bool)
-  for start in range(len(order)):
-    if done[start] or order[start] == start:
-      continue
-    scratch = a[start].copy()
-    i = start
-    while True:
-      done[i] = True
-      j = order[i]
-      if j == start:
-        a[i] = scratch
-        break
-      a[i] = a[j]
-      i = j
-
-
-def _sample_array(x: np.ndarray, capacity: Optional[int], rng: np.random.Generator) -> np.ndarray:
-  """Rows of the `capacity` smallest keys (one uniform key per row), in row order; `x` itself if it fits."""
-  if capacity is None or len(x) <= capacity:
-    return np.asarray(x, np.float32)
-  keys = rng.random(len(x))
-  return np.asarray(x[np.sort(np.argpartition(keys, capacity - 1)[:capacity])], np.float32)
-
-
-def _sample_stream(chunks: Iterable[np.ndarray], capacity: Optional[int], rng: np.random.Generator):
-  """`_sample_array` of the concatenated chunks, in one pass and at most `capacity` rows of memory.
-
-  Returns:
-    (sample float32 [n, D], rows seen).
-  """
-  buf = None
-  keys = index = None
-  filled = seen = 0
-  reordered = False
-  for chunk in chunks:
-    chunk_keys = rng.random(len(chunk))  # Drawn for every row, so keys do not depend on chunking.
-    chunk_index = np.arange(seen, seen + len(chunk))
-    seen += len(chunk)
-    if buf is None:
-      buf = np.empty((0, chunk.shape[1]), np.float32)
-      keys, index = np.empty(0), np.empty(0, np.int64)
-    free = len(chunk) if capacity is None else min(len(chunk), capacity - filled)
-    if free > 0:
-      if filled + free > len(buf):  # Grow by doubling: a stream's length is unknown.
-        size = max(filled + free, 2 * len(buf))
-        size = size if capacity is None else min(size, capacity)
-        buf = np.concatenate([buf[:filled], np.empty((size - filled, buf.shape[1]), np.float32)])
-        keys, index = np.resize(keys, size), np.resize(index, size)
-      buf[filled : filled + free] = chunk[:free]
-      keys[filled : filled + free] = chunk_keys[:free]
-      index[filled : filled + free] = chunk_index[:free]
-      filled += free
-      chunk, chunk_keys, chunk_index = chunk[free:], chunk_keys[free:], chunk_index[free:]
-    if not len(chunk):
-      continue
-    # Full: rows whose key beats the largest kept key replace the rows of the largest keys.
-    candidates = np.flatnonzero(chunk_keys < keys.max())
-    if not len(candidates):
-      continue
-    kept = np.argpartition(np.concatenate([keys, chunk_keys[candidates]]), capacity - 1)[:capacity]
-    new = kept[kept >= capacity] - capacity
-    slots = np.setdiff1d(np.arange(capacity), kept[kept < capacity], assume_unique=True)
-    rows = candidates[new]
-    buf[slots], keys[slots], index[slots] = chunk[rows], chunk_keys[rows], chunk_index[rows]
-    reordered = True
-  if buf is None:
-    raise ValueError('k-means: no features (empty array or stream)')
-  buf = buf[:filled]
-  if reordered:
-    _permute_rows(buf, np.argsort(index[:filled], kind='stable'))
-  return buf, seen
-
-
 # ----------------------------------------------------------------------------- PCA
 
 
 def _fit_pca(x: np.ndarray, dims: int, batch_size: int) -> Tuple[np.ndarray, np.ndarray]:
   """Mean [D] and whitening matrix [D, dims] of the rows of `x` (covariance eigendecomposition)."""
   mean = np.zeros(x.shape[1], np.float64)
-  for _, batch in _batches(x, batch_size):
+  for _, batch in iter_batches(x, batch_size):
     mean += batch.sum(axis=0, dtype=np.float64)
   mean = (mean / len(x)).astype(np.float32)
   cov = np.zeros((x.shape[1], x.shape[1]), np.float64)
-  for _, batch in _batches(x, batch_size):
+  for _, batch in iter_batches(x, batch_size):
     centered = batch - mean
     cov += centered.T @ centered  # float32 GEMM per batch, float64 across batches.
   values, vectors = np.linalg.eigh(cov / len(x))
@@ -393,10 +290,10 @@ class KMeans:
     sample_rng = np.random.default_rng([cfg.seed, 0])
     if isinstance(features, (np.ndarray, tf.Tensor)):
       array = np.asarray(features)
-      next(_chunks(array), None)  # Shape check.
-      x, seen = _sample_array(array, capacity, sample_rng), len(array)
+      next(iter_chunks(array), None)  # Shape check.
+      x, seen = sample_array(array, capacity, sample_rng), len(array)
     else:
-      x, seen = _sample_stream(_chunks(features), capacity, sample_rng)
+      x, seen = sample_stream(iter_chunks(features), capacity, sample_rng)
     n, dims = x.shape
     if n < k:
       raise ValueError(f'cluster.num_clusters: {k} clusters need at least {k} points, got {n}')
@@ -536,9 +433,9 @@ class KMeans:
     if cfg.pca_dims and self.pca_matrix is None:
       raise RuntimeError('k-means: transform before fit (the PCA is fitted by fit)')
     out = []
-    for chunk in _chunks(features):
+    for chunk in iter_chunks(features):
       self._check_dims(chunk)
-      for _, batch in _batches(chunk, cfg.batch_size):
+      for _, batch in iter_batches(chunk, cfg.batch_size):
         if self.pca_matrix is not None:
           batch = (batch - self.pca_mean) @ self.pca_matrix
         if cfg.l2_normalize:
@@ -563,9 +460,9 @@ class KMeans:
       raise RuntimeError('k-means: assign before fit or load')
     current = _Centroids(self.centroids)
     labels, sq_dists = [], []
-    for chunk in _chunks(features):
+    for chunk in iter_chunks(features):
       self._check_dims(chunk)
-      for _, batch in _batches(chunk, self.config.batch_size):
+      for _, batch in iter_batches(chunk, self.config.batch_size):
         if self.config.pca_dims or self.config.l2_normalize:
           batch = self.transform(batch)
         batch_labels, sq_dist = current.nearest(tf.convert_to_tensor(batch))
