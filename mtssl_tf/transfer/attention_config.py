@@ -83,9 +83,10 @@ class AttentionConfig(SGDConfig, LoopConfig):
       raise ConfigError(f'{s}.resize: must be one of {ATTENTION_RESIZES}, got {self.resize!r}')
     if self.beta < 0 or self.p <= 0:
       raise ConfigError(f'{s}.{"beta" if self.beta < 0 else "p"}: need beta >= 0 and p > 0, got {self.beta}, {self.p}')
-    if self.teacher_tile_scale < 0 or self.bias_lr_mult <= 0 or self.export_image_size < 0:
-      raise ConfigError(f'{s}.teacher_tile_scale: need teacher_tile_scale >= 0, bias_lr_mult > 0 and '
-                        f'export_image_size >= 0')  # fmt: skip
+    for key, bad in (('teacher_tile_scale', self.teacher_tile_scale < 0), ('bias_lr_mult', self.bias_lr_mult <= 0),
+                     ('export_image_size', self.export_image_size < 0)):  # fmt: skip
+      if bad:
+        raise ConfigError(f'{s}.{key}: must be {"> 0" if key == "bias_lr_mult" else ">= 0"}, got {getattr(self, key)}')
     if self.jigsaw.data.source:
       raise ConfigError(f'{s}.jigsaw.data.source: not read; name the images in {s}.source')
     if not self.student_endpoints or len(set(self.student_endpoints)) != len(self.student_endpoints):

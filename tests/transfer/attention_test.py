@@ -85,6 +85,9 @@ def test_defaults_and_config_errors():
     (['attention.teacher_endpoints=[conv4_3]'], 'attention.teacher_endpoints'),
     (['attention.jigsaw.data.source=folder:/x'], 'attention.jigsaw.data.source'),
     (['attention.beta=-1'], 'attention.beta'),
+    (['attention.teacher_tile_scale=-1'], 'attention.teacher_tile_scale: must be >= 0, got -1'),
+    (['attention.bias_lr_mult=0'], 'attention.bias_lr_mult: must be > 0, got 0'),
+    (['attention.export_image_size=-5'], 'attention.export_image_size: must be >= 0, got -5'),
   ]:
     with pytest.raises(ConfigError, match=message):
       load_transfer_config([], overrides)
