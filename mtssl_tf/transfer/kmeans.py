@@ -54,6 +54,9 @@ from absl import logging
 
 from mtssl_tf.configs.base import Config, ConfigError, override, to_plain
 
+# Lloyd passes with distance bounds live in kmeans_bounds.py.
+from mtssl_tf.transfer.kmeans_bounds import BOUNDS, BoundedLloyd, group_centroids
+
 # The start (greedy k-means++ on a projection) lives in kmeans_init.py; default_trials is re-exported.
 from mtssl_tf.transfer.kmeans_init import PROJECTIONS, default_trials, kmeans_plus_plus  # noqa: F401
 
@@ -105,6 +108,10 @@ class KMeansConfig(Config):
     batch_size: points per assignment batch; bounds memory (2 x batch_size x k floats).
     tolerance: stop early when the objective falls by less than this fraction in an
       iteration (0: run all iterations, or until no label changes).
+    bounds: 'yinyang' (per-group lower bounds, Ding et al. 2015), 'hamerly' (one lower bound)
+      or 'none': after the first pass, Lloyd scores only the points whose nearest centroid
+      can have changed, with the same assignments as 'none' up to float32 near-ties
+      (`mtssl_tf/transfer/kmeans_bounds.py`).
   """
 
   num_clusters: int = 2000
@@ -119,6 +126,7 @@ class KMeansConfig(Config):
   seed: int = 0
   batch_size: int = 65536
   tolerance: float = 0.0
+  bounds: str = 'yinyang'
 
   def validate(self) -> None:
     if self.num_clusters < 2:
@@ -127,6 +135,8 @@ class KMeansConfig(Config):
       raise ConfigError(f'cluster.init: must be one of {INITS}, got {self.init!r}')
     if self.init_projection not in PROJECTIONS:
       raise ConfigError(f'cluster.init_projection: must be one of {PROJECTIONS}, got {self.init_projection!r}')
+    if self.bounds not in BOUNDS:
+      raise ConfigError(f'cluster.bounds: must be one of {BOUNDS}, got {self.bounds!r}')
     if self.batch_size < 1:
       raise ConfigError(f'cluster.batch_size: must be positive, got {self.batch_size}')
     for key in ('init_trials', 'init_dims', 'iterations', 'max_points_per_centroid', 'pca_dims', 'seed'):
@@ -248,6 +258,9 @@ class KMeans:
       is that of `centroids`. Up to `iterations + 1` entries (fewer when no label
       changes or the `tolerance` stops it). Non-increasing (see the module docstring).
     reseeded_history: empty clusters re-seeded after each of those assignments.
+    active_history: fraction of the sample whose nearest centroid was searched in each of
+      those assignments (the rest the bounds settled; 1.0 throughout with `bounds: none`).
+    scored_history: fraction of the n x k distances computed in each (not saved, as `active_history`).
     pca_mean, pca_matrix: the whitening (x - mean) @ matrix, or None without PCA.
     input_dims: D of the features `fit` saw.
     num_points_seen, num_points_fit: rows read by `fit`, and rows it clustered.
@@ -259,6 +272,8 @@ class KMeans:
     self.centroids: Optional[np.ndarray] = None
     self.objective_history: List[float] = []
     self.reseeded_history: List[int] = []
+    self.active_history: List[float] = []
+    self.scored_history: List[float] = []
     self.pca_mean: Optional[np.ndarray] = None
     self.pca_matrix: Optional[np.ndarray] = None
     self.input_dims: Optional[int] = None
@@ -354,8 +369,12 @@ class KMeans:
     """Runs the Lloyd iterations on the transformed sample; fills the histories; returns the centroids."""
     cfg = self.config
     n, k = x.rows, len(centroids)
-    self.objective_history, self.reseeded_history = [], []
+    self.objective_history, self.reseeded_history, self.active_history, self.scored_history = [], [], [], []
     labels = np.empty(n, np.int32)
+    bounded = None
+    if cfg.bounds != 'none':
+      bounded = BoundedLloyd(x.batches, group_centroids(centroids, cfg.bounds, cfg.seed), _block_rows(k))
+      self.active_history, self.scored_history = bounded.active_history, bounded.scored_history
     previous = None
     for iteration in range(cfg.iterations + 1):
       tick = time.perf_counter()
@@ -363,7 +382,9 @@ class KMeans:
       current = _Centroids(centroids)
       total = 0.0
       sums = np.zeros(centroids.shape, np.float64) if update else None
-      for start, batch in x.batches:
+      if bounded is not None:
+        total, sums = bounded.run(centroids, labels, update)
+      for start, batch in x.batches if bounded is None else ():
         # One call per batch: assignment, objective and cluster sums (summed in float64 across batches); the
         # last pass only scores the final centroids, without sums.
         if update:
@@ -374,6 +395,9 @@ class KMeans:
           batch_labels, sq_dist = current.nearest(batch)
           total += float(np.sum(sq_dist.numpy(), dtype=np.float64))
         labels[start : start + batch.shape[0]] = batch_labels.numpy()
+      if bounded is None:
+        self.active_history.append(1.0)
+        self.scored_history.append(1.0)
       counts = np.bincount(labels, minlength=k)
       objective = total / n
       self.objective_history.append(objective)
@@ -393,9 +417,10 @@ class KMeans:
         previous = labels.copy()
       self.reseeded_history.append(reseeded)
       if progress:
-        logging.info('k-means: iteration %d/%d: objective %.6g%s, %.2f s, %d empty clusters re-seeded', iteration,
-                     cfg.iterations, objective, '' if change is None else f' ({-100 * change:+.3f}%)',
-                     time.perf_counter() - tick, reseeded)  # fmt: skip
+        logging.info('k-means: iteration %d/%d: objective %.6g%s, %.2f s, %.1f%% of points searched, %.1f%% of '
+                     'distances, %d empty clusters re-seeded', iteration, cfg.iterations, objective,
+                     '' if change is None else f' ({-100 * change:+.3f}%)', time.perf_counter() - tick,
+                     100 * self.active_history[-1], 100 * self.scored_history[-1], reseeded)  # fmt: skip
       if converged or stalled:
         logging.info('k-means: %s after %d updates', 'converged (no label changed)' if converged else
                      f'stopped (objective fell by less than {cfg.tolerance:g})', iteration)  # fmt: skip
