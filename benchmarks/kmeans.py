@@ -7,12 +7,16 @@ centroid, as in `fit`). Reported, after the CPU, its flags and the ISA each libr
 * Start: ours by the library's default (greedy k-means++ on a PCA projection), the exact
   greedy k-means++ on the features (`--exact_reference`) and the random start, in seconds
   and in assignment passes.
-* Lloyd from the same start (our default), the same iterations: ours against faiss, time
-  ratio and both final objectives (one shared evaluation: mean squared distance of every
-  point to its nearest final centroid), which must agree within 0.1%. Ours makes
-  iterations + 1 assignment passes (it scores its final centroids), faiss `iterations`.
-* Whole fit: our `fit` with the library's defaults (start included) against faiss's
-  `train` with its own random start, `--repeats` times alternately; the ratio ours/faiss.
+* Lloyd from the same start (our default), the same iterations: ours with distance bounds
+  (`--bounds`, the library's default) and without (`cluster.bounds=none`, every pass
+  scores all n x k distances) against faiss, time ratios and the final objectives (one
+  shared evaluation: mean squared distance of every point to its nearest final centroid),
+  which must agree within 0.1%; per iteration, the fraction of points the bounds left to
+  search and of the n x k distances computed. Ours makes up to iterations + 1 assignment
+  passes (it scores its final centroids), faiss `iterations`.
+* Whole fit: our `fit` with the library's defaults (start included; with and without
+  bounds) against faiss's `train` with its own random start, `--repeats` times
+  alternately; the ratios ours/faiss.
 * Start quality: final objective after Lloyd from our default start and from a random one,
   relative to the exact greedy start (the previous default: on the features, at most 64
   points per centroid), at this size and on two smaller cases (400
@@ -44,7 +48,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from mtssl_tf import hardware  # noqa: E402
-from mtssl_tf.transfer import kmeans, kmeans_init  # noqa: E402
+from mtssl_tf.transfer import kmeans, kmeans_bounds, kmeans_init  # noqa: E402
 from mtssl_tf.transfer.kmeans import INIT_POINTS_PER_CENTROID, KMeans, KMeansConfig, default_trials  # noqa: E402
 
 flags.DEFINE_integer('num_points', 100_000, 'Points of the generated mixture.')
@@ -56,6 +60,8 @@ flags.DEFINE_integer('seed', 0, 'Data and init seed.')
 flags.DEFINE_float('noise', 1.0, 'Noise sigma per dim (centres ~N(0, 1)); at 1.0 the blobs overlap.')
 flags.DEFINE_integer('init_dims', KMeansConfig.init_dims, "Our start's projection dims (cluster.init_dims).")
 flags.DEFINE_enum('init_projection', KMeansConfig.init_projection, kmeans_init.PROJECTIONS, 'cluster.init_projection.')
+flags.DEFINE_enum('bounds', KMeansConfig.bounds, kmeans_bounds.BOUNDS, 'cluster.bounds of ours.')
+flags.DEFINE_bool('unbounded', True, 'Also run ours with cluster.bounds=none (the previous Lloyd).')
 flags.DEFINE_integer('repeats', 2, 'Whole fits of ours and faiss, alternately.')
 flags.DEFINE_bool('exact_reference', True, 'Also run the exact greedy k-means++ start (slow) and Lloyd from it.')
 flags.DEFINE_bool('breakdown', True, 'Time the parts of one Lloyd pass over one batch.')
@@ -124,7 +130,8 @@ def _miniature(seed):
 def _config(k=None, iterations=None, seed=None, **values):
   values = dict(num_clusters=k or FLAGS.k, iterations=FLAGS.iterations if iterations is None else iterations,
                 max_points_per_centroid=0, batch_size=FLAGS.batch_size, seed=FLAGS.seed if seed is None else seed,
-                init_dims=FLAGS.init_dims, init_projection=FLAGS.init_projection) | values  # fmt: skip
+                init_dims=FLAGS.init_dims, init_projection=FLAGS.init_projection,
+                bounds=FLAGS.bounds) | values  # fmt: skip
   return KMeans(KMeansConfig(**values))
 
 
@@ -253,6 +260,7 @@ def main(argv):
   _config().initialize(x[: 4 * k])  # Traces the TF loop, so the timings below are the starts alone.
   init, init_s = _timed(_config().initialize, x)
   _objective(init, x[: FLAGS.batch_size])  # Traces the assignment.
+  _config(iterations=2).fit(x[: 4 * k], progress=False, init_centroids=init)  # Traces the bounded passes.
   init_objective, pass_s = _timed(_objective, init, x)
   print(f'\none assignment pass (ours): {pass_s:.2f} s = {pass_flops / pass_s / 1e9:.1f} GFLOP/s')
   print('start')
@@ -272,38 +280,46 @@ def main(argv):
   except ImportError:
     faiss = None
     print('faiss not installed (pip install -e .[faiss]): ours only')
-  ours_model, ours_s = _timed(_config().fit, x, progress=False, init_centroids=init)
-  finals = {'ours': _objective(ours_model.centroids, x)}
-  print(f'\nLloyd from the same start (our default), {iters} iterations')
-  ours_passes = len(ours_model.objective_history)  # Fewer than iterations + 1 where no label changed.
-  print(f'  ours : {ours_s:.1f} s, {ours_passes} passes ({ours_s / ours_passes:.2f} s per pass), '
-        f'final objective {finals["ours"]:.6g}')  # fmt: skip
+  runs = {'ours': FLAGS.bounds} | ({'ours, bounds=none': 'none'} if FLAGS.unbounded and FLAGS.bounds != 'none' else {})
+  print(f'\nLloyd from the same start (our default), {iters} iterations, ours with bounds={FLAGS.bounds}'
+        f'{" and none" if len(runs) > 1 else ""}')  # fmt: skip
+  models, seconds, finals = {}, {}, {}
+  for name, bounds in runs.items():
+    models[name], seconds[name] = _timed(_config(bounds=bounds).fit, x, progress=False, init_centroids=init)
+    finals[name] = _objective(models[name].centroids, x)
+    passes = len(models[name].objective_history)  # Fewer than iterations + 1 where no label changed.
+    print(f'  {name}: {seconds[name]:.1f} s, {passes} passes ({seconds[name] / passes:.2f} s per pass), '
+          f'final objective {finals[name]:.6g}')  # fmt: skip
+    print(f'    per pass, points searched: {" ".join(f"{v:.3f}" for v in models[name].active_history)}; '
+          f'distances computed: {" ".join(f"{v:.3f}" for v in models[name].scored_history)}; '
+          f'in all {sum(models[name].scored_history):.2f} passes of distances')  # fmt: skip
   if faiss is not None:
     faiss_centroids, faiss_s = _timed(_faiss, x, init)
     finals['faiss'] = _objective(faiss_centroids, x)
     print(f'  faiss: {faiss_s:.1f} s, {iters} passes ({faiss_s / iters:.2f} s per pass), '
           f'final objective {finals["faiss"]:.6g}')  # fmt: skip
-    print(f'  ours/faiss: time {ours_s / faiss_s:.2f}, per pass {ours_s / ours_passes / (faiss_s / iters):.2f}, '
-          f'objective {finals["ours"] / finals["faiss"]:.6f}')  # fmt: skip
+    for name in runs:
+      print(f'  {name}/faiss: time {seconds[name] / faiss_s:.2f}, objective {finals[name] / finals["faiss"]:.6f} '
+            f'({"within" if abs(finals[name] / finals["faiss"] - 1) <= 1e-3 else "NOT within"} 0.1%)')  # fmt: skip
 
   print(f'\nwhole fit: our fit with the defaults (start included) and faiss train (own random start), '
         f'{FLAGS.repeats} times alternately')  # fmt: skip
-  whole = {'ours': [], 'faiss': []}
+  whole, fitted = {name: [] for name in runs} | {'faiss': []}, {}
   for _ in range(FLAGS.repeats):
-    model, seconds = _timed(_config().fit, x, progress=False)
-    whole['ours'].append(seconds)
+    for name, bounds in runs.items():
+      fitted[name], seconds = _timed(_config(bounds=bounds).fit, x, progress=False)
+      whole[name].append(seconds)
     if faiss is not None:
-      faiss_own, seconds = _timed(_faiss, x, None)
+      fitted['faiss'], seconds = _timed(_faiss, x, None)
       whole['faiss'].append(seconds)
-  print(
-    f'  ours : {", ".join(f"{s:.1f}" for s in whole["ours"])} s, final objective {_objective(model.centroids, x):.6g}'
-  )
-  if faiss is not None:
-    print(f'  faiss: {", ".join(f"{s:.1f}" for s in whole["faiss"])} s, '
-          f'final objective {_objective(faiss_own, x):.6g}')  # fmt: skip
-    pairs = [f'{a / b:.2f}' for a, b in zip(whole['ours'], whole['faiss'])]
-    print(f'  ours/faiss per pair: {", ".join(pairs)}; of the sums {sum(whole["ours"]) / sum(whole["faiss"]):.2f}; '
-          f'of the fastest of each {min(whole["ours"]) / min(whole["faiss"]):.2f}')  # fmt: skip
+  for name, values in whole.items():
+    if values:
+      centroids = fitted[name] if name == 'faiss' else fitted[name].centroids
+      print(f'  {name}: {", ".join(f"{s:.1f}" for s in values)} s, final objective {_objective(centroids, x):.6g}')
+  for name in runs if faiss is not None else ():
+    pairs = [f'{a / b:.2f}' for a, b in zip(whole[name], whole['faiss'])]
+    print(f'  {name}/faiss per pair: {", ".join(pairs)}; of the sums {sum(whole[name]) / sum(whole["faiss"]):.2f}; '
+          f'of the fastest of each {min(whole[name]) / min(whole["faiss"]):.2f}')  # fmt: skip
   random_model = _config(init='random').fit(x, progress=False, init_centroids=random_init)
   print(f'  ours from the random start: final objective {_objective(random_model.centroids, x):.6g}')
   if FLAGS.exact_reference:
@@ -319,7 +335,8 @@ def main(argv):
   if FLAGS.quality_seeds:
     _quality('miniature-like (2000 x 256 ReLU mixture, k=20, 20 iterations, fit as the library does)',
              [(_miniature(seed), 20, 20, seed) for seed in range(FLAGS.quality_seeds)])  # fmt: skip
-  _estimate(len(ours_model.objective_history) * pass_flops / ours_s, init_s, min(n, INIT_POINTS_PER_CENTROID * k))
+  # The GEMM rate of a plain pass (the bounds' savings depend on the data; the estimate assumes none).
+  _estimate(pass_flops / pass_s, init_s, min(n, INIT_POINTS_PER_CENTROID * k))
   print(f'load average at end {os.getloadavg()[0]:.2f}')
 
 
