@@ -22,6 +22,12 @@ pseudo-label. This is Euclidean k-means with Lloyd iterations, shaped for that s
   one GEMM (||c||^2 - 2 x.c; ||x||^2 is added to the minimum only), reduced to argmin
   and min while the block is in cache, then segment sums of the batch; the centroids
   move to the means of their points (sums accumulated in float64 across batches).
+* After the first pass, exact distance bounds carried across passes (`cluster.bounds`,
+  Yinyang k-means by default, `mtssl_tf/transfer/kmeans_bounds.py`) leave only the points
+  whose nearest centroid can have changed to be searched, and only against the groups of
+  centroids that can be nearer: the same assignments as scoring all n x k distances, up
+  to float32 near-ties. At 100k x 1024, k=2000 (benchmarks/kmeans.py) the passes after
+  the first two computed 79%, 47%, 20%, then < 1% of the distances.
 * A cluster left empty is re-seeded with the point farthest from the centroid of the
   largest cluster. The next objective is bounded by the old labels scored against the
   new means, which never use the empty cluster, so re-seeding cannot raise it:
@@ -36,7 +42,8 @@ Memory: the sample (float32, n x D: 512K x 8192 is 17 GB; lower `max_points_per_
 or use `pca_dims` to shrink the clustered copy), held twice while it is converted to TF
 tensors for Lloyd (once after, where `fit` sampled it; an array fitted whole stays the
 caller's), plus per batch its [k, D] sums and a few [rows, k] score blocks of
-`SCORE_BLOCK_BYTES`; the start's projection is [16 k, init_dims].
+`SCORE_BLOCK_BYTES`; the start's projection is [16 k, init_dims]; with `bounds: yinyang`
+n x k/10 float32 lower bounds (410 MB at 512K points, k=2000; one column with 'hamerly').
 """
 
 from __future__ import annotations
@@ -60,8 +67,16 @@ from mtssl_tf.transfer.kmeans_bounds import BOUNDS, BoundedLloyd, group_centroid
 # The start (greedy k-means++ on a projection) lives in kmeans_init.py; default_trials is re-exported.
 from mtssl_tf.transfer.kmeans_init import PROJECTIONS, default_trials, kmeans_plus_plus  # noqa: F401
 
-# Feature chunks, batches and the seeded sample live in kmeans_sample.py.
-from mtssl_tf.transfer.kmeans_sample import Features, iter_batches, iter_chunks, sample_array, sample_stream
+# Feature chunks, batches, the seeded sample (as TF tensors for Lloyd) and its PCA live in kmeans_sample.py.
+from mtssl_tf.transfer.kmeans_sample import (
+  Features,
+  TensorBatches,
+  fit_pca,
+  iter_batches,
+  iter_chunks,
+  sample_array,
+  sample_stream,
+)
 
 INITS = ('kmeans++', 'random')
 # k-means++ is sequential: one pass over its points per centroid, k passes in all (each a GEMM of its
@@ -69,9 +84,6 @@ INITS = ('kmeans++', 'random')
 # coverage, not density): 16, 32 and 64 ended within 0.6% of each other after Lloyd (module docstring),
 # at a cost proportional to the points.
 INIT_POINTS_PER_CENTROID = 16
-# Whitening divides by sqrt(eigenvalue + eps): eps, relative to the top eigenvalue (scale-free), keeps
-# zero-variance directions (dead units) finite and leaves the others whitened to within 1e-6 * top / value.
-PCA_EPSILON = 1e-6
 # Rows per distance block: a [rows, k] float32 score block of this many bytes stays in the L3 cache while it
 # is reduced (argmin, min) right after its GEMM. At k=2000, D=1024 on a busy 2-core EPYC, blocks of 8-32 MB
 # (1024-4096 rows) were within noise of each other, 64 MB ~2x slower; 16 MB is the middle.
@@ -190,23 +202,6 @@ def _assign_and_sum(x, neg2_centroids, centroid_sq, rows):
   return labels, tf.reduce_sum(tf.cast(sq_dist, tf.float64)), sums
 
 
-class _TensorBatches:
-  """The sample as TF tensors of `batch_size` rows, converted once for all Lloyd passes."""
-
-  def __init__(self, x: np.ndarray, batch_size: int):
-    self.rows, self.batch_size = len(x), batch_size
-    self.batches = [(start, tf.convert_to_tensor(batch)) for start, batch in iter_batches(x, batch_size)]
-
-  def take(self, index: np.ndarray) -> np.ndarray:
-    """Rows `index` (sorted or not) as float32 numpy [len(index), D]."""
-    out = np.empty((len(index), self.batches[0][1].shape[1]), np.float32)
-    which = index // self.batch_size
-    for b in np.unique(which):
-      at = np.flatnonzero(which == b)
-      out[at] = tf.gather(self.batches[b][1], index[at] - self.batches[b][0]).numpy()
-    return out
-
-
 class _Centroids:
   """Centroids as the tensors the steps take, built once per iteration, not per batch."""
 
@@ -220,28 +215,6 @@ class _Centroids:
 
   def assign_and_sum(self, x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     return _assign_and_sum(x, self.neg2, self.sq, self.rows)
-
-
-# ----------------------------------------------------------------------------- PCA
-
-
-def _fit_pca(x: np.ndarray, dims: int, batch_size: int) -> Tuple[np.ndarray, np.ndarray]:
-  """Mean [D] and whitening matrix [D, dims] of the rows of `x` (covariance eigendecomposition)."""
-  mean = np.zeros(x.shape[1], np.float64)
-  for _, batch in iter_batches(x, batch_size):
-    mean += batch.sum(axis=0, dtype=np.float64)
-  mean = (mean / len(x)).astype(np.float32)
-  cov = np.zeros((x.shape[1], x.shape[1]), np.float64)
-  for _, batch in iter_batches(x, batch_size):
-    centered = batch - mean
-    cov += centered.T @ centered  # float32 GEMM per batch, float64 across batches.
-  values, vectors = np.linalg.eigh(cov / len(x))
-  values, vectors = np.maximum(values[::-1][:dims], 0.0), vectors[:, ::-1][:, :dims]
-  # eigh's signs are arbitrary: make each vector's largest component positive, for stable transforms.
-  signs = np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(dims)])
-  vectors = vectors * np.where(signs == 0, 1.0, signs)
-  eps = PCA_EPSILON * max(float(values[0]), float(np.finfo(np.float32).tiny))
-  return mean, (vectors / np.sqrt(values + eps)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- k-means
@@ -324,7 +297,7 @@ class KMeans:
       if cfg.pca_dims >= n:
         logging.warning('k-means: whitening to %d dims from %d points: trailing directions are noise', cfg.pca_dims, n)
       tick = time.perf_counter()
-      self.pca_mean, self.pca_matrix = _fit_pca(x, cfg.pca_dims, cfg.batch_size)
+      self.pca_mean, self.pca_matrix = fit_pca(x, cfg.pca_dims, cfg.batch_size)
       logging.info(
         'k-means: PCA-whitening %d -> %d dims fitted in %.1f s', dims, cfg.pca_dims, time.perf_counter() - tick
       )
@@ -343,7 +316,7 @@ class KMeans:
     # Lloyd reads the sample from TF tensors converted once, batch by batch, and drops the numpy sample (where
     # fit owns it; both exist while converting): converting every batch again in every pass cost 25-35% of a
     # pass on the busy 2-core EPYC (100k x 1024, k=2000), fresh pages for each copy.
-    batches = _TensorBatches(x, cfg.batch_size)
+    batches = TensorBatches(x, cfg.batch_size)
     del x
     self.centroids = self._lloyd(batches, centroids, progress)
     history = self.objective_history
@@ -365,7 +338,7 @@ class KMeans:
       subset[kmeans_plus_plus(subset, k, rng, cfg.init_trials, cfg.init_dims, cfg.init_projection)], np.float32
     )
 
-  def _lloyd(self, x: _TensorBatches, centroids: np.ndarray, progress: bool) -> np.ndarray:
+  def _lloyd(self, x: TensorBatches, centroids: np.ndarray, progress: bool) -> np.ndarray:
     """Runs the Lloyd iterations on the transformed sample; fills the histories; returns the centroids."""
     cfg = self.config
     n, k = x.rows, len(centroids)

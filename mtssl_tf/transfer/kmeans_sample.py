@@ -1,4 +1,4 @@
-"""Inputs of k-means: feature chunks, float32 batches, and the seeded uniform sample `fit` clusters.
+"""Inputs of k-means: feature chunks, float32 batches, the seeded uniform sample `fit` clusters, its PCA.
 
 `KMeans.fit` (mtssl_tf/transfer/kmeans.py) clusters a sample of at most
 `k * max_points_per_centroid` rows (faiss's convention). Every row gets a random key in
@@ -14,6 +14,9 @@ from typing import Callable, Iterable, Iterator, Optional, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
+# Whitening divides by sqrt(eigenvalue + eps): eps, relative to the top eigenvalue (scale-free), keeps
+# zero-variance directions (dead units) finite and leaves the others whitened to within 1e-6 * top / value.
+PCA_EPSILON = 1e-6
 # An array [N, D], an iterable of [n_i, D] chunks, or a callable returning one (read once per call).
 Features = Union[np.ndarray, Iterable[np.ndarray], Callable[[], Iterable[np.ndarray]]]
 
@@ -118,3 +121,42 @@ def sample_stream(chunks: Iterable[np.ndarray], capacity: Optional[int], rng: np
   if reordered:
     permute_rows(buf, np.argsort(index[:filled], kind='stable'))
   return buf, seen
+
+
+class TensorBatches:
+  """The sample as TF tensors of `batch_size` rows, converted once for all Lloyd passes."""
+
+  def __init__(self, x: np.ndarray, batch_size: int):
+    self.rows, self.batch_size = len(x), batch_size
+    self.batches = [(start, tf.convert_to_tensor(batch)) for start, batch in iter_batches(x, batch_size)]
+
+  def take(self, index: np.ndarray) -> np.ndarray:
+    """Rows `index` (sorted or not) as float32 numpy [len(index), D]."""
+    out = np.empty((len(index), self.batches[0][1].shape[1]), np.float32)
+    which = index // self.batch_size
+    for b in np.unique(which):
+      at = np.flatnonzero(which == b)
+      out[at] = tf.gather(self.batches[b][1], index[at] - self.batches[b][0]).numpy()
+    return out
+
+
+# ----------------------------------------------------------------------------- PCA
+
+
+def fit_pca(x: np.ndarray, dims: int, batch_size: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Mean [D] and whitening matrix [D, dims] of the rows of `x` (covariance eigendecomposition)."""
+  mean = np.zeros(x.shape[1], np.float64)
+  for _, batch in iter_batches(x, batch_size):
+    mean += batch.sum(axis=0, dtype=np.float64)
+  mean = (mean / len(x)).astype(np.float32)
+  cov = np.zeros((x.shape[1], x.shape[1]), np.float64)
+  for _, batch in iter_batches(x, batch_size):
+    centered = batch - mean
+    cov += centered.T @ centered  # float32 GEMM per batch, float64 across batches.
+  values, vectors = np.linalg.eigh(cov / len(x))
+  values, vectors = np.maximum(values[::-1][:dims], 0.0), vectors[:, ::-1][:, :dims]
+  # eigh's signs are arbitrary: make each vector's largest component positive, for stable transforms.
+  signs = np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(dims)])
+  vectors = vectors * np.where(signs == 0, 1.0, signs)
+  eps = PCA_EPSILON * max(float(values[0]), float(np.finfo(np.float32).tiny))
+  return mean, (vectors / np.sqrt(values + eps)).astype(np.float32)
