@@ -57,24 +57,8 @@ from mtssl_tf.train.cost import CostTracker
 from mtssl_tf.train.experiment import ExperimentConfig
 from mtssl_tf.train.grad_slots import GradientSlots
 from mtssl_tf.train.in_flight import ORDERS, InFlight
+from mtssl_tf.train.progress import MAX_BATCH_METRICS, Tally, Window, batch_metric_names
 from mtssl_tf.trunk.lasso import alpha_image
-
-# Metrics a task may report per batch (padded to this many in the closure's result).
-MAX_BATCH_METRICS = 4
-
-
-def batch_metric_names(name: str, metrics: Dict[str, tf.Tensor]) -> List[str]:
-  """The names of task `name`'s batch metrics in the order a closure carries them.
-
-  Raises:
-    ValueError: the task reports more than `MAX_BATCH_METRICS` (none is dropped silently).
-  """
-  if len(metrics) > MAX_BATCH_METRICS:
-    raise ValueError(
-      f'{name}: batch_metrics reports {len(metrics)} metrics ({", ".join(sorted(metrics))}), more than the '
-      f'{MAX_BATCH_METRICS} a worker closure carries (MAX_BATCH_METRICS in mtssl_tf/train/distributed.py)'
-    )
-  return sorted(metrics)
 
 
 def build_model(cfg: ExperimentConfig, tasks: Dict[str, Task], samples, precision: str):
@@ -357,10 +341,8 @@ class DistributedTrainer:
     done = reserved = sum(fetched.values())
     in_flight = InFlight(self._schedule, self.fetch_order)
     pending = {n: [] for n in self.names}
-    closures = {n: 0 for n in self.names}
-    busy = {n: [0.0, np.inf, -np.inf] for n in self.names}  # Seconds in closures, first start, last end.
-    waited = {n: 0.0 for n in self.names}  # Seconds closures waited for admission (admission.py).
-    window = _Window(self.names)
+    tally = Tally(self.names)  # Closures, seconds busy and seconds waiting for admission (admission.py).
+    window = Window(self.names)
     last_log = last_ckpt = start = time.time()
     start_done = done
     while done < t.total_steps:
@@ -388,9 +370,7 @@ class DistributedTrainer:
             + f'; the last checkpoint in {self.manager.directory} is kept'
           )
         fetched[name] += steps
-        closures[name] += 1
-        busy[name] = [busy[name][0] + ended - began, min(busy[name][1], began), max(busy[name][2], ended)]
-        waited[name] += float(wait)
+        tally.add(name, began, ended, float(wait))
         done += steps
         reserved -= budget - steps  # A task with a smaller K_t returns the rest.
         window.add(name, float(loss), metrics, steps)
@@ -412,7 +392,7 @@ class DistributedTrainer:
         last_ckpt = now
       if now - last_log >= t.log_every_seconds or done >= t.total_steps:
         self._log(done, window, (done - start_done) / max(now - start, 1e-6), now - start)
-        window = _Window(self.names, window)
+        window = Window(self.names, window)
         last_log = now
     # Steps that did not fill an aggregate are applied rather than dropped.
     for name in self.names:
@@ -428,9 +408,9 @@ class DistributedTrainer:
       n: {
         'steps': steps[n],
         'updates': int(self.optimizer.iterations[n].numpy()),
-        'closures': closures[n],
-        'worker_busy': _busy_fraction(*busy[n], self.tasks[n].config.workers),
-        'waited_seconds': round(waited[n], 3),
+        'closures': tally.closures[n],
+        'worker_busy': tally.busy_fraction(n, self.tasks[n].config.workers),
+        'waited_seconds': round(tally.waited[n], 3),
         'stale_steps': self.stale_steps[n] if self.gate is not None else None,
         'skipped_examples': self.skips[n].count,
         'skipped_sources': self.skips[n].sources,
@@ -456,15 +436,13 @@ class DistributedTrainer:
         checks.append(tf.reduce_all(tf.math.is_finite(v)))
     return tf.reduce_all(checks)
 
-  def _log(self, done: int, window: _Window, rate: float, elapsed: float) -> None:
+  def _log(self, done: int, window: Window, rate: float, elapsed: float) -> None:
     t = self.cfg.train
     eta = (t.total_steps - done) / max(rate, 1e-9)
     parts = []
     for name in self.names:
-      if window.losses[name]:
-        values = {'loss': float(np.mean(window.losses[name]))}
-        means = np.mean(window.metrics[name], axis=0)
-        values.update({k: float(v) for k, v in zip(self.metric_names.get(name, []), means)})
+      values = window.means(name, self.metric_names.get(name, []))
+      if values is not None:
         self.last_logged[name] = values
         skipped = f' skipped {self.skips[name].count}' if self.skips[name].count else ''
         parts.append(f'{name} ' + ' '.join(f'{k} {v:.4f}' for k, v in values.items()) + skipped)
@@ -493,24 +471,3 @@ class DistributedTrainer:
         for key, images in task.image_summaries(outputs, self.samples[name]).items():
           tf.summary.image(f'{name}/{key}', images, max_outputs=4)
     self.writer.flush()
-
-
-def _busy_fraction(seconds: float, first: float, last: float, workers: int) -> float:
-  """Time in closures over the pool's span (its first closure's start to its last one's end)."""
-  span = last - first
-  return round(seconds / (workers * span), 4) if span > 0 else 0.0
-
-
-class _Window:
-  """Per-task values of one logging window (and total steps since start)."""
-
-  def __init__(self, names, previous: _Window = None):
-    self.losses = {n: [] for n in names}
-    self.metrics = {n: [] for n in names}
-    # Running totals carry over from the previous window.
-    self.total_steps = dict(previous.total_steps) if previous else {n: 0 for n in names}
-
-  def add(self, name, loss, metrics, steps=1):
-    self.losses[name].append(loss)
-    self.metrics[name].append(np.asarray(metrics))
-    self.total_steps[name] += steps

@@ -6,7 +6,7 @@ from mtssl_tf.configs import LassoConfig, override
 from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.tasks import TasksConfig, build_tasks
 from mtssl_tf.tasks.multitask import MultiTaskModel
-from mtssl_tf.train.distributed import MAX_BATCH_METRICS, batch_metric_names
+from mtssl_tf.train.progress import MAX_BATCH_METRICS, batch_metric_names
 
 
 def test_more_batch_metrics_than_fit_is_an_error_naming_the_task(tiny_world, tiny_trunk):
