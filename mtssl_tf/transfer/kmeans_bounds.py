@@ -141,6 +141,9 @@ def _bounded_step(
   lower = lower - group_drift - 2.0**-23 * (tf.abs(lower) + group_drift)
   fail = lower < upper[:, None]
   active = tf.where(tf.logical_and(tf.reduce_any(fail, axis=1), upper > tf.gather(half_gap, labels)))[:, 0]
+  # Rows ordered by their centroid's group: rows of nearby centroids fail the test in similar groups, so a
+  # block's union of failing groups (what it is scored against) stays small.
+  active = tf.gather(active, tf.argsort(tf.gather(tf.gather(group_of, labels), active), stable=True))
   new_labels, nearest, new_lower, scored_pairs = _filtered_blocks(
     tf.gather(x, active), tf.gather(x_sq, active), tf.gather(labels, active), tf.gather(own_sq, active),
     tf.gather(lower, active), tf.gather(fail, active), neg2, centroid_sq, group_of, num_groups, rows, rel, max_c_sq,
