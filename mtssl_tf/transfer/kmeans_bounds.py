@@ -115,7 +115,9 @@ def _filtered_blocks(
     minima = tf.transpose(tf.math.unsorted_segment_min(tf.transpose(others), tf.gather(group_of, subset), num_groups))
     # An exact squared distance is at least the float32 one minus its rounding bound (module docstring).
     slack = rel * (block_sq + max_c_sq)
-    scored = tf.sqrt(tf.maximum(block_sq[:, None] + minima - slack[:, None], 0.0))
+    # A group with no other centroid has no bound: kept finite (TF's CPU segment min gives the float32 maximum
+    # there, +inf elsewhere would make the next drift update inf - inf = NaN, which fails no test).
+    scored = tf.minimum(tf.sqrt(tf.maximum(block_sq[:, None] + minima - slack[:, None], 0.0)), tf.float32.max)
     bound = tf.where(need[None, :], scored, tf.gather(lower, rows_i))
     left = tf.logical_and(
       tf.one_hot(tf.gather(group_of, block_own), num_groups, on_value=True, off_value=False),

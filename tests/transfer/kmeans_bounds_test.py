@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from sklearn.metrics import adjusted_rand_score
 
 from mtssl_tf.configs.base import ConfigError, load_config
@@ -95,3 +96,47 @@ def test_groups():
 def test_bad_bounds_name_the_key():
   with pytest.raises(ConfigError, match=r"cluster.bounds: must be one of \('yinyang', 'hamerly', 'none'\)"):
     load_config(KMeansConfig, overrides=['bounds=elkan'])
+
+
+@pytest.mark.numerics
+def test_groups_of_one_centroid(monkeypatch):
+  # One centroid per group (Elkan's per-centroid bounds): a row's own group has no other centroid, an
+  # infinite bound, which must stay usable (not NaN) when the row later leaves that centroid. Random data:
+  # rows move back and forth. Same tolerance as test_same_objective_as_plain_lloyd_on_random_data.
+  monkeypatch.setattr(kmeans_bounds, 'CENTROIDS_PER_GROUP', 1)
+  x = np.random.default_rng(3).random((2000, 8), dtype=np.float32)
+  init = x[:20].copy()
+  plain, bounded = _fit(x, init, 'none'), _fit(x, init, 'yinyang')
+  assert len(bounded.objective_history) == len(plain.objective_history)
+  max_c_sq = float(np.max(np.sum(np.square(plain.centroids), axis=1)))
+  tolerance = 2 * kmeans_bounds.rounding(x.shape[1]) * (np.mean(np.sum(np.square(x), axis=1)) + max_c_sq)
+  np.testing.assert_allclose(bounded.objective_history, plain.objective_history, rtol=0, atol=tolerance)
+  np.testing.assert_allclose(bounded.centroids, plain.centroids, rtol=1e-5, atol=1e-6)
+  assert min(bounded.scored_history[1:]) < 1
+
+
+@pytest.mark.numerics
+def test_every_pass_finds_the_exact_nearest_centroid():
+  # BoundedLloyd driven directly, one centroid per group (the case with infinite bounds): after every pass the
+  # labels are the float64 nearest centroids wherever the two nearest are apart by more than float32
+  # rounding (the slack of kmeans_bounds' docstring, doubled for both distances), and no bound is NaN.
+  rng = np.random.default_rng(4)
+  x = rng.random((600, 4), dtype=np.float32)
+  batches = [(0, tf.constant(x[:250])), (250, tf.constant(x[250:]))]
+  bounded = kmeans_bounds.BoundedLloyd(batches, np.arange(12, dtype=np.int32), rows=64)
+  labels = np.empty(len(x), np.int32)
+  centroids = x[:12].copy()
+  rounding = kmeans_bounds.rounding(x.shape[1])
+  for _ in range(8):
+    _, sums = bounded.run(centroids, labels, update=True)
+    exact = np.sum((x[:, None].astype(np.float64) - centroids[None]) ** 2, axis=-1)
+    best, second = np.sort(exact, axis=1)[:, :2].T
+    scale = np.sum(np.square(x), axis=1) + np.max(np.sum(np.square(centroids), axis=1))
+    clear = second - best > 4 * rounding * scale
+    assert clear.mean() > 0.95
+    np.testing.assert_array_equal(labels[clear], np.argmin(exact, axis=1)[clear])
+    assert not np.isnan(np.concatenate([lower.numpy() for lower in bounded.lower])).any()
+    counts = np.bincount(labels, minlength=12)
+    moved = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    centroids = np.where(counts[:, None] > 0, moved, centroids)
+  assert min(bounded.scored_history[1:]) < 1
