@@ -22,9 +22,10 @@ itself, so the upper bound is taken from it times (1 + rounding). A point is ski
 when its centroid is nearest in exact arithmetic; the plain pass could pick another only
 where two float32 distances are within rounding of each other (a near-tie).
 
-The objective of a pass is the sum over points of the squared distance to the centroid
-they get: for active points the GEMM form (as the plain pass), for skipped ones the
-direct form; the two differ only by float32 rounding.
+The objective of a pass is the sum over points of the direct-form squared distance
+|x - c|^2 to the centroid they get (for the searched points too: one gather of their
+centroids), within rounding(D) of itself, where the plain pass sums the GEMM form, within
+rounding(D) of |x|^2 + |c|^2: the two agree up to that rounding.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def group_centroids(centroids: np.ndarray, method: str, seed: int) -> np.ndarray
 def _filtered_blocks(
   x, x_sq, own, own_sq, lower, fail, neg2_centroids, centroid_sq, group_of, num_groups, rows, rel, max_c_sq
 ):
-  """New labels, squared distances and group lower bounds of the active rows, one block of rows at a time.
+  """New labels and group lower bounds of the active rows, one block of rows at a time.
 
   A block is scored (the GEMM form of the plain pass) only against the centroids of the
   groups that fail the bound test for some row of the block: in every other group no
@@ -85,14 +86,12 @@ def _filtered_blocks(
   new label; when a row leaves its centroid, that centroid now bounds its group from below.
 
   Returns:
-    labels [m], squared distances [m], group lower bounds [m, G], and the number of
-    distances computed (float64).
+    labels [m], group lower bounds [m, G], and the number of distances computed (float64).
   """  # noqa: D417 (the arguments are those of _bounded_step, for the active rows)
   # At least one (maybe empty) block: a TensorArray of no elements cannot concat a [0, groups] result.
   blocks = tf.maximum((tf.shape(x)[0] + rows - 1) // rows, 1)
   infinity = tf.constant(np.inf, tf.float32)
   labels = tf.TensorArray(tf.int32, size=blocks, infer_shape=False)
-  nearest = tf.TensorArray(tf.float32, size=blocks, infer_shape=False)
   bounds = tf.TensorArray(tf.float32, size=blocks, infer_shape=False)
   scored_pairs = tf.constant(0.0, tf.float64)
   for i in tf.range(blocks):
@@ -110,7 +109,6 @@ def _filtered_blocks(
     best = tf.gather(subset, tf.math.argmin(scores, axis=1, output_type=tf.int32))
     label = tf.where(moved, best, block_own)
     labels = labels.write(i, label)
-    nearest = nearest.write(i, tf.where(moved, best_sq, block_own_sq))
     others = tf.where(subset[None, :] == label[:, None], infinity, scores)
     minima = tf.transpose(tf.math.unsorted_segment_min(tf.transpose(others), tf.gather(group_of, subset), num_groups))
     # An exact squared distance is at least the float32 one minus its rounding bound (module docstring).
@@ -125,7 +123,7 @@ def _filtered_blocks(
     )
     own_lower = tf.sqrt(block_own_sq * (1.0 - rel))  # The direct form errs by at most rel of itself.
     bounds = bounds.write(i, tf.where(left, tf.minimum(bound, own_lower[:, None]), bound))
-  return labels.concat(), nearest.concat(), bounds.concat(), scored_pairs
+  return labels.concat(), bounds.concat(), scored_pairs
 
 
 @tf.function(
@@ -146,14 +144,16 @@ def _bounded_step(
   # Rows ordered by their centroid's group: rows of nearby centroids fail the test in similar groups, so a
   # block's union of failing groups (what it is scored against) stays small.
   active = tf.gather(active, tf.argsort(tf.gather(tf.gather(group_of, labels), active), stable=True))
-  new_labels, nearest, new_lower, scored_pairs = _filtered_blocks(
-    tf.gather(x, active), tf.gather(x_sq, active), tf.gather(labels, active), tf.gather(own_sq, active),
+  xa = tf.gather(x, active)
+  new_labels, new_lower, scored_pairs = _filtered_blocks(
+    xa, tf.gather(x_sq, active), tf.gather(labels, active), tf.gather(own_sq, active),
     tf.gather(lower, active), tf.gather(fail, active), neg2, centroid_sq, group_of, num_groups, rows, rel, max_c_sq,
   )  # fmt: skip
   at = active[:, None]
   labels = tf.tensor_scatter_nd_update(labels, at, new_labels)
   lower = tf.tensor_scatter_nd_update(lower, at, new_lower)
-  own_sq = tf.tensor_scatter_nd_update(own_sq, at, nearest)
+  # The objective in the direct form for every point (module docstring), also for those that were searched.
+  own_sq = tf.tensor_scatter_nd_update(own_sq, at, tf.reduce_sum(tf.square(xa - tf.gather(centroids, new_labels)), 1))
   return labels, lower, tf.reduce_sum(tf.cast(own_sq, tf.float64)), tf.size(active), scored_pairs
 
 
