@@ -149,6 +149,9 @@ def cluster_features(config, features_dir: str, out_dir: str, progress: bool = T
     'config': plain,
     'features': features,
     'objective_history': [float(x) for x in kmeans.objective_history],
+    # The work the distance bounds left per assignment pass (fractions of the sample and of n x k).
+    'searched_history': [round(x, 6) for x in kmeans.active_history],
+    'scored_history': [round(x, 6) for x in kmeans.scored_history],
     'mean_sq_distance': float(distances.mean()),
     'sizes': sizes,
     'agreement': label_agreement(labels, shards.all_labels()),

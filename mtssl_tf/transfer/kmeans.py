@@ -233,7 +233,8 @@ class KMeans:
     reseeded_history: empty clusters re-seeded after each of those assignments.
     active_history: fraction of the sample whose nearest centroid was searched in each of
       those assignments (the rest the bounds settled; 1.0 throughout with `bounds: none`).
-    scored_history: fraction of the n x k distances computed in each (not saved, as `active_history`).
+    scored_history: fraction of the n x k distances computed in each. Both are saved; a file
+      written before they existed loads them as empty lists.
     pca_mean, pca_matrix: the whitening (x - mean) @ matrix, or None without PCA.
     input_dims: D of the features `fit` saw.
     num_points_seen, num_points_fit: rows read by `fit`, and rows it clustered.
@@ -491,6 +492,8 @@ class KMeans:
       pca_matrix=empty if self.pca_matrix is None else self.pca_matrix,
       objective_history=np.array(self.objective_history, np.float64),
       reseeded_history=np.array(self.reseeded_history, np.int64),
+      active_history=np.array(self.active_history, np.float64),
+      scored_history=np.array(self.scored_history, np.float64),
       counts=np.array([self.input_dims or 0, self.num_points_seen, self.num_points_fit], np.int64),
     )
     directory = os.path.dirname(path)
@@ -513,5 +516,8 @@ class KMeans:
       model.pca_mean, model.pca_matrix = data['pca_mean'], data['pca_matrix']
     model.objective_history = [float(v) for v in data['objective_history']]
     model.reseeded_history = [int(v) for v in data['reseeded_history']]
+    # Files written before the bounds (2026-12-01) have no work histories: read as empty.
+    for name in ('active_history', 'scored_history'):
+      setattr(model, name, [float(v) for v in data[name]] if name in data.files else [])
     model.input_dims, model.num_points_seen, model.num_points_fit = (int(v) for v in data['counts'])
     return model

@@ -36,6 +36,8 @@ def test_cluster_assign_and_read_back(transfer_config, tmp_path):
   assert not clustered['skipped'] and clustered['sizes']['images'] == 40 and len(clustered['sizes']['sizes']) == k
   history = clustered['objective_history']
   assert history and all(b <= a * (1 + 1e-5) for a, b in zip(history, history[1:]))
+  # The bounds' work per pass, one fraction per entry of the history.
+  assert len(clustered['searched_history']) == len(clustered['scored_history']) == len(history)
   assert 0 <= clustered['agreement']['nmi'] <= 1 and 0 < clustered['agreement']['purity'] <= 1
   assert os.path.exists(os.path.join(model_dir, 'clusters', 'kmeans.npz'))
   # Same config and features: skipped; another k: refitted.

@@ -185,12 +185,23 @@ def test_save_load_roundtrip(tmp_path):
   for name in ('centroids', 'pca_mean', 'pca_matrix'):
     np.testing.assert_array_equal(getattr(loaded, name), getattr(km, name))
   assert loaded.objective_history == km.objective_history and loaded.reseeded_history == km.reseeded_history
+  # The bounds' work per pass round-trips: one fraction per assignment pass.
+  assert loaded.active_history == km.active_history and loaded.scored_history == km.scored_history
+  assert len(km.active_history) == len(km.objective_history) and all(0 <= f <= 1 for f in km.scored_history)
   assert (loaded.input_dims, loaded.num_points_seen, loaded.num_points_fit) == (32, 500, 500)
   np.testing.assert_array_equal(loaded.assign(x)[0], km.assign(x)[0])
 
   plain = KMeans(_config()).fit(x)
   plain.save(str(tmp_path / 'plain.npz'))
   assert KMeans.load(str(tmp_path / 'plain.npz')).pca_matrix is None
+
+  # A file from before the work histories existed still loads, with them empty.
+  with np.load(path) as data:
+    old = {k: data[k] for k in data.files if k not in ('active_history', 'scored_history')}
+  np.savez(str(tmp_path / 'old.npz'), **old)
+  before = KMeans.load(str(tmp_path / 'old.npz'))
+  assert before.active_history == [] and before.scored_history == []
+  np.testing.assert_array_equal(before.centroids, km.centroids)
 
 
 @pytest.mark.parametrize(
