@@ -48,7 +48,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from mtssl_tf import hardware  # noqa: E402
-from mtssl_tf.transfer import kmeans, kmeans_bounds, kmeans_init  # noqa: E402
+from mtssl_tf.transfer import kmeans, kmeans_bounds, kmeans_init, kmeans_steps  # noqa: E402
 from mtssl_tf.transfer.kmeans import INIT_POINTS_PER_CENTROID, KMeans, KMeansConfig, default_trials  # noqa: E402
 
 flags.DEFINE_integer('num_points', 100_000, 'Points of the generated mixture.')
@@ -169,7 +169,7 @@ def _objective(centroids, x):
 def _breakdown(x, init):
   """Where one Lloyd pass over one batch spends its time: copies, GEMM, argmin/min, segment sums."""
   batch = np.ascontiguousarray(x[: FLAGS.batch_size])
-  centroids = kmeans._Centroids(init)
+  centroids = kmeans_steps.Centroids(init)
   rows = centroids.rows
 
   @tf.function

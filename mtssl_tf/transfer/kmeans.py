@@ -78,16 +78,15 @@ from mtssl_tf.transfer.kmeans_sample import (
   sample_stream,
 )
 
+# The plain pass's blocked-GEMM steps live in kmeans_steps.py.
+from mtssl_tf.transfer.kmeans_steps import SCORE_BLOCK_BYTES, Centroids, block_rows  # noqa: F401
+
 INITS = ('kmeans++', 'random')
 # k-means++ is sequential: one pass over its points per centroid, k passes in all (each a GEMM of its
 # 2 + ln k candidates), so it runs on a subsample of this many points per centroid (D^2 sampling needs
 # coverage, not density): 16, 32 and 64 ended within 0.6% of each other after Lloyd (module docstring),
 # at a cost proportional to the points.
 INIT_POINTS_PER_CENTROID = 16
-# Rows per distance block: a [rows, k] float32 score block of this many bytes stays in the L3 cache while it
-# is reduced (argmin, min) right after its GEMM. At k=2000, D=1024 on a busy 2-core EPYC, blocks of 8-32 MB
-# (1024-4096 rows) were within noise of each other, 64 MB ~2x slower; 16 MB is the middle.
-SCORE_BLOCK_BYTES = 16 << 20
 # Fewer points per centroid than this gives noisy centroids (faiss warns below 39).
 MIN_POINTS_PER_CENTROID = 39
 _FORMAT_VERSION = 1
@@ -156,65 +155,6 @@ class KMeansConfig(Config):
         raise ConfigError(f'cluster.{key}: must be >= 0, got {getattr(self, key)}')
     if not 0 <= self.tolerance < 1:
       raise ConfigError(f'cluster.tolerance: must be in [0, 1), got {self.tolerance}')
-
-
-# ----------------------------------------------------------------------------- TF steps
-
-_MATRIX = tf.TensorSpec([None, None], tf.float32)
-_VECTOR = tf.TensorSpec([None], tf.float32)
-_SCALAR = tf.TensorSpec([], tf.int32)
-
-
-def _block_rows(k: int) -> int:
-  """Rows per distance block: a [rows, k] float32 score block of ~SCORE_BLOCK_BYTES (cache-sized)."""
-  return max(256, SCORE_BLOCK_BYTES // (4 * k))
-
-
-def _nearest_blocks(x, neg2_centroids, centroid_sq, rows):
-  """Nearest centroid and squared distance (clamped at 0) of each row, one [rows, k] score block at a time.
-
-  The block's GEMM output is reduced (argmin, min) while it is still in cache: the
-  [n, k] score matrix is never materialised. ||c||^2 - 2 x.c ranks the centroids (-2 is
-  folded into the centroids, exact in float); ||x||^2 is added to the minimum only.
-  """
-  blocks = (tf.shape(x)[0] + rows - 1) // rows
-  labels = tf.TensorArray(tf.int32, size=blocks, infer_shape=False)
-  sq_dist = tf.TensorArray(tf.float32, size=blocks, infer_shape=False)
-  for i in tf.range(blocks):
-    block = x[i * rows : (i + 1) * rows]
-    scores = tf.linalg.matmul(block, neg2_centroids, transpose_b=True) + centroid_sq
-    labels = labels.write(i, tf.math.argmin(scores, axis=1, output_type=tf.int32))
-    nearest = tf.reduce_sum(tf.square(block), axis=1) + tf.reduce_min(scores, axis=1)
-    sq_dist = sq_dist.write(i, tf.maximum(nearest, 0.0))  # float32 cancellation can dip below 0.
-  return labels.concat(), sq_dist.concat()
-
-
-@tf.function(input_signature=[_MATRIX, _MATRIX, _VECTOR, _SCALAR])
-def _nearest(x, neg2_centroids, centroid_sq, rows):
-  return _nearest_blocks(x, neg2_centroids, centroid_sq, rows)
-
-
-@tf.function(input_signature=[_MATRIX, _MATRIX, _VECTOR, _SCALAR])
-def _assign_and_sum(x, neg2_centroids, centroid_sq, rows):
-  """One Lloyd pass over a batch in one call: labels, summed squared distance (float64), per-cluster sums."""
-  labels, sq_dist = _nearest_blocks(x, neg2_centroids, centroid_sq, rows)
-  sums = tf.math.unsorted_segment_sum(x, labels, tf.shape(neg2_centroids)[0])
-  return labels, tf.reduce_sum(tf.cast(sq_dist, tf.float64)), sums
-
-
-class _Centroids:
-  """Centroids as the tensors the steps take, built once per iteration, not per batch."""
-
-  def __init__(self, centroids: np.ndarray):
-    self.neg2 = tf.constant(-2.0 * centroids)
-    self.sq = tf.constant(np.einsum('ij,ij->i', centroids, centroids))
-    self.rows = tf.constant(_block_rows(len(centroids)), tf.int32)
-
-  def nearest(self, x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    return _nearest(x, self.neg2, self.sq, self.rows)
-
-  def assign_and_sum(self, x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    return _assign_and_sum(x, self.neg2, self.sq, self.rows)
 
 
 # ----------------------------------------------------------------------------- k-means
@@ -347,13 +287,13 @@ class KMeans:
     labels = np.empty(n, np.int32)
     bounded = None
     if cfg.bounds != 'none':
-      bounded = BoundedLloyd(x.batches, group_centroids(centroids, cfg.bounds, cfg.seed), _block_rows(k))
+      bounded = BoundedLloyd(x.batches, group_centroids(centroids, cfg.bounds, cfg.seed), block_rows(k))
       self.active_history, self.scored_history = bounded.active_history, bounded.scored_history
     previous = None
     for iteration in range(cfg.iterations + 1):
       tick = time.perf_counter()
       update = iteration < cfg.iterations
-      current = _Centroids(centroids)
+      current = Centroids(centroids)
       total = 0.0
       sums = np.zeros(centroids.shape, np.float64) if update else None
       if bounded is not None:
@@ -457,7 +397,7 @@ class KMeans:
     """
     if self.centroids is None:
       raise RuntimeError('k-means: assign before fit or load')
-    current = _Centroids(self.centroids)
+    current = Centroids(self.centroids)
     labels, sq_dists = [], []
     for chunk in iter_chunks(features):
       self._check_dims(chunk)
