@@ -35,7 +35,9 @@ def test_same_labels_as_plain_lloyd_on_separated_blobs(bounds):
   init = x[np.random.default_rng(1).choice(len(x), 30, replace=False)]
   plain, bounded = _fit(x, init, 'none'), _fit(x, init, bounds)
   assert len(bounded.objective_history) == len(plain.objective_history) > 3
-  np.testing.assert_array_equal(bounded.assign(x)[0], plain.assign(x)[0])
+  # Labels may differ at a float32 near-tie on the way (the two paths score with different GEMM shapes); a
+  # different trajectory would move whole blobs, 1/30 of the points each. So: all but under 1% agree.
+  assert np.mean(bounded.assign(x)[0] == plain.assign(x)[0]) > 0.99
   assert bounded.reseeded_history == plain.reseeded_history
 
 
@@ -68,6 +70,7 @@ def test_bounds_skip_points_after_the_first_pass(bounds):
   assert len(km.active_history) == len(km.objective_history) >= 2
   assert max(km.active_history[1:]) < 0.5, km.active_history
   assert adjusted_rand_score(truth, km.assign(x)[0]) == 1.0
+  # Without bounds every pass searches every point: the history holds the constant 1.0, not a measured float.
   assert _fit(x, init, 'none').active_history == [1.0] * len(km.active_history)
 
 
@@ -81,7 +84,8 @@ def test_empty_cluster_is_reseeded_with_bounds(bounds):
   km = _fit(x, init, bounds)
   assert km.reseeded_history[0] == 1
   assert adjusted_rand_score(truth, km.assign(x)[0]) == 1.0
-  np.testing.assert_array_equal(km.assign(x)[0], _fit(x, init, 'none').assign(x)[0])  # Separated: no near-ties.
+  # As in the first test: a near-tie on the way may move a point, a different trajectory whole blobs (1/10 each).
+  assert np.mean(km.assign(x)[0] == _fit(x, init, 'none').assign(x)[0]) > 0.99
 
 
 def test_groups():
@@ -134,6 +138,7 @@ def test_every_pass_finds_the_exact_nearest_centroid():
     scale = np.sum(np.square(x), axis=1) + np.max(np.sum(np.square(centroids), axis=1))
     clear = second - best > 4 * rounding * scale
     assert clear.mean() > 0.95
+    # Integers compared only where the float64 gap exceeds the float32 rounding bound (`clear`).
     np.testing.assert_array_equal(labels[clear], np.argmin(exact, axis=1)[clear])
     assert not np.isnan(np.concatenate([lower.numpy() for lower in bounded.lower])).any()
     counts = np.bincount(labels, minlength=12)
