@@ -16,7 +16,8 @@ worker back. The worker does it, in its closure, before it reads any weight:
   claims a place with an atomic fetch-and-increment (`ResourceCountUpTo`, which holds the
   variable's lock, unlike `assign_add` followed by a read). Places `count < m` are admitted
   (m = the closures one update takes: K_t, or 1 when a closure runs its K_t steps itself);
-  the others poll, every `POLL_SECONDS`, until the epoch moves on, then claim again.
+  the others poll until the epoch moves on, then claim again. The first poll comes after
+  `POLL_SECONDS`, each later one after twice the previous nap, up to `POLL_MAX_SECONDS`.
 * The coordinator's update of a task re-opens its counter at the next epoch with count 0,
   after the weights are updated (a control dependency in the same function), so a closure
   admitted in the new epoch reads the new weights.
@@ -49,17 +50,31 @@ from tensorflow.python.data.experimental.ops import testing as tf_data_testing
 
 EPOCH = 1 << 32
 BIAS = 1 << 20
-# Between two reads of a waiting worker. A round's wait is the task's slowest step, ~0.1-1 s at paper scale and
-# 10-200 ms in the tests; 2 ms adds little latency and one small RPC per poll to the parameter server.
+# A waiting worker's naps between two reads: POLL_SECONDS first, doubling up to POLL_MAX_SECONDS. A round's wait
+# is the task's slowest step, ~0.1-1 s at paper scale and 10-200 ms in the tests. A poll is not a cheap RPC: the
+# loop runs partitioned between the worker and the parameter server, ~0.6 ms of PS CPU per poll measured
+# (benchmarks/README.md, admission_poll.py), so a fixed 2 ms with ~60 workers waiting at paper scale would take
+# ~18 PS cores. The backoff keeps short waits short (2, 4, 8, 16 ms) and caps long ones at 60 / 20 ms = 3,000
+# polls/s (~1.8 cores by the same measure) for ~10 ms of mean added wait. Engineering choices, not the paper's.
 POLL_SECONDS = 0.002
+POLL_MAX_SECONDS = 0.02
 # ResourceCountUpTo fails above its limit; the counter never gets near it (epochs * 2^32).
 _LIMIT = 1 << 62
 
 
-def _nap(seconds: float) -> tf.Tensor:
-  """Waits `seconds` inside a graph, on the device that runs it (take(1): a second read would wait again)."""
-  pause = tf.data.Dataset.from_tensors(0).apply(tf_data_testing.sleep(int(seconds * 1e6))).take(1)
+def _nap(seconds) -> tf.Tensor:
+  """Waits `seconds` (a float, or a float64 tensor) inside a graph, on the device that runs it.
+
+  take(1): a second read would wait again.
+  """
+  micros = tf.cast(tf.round(tf.convert_to_tensor(seconds, tf.float64) * 1e6), tf.int64)
+  pause = tf.data.Dataset.from_tensors(0).apply(tf_data_testing.sleep(micros)).take(1)
   return pause.get_single_element()
+
+
+def backoff(nap: tf.Tensor) -> tf.Tensor:
+  """The nap after `nap` seconds (float64): twice as long, at most `POLL_MAX_SECONDS`."""
+  return tf.minimum(nap * 2.0, tf.constant(POLL_MAX_SECONDS, tf.float64))
 
 
 class RoundGate(tf.Module):
@@ -128,16 +143,16 @@ class RoundGate(tf.Module):
     keep = tf.logical_and(tf.equal(held_task, task), tf.equal(held_epoch, now // EPOCH))
     first = tf.cond(keep, lambda: now // EPOCH * EPOCH + BIAS, lambda: self._claim(task))
 
-    def blocked(x):
+    def blocked(x, nap):
       full = x % EPOCH - BIAS >= m
       return tf.logical_and(full, tf.timestamp() - start < self.timeout_seconds)
 
-    def poll(x):
-      with tf.control_dependencies([_nap(POLL_SECONDS)]):
+    def poll(x, nap):
+      with tf.control_dependencies([_nap(nap)]):
         current = counter.read_value()
-      return tf.cond(current // EPOCH > x // EPOCH, lambda: self._claim(task), lambda: x)
+      return tf.cond(current // EPOCH > x // EPOCH, lambda: self._claim(task), lambda: x), backoff(nap)
 
-    (x,) = tf.while_loop(blocked, poll, [first])
+    x, _ = tf.while_loop(blocked, poll, [first, tf.constant(POLL_SECONDS, tf.float64)])
     admitted = x % EPOCH - BIAS < m
     epoch = tf.where(admitted, x // EPOCH, counter.read_value() // EPOCH)
     record = [

@@ -6,7 +6,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from mtssl_tf.train.admission import BIAS, EPOCH, RoundGate
+from mtssl_tf.train.admission import BIAS, EPOCH, POLL_MAX_SECONDS, POLL_SECONDS, RoundGate, _nap, backoff
 
 WAIT = 0.3  # Timeout of the gates that must give up (seconds); the tests' other waits end well before it.
 
@@ -74,6 +74,22 @@ def test_a_rerun_keeps_its_place_in_its_task_and_gives_it_back_elsewhere():
   # After task 1's update, the slot's old place is of a closed epoch: a new closure in it claims afresh.
   reopen[1]()
   assert int(admit[1](1)[0]) == 1 and _count(gate, 1) == (1, 1)
+
+
+def test_polls_back_off_from_2_ms_to_the_cap():
+  naps = [POLL_SECONDS]
+  for _ in range(6):
+    naps.append(float(backoff(tf.constant(naps[-1], tf.float64))))
+  assert naps == pytest.approx([0.002, 0.004, 0.008, 0.016, 0.02, 0.02, 0.02])
+  assert POLL_MAX_SECONDS == naps[-1]
+
+
+def test_a_nap_of_a_tensor_duration_waits_at_least_that_long():
+  nap = tf.function(lambda seconds: _nap(seconds))
+  nap(tf.constant(0.001, tf.float64))  # Trace first: the timing below is the nap alone.
+  start = time.perf_counter()
+  nap(tf.constant(0.05, tf.float64))
+  assert time.perf_counter() - start >= 0.05  # A sleep never ends early; no upper bound on a loaded machine.
 
 
 def test_bad_arguments():
