@@ -129,15 +129,17 @@ def cc_table_rows(grid: Grid, output_dir: str, table: str) -> Tuple[List[str], L
   """Header and rows of a Noroozi table, the paper's numbers in [brackets].
 
   Tables 1 and 2: the student's probe top-1 per layer, then the paper's metric (VOC07
-  classification mAP after fine-tuning) where the cell evaluated `voc07_cls`. Table 3:
-  `paper.CC_TABLE3_COLUMNS` (classification, detection SS / MS, segmentation) from the
-  cell's evaluations. Table 4: the probes, each layer bracketed.
+  classification mAP after fine-tuning) where the cell evaluated `voc07_cls`. Tables 3, 5
+  and 6: `paper.CC_EVAL_COLUMNS` from the cell's evaluations (Table 3: classification,
+  detection SS / MS, segmentation; 5: Places probes per layer; 6: nonlinear probes per
+  frozen layer). Table 4: the probes, each layer bracketed.
   """
   from mtssl_tf.evaluation import results_table
   from mtssl_tf.evaluation.results_table import cell_text
 
-  if table == 'cc_table3':
-    header = ['Row', 'Cell'] + [title for title, _, _ in paper.CC_TABLE3_COLUMNS]
+  evaluated = paper.CC_EVAL_COLUMNS.get(table)
+  if evaluated:
+    header = ['Row', 'Cell'] + [title for title, _, _ in evaluated]
   else:
     header = ['Row', 'Cell'] + [f'{layer} top-1 (%)' for layer in paper.CC_LAYERS]
     header += [] if table == 'cc_table4' else ['VOC07 cls. mAP (%)']
@@ -149,8 +151,8 @@ def cc_table_rows(grid: Grid, output_dir: str, table: str) -> Tuple[List[str], L
     found = results_table.read_run(os.path.join(output_dir, cell.name))
     reference = paper.CC_TABLES[table].get(label)
     row = [label, cell.name]
-    if table == 'cc_table3':
-      for i, (_, evaluation, key) in enumerate(paper.CC_TABLE3_COLUMNS):
+    if evaluated:
+      for i, (_, evaluation, key) in enumerate(evaluated):
         value = results_table.lookup(found.get(evaluation, {}), key)
         row.append(cell_text(value, 100.0, reference[i] if reference else None))
       rows.append(row)
@@ -199,8 +201,8 @@ def table_notes(grid: Grid, output_dir: str, table: str) -> List[str]:
   """
   from mtssl_tf.evaluation import results_table
 
-  if table == 'cc_table3':
-    shown = sorted({evaluation for _, evaluation, _ in paper.CC_TABLE3_COLUMNS})
+  if table in paper.CC_EVAL_COLUMNS:
+    shown = sorted({evaluation for _, evaluation, _ in paper.CC_EVAL_COLUMNS[table]})
   elif table in paper.CC_TABLES:  # The probes, and Tables 1-2's fine-tuned classification.
     shown = [] if table == 'cc_table4' else ['voc07_cls']
   else:

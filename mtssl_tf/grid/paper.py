@@ -9,14 +9,17 @@ Table 1's cells did not survive the text extraction available to this project an
 transcribed from the published PDF (`TABLE1_VERIFIED` is False until someone checks
 them against it again).
 
-Noroozi et al. 2018 (`CC_TABLES`, keys 'cc_table1'..'cc_table4'), copied from the
+Noroozi et al. 2018 (`CC_TABLES`, keys 'cc_table1'..'cc_table6'), copied from the
 paper's text: Table 1 (number of k-means clusters) and Table 2 (which dataset is
 clustered, which is pseudo-labelled) report PASCAL VOC07 classification mAP after
 fine-tuning the AlexNet student (`voc07_cls`, where a grid cell evaluates it; the grid
 also shows the per-layer linear probes of the student, Table 4's protocol: ImageNet
 top-1 of a linear classifier on each frozen conv layer); Table 3 reports VOC07
 classification mAP, detection mAP (single- and multi-scale test) and VOC12
-segmentation mIoU of the fine-tuned AlexNet (`CC_TABLE3_COLUMNS`).
+segmentation mIoU of the fine-tuned AlexNet (`CC_TABLE3_COLUMNS`); Table 5 the Places top-1
+of a linear classifier on each frozen conv layer of the student (`places_linear`), Table 6
+ImageNet top-1 of AlexNet frozen through each layer, the rest retrained (`nonlinear`).
+Tables 3, 5 and 6 read a cell's evaluations (`CC_EVAL_COLUMNS`).
 
 Compute model (§4 "Implementation details"): cost = per-task step count x a per-task
 constant, snapshots every ~2.4K GPU-hours; Tables 2-4 use tick 7 (16.8K GPU-hours).
@@ -92,6 +95,8 @@ CC_TITLES = {
   'cc_table2': 'Noroozi Table 2: clustering / pseudo-label domains (student probes, top-1; paper: VOC07 cls. mAP)',
   'cc_table3': 'Noroozi Table 3: PASCAL VOC fine-tuning of the AlexNet (cls. mAP, det. mAP SS / MS, seg. mIoU)',
   'cc_table4': 'Noroozi Table 4: linear probes of the student per layer (ImageNet top-1)',
+  'cc_table5': 'Noroozi Table 5: Places linear probes of the student per layer (Places top-1)',
+  'cc_table6': 'Noroozi Table 6: nonlinear probes, AlexNet frozen through each layer (ImageNet top-1, 10 crops)',
 }
 CC_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 # Table 3's columns: (evaluation, result key) of VOC07 classification mAP, detection mAP single- and
@@ -102,6 +107,16 @@ CC_TABLE3_COLUMNS = (
   ('VOC07 det. mAP MS (%)', 'detection', 'multiscale_PascalBoxes_Precision/mAP@0.5IOU_VOC07_11point'),
   ('VOC12 seg. mIoU (%)', 'voc12_seg', 'mIoU'),
 )
+# The tables read from evaluations: (column title, evaluation, result key) per column. Table 5's keys are
+# `places_linear`'s (one probe per conv layer), Table 6's `nonlinear`'s (one network per last frozen layer; a
+# config that freezes fewer layers leaves the others' columns empty).
+CC_EVAL_COLUMNS: Dict[str, Tuple[Tuple[str, str, str], ...]] = {
+  'cc_table3': CC_TABLE3_COLUMNS,
+  'cc_table5': tuple((f'Places {layer} top-1 (%)', 'places_linear', f'{layer}_top1') for layer in CC_LAYERS),
+  'cc_table6': tuple(
+    (f'{layer} frozen top-1 (%)', 'nonlinear', f'{layer}_top1') for layer in CC_LAYERS + ('fc6', 'fc7')
+  ),
+}
 CC_TABLES: Dict[str, Dict[str, Tuple[Optional[float], ...]]] = {
   # Row label = the number of clusters; value = (VOC07 classification mAP,).
   'cc_table1': {'500': (69.1,), '1000': (69.5,), '2000': (69.9,), '5000': (69.9,), '10000': (70.0,)},
@@ -131,6 +146,27 @@ CC_TABLES: Dict[str, Dict[str, Tuple[Optional[float], ...]]] = {
     'CC+vgg-Context': (68.0, 53.0, 53.5, None),
     'CC+vgg-Jigsaw++': (72.5, 56.5, 57.2, 42.6),
     'Distillation': (58.5, None, None, None),
+  },
+  # conv1..conv5 Places205 top-1 of linear probes (the Table 4 protocol on Places); 'Supervised' is the paper's
+  # "ImageNet labels" row, 'Places labels' an AlexNet trained on Places' labels.
+  'cc_table5': {
+    'Places labels': (22.1, 35.1, 40.2, 43.3, 44.6),
+    'Supervised': (22.7, 34.8, 38.4, 39.4, 38.7),
+    'CC+HOG': (20.3, 30.0, 31.8, 32.5, 29.8),
+    'Random': (15.7, 20.3, 19.8, 19.1, 17.5),
+    'Jigsaw++': (22.0, 31.2, 34.3, 33.9, 22.9),
+    'CC+Jigsaw++': (22.5, 33.0, 36.2, 36.1, 34.0),
+    'CC+vgg-Jigsaw++': (22.9, 34.2, 37.5, 37.1, 34.4),
+  },
+  # conv1..conv5, fc6, fc7: ImageNet top-1 with the network frozen through that layer, the rest retrained
+  # (None where the paper prints '-' or nothing; its Supervised row is one number, 57.3, in every conv column).
+  'cc_table6': {
+    'Supervised': (57.3, 57.3, 57.3, 57.3, 57.3, None, None),
+    'Random': (48.5, 41.0, 34.8, 27.1, 12.0, None, None),
+    'Jigsaw++': (54.7, 52.9, 50.3, 46.1, 35.4, None, None),
+    'CC+vgg-Context': (55.0, 52.0, 48.2, 44.3, 37.9, 29.1, 20.3),
+    'CC+Jigsaw++': (55.3, 52.2, 51.4, 47.6, 41.1, 33.9, 25.9),
+    'CC+vgg-Jigsaw++': (55.9, 55.1, 52.4, 49.5, 43.9, 37.3, 27.9),
   },
 }
 ALL_TABLES = tuple(TABLES) + tuple(sorted(CC_TABLES))

@@ -195,6 +195,9 @@ def test_shipped_grids_parse_and_cover_every_paper_row():
   table3 = set(paper.CC_TABLES['cc_table3'])
   noroozi = cc | {('cc_table3', label) for label in table3}
   noroozi |= {('cc_table4', label) for label in ('CC+Jigsaw++', 'CC+vgg-Jigsaw++')}
+  noroozi |= {('cc_table5', label) for label in ('CC+vgg-Jigsaw++', 'CC+Jigsaw++', 'CC+HOG', 'Supervised')}
+  noroozi |= {('cc_table6', label) for label in ('CC+vgg-Jigsaw++', 'CC+Jigsaw++', 'CC+vgg-Context', 'Random',
+                                                 'Jigsaw++', 'Supervised')}  # fmt: skip
   # The miniatures: Doersch's tables plus Tables 1, 2, 4 from a ResNet teacher (mini), and Table 3's headline.
   headline = {'CC+vgg-Jigsaw++', 'CC+Jigsaw++', 'Jigsaw++', 'Random', 'Supervised', 'Distillation', '[37]+vgg-Jigsaw++'}
   expected = {
@@ -202,7 +205,9 @@ def test_shipped_grids_parse_and_cover_every_paper_row():
     'paper': doersch | grey,
     'noroozi_paper': noroozi,
     'noroozi_mini': {('cc_table3', label) for label in headline}
-    | {('cc_table4', label) for label in ('CC+vgg-Jigsaw++', 'CC+Jigsaw++', 'Supervised')},
+    | {('cc_table4', label) for label in ('CC+vgg-Jigsaw++', 'CC+Jigsaw++', 'Supervised')}
+    | {('cc_table5', label) for label in ('CC+vgg-Jigsaw++', 'CC+Jigsaw++', 'Supervised')}
+    | {('cc_table6', label) for label in ('CC+vgg-Jigsaw++', 'CC+Jigsaw++', 'Jigsaw++', 'Random', 'Supervised')},
   }
   for name, rows in expected.items():
     grid = spec.load_grid(os.path.join(ROOT, 'configs', 'grid', f'{name}.yaml'))
@@ -301,6 +306,32 @@ def test_a_transfer_cells_evaluations_run_on_its_student_and_fill_noroozi_table3
   # A paper '-' stays without brackets.
   grid.cells[0].rows['cc_table3'] = 'Random'
   assert outputs.table_rows(grid, str(out), 'cc_table3')[1][0][4] == '6.25'
+
+
+def test_noroozi_tables_5_and_6_read_the_places_and_nonlinear_results(tmp_path):
+  """Table 5: places_linear's probe per conv layer; Table 6: nonlinear's network per last frozen layer."""
+  grid = spec.parse_grid({
+    'transfer_configs': [os.path.join(ROOT, 'configs/transfer/tiny.yaml')],
+    'cells': [{'name': 'cc', 'rows': {'cc_table5': 'CC+vgg-Jigsaw++', 'cc_table6': 'CC+vgg-Jigsaw++'},
+               'transfer': [], 'evaluate': ['places_linear', 'nonlinear']}],
+  })  # fmt: skip
+  results = {
+    'places_linear': {f'conv{i}_top1': i / 10 for i in range(1, 6)},
+    'nonlinear': {'conv1_top1': 0.5, 'conv5_top1': 0.25, 'fc7_top1': 0.125},
+  }  # Three of seven columns.
+  for kind, values in results.items():
+    (tmp_path / 'cc' / 'eval' / kind).mkdir(parents=True)
+    (tmp_path / 'cc' / 'eval' / kind / 'results.json').write_text(json.dumps(values))
+  header, rows = outputs.table_rows(grid, str(tmp_path), 'cc_table5')
+  assert header[2:] == [f'Places conv{i} top-1 (%)' for i in range(1, 6)]
+  assert rows == [['CC+vgg-Jigsaw++', 'cc', '10.00 [22.90]', '20.00 [34.20]', '30.00 [37.50]', '40.00 [37.10]',
+                   '50.00 [34.40]']]  # fmt: skip
+  header, rows = outputs.table_rows(grid, str(tmp_path), 'cc_table6')
+  assert header[2:] == [f'{layer} frozen top-1 (%)' for layer in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6',
+                                                                   'fc7')]  # fmt: skip
+  assert rows == [['CC+vgg-Jigsaw++', 'cc', '50.00 [55.90]', '[55.10]', '[52.40]', '[49.50]', '25.00 [43.90]',
+                   '[37.30]', '12.50 [27.90]']]  # fmt: skip
+  assert 'Noroozi et al. 2018, Table 6' in outputs.table_markdown('cc_table6', header, rows)
 
 
 def test_noroozi_tables_carry_only_their_columns_notes(tmp_path):
