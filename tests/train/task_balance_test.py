@@ -43,26 +43,39 @@ def _rate(ends, lo=-np.inf, hi=np.inf):
   return (len(ends) - 1) / (ends[-1] - ends[0])
 
 
-def test_fast_task_keeps_its_own_speed_beside_a_5x_slower_task(paced_train, tmp_path):
-  # Alone: relative position on its one worker. Rates leave out the start (the worker
-  # instantiating the step, the coordinator tracing each task's first update).
-  _, alone = _run(paced_train, tmp_path, 'alone', {'relative_position': FAST}, total_steps=30)
-  alone_rate = _rate([c['end'] for c in alone[3:]])
-  # Together: one worker each, exemplar 5x slower per step.
-  result, taken = _run(paced_train, tmp_path, 'both', {'relative_position': FAST, 'exemplar': SLOW}, total_steps=60)
+def _together(train, root, name):
+  """One run of both tasks (one worker each, exemplar 5x slower per step): the fast task's rate while both run."""
+  result, taken = _run(train, root, name, {'relative_position': FAST, 'exemplar': SLOW}, total_steps=60)
   steps = {n: r['steps'] for n, r in result.items()}
   assert sum(steps.values()) == 60  # The exact total_steps ending.
   assert result['relative_position']['updates'] == -(-steps['relative_position'] // 2)  # K = 2, last one partial.
   assert result['exemplar']['updates'] == steps['exemplar']  # K = 1.
   # No result waited behind another closure: each was taken as soon as it finished.
   assert not any(c['held'] for c in taken)
-  # While the slow task runs (its third closure's end to its last one's), the fast task
-  # keeps its own speed: at least 85% of its rate alone. Taking closures in schedule order
-  # (measured with 2 per worker in flight) left it at most 3 steps per slow step: 0.70 of
-  # its rate alone (0.95 as they finish). No upper bound: on a loaded machine the alone
-  # run's compute can exceed the pace (measured 1.28x once), which says nothing about waiting.
+  # The fast task's rate while the slow task runs (its third closure's end to its last one's).
   slow = sorted(c['end'] for c in taken if c['task'] == 1)
   assert len(slow) >= 6
-  together = _rate([c['end'] for c in taken if c['task'] == 0], slow[2], slow[-1])
-  assert together >= 0.85 * alone_rate, (together, alone_rate)
-  print(f'fast task together / alone: {together / alone_rate:.3f}')
+  return _rate([c['end'] for c in taken if c['task'] == 0], slow[2], slow[-1])
+
+
+def test_fast_task_keeps_its_own_speed_beside_a_5x_slower_task(paced_train, tmp_path):
+  # Alone: relative position on its one worker. Rates leave out the start (the worker
+  # instantiating the step, the coordinator tracing each task's first update).
+  _, alone = _run(paced_train, tmp_path, 'alone', {'relative_position': FAST}, total_steps=30)
+  alone_rate = _rate([c['end'] for c in alone[3:]])
+  # Together, the fast task keeps its own speed: at least 85% of its rate alone. Taking closures in schedule
+  # order (measured with 2 per worker in flight) left it at most 3 steps per slow step: 0.70 of its rate alone;
+  # as they finish, 0.95-0.99 (2-core Xeon, the other test worker busy, both dependency lines). No upper
+  # bound: on a loaded machine the alone run's compute can exceed the pace (measured 1.28x once), which says
+  # nothing about waiting.
+  # One more together run if the first falls short: what else runs on the machine only slows a run (CI once
+  # measured 0.82, the fast task's closures 0.1 s apart more than alone with every closure taken as it
+  # finished, while the other test worker ran a multi-process test), and a run where tasks wait on each other
+  # falls short every time (0.70), so a second run tells the machine's load from a regression.
+  ratios = []
+  for attempt in range(2):
+    ratios.append(_together(paced_train, tmp_path, f'both{attempt}') / alone_rate)
+    if ratios[-1] >= 0.85:
+      break
+  assert ratios[-1] >= 0.85, ratios
+  print('fast task together / alone:', ', '.join(f'{r:.3f}' for r in ratios))
