@@ -200,10 +200,7 @@ class TrunkAlexNetClassifier(tf.keras.Model):
       self(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3], tf.uint8), training=False)
     except ValueError as e:  # Caffe's pools need every pooled map to hold a 3x3 window (>= 55 px).
       raise ConfigError(f'{NAME}.crop_size: {cfg.crop_size} px is too small for AlexNet: {e}') from None
-    for conv, *_ in caffenet.CONVS:
-      self.net.convs[conv].set_weights(trunk_net.convs[conv].get_weights())
-      if conv in self.net.norms:
-        self.net.norms[conv].set_weights(trunk_net.norms[conv].get_weights())
+    caffenet.copy_conv_layers(trunk_net, self.net)
 
   def call(self, images, training=None):
     endpoints = self.net(self.to_input(images), training=training)
@@ -226,6 +223,23 @@ def _trunk_network(ctx: Context, through: str, num_classes: int) -> Tuple[TrunkA
   net = trunk.net
   return model, (f'AlexNet trunk of {ctx.init} ({net.variant} variant, conv1 padding {net.conv1_padding}, groups '
                  f'{net.groups}) in the standard AlexNet')  # fmt: skip
+
+
+def check_columns(ctx: Context, columns) -> None:
+  """Refuses, before any column trains, fc columns that a pre-training run's trunk does not have.
+
+  A student folder has fc6/fc7 and 'random' draws them; a run's AlexNet trunk stops at
+  conv5 (its fc layers belong to its task head), so Table 6's fc columns do not exist
+  for it (the paper prints '-' there for Jigsaw++).
+  """
+  if student_meta(ctx.init) or ctx.init == 'random':
+    return
+  fc = [c for c in columns if LAYERS.index(c) > LAYERS.index('conv5')]
+  if fc:
+    conv = [c for c in columns if c not in fc]
+    raise ConfigError(f'{NAME}.freeze_through: {fc} not in the AlexNet trunk of run {ctx.init} (its fc layers '
+                      "belong to its task head); a run's trunk has the conv1..conv5 columns: "
+                      f'--override=nonlinear.freeze_through=[{",".join(conv) or "conv5"}]')  # fmt: skip
 
 
 def build_network(ctx: Context, through: str, num_classes: int) -> Tuple[tf.keras.Model, str]:
@@ -347,6 +361,7 @@ class NonlinearProtocol(ClassifierProtocol):
 
   def run(self, ctx: Context) -> Dict[str, Any]:
     cfg: NonlinearConfig = self.prepare(ctx).section
+    check_columns(ctx, cfg.freeze_through)
     self.count_classes(ctx)
     columns = {}
     for through in cfg.freeze_through:

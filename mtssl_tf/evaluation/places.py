@@ -11,6 +11,13 @@ Places-style source, from `mtssl-eval --eval=places_linear --init=<transfer run>
 with its outputs in `<model_dir>/eval/places_linear/` (the ImageNet probes of Table 4 keep
 `student/probe/`). A config is all a new dataset needs.
 
+Table 5's rows that are not students (Jigsaw++, the pretext AlexNet itself; Random) are
+probed the same way from `--init=<pre-training run>` with an AlexNet trunk, or
+`--init=random` with `trunk.kind=alexnet`: the trunk's conv1..conv5 in the standard
+AlexNet (conv1 stride 4 on the crop, whatever the trunk's variant: the Jigsaw tile
+network's conv layers are read at full image size, as the paper evaluates them), on the
+run's own input convention (`TrunkProbeNet`).
+
 Sources. Image TFRecords, folders, image lists or tfds specs are read as labelled images
 (Places205 at paper scale as distributed: `list:` sources over its trainvalsplit csv files,
 `data.sources`). A `voc:` / `tfds:voc` source (the synthetic
@@ -40,6 +47,7 @@ from mtssl_tf.data.synthetic.classification import image_example
 from mtssl_tf.evaluation.protocol import Column, Context
 from mtssl_tf.transfer.config import ProbeConfig
 from mtssl_tf.transfer.student import StudentProbes
+from mtssl_tf.trunk import alexnet as caffenet
 
 NAME = 'places_linear'
 LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')  # Table 5's columns (an AlexNet student's probes).
@@ -97,6 +105,49 @@ def labelled_scenes(spec: str, folder: str, name: str, data_dir: str = '') -> Tu
   return f'tfrecord:{path}', np.asarray(labels, np.int64)
 
 
+class TrunkProbeNet(tf.keras.Model):
+  """A run's AlexNet trunk as a probed network: its conv1..conv5 in the standard AlexNet (no fc layers).
+
+  Attributes read by `StudentProbes`: `probe_endpoints` (conv1..conv5), `input_size` (the
+  probes' crop) and `to_input` (uint8 images -> the run's input convention).
+  """
+
+  def __init__(self, trunk_net: caffenet.AlexNet, crop_size: int, to_input):
+    super().__init__(name='places_trunk_alexnet')
+    self.net = caffenet.AlexNet('standard', trunk_net.width, trunk_net.batch_norm, fc_units=(),
+                                groups=trunk_net.groups, name='alexnet')  # fmt: skip
+    self.probe_endpoints = tuple(c[0] for c in caffenet.CONVS)
+    self.input_size, self.to_input = crop_size, to_input
+    try:
+      self.net(tf.zeros([1, crop_size, crop_size, 3]), training=False)
+    except ValueError as e:  # Caffe's pools need every pooled map to hold a 3x3 window.
+      raise ConfigError(f'{NAME}.crop_size: {crop_size} px is too small for AlexNet: {e}') from None
+    caffenet.copy_conv_layers(trunk_net, self.net)
+
+  def call(self, images, training=None) -> Dict[str, tf.Tensor]:
+    endpoints = self.net(images, training=training)
+    return {layer: endpoints[layer] for layer in self.probe_endpoints}
+
+
+def trunk_probe_net(ctx: Context, crop_size: int) -> Tuple[TrunkProbeNet, str]:
+  """The probed network of a pre-training run or of 'random' (an AlexNet trunk), and its description.
+
+  Raises:
+    ConfigError: the run's (or the config's) trunk is not an AlexNet.
+  """
+  kind = ctx.trunk_config.kind if ctx.trunk_config is not None else None
+  if kind != 'alexnet':
+    raise ConfigError(f"init: {NAME} (Noroozi Table 5) probes an AlexNet: a transfer student folder "
+                      f"(<transfer run>/student), a pre-training run with an AlexNet trunk or 'random' with "
+                      f"trunk.kind=alexnet; {ctx.init!r} has trunk.kind {kind!r} (for another trunk run "
+                      "--eval=linear with these sources and probe_endpoints)")  # fmt: skip
+  net = ctx.trunk().net
+  what = 'random AlexNet' if ctx.init == 'random' else f'AlexNet trunk of {ctx.init}'
+  return TrunkProbeNet(net, crop_size, ctx.input_fn()), (
+    f'{what} ({net.variant} variant, groups {net.groups}): conv1-conv5 in the standard AlexNet'
+  )
+
+
 class PlacesLinearProtocol(StudentProbes):
   """Noroozi et al. 2018 Table 5: the student's per-layer frozen linear probes on Places.
 
@@ -117,10 +168,10 @@ class PlacesLinearProtocol(StudentProbes):
 
     cfg: PlacesProbeConfig = ctx.section
     cfg.validate()
+    self.network_source = f'AlexNet student {ctx.init}' if ctx.init else 'the given network'
     if not ctx.given and not student_meta(ctx.init):
-      raise ConfigError(f'init: {NAME} probes a transfer student folder (<transfer run>/student), got '
-                        f'{ctx.init!r}; for a pre-training trunk run --eval=linear with these sources and '
-                        'probe_endpoints')  # fmt: skip
+      network, self.network_source = trunk_probe_net(ctx, cfg.crop_size)
+      ctx = dataclasses.replace(ctx, network=network)
     self.source, self.scenes = f'{ctx.train_spec} -> {ctx.test_spec}', None
     if _is_detection(ctx.train_spec) or _is_detection(ctx.test_spec):
       if not (_is_detection(ctx.train_spec) and _is_detection(ctx.test_spec)):
@@ -141,7 +192,7 @@ class PlacesLinearProtocol(StudentProbes):
     results = super().score(ctx, tune, stats)
     for layer, scores in results['probes'].items():
       results[f'{layer}_top1'], results[f'{layer}_top5'] = scores['top1'], scores['top5']
-    results['protocol'].update(source=self.source, init_source=ctx.init)
+    results['protocol'].update(source=self.source, init_source=ctx.init, network=self.network_source)
     if self.scenes:
       results['scene_labels'] = self.scenes
     return results

@@ -299,10 +299,13 @@ class StudentProbes(ProbesProtocol):
 
   def frozen_features(self, ctx: Context) -> Callable:
     student, sources = ctx.network, self.sources
+    # A student reads RGB; a network that carries its own input convention (a pre-training run's trunk,
+    # `evaluation.places.TrunkProbeNet`) says so in `to_input`.
+    to_input = getattr(student, 'to_input', None) or _to_input
 
     def frozen(images):
       # Inference mode (BatchNorm's moving statistics, no dropout) and no gradient path.
-      endpoints = student(_to_input(images), training=False)
+      endpoints = student(to_input(images), training=False)
       out = {}
       for layer in sources.values():
         x = tf.stop_gradient(endpoints[layer])

@@ -304,3 +304,16 @@ class AlexNet(tf.keras.Model):
       endpoints[fc] = x
       x = self.dropout(x, training=training)
     return endpoints
+
+
+def copy_conv_layers(source: AlexNet, target: AlexNet) -> None:
+  """Copies conv1..conv5 (kernels, biases, BatchNorm) of `source` into `target`, both built.
+
+  The two may differ in variant, conv1 padding and fc layers (a Jigsaw tile trunk into the
+  standard AlexNet, as the evaluations of Noroozi et al. 2018 read it); width, groups and
+  the BatchNorm choice must match, or a kernel does not fit (Keras names the layer).
+  """
+  for conv, *_ in CONVS:
+    target.convs[conv].set_weights(source.convs[conv].get_weights())
+    if conv in target.norms:
+      target.norms[conv].set_weights(source.norms[conv].get_weights())

@@ -6,14 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtssl_tf.configs import ConfigError, LassoConfig, save_config
+from mtssl_tf.configs import ConfigError, LassoConfig
 from mtssl_tf.evaluation import backbone, linear, protocols, runner
 from mtssl_tf.evaluation.config import load_eval_config
 from mtssl_tf.export.saved_model import export
 from mtssl_tf.tasks.multitask import MultiTaskModel
-from mtssl_tf.train.experiment import ExperimentConfig
 from mtssl_tf.trunk import alexnet
-from mtssl_tf.trunk.registry import build_trunk
 
 # Outcomes depend on floating-point results: CI runs these again with oneDNN off.
 pytestmark = pytest.mark.numerics
@@ -22,32 +20,14 @@ pytestmark = pytest.mark.numerics
 WIDTH = 1 / 16
 
 
-def make_conv_run(run_dir: str, kind: str, batch_norm: bool) -> dict:
-  """A pre-training run folder of a `kind` trunk: config.yaml and checkpoints/ with the trunk at model/trunk.
-
-  Returns the trunk's variables by name without the top scope (distinctive seeded values).
-  """
-  cfg = ExperimentConfig()
-  cfg.trunk.kind = kind
-  section = getattr(cfg.trunk, kind)
-  section.width, section.batch_norm = WIDTH, batch_norm
-  save_config(cfg, run_dir)
-  trunk = build_trunk(cfg.trunk)
-  trunk(tf.zeros([1, 64, 64, 3]), training=False)
-  rng = np.random.default_rng(3)
-  for v in trunk.variables:
-    positive = any(k in v.name for k in ('gamma', 'variance'))
-    v.assign(rng.normal(0, 0.1, v.shape).astype(np.float32) + (1.0 if positive else 0.0))
-  tf.train.Checkpoint(model=tf.train.Checkpoint(trunk=trunk)).save(os.path.join(run_dir, 'checkpoints', 'ckpt'))
-  return {v.name.split('/', 1)[-1]: v.numpy() for v in trunk.variables}
-
-
 @pytest.fixture(scope='module')
-def conv_runs(tmp_path_factory):
+def conv_runs(tmp_path_factory, conv_run):
   runs = {}
   for kind, batch_norm in (('alexnet', False), ('vgg16', True)):
     run_dir = str(tmp_path_factory.mktemp(kind))
-    runs[kind] = {'run_dir': run_dir, 'weights': make_conv_run(run_dir, kind, batch_norm)}
+    trunk = conv_run(run_dir, kind, width=WIDTH, batch_norm=batch_norm)
+    # The trunk's variables by name without the top scope.
+    runs[kind] = {'run_dir': run_dir, 'weights': {v.name.split('/', 1)[-1]: v.numpy() for v in trunk.variables}}
   return runs
 
 

@@ -11,6 +11,7 @@ from mtssl_tf.export.saved_model import export
 from mtssl_tf.tasks.multitask import MultiTaskModel
 from mtssl_tf.tasks.relative_position import RelativePositionConfig, RelativePositionTask
 from mtssl_tf.train.experiment import ExperimentConfig
+from mtssl_tf.trunk.registry import build_trunk
 
 
 def tiny_trunk_config() -> TrunkConfig:
@@ -19,6 +20,34 @@ def tiny_trunk_config() -> TrunkConfig:
   cfg.units_per_block = (1, 1, 2)
   cfg.width = 8
   return cfg
+
+
+def write_conv_run(run_dir: str, kind: str, seed: int = 3, **section):
+  """A pre-training run folder of a `kind` trunk (config.yaml, checkpoints/ with the trunk at model/trunk).
+
+  `section` sets fields of the trunk's section (width, batch_norm, variant, ...); every
+  variable gets distinctive seeded values, so a test can compare them with what an
+  evaluation loads. Returns the built trunk.
+  """
+  cfg = ExperimentConfig()
+  cfg.trunk.kind = kind
+  for key, value in section.items():
+    setattr(getattr(cfg.trunk, kind), key, value)
+  save_config(cfg, run_dir)
+  trunk = build_trunk(cfg.trunk)
+  trunk(tf.zeros([1, 64, 64, 3]), training=False)
+  rng = np.random.default_rng(seed)
+  for v in trunk.variables:
+    positive = any(k in v.name for k in ('gamma', 'variance'))
+    v.assign(rng.normal(0, 0.1, v.shape).astype(np.float32) + (1.0 if positive else 0.0))
+  tf.train.Checkpoint(model=tf.train.Checkpoint(trunk=trunk)).save(os.path.join(run_dir, 'checkpoints', 'ckpt'))
+  return trunk
+
+
+@pytest.fixture(scope='session')
+def conv_run():
+  """`write_conv_run(run_dir, kind, seed=3, **section)`: a seeded pre-training run of a conv trunk."""
+  return write_conv_run
 
 
 @pytest.fixture(scope='session')

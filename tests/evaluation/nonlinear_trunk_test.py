@@ -7,30 +7,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mtssl_tf.configs import ConfigError, save_config
+from mtssl_tf.configs import ConfigError
 from mtssl_tf.evaluation import nonlinear as nl
 from mtssl_tf.evaluation import runner
 from mtssl_tf.evaluation.config import load_eval_config
-from mtssl_tf.train.experiment import ExperimentConfig
-from mtssl_tf.trunk.registry import build_trunk
 
 WIDTH = 1 / 16
 
 
-def _alexnet_run(run_dir: str, **alexnet) -> dict:
-  """A run folder with an AlexNet trunk (config.yaml, checkpoints/), distinctive seeded weights by layer name."""
-  cfg = ExperimentConfig()
-  cfg.trunk.kind = 'alexnet'
-  for key, value in dict(width=WIDTH, **alexnet).items():
-    setattr(cfg.trunk.alexnet, key, value)
-  save_config(cfg, run_dir)
-  trunk = build_trunk(cfg.trunk)
-  trunk(tf.zeros([1, 64, 64, 3]), training=False)
-  rng = np.random.default_rng(5)
-  for v in trunk.variables:
-    positive = any(k in v.name for k in ('gamma', 'variance'))
-    v.assign(rng.normal(0, 0.1, v.shape).astype(np.float32) + (1.0 if positive else 0.0))
-  tf.train.Checkpoint(model=tf.train.Checkpoint(trunk=trunk)).save(os.path.join(run_dir, 'checkpoints', 'ckpt'))
+def _alexnet_run(conv_run, run_dir: str, **alexnet) -> dict:
+  """A run folder with an AlexNet trunk (conftest's `conv_run`); its conv weights by layer name."""
+  trunk = conv_run(run_dir, 'alexnet', seed=5, **dict(width=WIDTH, **alexnet))
   return {conv: [w.copy() for w in trunk.net.convs[conv].get_weights()] for conv in trunk.net.convs}
 
 
@@ -51,9 +38,9 @@ def _config(sources, run_dir, extra=()):
   [dict(variant='jigsaw', batch_norm=True), dict(conv1_padding=5, groups=1, batch_norm=False)],
   ids=['jigsaw_tile_net', 'deepcontext'],
 )
-def test_a_runs_alexnet_trunk_is_probed(tmp_path, tiny_world, choices):
+def test_a_runs_alexnet_trunk_is_probed(tmp_path, tiny_world, conv_run, choices):
   run_dir = str(tmp_path / 'run')
-  weights = _alexnet_run(run_dir, **choices)
+  weights = _alexnet_run(conv_run, run_dir, **choices)
   cfg = _config(tiny_world['sources'], run_dir, ['nonlinear.freeze_through=[conv2]'])
   ctx = runner.context(nl.NAME, cfg, str(tmp_path), progress=False)
   model, source = nl.build_network(ctx, 'conv2', 10)
@@ -82,12 +69,21 @@ def test_a_runs_alexnet_trunk_is_probed(tmp_path, tiny_world, choices):
   assert 0.0 <= results['conv2_top1'] <= results['conv2_top5'] <= 1.0
 
 
-def test_fc_columns_and_other_kinds_are_refused_by_name(tmp_path, tiny_world, pretrained):
+def test_fc_columns_and_other_kinds_are_refused_by_name(tmp_path, tiny_world, pretrained, conv_run):
   run_dir = str(tmp_path / 'run')
-  _alexnet_run(run_dir)
+  _alexnet_run(conv_run, run_dir)
   cfg = _config(tiny_world['sources'], run_dir)
   with pytest.raises(ConfigError, match=r'nonlinear\.freeze_through: fc6 .*AlexNet trunk'):
     nl.build_network(runner.context(nl.NAME, cfg, str(tmp_path), progress=False), 'fc6', 10)
   cfg = _config(tiny_world['sources'], pretrained['run_dir'])  # A ResNet-v2 run.
   with pytest.raises(ConfigError, match=r"AlexNet student.*AlexNet trunk.*trunk\.kind 'resnet_v2'"):
     nl.build_network(runner.context(nl.NAME, cfg, str(tmp_path), progress=False), 'conv1', 10)
+
+
+def test_a_runs_fc_columns_are_refused_before_any_column_trains(tmp_path, tiny_world, conv_run):
+  run_dir = str(tmp_path / 'run')
+  _alexnet_run(conv_run, run_dir)
+  cfg = _config(tiny_world['sources'], run_dir, ['nonlinear.freeze_through=[conv1,conv5,fc7]'])
+  with pytest.raises(ConfigError, match=r"freeze_through: \['fc7'\] .*freeze_through=\[conv1,conv5\]"):
+    runner.run(nl.NAME, cfg, str(tmp_path))
+  assert not os.path.exists(os.path.join(tmp_path, 'eval', nl.NAME, 'conv1'))  # Nothing trained.
