@@ -95,7 +95,7 @@ CC_TITLES = {
   'cc_table2': 'Noroozi Table 2: clustering / pseudo-label domains (student probes, top-1; paper: VOC07 cls. mAP)',
   'cc_table3': 'Noroozi Table 3: PASCAL VOC fine-tuning of the AlexNet (cls. mAP, det. mAP SS / MS, seg. mIoU)',
   'cc_table4': 'Noroozi Table 4: linear probes of the student per layer (ImageNet top-1)',
-  'cc_table5': 'Noroozi Table 5: Places linear probes of the student per layer (Places top-1)',
+  'cc_table5': 'Noroozi Table 5: Places linear probes per layer of the frozen AlexNet (Places top-1)',
   'cc_table6': 'Noroozi Table 6: nonlinear probes, AlexNet frozen through each layer (ImageNet top-1, 10 crops)',
 }
 CC_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
