@@ -8,6 +8,7 @@ from typing import Dict, Iterable, Tuple
 from mtssl_tf.configs.base import Config, ConfigError
 from mtssl_tf.configs.experiment import TrunkConfig
 from mtssl_tf.evaluation import backbone, protocols
+from mtssl_tf.evaluation import random_init as random_inits
 
 PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
 
@@ -29,6 +30,11 @@ class EvalConfigBase(Config):
     precision: Keras dtype policy of the evaluation; 'auto' is mixed_bfloat16 only where the
       hardware computes bf16 natively (`hardware.resolve_precision`). float32 by default: the
       evaluations' figures were measured in it.
+    random_init: how `init: random` draws an AlexNet (`evaluation.random_init`):
+      'data_dependent' (Krähenbühl et al. 2016 on the protocol's training images, the
+      paper's Random row) or 'fillers' (Caffe's Gaussian fillers only).
+    random_init_images: training images the data-dependent initialisation reads
+      (magic_init: 10 batches of 16).
     world_preset: synthetic world used for sources left empty.
     world_dir: where that world lives (empty: ~/.cache/mtssl_tf/world_<preset>).
     <protocol>: each registered protocol's section (`protocols.py`), e.g. linear
@@ -41,6 +47,8 @@ class EvalConfigBase(Config):
   trunk: TrunkConfig = dataclasses.field(default_factory=TrunkConfig)
   preprocessing: str = backbone.DEFAULT_EVAL_INPUT
   precision: str = 'float32'
+  random_init: str = random_inits.DATA_DEPENDENT
+  random_init_images: int = random_inits.IMAGES
   world_preset: str = 'small'
   world_dir: str = ''
 
@@ -49,6 +57,7 @@ class EvalConfigBase(Config):
       raise ConfigError(f'preprocessing: must be one of {backbone.EVAL_INPUTS}, got {self.preprocessing!r}')
     if self.precision not in PRECISIONS:
       raise ConfigError(f'precision: must be one of {PRECISIONS}, got {self.precision!r}')
+    random_inits.check(self.random_init, self.random_init_images)
 
   def section(self, name: str) -> Config:
     """The config section of protocol `name`."""

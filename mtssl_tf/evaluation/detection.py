@@ -33,7 +33,7 @@ from absl import logging
 from official.modeling.optimization import lr_schedule
 
 from mtssl_tf.configs.base import ConfigError, validate_all
-from mtssl_tf.evaluation import backbone, detection_convnet, voc_metrics
+from mtssl_tf.evaluation import backbone, detection_convnet, random_init, voc_metrics
 from mtssl_tf.evaluation.detection_config import NAME, DetectionEvalConfig
 from mtssl_tf.evaluation.detection_data import eval_dataset, multiscale_eval_dataset, train_dataset
 from mtssl_tf.evaluation.detection_model import FasterRCNN, build_detector
@@ -224,8 +224,13 @@ class DetectionProtocol(FineTuneProtocol):
       network = load_student(self.student)
     else:
       network = ctx.trunk()
+    note = ''
+    if getattr(network, 'kind', None) == 'alexnet':  # A random one: conv1..conv5 on the training canvases.
+      note = random_init.initialise(ctx, network.net, lambda: self.train_data(ctx, 0), None)
     tf.random.set_seed(cfg.seed)
     self.model, self.described = _build(cfg, network, ctx.init)
+    if note:
+      self.described['network'] += f'; {note} (before the copy; the box head fc6/fc7 are new, as for every network)'
     if ctx.progress:
       logging.info('%s: %s; box head %s', NAME, self.described['network'], self.described['box_head_source'] or 'new')
     return Trainee({'model': self.model}, self.model.trainable_variables)

@@ -17,8 +17,9 @@ checkpoints) and reports top-1 and top-5 per entry.
   standard AlexNet as Noroozi §5 and `voc07_cls` do: a Jigsaw tile network's stride-2 conv1
   kernels run at stride 4, deepcontext's padded conv1 runs unpadded (its README: evaluate in
   "a caffenet with the groups removed") and the trunk's own groups, width and BatchNorm are
-  kept; `--init=random` is Table 6's Random row (an AlexNet of `width`/`batch_norm` drawn
-  with the fillers below, every layer). Layers up to K
+  kept; `--init=random` is Table 6's Random row (an AlexNet of `width`/`batch_norm`,
+  initialised on the training images by `evaluation.random_init`, Krähenbühl et al. 2016;
+  with `random_init: fillers`, drawn with the fillers below, every layer). Layers up to K
   (with their BatchNorms) are frozen: not trained, and their BatchNorms run on their
   moving statistics (Keras runs a non-trainable BatchNorm in inference mode), so they are
   exactly the evaluated network's. Every later layer (conv(K+1)..conv5, fc6, fc7 and the
@@ -47,7 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -56,7 +57,7 @@ from absl import logging
 from mtssl_tf.configs.base import ConfigError
 from mtssl_tf.data import decode
 from mtssl_tf.data.images import ReadOptions, image_dataset
-from mtssl_tf.evaluation import classification
+from mtssl_tf.evaluation import classification, random_init
 from mtssl_tf.evaluation.classification import ClassifierProtocol, ClassifierTrainingConfig, check_training_fields
 from mtssl_tf.evaluation.protocol import Column, Context, Trainee
 from mtssl_tf.evaluation.voc_classification import AlexNetClassifier, VocClassificationConfig, student_meta
@@ -242,8 +243,17 @@ def check_columns(ctx: Context, columns) -> None:
                       f'--override=nonlinear.freeze_through=[{",".join(conv) or "conv5"}]')  # fmt: skip
 
 
-def build_network(ctx: Context, through: str, num_classes: int) -> Tuple[tf.keras.Model, str]:
+def build_network(
+  ctx: Context, through: str, num_classes: int, init_batches: Optional[Callable[[], Iterable]] = None
+) -> Tuple[tf.keras.Model, str]:
   """The AlexNet of one Table 6 column: frozen up to `through`, the rest drawn afresh.
+
+  Args:
+    ctx: the context (`init` names the network).
+    through: the last frozen layer.
+    num_classes: fc8's outputs.
+    init_batches: makes training batches for a random network's data-dependent initialisation
+      (`evaluation.random_init`, before the trained layers are re-drawn); None: fillers only.
 
   Raises:
     ConfigError: an init that is neither an AlexNet student folder, a run with an AlexNet
@@ -280,7 +290,11 @@ def build_network(ctx: Context, through: str, num_classes: int) -> Tuple[tf.kera
     meta = {'kwargs': {'width': cfg.width, 'batch_norm': cfg.batch_norm}}
     student = AlexNet(1, width=cfg.width, batch_norm=cfg.batch_norm, fc_units=cfg.fc_units)
     student(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3]), training=False)
-    model, source, fresh_from = AlexNetClassifier(student, meta, shell), 'random AlexNet (the fillers, every layer)', 0
+    model = AlexNetClassifier(student, meta, shell)
+    note = random_init.initialise(ctx, model.net, init_batches, model.network_input) if init_batches else ''
+    # Data-dependent: the frozen layers keep it, the trained ones are re-drawn below as for every network.
+    fresh_from = k + 1 if note else 0
+    source = f'random AlexNet ({note})' if note else 'random AlexNet (the fillers, every layer)'
   else:
     (model, source), fresh_from = _trunk_network(ctx, through, num_classes), k + 1
   reinitialise(model.net, list(LAYERS[fresh_from:]) + [CLASSIFIER], cfg.seed)
@@ -394,7 +408,7 @@ class NonlinearProtocol(ClassifierProtocol):
 
   def build(self, ctx: Context) -> Trainee:
     tf.keras.utils.set_random_seed(ctx.section.seed)
-    self.model, self.source = build_network(ctx, self.through, self.num_classes)
+    self.model, self.source = build_network(ctx, self.through, self.num_classes, lambda: self.train_data(ctx, 0))
     return Trainee({'model': self.model}, self.model.trainable_variables)
 
   def train_step(self, ctx: Context, trainee: Trainee, optimizer):

@@ -16,7 +16,9 @@ probed the same way from `--init=<pre-training run>` with an AlexNet trunk, or
 `--init=random` with `trunk.kind=alexnet`: the trunk's conv1..conv5 in the standard
 AlexNet (conv1 stride 4 on the crop, whatever the trunk's variant: the Jigsaw tile
 network's conv layers are read at full image size, as the paper evaluates them), on the
-run's own input convention (`TrunkProbeNet`).
+run's own input convention (`TrunkProbeNet`); a random one is then initialised on the
+training crops (`evaluation.random_init`, Krähenbühl et al. 2016; `random_init: fillers`
+keeps Caffe's fillers).
 
 Sources. Image TFRecords, folders, image lists or tfds specs are read as labelled images
 (Places205 at paper scale as distributed: `list:` sources over its trainvalsplit csv files,
@@ -44,9 +46,10 @@ from mtssl_tf.configs.base import ConfigError
 from mtssl_tf.data.detection import detection_dataset
 from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.data.synthetic.classification import image_example
+from mtssl_tf.evaluation import random_init
 from mtssl_tf.evaluation.protocol import Column, Context
 from mtssl_tf.transfer.config import ProbeConfig
-from mtssl_tf.transfer.student import StudentProbes
+from mtssl_tf.transfer.student import StudentProbes, is_detection_source
 from mtssl_tf.trunk import alexnet as caffenet
 
 NAME = 'places_linear'
@@ -63,10 +66,6 @@ class PlacesProbeConfig(ProbeConfig):
   """
 
   section: ClassVar[str] = NAME
-
-
-def _is_detection(spec: str) -> bool:
-  return spec.startswith('voc:') or spec.startswith('tfds:voc')
 
 
 def scene_label(classes: np.ndarray, boxes: np.ndarray, difficult: np.ndarray) -> int:
@@ -173,8 +172,8 @@ class PlacesLinearProtocol(StudentProbes):
       network, self.network_source = trunk_probe_net(ctx, cfg.crop_size)
       ctx = dataclasses.replace(ctx, network=network)
     self.source, self.scenes = f'{ctx.train_spec} -> {ctx.test_spec}', None
-    if _is_detection(ctx.train_spec) or _is_detection(ctx.test_spec):
-      if not (_is_detection(ctx.train_spec) and _is_detection(ctx.test_spec)):
+    if is_detection_source(ctx.train_spec) or is_detection_source(ctx.test_spec):
+      if not (is_detection_source(ctx.train_spec) and is_detection_source(ctx.test_spec)):
         raise ConfigError(f'{NAME}.train_source / validation_source: both or neither must be detection (voc:) '
                           f'sources, got {ctx.train_spec!r}, {ctx.test_spec!r}')  # fmt: skip
       folder = os.path.join(ctx.out_dir, SCENES)
@@ -186,7 +185,11 @@ class PlacesLinearProtocol(StudentProbes):
                      'train_images': len(train_labels), 'validation_images': len(test_labels),
                      'classes_present': sorted(set(train_labels.tolist()))}  # fmt: skip
       ctx = dataclasses.replace(ctx, section=cfg, train_spec=train_spec, test_spec=test_spec)
-    return super().prepare(ctx)
+    ctx = super().prepare(ctx)
+    if isinstance(ctx.network, TrunkProbeNet):  # A random one is initialised on the training crops.
+      note = random_init.initialise(ctx, ctx.network.net, lambda: self.train_data(ctx, 0), ctx.network.to_input)
+      self.network_source += f'; {note}' if note else ''
+    return ctx
 
   def score(self, ctx: Context, tune, stats: Dict[str, Any]) -> Dict[str, Any]:
     results = super().score(ctx, tune, stats)

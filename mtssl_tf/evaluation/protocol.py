@@ -70,6 +70,8 @@ class Context:
     trunk_config: the trunk's shape (`EvalConfig.trunk`), if any.
     config: the whole eval config under `mtssl-eval` (None for a direct run).
     precision: the Keras dtype policy in force.
+    random_init: how a random AlexNet is drawn (`evaluation.random_init`; `EvalConfig.random_init`).
+    random_init_images: images its data-dependent initialisation reads.
     progress: log progress lines.
     network: a network the caller built; None makes `trunk()` load one from `init`.
   """
@@ -85,6 +87,8 @@ class Context:
   trunk_config: Any = None
   config: Any = None
   precision: str = 'float32'
+  random_init: str = 'data_dependent'
+  random_init_images: int = 160
   progress: bool = True
   network: Any = dataclasses.field(default=None, repr=False)
 

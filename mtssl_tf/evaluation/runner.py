@@ -50,6 +50,8 @@ def context(name: str, cfg: EvalConfigBase, model_dir: str, progress: bool = Tru
     trunk_config=cfg.trunk,
     config=cfg,
     precision=hardware.resolve_precision(cfg.precision),
+    random_init=cfg.random_init,
+    random_init_images=cfg.random_init_images,
     progress=progress,
   )
 

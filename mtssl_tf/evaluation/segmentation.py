@@ -55,6 +55,7 @@ from mtssl_tf.configs.base import ConfigError
 from mtssl_tf.data import pipeline
 from mtssl_tf.data.images import ReadOptions
 from mtssl_tf.data.segmentation import SEG_CLASSES, segmentation_dataset
+from mtssl_tf.evaluation import random_init
 from mtssl_tf.evaluation.protocol import Column, Context, NetworkFineTuneProtocol
 from mtssl_tf.evaluation.segmentation_model import AlexNetFCN, TrunkFCN, layer_multipliers
 from mtssl_tf.evaluation.voc_classification import student_meta
@@ -326,7 +327,11 @@ class Voc12SegmentationProtocol(NetworkFineTuneProtocol):
 
   def network(self, ctx: Context) -> Tuple[tf.keras.Model, str]:
     self.empty_message = f'the training source yields fewer than iter_size ({ctx.section.iter_size}) images'
-    return build_network(ctx)
+    model, source = build_network(ctx)
+    if isinstance(model, AlexNetFCN):  # A random one is initialised on the training images (conv1..fc7).
+      note = random_init.initialise(ctx, model, lambda: training_dataset(ctx.train_spec, ctx.section), None)
+      source = f'{source}; {note}' if note else source
+    return model, source
 
   def schedule(self, ctx: Context):
     return super().schedule(ctx) if ctx.section.lr_decay_steps else ctx.section.learning_rate  # 0: lr_policy fixed.

@@ -168,20 +168,30 @@ class AlexNetFCN(tf.keras.Model):
       else:
         _fresh(layer, cfg.init_stddev, cfg.init_bias, cfg.seed)
 
-  def _layer(self, name: str, layer, x, training):
-    x = layer(x)
+  def _layer(self, name: str, layer, x, training, taps=None):
+    y = layer(x)
+    if taps is not None:
+      taps[name] = (x, y)
     if name in self.norms:
-      x = self.norms[name](x, training=training and not self.frozen_statistics)
-    return tf.nn.relu(x)
+      y = self.norms[name](y, training=training and not self.frozen_statistics)
+    return tf.nn.relu(y)
+
+  def weight_layers(self) -> Dict[str, tf.keras.layers.Layer]:
+    """conv1..conv5, fc6, fc7 in network order (score_fr starts at zero, as FCN's): `trunk.data_init`'s interface."""
+    return {**{name: self.convs[name] for name in CONV_NAMES}, **self.fcs}
 
   def call(self, images, training=None):
+    return self.forward(images, training)
+
+  def forward(self, images, training=None, taps=None):
+    """`call`; with `taps`, records {layer: (input, output before BatchNorm and ReLU)} (`trunk.data_init`)."""
     from mtssl_tf.trunk.inputs import preprocess
 
     size = tf.shape(images)[1:3]
     p = self.input_pad
     x = tf.pad(preprocess(images, 'rgb'), [[0, 0], [p, p], [p, p], [0, 0]])
     for name in CONV_NAMES:
-      x = self._layer(name, self.convs[name], x, training)
+      x = self._layer(name, self.convs[name], x, training, taps)
       if name in POOLED:
         x = _max_pool_ceil(x)
         if name in LRN_AFTER and not self.batch_norm:
@@ -190,7 +200,7 @@ class AlexNetFCN(tf.keras.Model):
                                                       alpha=1e-4 / 5, beta=0.75)  # fmt: skip
           x = tf.cast(normed, x.dtype)
     for fc in ('fc6', 'fc7'):
-      x = self.dropout(self._layer(fc, self.fcs[fc], x, training), training=training)
+      x = self.dropout(self._layer(fc, self.fcs[fc], x, training, taps), training=training)
     return self.upscore(self.score_fr(x), size)
 
 

@@ -73,7 +73,7 @@ from mtssl_tf.configs.base import ConfigError
 from mtssl_tf.data import pipeline
 from mtssl_tf.data.detection import VOC_CLASSES, detection_dataset
 from mtssl_tf.data.images import ReadOptions
-from mtssl_tf.evaluation import voc_metrics
+from mtssl_tf.evaluation import random_init, voc_metrics
 from mtssl_tf.evaluation.protocol import Column, Context, NetworkFineTuneProtocol
 from mtssl_tf.evaluation.svm import IGNORE, PRESENT, VocSourcesConfig, image_targets, mean_ap
 from mtssl_tf.train.finetune import FineTune, LoopConfig, SGDConfig
@@ -330,12 +330,16 @@ class AlexNetClassifier(tf.keras.Model):
       if layer.bias is not None:
         layer.bias.assign(tf.fill(layer.bias.shape, cfg.init_bias))
 
-  def call(self, images, training=None):
-    from mtssl_tf.transfer.models import LOGITS
+  def network_input(self, images: tf.Tensor) -> tf.Tensor:
+    """uint8 images -> the network's input."""
     from mtssl_tf.trunk.inputs import preprocess
 
-    inputs = preprocess(images, 'rgb') if self.to_input is None else self.to_input(images)
-    return tf.cast(self.net(inputs, training=training)[LOGITS], tf.float32)
+    return preprocess(images, 'rgb') if self.to_input is None else self.to_input(images)
+
+  def call(self, images, training=None):
+    from mtssl_tf.transfer.models import LOGITS
+
+    return tf.cast(self.net(self.network_input(images), training=training)[LOGITS], tf.float32)
 
   def conv1_variables(self) -> List[tf.Variable]:
     norm = self.net.norms.get('conv1')
@@ -450,7 +454,13 @@ class Voc07ClassificationProtocol(NetworkFineTuneProtocol):
   dataset = staticmethod(training_dataset)
 
   def network(self, ctx: Context) -> Tuple[tf.keras.Model, str]:
-    return build_classifier(ctx)
+    model, source = build_classifier(ctx)
+    if isinstance(model, AlexNetClassifier):  # A random one is initialised on the training views, every layer.
+      note = random_init.initialise(
+        ctx, model.net, lambda: training_dataset(ctx.train_spec, ctx.section), model.network_input
+      )
+      source = f'{source}; {note}' if note else source
+    return model, source
 
   def frozen_variables(self, ctx: Context) -> List[tf.Variable]:
     return self.model.conv1_variables() if ctx.section.freeze_conv1 else []

@@ -90,11 +90,18 @@ class AlexNet(caffenet.AlexNet):
       num_classes, kernel_initializer=tf.keras.initializers.RandomNormal(stddev=CLASSIFIER_STDDEV), name=LOGITS
     )
 
-  def call(self, images, training=None) -> Dict[str, tf.Tensor]:
-    endpoints = dict(super().call(images, training=training))
+  def forward(self, images, training=None, taps=None) -> Dict[str, tf.Tensor]:
+    endpoints = dict(super().forward(images, training=training, taps=taps))
     # The trunk returns fc7 before its dropout; fc8 reads it after (prototxt drop7 -> fc8).
-    endpoints[LOGITS] = self.classifier(self.dropout(endpoints['fc7'], training=training))
+    x = self.dropout(endpoints['fc7'], training=training)
+    endpoints[LOGITS] = self.classifier(x)
+    if taps is not None:
+      taps[LOGITS] = (x, endpoints[LOGITS])
     return endpoints
+
+  def weight_layers(self) -> Dict[str, tf.keras.layers.Layer]:
+    """conv1..fc7 and the classifier fc8 (named `LOGITS`), in network order."""
+    return {**super().weight_layers(), LOGITS: self.classifier}
 
 
 def alexnet_parameter_count(num_classes: int, width: float = 1.0, batch_norm: bool = False, fc_units: int = 4096,

@@ -357,6 +357,8 @@ def probe_student(
 def run_train(cfg: TransferConfig, model_dir: str, progress: bool = True) -> Dict[str, Any]:
   """The `train` step: the student on `pseudo_labels/` (or `train.source`) into `student/`.
 
+  A detection `train.source` (`voc:`) is read as scene-labelled images (`scene_source`).
+
   Raises:
     FileNotFoundError: no pseudo-labels (run assign first) and no `train.source`.
   """
@@ -367,8 +369,34 @@ def run_train(cfg: TransferConfig, model_dir: str, progress: bool = True) -> Dic
     if not summary or not summary.get('complete'):
       raise FileNotFoundError(f'no pseudo-labels in {labels_dir} (run the assign step first)')
     spec, num_classes = pseudo_label_spec(labels_dir), num_classes or summary['num_clusters']
+  elif is_detection_source(spec):
+    spec, num_classes = scene_source(spec, model_dir, num_classes)
   num_classes = num_classes or cfg.cluster.num_clusters
   return train_student(cfg.train, os.path.join(model_dir, OUTPUTS['train']), spec, num_classes, progress)
+
+
+def is_detection_source(spec: str) -> bool:
+  """Whether `spec` is a detection source (VOCdevkit or tfds VOC), whose images have boxes, not labels."""
+  return spec.startswith('voc:') or spec.startswith('tfds:voc')
+
+
+def scene_source(spec: str, model_dir: str, num_classes: int) -> Tuple[str, int]:
+  """A detection source as scene-labelled images (`places.labelled_scenes`) in `<model_dir>/scenes/`, and its classes.
+
+  How a student learns "Places labels" (Noroozi Table 5's last row) in the miniature: the
+  synthetic world's scenes stand in for Places, each labelled by its largest object, as
+  `places_linear` labels them.
+
+  Raises:
+    ConfigError: `train.num_classes` smaller than the labels need.
+  """
+  from mtssl_tf.evaluation.places import labelled_scenes  # Lazy: places builds on this module.
+
+  scenes, labels = labelled_scenes(spec, os.path.join(model_dir, 'scenes'), 'train')
+  needed = int(labels.max()) + 1
+  if num_classes and num_classes < needed:
+    raise ConfigError(f'train.num_classes: {num_classes} is too few for the scene labels of {spec} (0..{needed - 1})')
+  return scenes, num_classes or needed
 
 
 def run_probe(cfg: TransferConfig, model_dir: str, student: Optional[tf.keras.Model] = None, progress: bool = True):

@@ -277,14 +277,32 @@ class AlexNet(tf.keras.Model):
     Returns:
       Endpoints conv1..conv5, pool5 and the fc layers (`endpoint_names`).
     """
+    return self.forward(images, training)
+
+  def forward(
+    self, images: tf.Tensor, training: Optional[bool] = None, taps: Optional[Dict] = None
+  ) -> Dict[str, tf.Tensor]:
+    """`call`'s computation; with `taps`, also records every conv/fc layer's input and output.
+
+    Args:
+      images: as `call`.
+      training: as `call`.
+      taps: a dict to fill with {layer name: (input, output before BatchNorm and ReLU)}, the
+        statistics a data-dependent initialisation (`trunk.data_init`) reads; None in `call`.
+
+    Returns:
+      The endpoints, as `call`.
+    """
     endpoints = {}
     x = images
     if self.conv1_padding:  # Caffe pads with zeros on every side (deepcontext conv1 pad 5).
       p = self.conv1_padding
       x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
     for conv, *_ in CONVS:
-      x = self.convs[conv](x)
-      x = tf.nn.relu(self.norms[conv](x, training=training) if self.batch_norm else x)
+      y = self.convs[conv](x)
+      if taps is not None:
+        taps[conv] = (x, y)
+      x = tf.nn.relu(self.norms[conv](y, training=training) if self.batch_norm else y)
       endpoints[conv] = x
       if conv in POOLED:
         x = caffe_max_pool(x, POOL_KERNEL, POOL_STRIDE)
@@ -299,11 +317,17 @@ class AlexNet(tf.keras.Model):
     if self.fc_names:
       x = tf.reshape(x, [-1, x.shape[1] * x.shape[2] * x.shape[3]])
     for fc in self.fc_names:
-      x = self.fcs[fc](x)
-      x = tf.nn.relu(self.norms[fc](x, training=training) if self.batch_norm else x)
+      y = self.fcs[fc](x)
+      if taps is not None:
+        taps[fc] = (x, y)
+      x = tf.nn.relu(self.norms[fc](y, training=training) if self.batch_norm else y)
       endpoints[fc] = x
       x = self.dropout(x, training=training)
     return endpoints
+
+  def weight_layers(self) -> Dict[str, tf.keras.layers.Layer]:
+    """Every conv and fc layer in network order ({name: layer}), as `forward`'s taps name them."""
+    return {**self.convs, **self.fcs}
 
 
 def copy_conv_layers(source: AlexNet, target: AlexNet) -> None:

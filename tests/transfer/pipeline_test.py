@@ -102,3 +102,17 @@ def test_binary_runs_every_step(pretrained, tiny_world, tmp_path):
   bad = subprocess.run(base + ['cluster'] + flags + ['--override=cluster.init=faiss'], capture_output=True,
                        text=True, timeout=300, cwd=ROOT)  # fmt: skip
   assert bad.returncode != 0 and 'cluster.init' in bad.stderr
+
+
+def test_a_detection_source_trains_the_student_on_scene_labels(transfer_config, tiny_world, tmp_path):
+  # Noroozi Table 5's "Places labels" row in miniature: the world's scenes, each labelled by its largest object.
+  cfg, model_dir = transfer_config, str(tmp_path)
+  cfg.train.source, cfg.train.num_classes = tiny_world['sources']['detection_trainval'], 0
+  trained = student.run_train(cfg, model_dir, progress=False)
+  with open(tmp_path / 'scenes' / 'train.json') as f:
+    labels = json.load(f)['labels']
+  assert trained['train_source'] == f'tfrecord:{tmp_path / "scenes" / "train.tfrecord"}'
+  assert trained['num_classes'] == max(labels) + 1 and trained['steps'] == cfg.train.steps
+  cfg.train.num_classes = 1
+  with pytest.raises(ConfigError, match=r'train\.num_classes: 1 is too few for the scene labels'):
+    student.run_train(cfg, str(tmp_path / 'again'), progress=False)
