@@ -194,14 +194,9 @@ class TrunkAlexNetClassifier(tf.keras.Model):
   def __init__(self, trunk_net, num_classes: int, cfg: NonlinearConfig, to_input: Callable[[tf.Tensor], tf.Tensor]):
     super().__init__(name='nonlinear_alexnet_classifier')
     self.to_input = to_input
-    self.net = caffenet.AlexNet('standard', trunk_net.width, trunk_net.batch_norm, fc_units=(cfg.fc_units,) * 2,
-                                dropout=cfg.dropout, groups=trunk_net.groups, name='alexnet')  # fmt: skip
+    self.net = caffenet.standard_from(trunk_net, cfg.crop_size, f'{NAME}.crop_size', (cfg.fc_units,) * 2, cfg.dropout)
     self.net.classifier = tf.keras.layers.Dense(num_classes, name=CLASSIFIER)
-    try:
-      self(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3], tf.uint8), training=False)
-    except ValueError as e:  # Caffe's pools need every pooled map to hold a 3x3 window (>= 55 px).
-      raise ConfigError(f'{NAME}.crop_size: {cfg.crop_size} px is too small for AlexNet: {e}') from None
-    caffenet.copy_conv_layers(trunk_net, self.net)
+    self(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3], tf.uint8), training=False)  # Builds the classifier.
 
   def call(self, images, training=None):
     endpoints = self.net(self.to_input(images), training=training)

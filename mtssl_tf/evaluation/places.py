@@ -113,15 +113,9 @@ class TrunkProbeNet(tf.keras.Model):
 
   def __init__(self, trunk_net: caffenet.AlexNet, crop_size: int, to_input):
     super().__init__(name='places_trunk_alexnet')
-    self.net = caffenet.AlexNet('standard', trunk_net.width, trunk_net.batch_norm, fc_units=(),
-                                groups=trunk_net.groups, name='alexnet')  # fmt: skip
+    self.net = caffenet.standard_from(trunk_net, crop_size, f'{NAME}.crop_size')
     self.probe_endpoints = tuple(c[0] for c in caffenet.CONVS)
     self.input_size, self.to_input = crop_size, to_input
-    try:
-      self.net(tf.zeros([1, crop_size, crop_size, 3]), training=False)
-    except ValueError as e:  # Caffe's pools need every pooled map to hold a 3x3 window.
-      raise ConfigError(f'{NAME}.crop_size: {crop_size} px is too small for AlexNet: {e}') from None
-    caffenet.copy_conv_layers(trunk_net, self.net)
 
   def call(self, images, training=None) -> Dict[str, tf.Tensor]:
     endpoints = self.net(images, training=training)

@@ -77,6 +77,7 @@ from mtssl_tf.evaluation import random_init, voc_metrics
 from mtssl_tf.evaluation.protocol import Column, Context, NetworkFineTuneProtocol
 from mtssl_tf.evaluation.svm import IGNORE, PRESENT, VocSourcesConfig, image_targets, mean_ap
 from mtssl_tf.train.finetune import FineTune, LoopConfig, SGDConfig
+from mtssl_tf.trunk import alexnet as caffenet
 
 NAME = 'voc07_cls'
 
@@ -304,14 +305,8 @@ class AlexNetClassifier(tf.keras.Model):
     # the standard unpadded stride-4 conv1 (Noroozi §5), its 11x11 weights fit either way.
     self.net = AlexNet(cfg.num_classes, width=student.width, batch_norm=student.batch_norm, dropout=cfg.dropout,
                        fc_units=cfg.fc_units, name='alexnet', groups=getattr(student, 'groups', 2))  # fmt: skip
-    try:
-      self.net(tf.zeros([1, cfg.crop_size, cfg.crop_size, 3]), training=False)
-    except ValueError as e:  # Caffe's pools need every pooled map to hold a 3x3 window (>= 55 px).
-      raise ConfigError(f'{NAME}.crop_size: {cfg.crop_size} px is too small for AlexNet: {e}') from None
-    for conv, *_ in AlexNet.CONVS:  # Copied: the conv layers (and their BatchNorms) of the evaluated network.
-      self.net.convs[conv].set_weights(student.convs[conv].get_weights())
-      if conv in self.net.norms:
-        self.net.norms[conv].set_weights(student.norms[conv].get_weights())
+    caffenet.build_at(self.net, cfg.crop_size, f'{NAME}.crop_size')
+    caffenet.copy_conv_layers(student, self.net)  # Copied: the conv layers (and BatchNorms) of the evaluated network.
     fresh = [self.net.classifier]
     if cfg.copy_fc:
       for fc in ('fc6', 'fc7'):

@@ -341,3 +341,41 @@ def copy_conv_layers(source: AlexNet, target: AlexNet) -> None:
     target.convs[conv].set_weights(source.convs[conv].get_weights())
     if conv in target.norms:
       target.norms[conv].set_weights(source.norms[conv].get_weights())
+
+
+def build_at(net: AlexNet, input_size: int, key: str) -> None:
+  """Builds `net` on a zero batch of `input_size` px images.
+
+  Raises:
+    ConfigError: naming the config `key` of that size, when a Caffe pool of AlexNet does
+      not fit (every pooled map must hold a 3x3 window: >= 55 px for the standard variant).
+  """
+  from mtssl_tf.configs.base import ConfigError  # Lazy: the trunk layer does not need configs otherwise.
+
+  try:
+    net(tf.zeros([1, input_size, input_size, 3]), training=False)
+  except ValueError as e:
+    raise ConfigError(f'{key}: {input_size} px is too small for AlexNet: {e}') from None
+
+
+def standard_from(
+  source: AlexNet, input_size: int, key: str, fc_units: Sequence[int] = (), dropout: float = DROPOUT
+) -> AlexNet:
+  """The standard AlexNet (conv1 stride 4, unpadded) holding `source`'s conv layers, as Noroozi §5 evaluates them.
+
+  Any variant or conv1 padding of `source` (a Jigsaw tile trunk, deepcontext's padded conv1)
+  becomes the standard network with its width, BatchNorm choice and groups, so every conv
+  kernel (and BatchNorm) fits and is copied; fc layers (`fc_units`) are new.
+
+  Args:
+    source: the AlexNet whose conv1..conv5 are copied.
+    input_size: the side the new network is built at.
+    key: the config key of `input_size`, named when it is too small (`build_at`).
+    fc_units: fc layers after pool5 (none: a convolutional network).
+    dropout: their dropout rate.
+  """
+  net = AlexNet('standard', source.width, source.batch_norm, fc_units=fc_units, dropout=dropout,
+                groups=source.groups, name='alexnet')  # fmt: skip
+  build_at(net, input_size, key)
+  copy_conv_layers(source, net)
+  return net

@@ -102,3 +102,19 @@ def test_bad_arguments_are_named():
     AlexNet(width=0)
   with pytest.raises(ValueError, match='smaller than the window'):
     AlexNet('standard', width=1 / 16, fc_units=())(tf.zeros([1, 24, 24, 3]))
+
+
+def test_standard_from_copies_a_tile_networks_convs_and_names_a_too_small_crop():
+  from mtssl_tf.configs import ConfigError
+
+  tile = alexnet.AlexNet('jigsaw', width=1 / 16, fc_units=(), groups=1)
+  tile(tf.zeros([1, 64, 64, 3]))
+  for i, v in enumerate(tile.trainable_variables):
+    v.assign(tf.fill(v.shape, float(i + 1)))
+  net = alexnet.standard_from(tile, 67, 'probe.crop_size', fc_units=(32,))
+  assert net.variant == 'standard' and net.groups == 1 and net.fc_names == ('fc6',)
+  for conv in ('conv1', 'conv5'):
+    for got, want in zip(net.convs[conv].get_weights(), tile.convs[conv].get_weights()):
+      np.testing.assert_array_equal(got, want)  # Copied values: the same bytes.
+  with pytest.raises(ConfigError, match=r'probe\.crop_size: 40 px is too small for AlexNet'):
+    alexnet.standard_from(tile, 40, 'probe.crop_size')
