@@ -19,9 +19,10 @@ procedure here follows the authors' reimplementation (philkr/magic_init, `magic_
   scale); up to 10 rounds, ending when every log r_k is within 1% of log target.
 
 Differences from magic_init, by choice: the statistics are taken in inference mode (dropout
-off: deterministic numbers; the authors' Caffe net runs its TRAIN phase, dropout on); the
-images are one batch the caller passes (magic_init reads `-nit` 10 batches of `-bs` 16:
-160 images, this module's callers' default too).
+off: deterministic numbers; the authors' Caffe net runs its TRAIN phase, dropout on). The
+images (magic_init reads `-nit` 10 batches of `-bs` 16: 160 images, this module's callers'
+default too) go through the network `batch_size` at a time, so memory follows the batch,
+not the image count; statistics and gradients are summed over all of them.
 
 BatchNorm networks (the small-world AlexNets) have no per-layer bias to set, and magic_init
 refuses BatchNorm layers. For them the same per-channel affine goes into the BatchNorm's
@@ -49,6 +50,7 @@ BETA = 0.1  # magic_init.py --bias default: every unit's mean pre-activation (Re
 CALIBRATION_ROUNDS = 10  # magic_init.py calibrateGradientRatio: `for it in range(10)`.
 CALIBRATION_TOLERANCE = 0.01  # ... ends when every |log r_k / log target - 1| < 0.01.
 IMAGES = 160  # magic_init.py -nit 10 x -bs 16; the evaluations' default sample.
+BATCH_SIZE = 16  # magic_init.py -bs: images per forward pass.
 
 
 @dataclasses.dataclass
@@ -74,17 +76,37 @@ class InitReport:
     return text
 
 
-def _channel_moments(outputs: tf.Tensor):
-  """Mean and standard deviation of every channel (last axis) over all other axes, in float64."""
-  flat = tf.reshape(tf.cast(outputs, tf.float64), [-1, outputs.shape[-1]])
-  mean = tf.reduce_mean(flat, axis=0)
-  return mean, tf.sqrt(tf.reduce_mean(tf.square(flat - mean), axis=0))
+@dataclasses.dataclass
+class _Stats:
+  """One layer's statistics over all images: per-channel output mean and std, mean |input|."""
+
+  mean: tf.Tensor
+  std: tf.Tensor
+  input_scale: float
 
 
-def _taps(net, images: tf.Tensor) -> Dict[str, Tuple[tf.Tensor, tf.Tensor]]:
-  taps: Dict[str, Tuple[tf.Tensor, tf.Tensor]] = {}
-  net.forward(images, training=False, taps=taps)
-  return taps
+def _chunks(images: tf.Tensor, batch_size: int):
+  for start in range(0, int(images.shape[0]), batch_size):
+    yield images[start : start + batch_size]
+
+
+def _statistics(net, images: tf.Tensor, batch_size: int) -> Dict[str, _Stats]:
+  """Every layer's `_Stats` over `images`, one forward pass per chunk of `batch_size` (sums in float64)."""
+  sums: Dict[str, list] = {}
+  for chunk in _chunks(images, batch_size):
+    taps: Dict[str, Tuple[tf.Tensor, tf.Tensor]] = {}
+    net.forward(chunk, training=False, taps=taps)
+    for name, (x, y) in taps.items():
+      flat = tf.reshape(tf.cast(y, tf.float64), [-1, y.shape[-1]])
+      x64 = tf.cast(x, tf.float64)
+      part = [tf.reduce_sum(flat, 0), tf.reduce_sum(tf.square(flat), 0), float(flat.shape[0]),
+              float(tf.reduce_sum(tf.abs(x64))), float(tf.size(x64))]  # fmt: skip
+      sums[name] = part if name not in sums else [a + b for a, b in zip(sums[name], part)]
+  stats = {}
+  for name, (total, squares, count, abs_total, size) in sums.items():
+    mean = total / count
+    stats[name] = _Stats(mean, tf.sqrt(tf.maximum(squares / count - tf.square(mean), 0.0)), abs_total / size)
+  return stats
 
 
 def _check(net, images: tf.Tensor) -> Dict[str, tf.keras.layers.Layer]:
@@ -99,7 +121,13 @@ def _check(net, images: tf.Tensor) -> Dict[str, tf.keras.layers.Layer]:
 
 
 def data_dependent_init(
-  net, images: tf.Tensor, beta: float = BETA, calibrate: bool = True, seed: int = 0, min_std: float = 1e-8
+  net,
+  images: tf.Tensor,
+  beta: float = BETA,
+  calibrate: bool = True,
+  seed: int = 0,
+  min_std: float = 1e-8,
+  batch_size: int = BATCH_SIZE,
 ) -> InitReport:
   """Initialises every conv and fc layer of `net` from the statistics of its outputs on `images`.
 
@@ -111,6 +139,8 @@ def data_dependent_init(
       Ignored for BatchNorm networks.
     seed: seed of the N(0, 1) kernel draws.
     min_std: a channel whose output varies less than this (a dead input) is left unscaled.
+    batch_size: images per forward pass (magic_init's -bs 16): memory follows it, not the
+      image count; the statistics are sums over all images, whatever the split.
 
   Returns:
     An `InitReport`.
@@ -127,7 +157,8 @@ def data_dependent_init(
     kernel.assign(tf.cast(tf.random.stateless_normal(kernel.shape, [seed, index]), kernel.dtype))
     if layer.bias is not None:
       layer.bias.assign(tf.zeros_like(layer.bias))
-    mean, std = _channel_moments(_taps(net, images)[name][1])
+    stats = _statistics(net, images, batch_size)[name]
+    mean, std = stats.mean, stats.std
     live = std > min_std
     if name in norms:  # The per-channel affine goes into the frozen BatchNorm's statistics.
       norm = norms[name]
@@ -148,37 +179,40 @@ def data_dependent_init(
     return InitReport(names, 'batchnorm statistics')
   if not calibrate:
     return InitReport(names, 'within layer')
-  rounds, ratios = calibrate_gradient_ratio(net, images, seed=seed)
+  rounds, ratios = calibrate_gradient_ratio(net, images, seed=seed, batch_size=batch_size)
   return InitReport(names, 'within+between layer', rounds, ratios)
 
 
-def _mean_abs(x: tf.Tensor) -> float:
-  return float(tf.reduce_mean(tf.abs(tf.cast(x, tf.float64))))
-
-
-def _output_std(taps: Dict[str, Tuple[tf.Tensor, tf.Tensor]], last: str) -> float:
-  return float(tf.reduce_mean(_channel_moments(taps[last][1])[1]))
-
-
-def gradient_ratios(net, images: tf.Tensor, seed: int = 0, draw: int = 0) -> Dict[str, float]:
-  """sqrt(mean(dW^2) / mean(W^2)) of every layer for a N(0, 1) gradient at the last layer's output."""
+def gradient_ratios(
+  net, images: tf.Tensor, seed: int = 0, draw: int = 0, batch_size: int = BATCH_SIZE
+) -> Dict[str, float]:
+  """sqrt(mean(dW^2) / mean(W^2)) per layer for a N(0, 1) gradient at the last layer's output (summed over chunks)."""
   layers = dict(net.weight_layers())
   last = list(layers)[-1]
   kernels = [layer.kernel for layer in layers.values()]
-  with tf.GradientTape() as tape:
-    out = _taps(net, images)[last][1]
-    noise = tf.random.stateless_normal(out.shape, [seed, 1000 + draw], dtype=out.dtype)
-    objective = tf.reduce_sum(out * noise)
-  grads = tape.gradient(objective, kernels)
+  grads = [tf.zeros_like(k) for k in kernels]
+  for index, chunk in enumerate(_chunks(images, batch_size)):
+    with tf.GradientTape() as tape:
+      taps: Dict[str, Tuple[tf.Tensor, tf.Tensor]] = {}
+      net.forward(chunk, training=False, taps=taps)
+      out = taps[last][1]
+      noise = tf.random.stateless_normal(out.shape, [seed, 1000 + 1000 * draw + index], dtype=out.dtype)
+      objective = tf.reduce_sum(out * noise)
+    grads = [g + d for g, d in zip(grads, tape.gradient(objective, kernels))]
   ratios = {}
-  for (name, _), w, g in zip(layers.items(), kernels, grads):
+  for name, w, g in zip(layers, kernels, grads):
     ratios[name] = math.sqrt(float(tf.reduce_mean(tf.square(tf.cast(g, tf.float64))))
                              / float(tf.reduce_mean(tf.square(tf.cast(w, tf.float64)))))  # fmt: skip
   return ratios
 
 
 def calibrate_gradient_ratio(
-  net, images: tf.Tensor, seed: int = 0, rounds: int = CALIBRATION_ROUNDS, tolerance: float = CALIBRATION_TOLERANCE
+  net,
+  images: tf.Tensor,
+  seed: int = 0,
+  rounds: int = CALIBRATION_ROUNDS,
+  tolerance: float = CALIBRATION_TOLERANCE,
+  batch_size: int = BATCH_SIZE,
 ) -> Tuple[int, Dict[str, float]]:
   """The between-layer step (magic_init's `calibrateGradientRatio`); returns (rounds run, final ratios).
 
@@ -188,26 +222,27 @@ def calibrate_gradient_ratio(
     seed: seed of the random output gradients (one draw per round).
     rounds: at most this many rescalings.
     tolerance: stop when every |log r_k / log target - 1| is below it.
+    batch_size: images per forward pass.
   """
   layers = dict(net.weight_layers())
   names = list(layers)
-  taps = _taps(net, images)
-  bottom_scale = {name: _mean_abs(taps[name][0]) for name in names}
-  output_std = _output_std(taps, names[-1])
+  stats = _statistics(net, images, batch_size)
+  bottom_scale = {name: stats[name].input_scale for name in names}
+  output_std = float(tf.reduce_mean(stats[names[-1]].std))
   ratios: Dict[str, float] = {}
   for round_ in range(rounds + 1):
-    ratios = gradient_ratios(net, images, seed, round_)
+    ratios = gradient_ratios(net, images, seed, round_, batch_size)
     logs = np.log(np.array([ratios[n] for n in names]))
     target = math.exp(float(np.mean(logs))) * output_std ** (1.0 / len(names))
     if np.all(np.abs(logs / math.log(target) - 1.0) < tolerance) or round_ == rounds:
       return round_, ratios
     for name in names:  # In network order: a layer's input already reflects the layers rescaled before it.
       layer = layers[name]
-      current = _mean_abs(_taps(net, images)[name][0])
+      current = _statistics(net, images, batch_size)[name].input_scale
       scale = math.sqrt(ratios[name] / target)
       if layer.bias is not None:
         layer.bias.assign(layer.bias * (current / bottom_scale[name]) * scale)
       layer.kernel.assign(layer.kernel * scale)
       bottom_scale[name] = current
-    output_std = _output_std(_taps(net, images), names[-1])
+    output_std = float(tf.reduce_mean(_statistics(net, images, batch_size)[names[-1]].std))
   return rounds, ratios
