@@ -28,6 +28,7 @@ from absl import logging
 
 from mtssl_tf.configs.base import Config, ConfigError, validate_all
 from mtssl_tf.evaluation import backbone
+from mtssl_tf.evaluation import random_init as random_init_choices
 from mtssl_tf.train.finetune import FineTune
 
 
@@ -87,8 +88,8 @@ class Context:
   trunk_config: Any = None
   config: Any = None
   precision: str = 'float32'
-  random_init: str = 'data_dependent'
-  random_init_images: int = 160
+  random_init: str = random_init_choices.DATA_DEPENDENT
+  random_init_images: int = random_init_choices.IMAGES
   progress: bool = True
   network: Any = dataclasses.field(default=None, repr=False)
 

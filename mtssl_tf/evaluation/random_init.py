@@ -68,7 +68,6 @@ def initialise(
   net,
   batches: Callable[[], Iterable],
   to_input: Optional[Callable[[tf.Tensor], tf.Tensor]],
-  size: Optional[int] = None,
 ) -> str:
   """Initialises `net` from its protocol's training images when `ctx` asks for a data-dependent random network.
 
@@ -77,7 +76,6 @@ def initialise(
     net: the AlexNet to initialise (every layer in `net.weight_layers()`).
     batches: makes the protocol's training batches ({'image': ...}); called only when needed.
     to_input: the protocol's images -> the network's input; None when the batches are already inputs.
-    size: resize the images to `size` x `size` first (whole-image protocols; fc6 fixes the input size).
 
   Returns:
     '' when nothing was done (not 'random', or 'fillers'), else what was done, for the results.
@@ -85,9 +83,6 @@ def initialise(
   if ctx.init != backbone.RANDOM or ctx.random_init != DATA_DEPENDENT:
     return ''
   images = sample_images(batches(), ctx.random_init_images, f'{ctx.name} train source {ctx.train_spec}')
-  if size:
-    resized = tf.image.resize(tf.cast(images, tf.float32), [size, size])
-    images = tf.cast(tf.round(resized), images.dtype) if images.dtype.is_integer else tf.cast(resized, images.dtype)
   inputs = to_input(images) if to_input is not None else images
   report = data_init.data_dependent_init(net, inputs, seed=getattr(ctx.section, 'seed', 0))
   note = f'{report.describe()} on {int(images.shape[0])} training images'
