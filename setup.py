@@ -57,6 +57,13 @@ setuptools.setup(
     # 5.x removed cv2.HOGDescriptor (mtssl_tf/transfer/hog.py), so below 5 on both.
     'opencv-python-headless==4.11.0.86; python_version < "3.12"',
     'opencv-python-headless>=4.11,<5; python_version >= "3.12"',
+    # Felzenszwalb-Huttenlocher graph segmentation for selective search
+    # (mtssl_tf/evaluation/selective_search.py): OpenCV's is in the contrib build (cv2.ximgproc),
+    # which cannot be installed beside tf-models-official's opencv-python-headless.
+    'scikit-image',
+    # Selective search's optional downscale (bicubic, as MATLAB's imresize); already pinned for
+    # tf-models-official, declared because our code imports it.
+    'Pillow',
     # NYU Depth v2's labeled .mat file is HDF5.
     'h5py',
     # Figures of the experiment grid (Doersch Figures 3 and 4), also in TensorBoard.

@@ -36,6 +36,9 @@ current_only = pytest.mark.skipif(not CURRENT, reason='current line only (TF 2.2
     'cv2',
     'h5py',
     'tensorboard.main',
+    # Felzenszwalb-Huttenlocher segmentation for selective search. skimage loads its submodules
+    # lazily, so name the module that imports the compiled extension.
+    'skimage.segmentation._felzenszwalb',
     # tensorflow-addons and tensorflow-io have no working build for TF >= 2.16 (no Python 3.12
     # wheel; kernels that fail to load), so only the reference line has them.
     pytest.param('tensorflow_addons', marks=reference_only),

@@ -12,8 +12,9 @@ Two papers' protocol in one (`detection_config` holds the section, its defaults 
   both the RPN and the ROI features. The model: `detection_model`.
 * Noroozi et al. 2018, Table 3 "Det." (configs/eval/detection_alexnet.yaml): an AlexNet
   student (`mtssl-transfer`'s folder) or a run's AlexNet / VGG16 trunk under Fast R-CNN's
-  head and settings, with an RPN in place of selective search (a documented choice noted in
-  every result and table): `detection_convnet`; conv1 frozen (`freeze_conv1`), lr / 10 every
+  head and settings: `detection_convnet`; with `proposals: selective_search` Fast R-CNN on
+  precomputed selective-search boxes as the paper (`fast_rcnn`, `proposals`), with 'rpn' an
+  RPN in their place (a documented choice noted in every result and table); conv1 frozen (`freeze_conv1`), lr / 10 every
   third (`lr_decay_fractions`), single- and multi-scale test (`test_scales`,
   `detection_scales`).
 
@@ -33,11 +34,19 @@ from absl import logging
 from official.modeling.optimization import lr_schedule
 
 from mtssl_tf.configs.base import ConfigError, validate_all
-from mtssl_tf.evaluation import backbone, detection_convnet, random_init, voc_metrics
+from mtssl_tf.data.detection import detection_dataset
+from mtssl_tf.data.images import ReadOptions
+from mtssl_tf.evaluation import backbone, detection_convnet, proposals, random_init, voc_metrics
 from mtssl_tf.evaluation.detection_config import NAME, DetectionEvalConfig
 from mtssl_tf.evaluation.detection_data import eval_dataset, multiscale_eval_dataset, train_dataset
 from mtssl_tf.evaluation.detection_model import FasterRCNN, build_detector
-from mtssl_tf.evaluation.detection_scales import MULTISCALE_PREFIX, detector, evaluate, multiscale_results
+from mtssl_tf.evaluation.detection_scales import (
+  MULTISCALE_PREFIX,
+  detector,
+  evaluate,
+  multiscale_results,
+  proposal_detector,
+)
 from mtssl_tf.evaluation.protocol import Column, Context, FineTuneProtocol, Trainee
 from mtssl_tf.train.finetune import FineTune
 from mtssl_tf.trunk import block4
@@ -92,6 +101,9 @@ def make_train_step(model: FasterRCNN, optimizer: tf.keras.optimizers.Optimizer,
 
 _STEP_KEYS = ('image', 'image_shape', 'gt_boxes', 'gt_classes')
 _LOSSES = ('total_loss', 'rpn_score_loss', 'rpn_box_loss', 'frcnn_class_loss', 'frcnn_box_loss')
+# Fast R-CNN on precomputed proposals: no RPN, the proposals in the batch.
+_PROPOSAL_STEP_KEYS = ('image', 'proposals', 'gt_boxes', 'gt_classes')
+_PROPOSAL_LOSSES = ('total_loss', 'frcnn_class_loss', 'frcnn_box_loss')
 _TIMING = ('train_seconds', 'seconds_per_step', 'num_skipped_train')
 
 
@@ -146,7 +158,9 @@ def _build(cfg: DetectionEvalConfig, network: Any, init_source: str) -> Tuple[Fa
   else:
     model, description = detection_convnet.build_conv_detector(cfg, network)
     box_head_init, box_head_source = 'random', ''
-    described = {'network': description, 'proposals': 'rpn', 'table_note': detection_convnet.TABLE_NOTE}
+    described = {'network': description, 'proposals': cfg.proposals}
+    if cfg.proposals == 'rpn':
+      described['table_note'] = detection_convnet.TABLE_NOTE
   if cfg.freeze_conv1:
     for layer in detection_convnet.first_conv_layers(model.backbone.trunk):
       layer.trainable = False
@@ -197,7 +211,7 @@ class DetectionProtocol(FineTuneProtocol):
     Column('VOC07 mAP@0.75 all-pt (%)', 'PascalBoxes_Precision/mAP@0.75IOU', 100.0),
     Column('VOC07 mAP@0.5 11-pt, MS test (%)', MULTISCALE_PREFIX + 'PascalBoxes_Precision/mAP@0.5IOU_VOC07_11point'),
   )
-  log_keys = _LOSSES
+  log_keys = _LOSSES  # A Fast R-CNN run has no rpn_* losses: the progress line skips them.
   empty_message = 'the training source yields no batch (no image with a box?)'
 
   def prepare(self, ctx: Context) -> Context:
@@ -214,7 +228,27 @@ class DetectionProtocol(FineTuneProtocol):
         self.student = ctx.init
       elif ctx.trunk_config.kind in detection_convnet.KINDS:
         detection_convnet.check_config(ctx.section, ctx.trunk_config.kind)
+      elif ctx.section.proposals != 'rpn':
+        raise ConfigError(f'{NAME}.proposals: {ctx.section.proposals!r} runs Fast R-CNN on AlexNet / VGG16 '
+                          f'networks; a {ctx.trunk_config.kind} trunk is evaluated with Faster R-CNN (proposals: rpn, '
+                          "Doersch & Zisserman's §5)")  # fmt: skip
+    self.stores = {}
     return ctx
+
+  def proposal_store(self, ctx: Context, split: str) -> proposals.ProposalStore:
+    """The selective-search proposals of the 'train' or 'test' source, computed the first time they are needed."""
+    if split not in self.stores:
+      cfg: DetectionEvalConfig = ctx.section
+      spec = ctx.train_spec if split == 'train' else ctx.test_spec
+
+      def images():
+        for example in detection_dataset(spec, ReadOptions(shuffle_files=False)):
+          yield example['image_id'].numpy().decode(), example['image'].numpy()
+
+      cache_dir = cfg.proposal_cache_dir or os.path.join(ctx.out_dir, 'proposals')
+      self.stores[split] = proposals.build(images, spec, cache_dir, proposals.settings_from(cfg),
+                                           cfg.proposal_workers, ctx.progress)  # fmt: skip
+    return self.stores[split]
 
   def build(self, ctx: Context) -> Trainee:
     cfg: DetectionEvalConfig = ctx.section
@@ -224,6 +258,8 @@ class DetectionProtocol(FineTuneProtocol):
       network = load_student(self.student)
     else:
       network = ctx.trunk()
+    if cfg.proposals != 'rpn' and detection_convnet.network_kind(network) == 'resnet_v2':
+      raise ConfigError(f"{NAME}.proposals: {cfg.proposals!r} runs on AlexNet / VGG16 networks; use 'rpn'")
     note = ''
     if getattr(network, 'kind', None) == 'alexnet':  # A random one: conv1..conv5 on the training canvases.
       note = random_init.initialise(ctx, network.net, lambda: self.train_data(ctx, 0), None)
@@ -231,6 +267,8 @@ class DetectionProtocol(FineTuneProtocol):
     self.model, self.described = _build(cfg, network, ctx.init)
     if note:
       self.described['network'] += f'; {note} (before the copy; the box head fc6/fc7 are new, as for every network)'
+    if cfg.proposals != 'rpn':
+      self.described.update(proposals.describe(self.proposal_store(ctx, 'train')))
     if ctx.progress:
       logging.info('%s: %s; box head %s', NAME, self.described['network'], self.described['box_head_source'] or 'new')
     return Trainee({'model': self.model}, self.model.trainable_variables)
@@ -247,24 +285,38 @@ class DetectionProtocol(FineTuneProtocol):
 
   def train_step(self, ctx: Context, trainee: Trainee, optimizer: tf.keras.optimizers.Optimizer):
     step_fn = make_train_step(self.model, optimizer, ctx.section.bias_lr_multiplier)
-    return lambda batch: step_fn({k: batch[k] for k in _STEP_KEYS})
+    keys = _STEP_KEYS if ctx.section.proposals == 'rpn' else _PROPOSAL_STEP_KEYS
+    return lambda batch: step_fn({k: batch[k] for k in keys})
 
   def train_data(self, ctx: Context, start: int) -> tf.data.Dataset:
-    return train_dataset(ctx.section, ctx.train_spec, ctx.preprocessing, start_step=start)
+    store = self.proposal_store(ctx, 'train') if ctx.section.proposals != 'rpn' else None
+    return train_dataset(ctx.section, ctx.train_spec, ctx.preprocessing, start_step=start, proposals=store)
 
   def score(self, ctx: Context, tune: FineTune, stats: Dict[str, Any]) -> Dict[str, Any]:
     cfg: DetectionEvalConfig = ctx.section
     model, preprocessing = self.model, ctx.preprocessing
-    detect = detector(model)  # One for both tests: a canvas shape they share is traced once.
-    results = evaluate(model, eval_dataset(cfg, ctx.test_spec, preprocessing), ctx.progress, cfg.map_conventions,
-                       name=NAME, detect=detect)  # fmt: skip
+    store = self.proposal_store(ctx, 'test') if cfg.proposals != 'rpn' else None
+    detect = detector(model) if store is None else None  # One for both tests: shared canvases trace once.
+
+    def by_batch(num_levels):  # Fast R-CNN's test on the proposals, or None for the RPN detector.
+      if store is None:
+        return None
+      return proposal_detector(model, cfg.detection_nms_iou, cfg.detection_score_threshold, cfg.max_detections,
+                               num_levels)  # fmt: skip
+
+    results = evaluate(model, eval_dataset(cfg, ctx.test_spec, preprocessing, store), ctx.progress,
+                       cfg.map_conventions, name=NAME, detect=detect, detect_batch=by_batch(0))  # fmt: skip
     tags = {key.split('/', 1)[1]: key for key in self.map_keys(cfg).values()}
     if cfg.test_scales:
-      pyramid = multiscale_eval_dataset(cfg.test_scales, cfg.test_scales_max_side, ctx.test_spec, preprocessing)
+      pyramid = multiscale_eval_dataset(cfg.test_scales, cfg.test_scales_max_side, ctx.test_spec, preprocessing,
+                                        store, cfg.max_proposals)  # fmt: skip
       results.update(multiscale_results(evaluate(
         model, pyramid, ctx.progress, cfg.map_conventions, num_levels=len(cfg.test_scales),
         nms_iou=cfg.detection_nms_iou, max_detections=cfg.max_detections, name=NAME, detect=detect,
+        detect_batch=by_batch(len(cfg.test_scales)),
       )))  # fmt: skip
+    if store is not None:
+      results['test_proposals_per_image'] = round(store.mean_count(), 1)
       tags.update({MULTISCALE_PREFIX + tag: MULTISCALE_PREFIX + key for tag, key in tags.items()})
     tune.scalars({tag: results[key] for tag, key in tags.items() if results.get(key) is not None})
     results.update({k: stats[k] for k in _TIMING if k in stats})

@@ -21,6 +21,9 @@ from mtssl_tf.evaluation.detection_model import STRIDE
 
 NAME = 'detection'
 BOX_HEAD_INITS = ('auto', 'random', 'checkpoint')
+# Where the ROIs come from: Faster R-CNN's RPN (Doersch §5), or Fast R-CNN's selective search (Noroozi Table 3).
+PROPOSALS = ('rpn', 'selective_search')
+PROPOSAL_MODES = ('fast', 'quality')
 
 
 @dataclasses.dataclass
@@ -124,6 +127,22 @@ class DetectionEvalConfig(backbone.LassoMixConfig):
     fc_units: fc6 / fc7 units of an AlexNet / VGG16 box head, before the network's width
       multiplier (Fast R-CNN's CaffeNet and VGG16: 4096).
     fc_dropout: dropout after fc6 and fc7 of that head (Fast R-CNN's prototxts: 0.5).
+    proposals: 'rpn' (default: Faster R-CNN, the RPN trained with the rest; Doersch §5) or
+      'selective_search' (Fast R-CNN on precomputed selective-search boxes, as Noroozi et
+      al.'s Table 3 ran it; AlexNet / VGG16 networks; `fast_rcnn`, `proposals`). The rpn_*
+      and anchor fields apply to 'rpn' only, the proposal_* fields to 'selective_search'.
+    max_proposals: proposals kept per image, best-ranked first (R-CNN's fast mode gives about
+      2000 on VOC; Fast R-CNN's `top_k` 2000).
+    proposal_mode: selective search 'fast' (R-CNN's VOC boxes: HSV and Lab, k 50 and 100,
+      two strategies) or 'quality'.
+    proposal_min_box_side: boxes narrower or shorter than this many pixels of the original
+      image are dropped (R-CNN's minBoxWidth 20).
+    proposal_max_image_side: images are searched with their longer side at most this (0: full
+      size, as R-CNN on VOC); boxes are returned in the original frame.
+    proposal_seed: seed of selective search's pseudo-random ranking.
+    proposal_cache_dir: where the proposal caches live ('' = `<model_dir>/eval/detection/proposals`);
+      point several evaluations of one source at one directory to compute the boxes once.
+    proposal_workers: processes computing proposals (0: one per CPU).
   """
 
   train_source: str = ''
@@ -183,6 +202,14 @@ class DetectionEvalConfig(backbone.LassoMixConfig):
   test_scales_max_side: int = 2000
   fc_units: int = 4096
   fc_dropout: float = 0.5
+  proposals: str = 'rpn'
+  max_proposals: int = 2000
+  proposal_mode: str = 'fast'
+  proposal_min_box_side: int = 20
+  proposal_max_image_side: int = 0
+  proposal_seed: int = 0
+  proposal_cache_dir: str = ''
+  proposal_workers: int = 0
 
   def decay_steps(self) -> List[int]:
     """The steps where the rate drops: `lr_decay_fractions` of `train_steps` when given, else `lr_decay_steps`."""
@@ -198,7 +225,7 @@ class DetectionEvalConfig(backbone.LassoMixConfig):
       'num_classes', 'max_side', 'test_scale', 'test_max_side', 'max_instances', 'batch_size', 'train_steps',
       'rpn_filters', 'rpn_batch_size', 'rpn_pre_nms_top_k', 'rpn_post_nms_top_k', 'rpn_test_pre_nms_top_k',
       'rpn_test_post_nms_top_k', 'roi_batch_size', 'block4_units', 'max_detections', 'log_every_steps',
-      'checkpoint_every_steps', 'test_scales_max_side', 'fc_units',
+      'checkpoint_every_steps', 'test_scales_max_side', 'fc_units', 'max_proposals', 'proposal_min_box_side',
     )  # fmt: skip
     for key in positive_ints:
       if getattr(self, key) < 1:
@@ -269,3 +296,15 @@ class DetectionEvalConfig(backbone.LassoMixConfig):
     for convention in conventions:
       if convention not in voc_metrics.CONVENTIONS:
         fail('map_conventions', f'each must be one of {voc_metrics.CONVENTIONS}, got {convention!r}')
+    if self.proposals not in PROPOSALS:
+      fail('proposals', f'must be one of {PROPOSALS}, got {self.proposals!r}')
+    if self.proposal_mode not in PROPOSAL_MODES:
+      fail('proposal_mode', f'must be one of {PROPOSAL_MODES}, got {self.proposal_mode!r}')
+    for key in ('proposal_max_image_side', 'proposal_workers'):
+      if getattr(self, key) < 0:
+        fail(key, f'must be >= 0, got {getattr(self, key)}')
+    if self.proposals == 'selective_search' and self.max_proposals < self.roi_batch_size:
+      fail('max_proposals', f'must be at least roi_batch_size {self.roi_batch_size} (the sampler draws that many '
+           f'ROIs from the proposals), got {self.max_proposals}')  # fmt: skip
+    if self.proposals == 'selective_search' and self.use_lasso:
+      fail('use_lasso', 'the lasso mix is for the ResNet trunk, which runs with proposals: rpn')

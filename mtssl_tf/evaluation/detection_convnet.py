@@ -6,10 +6,12 @@ rate of 0.001 and dividing the learning rate by 10 every 50K iterations", "We ha
 first layer in all cases ... as it is the default settings of Fast-RCNN", single- and
 multi-scale test both reported. Fast R-CNN scores precomputed selective-search proposals.
 
-Documented choice (issue 16): the proposals here come from the protocol's own region proposal
-network, the Faster R-CNN of `detection_model` with the AlexNet (or VGG16) as its backbone,
-not from selective search; every result carries `TABLE_NOTE` and the results tables print it.
-Everything after the proposals is Fast R-CNN's network (rbgirshick/fast-rcnn,
+The proposals are a config choice (`proposals`): 'selective_search' runs Fast R-CNN itself on
+precomputed selective-search boxes (`fast_rcnn`, `proposals`), as the paper; 'rpn' (the
+default, and the miniature's) takes them from the protocol's own region proposal network, the
+Faster R-CNN of `detection_model` with the AlexNet (or VGG16) as its backbone: every result of
+that choice carries `TABLE_NOTE` and the results tables print it. Everything after the
+proposals is Fast R-CNN's network (rbgirshick/fast-rcnn,
 models/CaffeNet/train.prototxt; py-faster-rcnn's ZF end-to-end model for the RPN):
 
 * backbone: conv1..conv5 of the evaluated AlexNet (stride 16 at conv5, no pool5), the
@@ -44,6 +46,7 @@ import tensorflow as tf
 from official.vision.modeling.heads import instance_heads
 
 from mtssl_tf.configs.base import ConfigError
+from mtssl_tf.evaluation import fast_rcnn
 from mtssl_tf.evaluation.detection_config import NAME, DetectionEvalConfig
 from mtssl_tf.evaluation.detection_model import LEVEL, STRIDE, FasterRCNN, create_variables, freeze_batch_norms
 from mtssl_tf.trunk import alexnet, vgg16
@@ -291,8 +294,11 @@ class FCBoxHead(tf.keras.layers.Layer):
             'box_head': list(self.box_head.trainable_variables)}  # fmt: skip
 
 
-def build_conv_detector(cfg: DetectionEvalConfig, network: Any) -> Tuple[FasterRCNN, str]:
-  """The Faster R-CNN on an AlexNet / VGG16 (variables created) and a description of the network.
+def build_conv_detector(cfg: DetectionEvalConfig, network: Any) -> Tuple[tf.keras.Model, str]:
+  """The detector on an AlexNet / VGG16 (variables created) and a description of the network.
+
+  `cfg.proposals` 'rpn' gives the Faster R-CNN (proposals from an RPN on conv5); 'selective_search'
+  gives Fast R-CNN on precomputed proposals (`fast_rcnn.FastRCNN`), the same backbone and head.
 
   Args:
     cfg: the detection config (validated; `check_config` is run here too).
@@ -305,13 +311,18 @@ def build_conv_detector(cfg: DetectionEvalConfig, network: Any) -> Tuple[FasterR
   check_config(cfg, kind)
   check_canvases(cfg, kind, conv1_padding(net))
   units = alexnet.scaled(cfg.fc_units, net.width)
-  model = FasterRCNN(
-    cfg,
+  parts = dict(
     backbone=ConvDetectionBackbone(net, kind, cfg.freeze_batch_norm),
     detection_head=FCBoxHead(cfg.num_classes, units, cfg.fc_dropout),
   )
-  create_variables(model, max(BUILD_SIZE, min_canvas(kind, conv1_padding(net))))
+  size = max(BUILD_SIZE, min_canvas(kind, conv1_padding(net)))
+  if cfg.proposals == 'selective_search':
+    model, proposals = fast_rcnn.FastRCNN(cfg, **parts), 'selective-search proposals (Fast R-CNN)'
+    fast_rcnn.create_variables(model, size)
+  else:
+    model, proposals = FasterRCNN(cfg, **parts), 'RPN proposals'
+    create_variables(model, size)
   pooled = cfg.roi_crop_size // 2
-  description = (f'{source}; RPN proposals; ROI-align {cfg.roi_crop_size}x{cfg.roi_crop_size} max-pooled to '
+  description = (f'{source}; {proposals}; ROI-align {cfg.roi_crop_size}x{cfg.roi_crop_size} max-pooled to '
                  f'{pooled}x{pooled} at {ENDPOINTS[kind]}; new fc6/fc7 ({units} units)')  # fmt: skip
   return model, description

@@ -72,6 +72,18 @@ BOX_HEAD_INPUTS = ('final', 'block3')
 LOSS_NAMES = ('rpn_score_loss', 'rpn_box_loss', 'frcnn_class_loss', 'frcnn_box_loss')
 
 
+def make_roi_sampler(cfg: DetectionEvalConfig) -> roi_sampler.ROISampler:
+  """The box head's training ROIs: proposals plus the ground-truth boxes, sampled by the config's IoU rules."""
+  return roi_sampler.ROISampler(
+    mix_gt_boxes=True,
+    num_sampled_rois=cfg.roi_batch_size,
+    foreground_fraction=cfg.roi_fg_fraction,
+    foreground_iou_threshold=cfg.roi_fg_iou,
+    background_iou_high_threshold=cfg.roi_bg_iou_high,
+    background_iou_low_threshold=cfg.roi_bg_iou_low,
+  )
+
+
 class DetectionBackbone(tf.keras.Model):
   """The trunk at output stride 16 as a one-level feature pyramid `{'4': features}`.
 
@@ -289,14 +301,7 @@ class FasterRCNN(maskrcnn_model.MaskRCNNModel):
         test_nms_iou_threshold=cfg.rpn_nms_iou,
         test_num_proposals=cfg.rpn_test_post_nms_top_k,
       ),
-      roi_sampler=roi_sampler.ROISampler(
-        mix_gt_boxes=True,
-        num_sampled_rois=cfg.roi_batch_size,
-        foreground_fraction=cfg.roi_fg_fraction,
-        foreground_iou_threshold=cfg.roi_fg_iou,
-        background_iou_high_threshold=cfg.roi_bg_iou_high,
-        background_iou_low_threshold=cfg.roi_bg_iou_low,
-      ),
+      roi_sampler=make_roi_sampler(cfg),
       roi_aligner=BoxInputROIAligner(crop_size=cfg.roi_crop_size, sample_offset=0.5),
       detection_generator=detection_generator.DetectionGenerator(
         apply_nms=True,

@@ -12,6 +12,11 @@ level; a detection found at level i is kept only when i is the level where its b
 is nearest 224^2 (Fast R-CNN's rule, applied to the detected box instead of the ROI it was
 regressed from); the kept detections of all levels are pooled in the original image and
 per-class NMS (`detection_nms_iou`) and the `max_detections` cap run once more over them.
+
+With precomputed proposals (`fast_rcnn.FastRCNN`, `proposal_detector`) the test is Fast R-CNN's
+own: every proposal is scored at every level, each proposal keeps the scores and boxes of the
+level where its area is nearest 224^2, then per-class NMS with the score threshold and the
+`max_detections` cap over all classes (`test_net`).
 """
 
 from __future__ import annotations
@@ -105,6 +110,51 @@ def detector(model: FasterRCNN) -> Callable[[tf.Tensor, tf.Tensor], Detections]:
   return run
 
 
+def proposal_detector(
+  model: Any, nms_iou: float, score_threshold: float, max_detections: int, num_levels: int = 0
+) -> Callable[[Dict[str, tf.Tensor]], Detections]:
+  """A batch of one image with its proposals (`detection_data` with a store) -> its `Detections` (Fast R-CNN's test).
+
+  Args:
+    model: a `fast_rcnn.FastRCNN`.
+    nms_iou: per-class NMS IoU (Fast R-CNN TEST.NMS 0.3).
+    score_threshold: scores kept above it (`test_net`'s thresh 0.05).
+    max_detections: detections kept per image over all classes (100).
+    num_levels: 0 for a single-scale batch ('image', 'image_shape', 'proposals'), else the
+      pyramid levels of a multi-scale one ('image_<i>', 'image_shape_<i>', 'proposals_<i>').
+  """
+
+  @tf.function(autograph=False)
+  def scored(images, image_shape, rois):
+    return model.scored_boxes(images, image_shape, rois)
+
+  def run(batch: Dict[str, tf.Tensor]) -> Detections:
+    keys = [('image', 'image_shape', 'proposals')] if not num_levels else [
+      (f'image_{i}', f'image_shape_{i}', f'proposals_{i}') for i in range(num_levels)]  # fmt: skip
+    scores, boxes, areas = [], [], []
+    for image, shape, rois in keys:
+      out = scored(batch[image], batch[shape], batch[rois])
+      size = batch[shape][0].numpy()
+      scores.append(out['scores'][0].numpy())
+      boxes.append(out['boxes'][0].numpy() / np.tile(size, 2))  # Normalised: the levels agree on them.
+      pixels = batch[rois][0].numpy()
+      areas.append((pixels[:, 2] - pixels[:, 0]) * (pixels[:, 3] - pixels[:, 1]))
+    # `_project_im_rois`: each ROI is read at the level where its area is nearest 224^2.
+    level = np.argmin(np.abs(np.stack(areas) - FAST_RCNN_AREA**2), axis=0)
+    rows = np.arange(level.size)
+    scores = np.stack(scores)[level, rows]
+    boxes = np.stack(boxes)[level, rows]
+    nms = tf.image.combined_non_max_suppression(
+      boxes[None], scores[None], max_output_size_per_class=max_detections, max_total_size=max_detections,
+      iou_threshold=nms_iou, score_threshold=score_threshold, clip_boxes=False,
+    )  # fmt: skip
+    n = int(nms.valid_detections[0])
+    return (nms.nmsed_boxes[0, :n].numpy(), nms.nmsed_scores[0, :n].numpy(),
+            nms.nmsed_classes[0, :n].numpy().astype(np.int64))  # fmt: skip
+
+  return run
+
+
 def evaluate(
   model: FasterRCNN,
   dataset: tf.data.Dataset,
@@ -115,6 +165,7 @@ def evaluate(
   max_detections: int = 100,
   name: str = 'detection',
   detect: Optional[Callable[[tf.Tensor, tf.Tensor], Detections]] = None,
+  detect_batch: Optional[Callable[[Dict[str, tf.Tensor]], Detections]] = None,
 ) -> Dict[str, Any]:
   """Detects on every test image and scores them with `voc_metrics.VOCEvaluation`.
 
@@ -129,6 +180,8 @@ def evaluate(
     max_detections: the merge's cap (multi-scale only).
     name: the protocol's name, for messages.
     detect: a `detector(model)` to reuse (its traces with it); a new one when None.
+    detect_batch: detects on a whole batch instead (`proposal_detector`); then `detect`,
+      `num_levels` and the merge settings are unused.
 
   Returns:
     The evaluator's metrics (mAP and per-class AP of every convention at IoU 0.5 and
@@ -137,12 +190,14 @@ def evaluate(
   Raises:
     ValueError: the test source holds no images.
   """
-  detect = detect or detector(model)
+  detect = detect or (detector(model) if detect_batch is None else None)
   evaluation = voc_metrics.VOCEvaluation(VOC_CLASSES[: model.num_classes], conventions)
   counts = {'num_test_images': 0, 'num_groundtruth_boxes': 0, 'num_difficult_boxes': 0, 'num_detections': 0}
   num_skipped, tick = 0, time.perf_counter()
   for batch in dataset:
-    if num_levels:
+    if detect_batch is not None:
+      boxes, scores, classes = detect_batch(batch)
+    elif num_levels:
       levels = [detect(batch[f'image_{i}'], batch[f'image_shape_{i}']) for i in range(num_levels)]
       shapes = np.stack([batch[f'image_shape_{i}'][0].numpy() for i in range(num_levels)])
       boxes, scores, classes = merge_levels(levels, shapes, nms_iou, max_detections)

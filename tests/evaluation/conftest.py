@@ -1,6 +1,7 @@
 """Fixtures for evaluation tests: a tiny pre-training run's checkpoint and SavedModel."""
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +13,10 @@ from mtssl_tf.tasks.multitask import MultiTaskModel
 from mtssl_tf.tasks.relative_position import RelativePositionConfig, RelativePositionTask
 from mtssl_tf.train.experiment import ExperimentConfig
 from mtssl_tf.trunk.registry import build_trunk
+
+# `--import-mode=importlib` puts no test folder on sys.path; this one holds test modules whose helpers others reuse
+# (fast_rcnn_test.py imports detection_convnet_test.py's tiny config and student).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_trunk_config() -> TrunkConfig:
