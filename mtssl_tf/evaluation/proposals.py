@@ -70,6 +70,9 @@ def _write(path: str, boxes: Dict[str, np.ndarray], meta: dict) -> None:
   os.close(fd)
   try:
     np.savez(tmp, **{META_KEY: np.array(json.dumps(meta, sort_keys=True))}, **boxes)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide a shared cache from the team's other users.
     os.replace(tmp, path)  # Atomic: readers see the old file or the new one, never half of one.
   finally:
     if os.path.exists(tmp):

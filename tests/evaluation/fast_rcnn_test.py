@@ -147,6 +147,9 @@ def test_cache_computes_each_image_once_and_refuses_other_settings(tmp_path):
     boxes = store.boxes(image_id)
     assert boxes.shape[1] == 4 and boxes.min() >= 0 and boxes.max() <= 1
   stamp = os.stat(store.path).st_mtime_ns
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(store.path).st_mode & 0o777 == 0o666 & ~umask  # A plain file, not mkstemp's private 0600.
   again = proposals.build(images, 'voc:/x:test', str(tmp_path), settings, workers=1, progress=False)
   assert os.stat(store.path).st_mtime_ns == stamp  # Nothing computed, nothing rewritten.
   np.testing.assert_array_equal(again.boxes('img1'), store.boxes('img1'))
