@@ -14,9 +14,9 @@ Two papers' protocol in one (`detection_config` holds the section, its defaults 
   student (`mtssl-transfer`'s folder) or a run's AlexNet / VGG16 trunk under Fast R-CNN's
   head and settings: `detection_convnet`; with `proposals: selective_search` Fast R-CNN on
   precomputed selective-search boxes as the paper (`fast_rcnn`, `proposals`), with 'rpn' an
-  RPN in their place (a documented choice noted in every result and table); conv1 frozen (`freeze_conv1`), lr / 10 every
-  third (`lr_decay_fractions`), single- and multi-scale test (`test_scales`,
-  `detection_scales`).
+  RPN in their place (a documented choice noted in every result and table); conv1 frozen
+  (`freeze_conv1`), lr / 10 every third (`lr_decay_fractions`), single- and multi-scale test
+  (`test_scales`, `detection_scales`).
 
 This module holds the training step and `DetectionProtocol` (trained through the shared
 fine-tuning engine); the input pipeline is `detection_data`. It writes under
@@ -103,7 +103,6 @@ _STEP_KEYS = ('image', 'image_shape', 'gt_boxes', 'gt_classes')
 _LOSSES = ('total_loss', 'rpn_score_loss', 'rpn_box_loss', 'frcnn_class_loss', 'frcnn_box_loss')
 # Fast R-CNN on precomputed proposals: no RPN, the proposals in the batch.
 _PROPOSAL_STEP_KEYS = ('image', 'proposals', 'gt_boxes', 'gt_classes')
-_PROPOSAL_LOSSES = ('total_loss', 'frcnn_class_loss', 'frcnn_box_loss')
 _TIMING = ('train_seconds', 'seconds_per_step', 'num_skipped_train')
 
 
