@@ -46,6 +46,7 @@ from mtssl_tf.evaluation.detection_scales import (
   evaluate,
   multiscale_results,
   proposal_detector,
+  proposal_scorer,
 )
 from mtssl_tf.evaluation.protocol import Column, Context, FineTuneProtocol, Trainee
 from mtssl_tf.train.finetune import FineTune
@@ -295,13 +296,15 @@ class DetectionProtocol(FineTuneProtocol):
     cfg: DetectionEvalConfig = ctx.section
     model, preprocessing = self.model, ctx.preprocessing
     store = self.proposal_store(ctx, 'test') if cfg.proposals != 'rpn' else None
-    detect = detector(model) if store is None else None  # One for both tests: shared canvases trace once.
+    # One traced function for both tests, so a canvas shape they share is traced once.
+    detect = detector(model) if store is None else None
+    scorer = proposal_scorer(model) if store is not None else None
 
     def by_batch(num_levels):  # Fast R-CNN's test on the proposals, or None for the RPN detector.
       if store is None:
         return None
       return proposal_detector(model, cfg.detection_nms_iou, cfg.detection_score_threshold, cfg.max_detections,
-                               num_levels)  # fmt: skip
+                               num_levels, scorer)  # fmt: skip
 
     results = evaluate(model, eval_dataset(cfg, ctx.test_spec, preprocessing, store), ctx.progress,
                        cfg.map_conventions, name=NAME, detect=detect, detect_batch=by_batch(0))  # fmt: skip

@@ -110,8 +110,18 @@ def detector(model: FasterRCNN) -> Callable[[tf.Tensor, tf.Tensor], Detections]:
   return run
 
 
+def proposal_scorer(model: Any) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], Dict[str, tf.Tensor]]:
+  """`model.scored_boxes` traced once per canvas shape; share one between the single- and multi-scale tests."""
+  return tf.function(model.scored_boxes, autograph=False)
+
+
 def proposal_detector(
-  model: Any, nms_iou: float, score_threshold: float, max_detections: int, num_levels: int = 0
+  model: Any,
+  nms_iou: float,
+  score_threshold: float,
+  max_detections: int,
+  num_levels: int = 0,
+  scorer: Optional[Callable[[tf.Tensor, tf.Tensor, tf.Tensor], Dict[str, tf.Tensor]]] = None,
 ) -> Callable[[Dict[str, tf.Tensor]], Detections]:
   """A batch of one image with its proposals (`detection_data` with a store) -> its `Detections` (Fast R-CNN's test).
 
@@ -122,11 +132,9 @@ def proposal_detector(
     max_detections: detections kept per image over all classes (100).
     num_levels: 0 for a single-scale batch ('image', 'image_shape', 'proposals'), else the
       pyramid levels of a multi-scale one ('image_<i>', 'image_shape_<i>', 'proposals_<i>').
+    scorer: a `proposal_scorer(model)` to reuse (its traces with it); a new one when None.
   """
-
-  @tf.function(autograph=False)
-  def scored(images, image_shape, rois):
-    return model.scored_boxes(images, image_shape, rois)
+  scored = scorer or proposal_scorer(model)
 
   def run(batch: Dict[str, tf.Tensor]) -> Detections:
     keys = [('image', 'image_shape', 'proposals')] if not num_levels else [
