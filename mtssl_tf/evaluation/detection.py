@@ -147,6 +147,13 @@ def resolve_box_head_init(cfg: DetectionEvalConfig, init_source: str) -> Tuple[s
 # --- Running the protocol -------------------------------------------------------------------------
 
 
+def check_proposals(cfg: DetectionEvalConfig, kind: str) -> None:
+  """Refuses precomputed proposals for a ResNet trunk, which Doersch & Zisserman §5 evaluate with Faster R-CNN."""
+  if cfg.proposals != 'rpn' and kind not in detection_convnet.KINDS:
+    raise ConfigError(f'{NAME}.proposals: {cfg.proposals!r} runs Fast R-CNN on AlexNet / VGG16 networks; a {kind} '
+                      "trunk is evaluated with Faster R-CNN (proposals: rpn, Doersch & Zisserman's §5)")  # fmt: skip
+
+
 def _build(cfg: DetectionEvalConfig, network: Any, init_source: str) -> Tuple[FasterRCNN, Dict[str, Any]]:
   """The detector for `network` (variables created, conv1 frozen if asked) and what the results record of it."""
   kind = detection_convnet.network_kind(network)
@@ -228,10 +235,8 @@ class DetectionProtocol(FineTuneProtocol):
         self.student = ctx.init
       elif ctx.trunk_config.kind in detection_convnet.KINDS:
         detection_convnet.check_config(ctx.section, ctx.trunk_config.kind)
-      elif ctx.section.proposals != 'rpn':
-        raise ConfigError(f'{NAME}.proposals: {ctx.section.proposals!r} runs Fast R-CNN on AlexNet / VGG16 '
-                          f'networks; a {ctx.trunk_config.kind} trunk is evaluated with Faster R-CNN (proposals: rpn, '
-                          "Doersch & Zisserman's §5)")  # fmt: skip
+      else:
+        check_proposals(ctx.section, ctx.trunk_config.kind)
     self.stores = {}
     return ctx
 
@@ -258,8 +263,7 @@ class DetectionProtocol(FineTuneProtocol):
       network = load_student(self.student)
     else:
       network = ctx.trunk()
-    if cfg.proposals != 'rpn' and detection_convnet.network_kind(network) == 'resnet_v2':
-      raise ConfigError(f"{NAME}.proposals: {cfg.proposals!r} runs on AlexNet / VGG16 networks; use 'rpn'")
+    check_proposals(cfg, detection_convnet.network_kind(network))  # A direct run's network, not checked yet.
     note = ''
     if getattr(network, 'kind', None) == 'alexnet':  # A random one: conv1..conv5 on the training canvases.
       note = random_init.initialise(ctx, network.net, lambda: self.train_data(ctx, 0), None)

@@ -72,6 +72,19 @@ BOX_HEAD_INPUTS = ('final', 'block3')
 LOSS_NAMES = ('rpn_score_loss', 'rpn_box_loss', 'frcnn_class_loss', 'frcnn_box_loss')
 
 
+def with_regularisers(model: tf.keras.Model, losses: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+  """`losses` plus 'weight_decay', 'lasso_penalty' and 'total_loss' (their sum), for either detector.
+
+  Weight decay is Caffe-style (wd * w added to the gradient) on conv and dense kernels only;
+  the lasso penalty is the backbone's (`lasso_penalty()`, 0 without a lasso mix).
+  """
+  kernels = [v for v in model.trainable_variables if 'kernel' in v.name]
+  losses = dict(losses, weight_decay=model.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in kernels]),
+                lasso_penalty=model.backbone.lasso_penalty())  # fmt: skip
+  losses['total_loss'] = tf.add_n(list(losses.values()))
+  return losses
+
+
 def make_roi_sampler(cfg: DetectionEvalConfig) -> roi_sampler.ROISampler:
   """The box head's training ROIs: proposals plus the ground-truth boxes, sampled by the config's IoU rules."""
   return roi_sampler.ROISampler(
@@ -398,12 +411,7 @@ class FasterRCNN(maskrcnn_model.MaskRCNNModel):
       'frcnn_class_loss': self.frcnn_class_loss(outputs['class_outputs'], outputs['class_targets']),
       'frcnn_box_loss': self.frcnn_box_loss(outputs['box_outputs'], outputs['class_targets'], outputs['box_targets']),
     }
-    # Caffe-style weight decay (wd * w added to the gradient) on conv and dense kernels only.
-    kernels = [v for v in self.trainable_variables if 'kernel' in v.name]
-    losses['weight_decay'] = self.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in kernels])
-    losses['lasso_penalty'] = self.backbone.lasso_penalty()
-    losses['total_loss'] = tf.add_n([losses[k] for k in (*LOSS_NAMES, 'weight_decay', 'lasso_penalty')])
-    return losses
+    return with_regularisers(self, losses)
 
   def detect(self, images: tf.Tensor, image_shape: tf.Tensor) -> Dict[str, tf.Tensor]:
     """Inference: images [B, H, W, 3] (H, W static), image_shape [B, 2] -> detections.

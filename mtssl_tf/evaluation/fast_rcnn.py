@@ -32,7 +32,7 @@ import tensorflow as tf
 from official.vision.losses import maskrcnn_losses
 from official.vision.ops import box_ops
 
-from mtssl_tf.evaluation.detection_model import BoxInputROIAligner, make_roi_sampler
+from mtssl_tf.evaluation.detection_model import BoxInputROIAligner, make_roi_sampler, with_regularisers
 
 if TYPE_CHECKING:
   from mtssl_tf.evaluation.detection_config import DetectionEvalConfig
@@ -92,12 +92,7 @@ class FastRCNN(tf.keras.Model):
       'frcnn_class_loss': self.class_loss(class_outputs, matched_classes, self.sampled_for_real(rois, batch)),
       'frcnn_box_loss': self.frcnn_box_loss(box_outputs, matched_classes, box_targets),
     }
-    # Caffe-style weight decay on conv and dense kernels only, as FasterRCNN.
-    kernels = [v for v in self.trainable_variables if 'kernel' in v.name]
-    losses['weight_decay'] = self.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in kernels])
-    losses['lasso_penalty'] = self.backbone.lasso_penalty()
-    losses['total_loss'] = tf.add_n([losses[k] for k in (*LOSS_NAMES, 'weight_decay', 'lasso_penalty')])
-    return losses
+    return with_regularisers(self, losses)
 
   def sampled_for_real(self, rois: tf.Tensor, batch: Dict[str, tf.Tensor]) -> tf.Tensor:
     """[B, K] bool: the sampled ROI is foreground or background by the sampler's IoU rules (not filler)."""

@@ -10,7 +10,9 @@ scores every proposal.
 A cache is one `.npz` file per (detection source, selective-search settings): an array of
 normalised [ymin, xmin, ymax, xmax] boxes per image id (best-ranked first) and a JSON record
 of the source and settings, so a cache made with other settings is refused by name instead
-of silently reused. Missing images are computed in worker processes (spawned, so they do not
+of silently reused. A cache marked complete is used without reading the source again (a
+source that gained images since fails at the first unknown id, naming the file); an
+incomplete one (an interrupted run) is resumed: missing images are computed in worker processes (spawned, so they do not
 inherit TensorFlow's threads) and the file is replaced atomically: a crash loses nothing
 already written, and two evaluations sharing a cache directory at most compute an image twice.
 """
@@ -24,7 +26,7 @@ import multiprocessing
 import os
 import tempfile
 import time
-from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, Tuple
 
 import numpy as np
 from absl import logging
@@ -32,6 +34,8 @@ from absl import logging
 from mtssl_tf.evaluation.selective_search import SelectiveSearchSettings, selective_search
 
 META_KEY = '__meta__'
+# In the meta record: every image of the source has its boxes (written last, after the final image).
+COMPLETE_KEY = 'complete'
 # Bump when the boxes a setting gives change (a cache written before is then recomputed, not reused).
 ALGORITHM_VERSION = 1
 # Images between progress lines while computing.
@@ -88,9 +92,6 @@ class ProposalStore:
   def __len__(self) -> int:
     return len(self._boxes)
 
-  def __contains__(self, image_id: str) -> bool:
-    return image_id in self._boxes
-
   def boxes(self, image_id: str) -> np.ndarray:
     """Normalised [ymin, xmin, ymax, xmax] boxes of `image_id`, best-ranked first.
 
@@ -146,8 +147,11 @@ def build(
   boxes: Dict[str, np.ndarray] = {}
   if os.path.exists(path):
     boxes, stored = _read(path)
+    complete = stored.pop(COMPLETE_KEY, False)
     if stored != meta:
       raise ProposalError(f'proposals: {path} was built for {stored}, not {meta}; delete it or use another cache_dir')
+    if complete:  # Decoding the whole source only to find nothing missing would cost minutes on VOC.
+      return ProposalStore(path, boxes, meta)
   todo = _missing(images(), boxes)
   workers = workers or os.cpu_count() or 1
   tick, computed = time.perf_counter(), 0
@@ -157,9 +161,8 @@ def build(
     if progress and computed % _PROGRESS_EVERY == 0:
       logging.info('proposals: selective search on %d images (%.2f s each) -> %s', computed,
                    (time.perf_counter() - tick) / computed, path)  # fmt: skip
-      _write(path, boxes, meta)  # Long runs keep what they computed if stopped.
-  if computed or not os.path.exists(path):
-    _write(path, boxes, meta)
+      _write(path, boxes, dict(meta, **{COMPLETE_KEY: False}))  # Long runs keep what they computed if stopped.
+  _write(path, boxes, dict(meta, **{COMPLETE_KEY: True}))
   if progress and computed:
     logging.info('proposals: %d images computed in %.0f s, %d cached, %.0f boxes an image -> %s', computed,
                  time.perf_counter() - tick, len(boxes), np.mean([len(b) for b in boxes.values()]), path)  # fmt: skip
@@ -200,14 +203,6 @@ def _drain(pending: Dict[concurrent.futures.Future, str], when: str) -> Iterator
     yield pending.pop(future), future.result()
 
 
-def load(path: str) -> Optional[ProposalStore]:
-  """A cache file as a store, or None when it does not exist."""
-  if not os.path.exists(path):
-    return None
-  boxes, meta = _read(path)
-  return ProposalStore(path, boxes, meta)
-
-
 def settings_from(cfg) -> SelectiveSearchSettings:
   """The selective-search settings of a detection config's `proposal_*` fields."""
   return SelectiveSearchSettings(
@@ -224,4 +219,4 @@ def describe(store: ProposalStore) -> Dict[str, object]:
           'proposals_per_image': round(store.mean_count(), 1)}  # fmt: skip
 
 
-__all__ = ['ProposalError', 'ProposalStore', 'build', 'load', 'cache_path', 'settings_from', 'describe']
+__all__ = ['ProposalError', 'ProposalStore', 'build', 'cache_path', 'settings_from', 'describe']

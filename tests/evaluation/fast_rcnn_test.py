@@ -30,6 +30,7 @@ def _store(boxes) -> proposals.ProposalStore:
 def test_proposals_are_flipped_and_resized_with_the_image_and_padding_stays():
   store = _store({'a': [[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0]]})
   padded = detection_data.lookup_proposals(store, 3, tf.constant('a'))
+  # Padding is the fill value -1 and tf.where keeps it: no arithmetic touches it, so exact on every CPU.
   np.testing.assert_array_equal(padded[2].numpy(), [-1, -1, -1, -1])
   image = tf.zeros([50, 100, 3], tf.uint8)  # Landscape: shorter side 50 -> 64 (x1.28).
   out = detection_data.transform(image, tf.zeros([0, 4]), 64, 256, True, lambda x: x, padded)
@@ -72,7 +73,7 @@ def test_each_proposal_is_scored_at_the_level_where_its_area_is_nearest_224_squa
   detect = detection_scales.proposal_detector(_TwoLevelStub(), 0.3, 0.05, 100, num_levels=2)
   boxes, scores, classes = detect(batch)
   order = np.argsort(classes)
-  np.testing.assert_array_equal(classes[order], [0, 1])
+  np.testing.assert_array_equal(classes[order], [0, 1])  # Class indices: integers.
   np.testing.assert_allclose(scores[order], [0.9, 0.8], rtol=1e-6)
   np.testing.assert_allclose(boxes[order], norm[:2], atol=1e-6)
 
@@ -87,7 +88,7 @@ def test_scored_boxes_zero_padded_rois_and_clip_to_the_image(student_dir):
   out = model.scored_boxes(tf.random.normal([1, 64, 96, 3]), tf.constant([[60.0, 90.0]]), rois)
   scores, boxes = out['scores'].numpy(), out['boxes'].numpy()
   assert scores.shape == (1, 3, 20) and boxes.shape == (1, 3, 20, 4)
-  np.testing.assert_array_equal(scores[0, 2], np.zeros(20))
+  np.testing.assert_array_equal(scores[0, 2], np.zeros(20))  # Selected by tf.where, not computed: exact.
   # Softmax over 21 classes: the 20 object probabilities of a real ROI sum below 1 (background takes the rest).
   assert np.all(scores[0, :2] > 0) and np.all(scores[0, :2].sum(-1) < 1)
   assert boxes[..., 0::2].max() <= 60.0 and boxes[..., 1::2].max() <= 90.0 and boxes.min() >= 0.0
@@ -152,6 +153,8 @@ def test_cache_computes_each_image_once_and_refuses_other_settings(tmp_path):
   assert os.stat(store.path).st_mode & 0o777 == 0o666 & ~umask  # A plain file, not mkstemp's private 0600.
   again = proposals.build(images, 'voc:/x:test', str(tmp_path), settings, workers=1, progress=False)
   assert os.stat(store.path).st_mtime_ns == stamp  # Nothing computed, nothing rewritten.
+  assert len(calls) == 1  # A complete cache does not read the source again.
+  # Read back from the file: a byte copy of what was written, so equal to the bit on any CPU.
   np.testing.assert_array_equal(again.boxes('img1'), store.boxes('img1'))
   # Another source or settings: another file (the name hashes both); a foreign file under the name is refused.
   other = proposals.cache_path(str(tmp_path), 'voc:/x:test', SelectiveSearchSettings(min_box_side=5))
@@ -167,7 +170,7 @@ def test_two_worker_processes_give_the_single_process_boxes(tmp_path):
   settings = SelectiveSearchSettings(min_box_side=4)
   one = proposals.build(lambda: iter(_images()), 's', str(tmp_path / 'one'), settings, workers=1, progress=False)
   two = proposals.build(lambda: iter(_images()), 's', str(tmp_path / 'two'), settings, workers=2, progress=False)
-  for image_id, _ in _images():
+  for image_id, _ in _images():  # The same code on the same CPU in another process: the same bits.
     np.testing.assert_array_equal(one.boxes(image_id), two.boxes(image_id))
 
 
