@@ -38,6 +38,8 @@ from mtssl_tf.grid.outputs import (
 from mtssl_tf.grid.spec import TRANSFER_STEPS, Cell, Grid
 
 RESULTS = 'results.json'
+# In any override of a grid file: the grid's output folder, absolute (`--output_dir`).
+OUTPUT_DIR = '{output_dir}'
 TRAIN_RESULT = 'train_result.json'
 _LOG_TAIL_LINES = 15
 
@@ -85,6 +87,10 @@ class _Runner:
   def cell_dir(self, cell: Cell) -> str:
     return os.path.join(self.output_dir, cell.name)
 
+  def _overrides(self, overrides: Sequence[str]) -> List[str]:
+    """`--override=` flags, `{output_dir}` replaced by the grid's output folder (e.g. a cache the cells share)."""
+    return [f'--override={o.replace(OUTPUT_DIR, self.output_dir)}' for o in overrides]
+
   def _subprocess(self, cell: Cell, stage: str, argv: List[str]) -> bool:
     logs = os.path.join(self.cell_dir(cell), 'grid_logs')
     os.makedirs(logs, exist_ok=True)
@@ -122,7 +128,7 @@ class _Runner:
       f'--export={str(self.grid.export).lower()}',
     ]
     argv += [f'--config={c}' for c in self.grid.train_configs + cell.train]
-    argv += [f'--override={o}' for o in self.grid.train_overrides + cell.train_overrides]
+    argv += self._overrides(self.grid.train_overrides + cell.train_overrides)
     return self._subprocess(cell, 'pretrain', argv)
 
   def supervised(self, cell: Cell) -> bool:
@@ -138,7 +144,7 @@ class _Runner:
     if init:
       argv.append(f'--init={init}')
     argv += [f'--config={c}' for c in configs]
-    argv += [f'--override={o}' for o in overrides + cell.eval_overrides]
+    argv += self._overrides(overrides + cell.eval_overrides)
     return self._subprocess(cell, stage, argv)
 
   def evaluate(self, cell: Cell, kind: str, init: str, model_dir: str, stage: str) -> bool:
@@ -165,7 +171,7 @@ class _Runner:
       # `load_transfer_config` applies after the init run's): the checkpoint must fit it.
       trunk = run_config(teacher_dir).get('trunk') or {}
       overrides += [f'extract.trunk.{key}={json.dumps(value)}' for key, value in sorted(trunk.items())]
-    argv += [f'--override={o}' for o in overrides + cell.transfer_overrides]
+    argv += self._overrides(overrides + cell.transfer_overrides)
     return self._subprocess(cell, 'transfer', argv)
 
   def init_source(self, cell: Cell) -> str:

@@ -29,6 +29,9 @@ one pre-trained network (or a control) and the evaluations run on it:
          transfer_overrides: [cluster.num_clusters=20]}
       - {name: cc_hog, rows: {cc_table4: CC+HOG}, transfer: [], transfer_overrides: [extract.features=hog]}
 
+In any override, `{output_dir}` stands for the grid's output folder (absolute), for a
+file the cells share, e.g. `detection.proposal_cache_dir={output_dir}/proposals`.
+
 A transfer cell is one with a `transfer` key (its files come after `transfer_configs`);
 without a `teacher` it keeps the transfer config's own `extract.init` (random network,
 HOG features). Its `evaluate` list runs on the trained student (`--init=<cell>/student`),

@@ -196,10 +196,12 @@ def test_alexnet_student_from_mtssl_eval_reports_single_and_multiscale_map(tmp_p
   train, test = _sources(tiny_world)
   tiny = os.path.join(ROOT, 'configs', 'eval', 'detection_alexnet_tiny.yaml')
   # One training canvas, a pyramid sharing the single-scale test's canvas: few traces (multi-scale: detection_test).
+  # The RPN stand-in (the config's own selective search: fast_rcnn_test).
   overrides = [f'detection.train_source={train}', f'detection.test_source={test}', 'detection.train_steps=3',
                'detection.scales=[64]', 'detection.max_side=96', 'detection.test_scale=64',
                'detection.test_max_side=96', 'detection.test_scales=[48,64]', 'detection.test_scales_max_side=96',
-               'detection.rpn_filters=16', 'detection.fc_units=256', 'detection.log_every_steps=1']  # fmt: skip
+               'detection.rpn_filters=16', 'detection.fc_units=256', 'detection.log_every_steps=1',
+               'detection.proposals=rpn']  # fmt: skip
   results = runner.run('detection', load_eval_config([tiny], overrides, student), str(tmp_path))
   saved = json.load(open(tmp_path / 'eval' / 'detection' / 'results.json'))
   for key in (SS_KEY, MS_KEY, 'PascalBoxes_Precision/mAP@0.75IOU', 'multiscale_PascalBoxes_Precision/mAP@0.75IOU'):

@@ -95,8 +95,10 @@ def test_segmentation_random_fcn_from_the_training_images(tiny_world, tmp_path):
 
 def test_detection_random_alexnet_trunk_before_the_copy(tiny_world, tmp_path):
   sources = tiny_world['sources']
+  # The RPN detector: this test reads the network only, and selective search would first compute proposals.
   extra = [f'detection.train_source={sources["detection_trainval"]}', 'detection.scales=[64]',
-           'detection.max_side=96', 'detection.rpn_filters=16', 'detection.fc_units=64']  # fmt: skip
+           'detection.max_side=96', 'detection.rpn_filters=16', 'detection.fc_units=64',
+           'detection.proposals=rpn']  # fmt: skip
   cfg = _cfg(tiny_world, 'detection', extra, ['detection_alexnet_tiny.yaml'])
   protocol = detection.DetectionProtocol()
   ctx = protocol.prepare(runner.context('detection', cfg, str(tmp_path), progress=False))

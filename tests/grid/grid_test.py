@@ -374,3 +374,27 @@ def test_a_transfer_step_cell_runs_that_step_and_evaluates_its_folder(step, tmp_
   calls.clear()
   assert stage_runner.run_cell(grid.cells[0], set())
   assert [stage for stage, _ in calls] == ['eval_voc07_cls']
+
+
+def test_output_dir_placeholder_reaches_every_stage_as_the_absolute_folder(tmp_path, monkeypatch):
+  """`{output_dir}` in train, transfer and eval overrides: one folder the cells share (a proposal cache)."""
+  monkeypatch.chdir(tmp_path)
+  grid = spec.parse_grid({
+    'train_overrides': ['train.a={output_dir}/t'],
+    'transfer_configs': [os.path.join(ROOT, 'configs/transfer/tiny.yaml')],
+    'transfer_overrides': ['extract.b={output_dir}/x'],
+    'evaluations': {'detection': {'configs': [], 'overrides': ['detection.proposal_cache_dir={output_dir}/p']}},
+    'cells': [{'name': 'teacher', 'train': [os.path.join(ROOT, 'configs/grid/rp.yaml')],
+               'evaluate': ['detection']},
+              {'name': 'cc', 'teacher': 'teacher', 'transfer': [], 'evaluate': ['detection']}],
+  })  # fmt: skip
+  calls = []
+  stage_runner = runner._Runner(grid, 'out', log=lambda _: None, python=sys.executable, env={})  # A relative folder.
+  stage_runner._subprocess = lambda cell, stage, argv: calls.append((stage, argv)) or True
+  assert stage_runner.run_cell(grid.cells[0], set()) and stage_runner.run_cell(grid.cells[1], set())
+  out = str(tmp_path / 'out')
+  flags = {stage: [a for a in argv if a.startswith('--override=') and '{' not in a] for stage, argv in calls}
+  assert f'--override=train.a={out}/t' in flags['pretrain']
+  assert f'--override=extract.b={out}/x' in flags['transfer']
+  assert flags['eval_detection'].count(f'--override=detection.proposal_cache_dir={out}/p') == 1
+  assert not any('{output_dir}' in a for _, argv in calls for a in argv)
