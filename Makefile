@@ -52,7 +52,7 @@ ifneq ($(shell cat $(STAMP) 2>/dev/null),$(LINE) $(PYTHON_VERSION))
 $(STAMP): FORCE
 endif
 
-.PHONY: install demo summary test test-numerics lint format benchmark benchmark-lines reproduce-mini python-line clean FORCE
+.PHONY: install demo summary test test-numerics lint format benchmark benchmark-lines reproduce-mini reproduce-mini-noroozi python-line clean FORCE
 
 install: $(STAMP)
 
@@ -86,6 +86,12 @@ demo: $(STAMP)
 # see configs/grid/mini.yaml and docs/mini/README.md. Reruns skip finished stages.
 reproduce-mini: $(STAMP)
 	$(BIN)/python tools/run_grid.py --grid=configs/grid/mini.yaml --output_dir=runs/mini --parallel=2
+
+# Noroozi et al. 2018's Tables 3, 5 and 6 in miniature (the headline comparison: Jigsaw++ teachers on VGG16 and
+# AlexNet, their CaffeNet students, random and supervised controls, each fine-tuned for classification, detection
+# and segmentation and probed); about 105 min on 2 cores, see configs/grid/noroozi_mini.yaml.
+reproduce-mini-noroozi: $(STAMP)
+	$(BIN)/python tools/run_grid.py --grid=configs/grid/noroozi_mini.yaml --output_dir=runs/noroozi_mini --parallel=2
 
 summary: $(STAMP)
 	$(BIN)/mtssl-summary
