@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import multiprocessing
 import os
 import time
 from typing import Callable, Dict
@@ -145,6 +146,10 @@ def make_world(root: str, preset: str = 'small', seed: int = 0, force: bool = Fa
     return _make_world(root, preset, seed, force)
 
 
+class WorldLockError(RuntimeError):
+  """A worker process asked for the world its own parent is writing: it would wait forever."""
+
+
 @contextlib.contextmanager
 def _exclusive(root: str):
   # Concurrent jobs (a grid run with --parallel, tests) may ask for the same world at once:
@@ -153,12 +158,37 @@ def _exclusive(root: str):
     yield
     return
   os.makedirs(root, exist_ok=True)
-  with open(os.path.join(root, '.lock'), 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
+  # 'a+': opening must not truncate the holder's pid, which a waiter reads.
+  with open(os.path.join(root, '.lock'), 'a+') as lock:
     try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      lock.seek(0)
+      holder = lock.read().strip()
+      _refuse_deadlock(root, holder)
+      logging.info('synthetic world: waiting for process %s, which is writing %s', holder or '?', root)
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      lock.seek(0)
+      lock.truncate()
+      lock.write(str(os.getpid()))
+      lock.flush()
       yield
     finally:
       fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _refuse_deadlock(root: str, holder: str) -> None:
+  # Writing the world spawns worker processes (motion masks), and a spawned worker first re-imports the script
+  # that started it. A script that calls make_world at its top level, without `if __name__ == '__main__':`,
+  # thus calls it again in the worker, which would wait on the lock its own parent holds while the parent waits
+  # for the worker: a silent hang. Python raises for a nested spawn; this is the same mistake one step earlier.
+  if multiprocessing.parent_process() is not None and holder == str(os.getppid()):
+    raise WorldLockError(
+      f'synthetic world: this worker process (pid {os.getpid()}) asked for {root}, which its parent (pid '
+      f'{holder}) is writing and waits on this worker to finish: a script that starts the world at its top level '
+      "must guard it with `if __name__ == '__main__':` (worker processes are spawned and re-import the script)"
+    )
 
 
 # Every folder the parts write under a world root. When a world is rewritten (another preset, seed or layout in

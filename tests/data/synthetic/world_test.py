@@ -52,6 +52,24 @@ def test_concurrent_requests_write_the_world_once(tmp_path, monkeypatch):
   assert 'scene_images' in results[0]['sources']
 
 
+def test_a_worker_asking_for_the_world_its_parent_writes_fails_instead_of_hanging(tmp_path, capfd):
+  # A script without a __main__ guard: the spawned worker re-runs make_world while its parent holds the lock.
+  import multiprocessing
+
+  root = str(tmp_path / 'world')
+  with world._exclusive(root):
+    child = multiprocessing.get_context('spawn').Process(target=world.make_world, args=(root, 'tiny'))
+    child.start()
+    child.join(timeout=120)
+    alive = child.is_alive()
+    if alive:
+      child.kill()
+  assert not alive, "the worker waited on its parent's lock"
+  assert child.exitcode == 1
+  assert "if __name__ == '__main__':" in capfd.readouterr().err
+  assert not os.path.exists(os.path.join(root, world.MANIFEST))  # The worker wrote nothing.
+
+
 def test_every_size_has_a_shape_cue_preset():
   from mtssl_tf.data.synthetic.world import default_world_dir
 
