@@ -175,6 +175,9 @@ def _exclusive(root: str):
       lock.flush()
       yield
     finally:
+      lock.seek(0)
+      lock.truncate()  # No stale pid for the next waiter to blame.
+      lock.flush()
       fcntl.flock(lock, fcntl.LOCK_UN)
 
 
