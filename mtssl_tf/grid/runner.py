@@ -35,11 +35,9 @@ from mtssl_tf.grid.outputs import (
   write_figures,
   write_tables,
 )
-from mtssl_tf.grid.spec import TRANSFER_STEPS, Cell, Grid
+from mtssl_tf.grid.spec import OUTPUT_DIR, TRANSFER_STEPS, Cell, Grid
 
 RESULTS = 'results.json'
-# In any override of a grid file: the grid's output folder, absolute (`--output_dir`).
-OUTPUT_DIR = '{output_dir}'
 TRAIN_RESULT = 'train_result.json'
 _LOG_TAIL_LINES = 15
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Dict, List, Optional, Tuple
 
 import yaml
@@ -55,6 +56,9 @@ from mtssl_tf.grid import paper
 
 # `mtssl-transfer` steps a transfer cell can run -> the folder its evaluations read (transfer/config.py OUTPUTS).
 TRANSFER_STEPS = {'all': 'student', 'distill': 'distill', 'attention': 'attention'}
+# The one placeholder an override may name (the runner replaces it); any other `{word}` is a typo.
+OUTPUT_DIR = '{output_dir}'
+_PLACEHOLDER = re.compile(r'\{[A-Za-z_]\w*\}')
 
 
 class GridError(ValueError):
@@ -124,6 +128,16 @@ def _strings(value, where: str) -> List[str]:
   return list(value)
 
 
+def _overrides(value, where: str) -> List[str]:
+  overrides = _strings(value, where)
+  for o in overrides:
+    unknown = sorted(set(_PLACEHOLDER.findall(o)) - {OUTPUT_DIR})
+    if unknown:
+      # Caught here, before any stage runs: unreplaced, it would reach the config loader as a literal path.
+      raise GridError(f'{where}: {o!r} names {", ".join(unknown)}; the only placeholder is {OUTPUT_DIR}')
+  return overrides
+
+
 def _resolve(path: str, base_dir: str) -> str:
   # Grid files name configs relative to the project root (as every other config and the
   # Makefile do); a path next to the grid file also works for grids kept elsewhere.
@@ -147,7 +161,7 @@ def _parse_evaluations(data: dict, base_dir: str) -> Dict[str, Tuple[List[str], 
       raise GridError(f'evaluations.{kind}: unknown evaluation; choose from {protocols.names()}')
     spec = spec or {}
     configs = [_resolve(p, base_dir) for p in _strings(spec.get('configs'), f'evaluations.{kind}.configs')]
-    evaluations[kind] = (configs, _strings(spec.get('overrides'), f'evaluations.{kind}.overrides'))
+    evaluations[kind] = (configs, _overrides(spec.get('overrides'), f'evaluations.{kind}.overrides'))
   return evaluations
 
 
@@ -167,15 +181,15 @@ def _parse_cell(i: int, raw, base_dir: str) -> Cell:
     name=str(raw['name']),
     rows={str(k): str(v) for k, v in rows.items()},
     train=[_resolve(p, base_dir) for p in _strings(raw.get('train'), f'{where}: train')],
-    train_overrides=_strings(raw.get('train_overrides'), f'{where}: train_overrides'),
+    train_overrides=_overrides(raw.get('train_overrides'), f'{where}: train_overrides'),
     evaluate=_strings(raw.get('evaluate'), f'{where}: evaluate'),
-    eval_overrides=_strings(raw.get('eval_overrides'), f'{where}: eval_overrides'),
+    eval_overrides=_overrides(raw.get('eval_overrides'), f'{where}: eval_overrides'),
     ticks=_strings(raw.get('ticks'), f'{where}: ticks'),
     pretrained=str(raw.get('pretrained') or ''),
     supervised=bool(raw.get('supervised', False)),
     init=str(raw.get('init') or ''),
     transfer=None if transfer is None else [_resolve(p, base_dir) for p in _strings(transfer, f'{where}: transfer')],
-    transfer_overrides=_strings(raw.get('transfer_overrides'), f'{where}: transfer_overrides'),
+    transfer_overrides=_overrides(raw.get('transfer_overrides'), f'{where}: transfer_overrides'),
     transfer_step=str(raw.get('transfer_step') or 'all'),
     teacher=str(raw.get('teacher') or ''),
   )
@@ -227,9 +241,9 @@ def parse_grid(data: dict, base_dir: str = '.', name: str = 'grid') -> Grid:
     name=str(data.get('name', name)),
     cells=[_parse_cell(i, raw, base_dir) for i, raw in enumerate(data.get('cells') or [])],
     train_configs=[_resolve(p, base_dir) for p in _strings(data.get('train_configs'), 'train_configs')],
-    train_overrides=_strings(data.get('train_overrides'), 'train_overrides'),
+    train_overrides=_overrides(data.get('train_overrides'), 'train_overrides'),
     transfer_configs=[_resolve(p, base_dir) for p in _strings(data.get('transfer_configs'), 'transfer_configs')],
-    transfer_overrides=_strings(data.get('transfer_overrides'), 'transfer_overrides'),
+    transfer_overrides=_overrides(data.get('transfer_overrides'), 'transfer_overrides'),
     evaluations=_parse_evaluations(data, base_dir),
     export=bool(data.get('export', False)),
     checkpoint=checkpoint,

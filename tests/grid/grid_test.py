@@ -176,9 +176,14 @@ def test_parse_errors_name_the_problem(tmp_path):
       'transfer_configs': [os.path.join(ROOT, 'configs/transfer/tiny.yaml')]},
     'transfer_step need a transfer key': {'cells': [cell, {'name': 'b', 'train': cell['train'],
                                                            'transfer_step': 'distill'}]},
+    # A mistyped placeholder would reach the binaries unreplaced, as a literal folder name.
+    "evaluations.detection.overrides: 'd.c={outputdir}/p' names {outputdir}; the only placeholder is {output_dir}": {
+      'cells': [cell], 'evaluations': {'detection': {'overrides': ['d.c={outputdir}/p']}}},
+    "cell 'a': eval_overrides: .* names {cell}, {out}": {
+      'cells': [dict(cell, eval_overrides=['x={out}/{cell}/{output_dir}'])]},
   }  # fmt: skip
   for message, data in cases.items():
-    with pytest.raises(spec.GridError, match=message.replace('(', r'\(')):
+    with pytest.raises(spec.GridError, match=message.replace('(', r'\(').replace('{', r'\{')):
       spec.parse_grid(data, str(tmp_path))
 
 

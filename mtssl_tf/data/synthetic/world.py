@@ -169,16 +169,18 @@ def _exclusive(root: str):
       logging.info('synthetic world: waiting for process %s, which is writing %s', holder or '?', root)
       fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-      lock.seek(0)
-      lock.truncate()
-      lock.write(str(os.getpid()))
-      lock.flush()
+      _write_holder(lock, str(os.getpid()))
       yield
     finally:
-      lock.seek(0)
-      lock.truncate()  # No stale pid for the next waiter to blame.
-      lock.flush()
+      _write_holder(lock, '')  # No stale pid for the next waiter to blame.
       fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write_holder(lock, pid: str) -> None:
+  lock.seek(0)
+  lock.truncate()
+  lock.write(pid)
+  lock.flush()
 
 
 def _refuse_deadlock(root: str, holder: str) -> None:
