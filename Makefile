@@ -96,8 +96,11 @@ reproduce-mini-noroozi: $(STAMP)
 summary: $(STAMP)
 	$(BIN)/mtssl-summary
 
+# TEST_MARKS selects tests by marker (setup.cfg): TEST_MARKS='not scenario' leaves out the minutes-long
+# multi-process fault, scheduling and grid scenarios (CI does so on the current line; BUILD.md).
+TEST_MARKS ?=
 test: lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=10 tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=10 $(if $(TEST_MARKS),-m "$(TEST_MARKS)") tests
 
 # The tests whose outcome depends on floating-point results, again with TensorFlow's oneDNN
 # kernels off: that changes float results the way another CPU does, so an assertion that

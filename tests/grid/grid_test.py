@@ -78,6 +78,7 @@ def grid_run(tmp_path_factory):
   return {'root': root, 'data': data, 'report': report, 'log': '\n'.join(lines), 'out': str(root / 'out')}
 
 
+@pytest.mark.scenario
 def test_two_cells_run_end_to_end(grid_run):
   report, out = grid_run['report'], grid_run['out']
   assert not report.failures, grid_run['log']
@@ -99,6 +100,7 @@ def test_two_cells_run_end_to_end(grid_run):
   assert transfer['extract']['trunk']['width'] == 8 and transfer['cluster']['num_clusters'] == 4
 
 
+@pytest.mark.scenario
 def test_tables_have_the_paper_layout_and_numbers(grid_run):
   out = grid_run['out']
   assert set(grid_run['report'].tables) == {'table4', 'cc_table1', 'cc_table2', 'all'}
@@ -121,6 +123,7 @@ def test_tables_have_the_paper_layout_and_numbers(grid_run):
   assert 'Noroozi et al. 2018, Table 2' in open(os.path.join(out, 'tables', 'cc_table2.md')).read()
 
 
+@pytest.mark.scenario
 def test_figures_from_the_grid(grid_run):
   figures = grid_run['report'].figures
   names = sorted(os.path.basename(p) for p in figures)
@@ -133,6 +136,7 @@ def test_figures_from_the_grid(grid_run):
   assert os.listdir(os.path.join(grid_run['out'], 'figures', 'tensorboard'))
 
 
+@pytest.mark.scenario
 def test_rerun_skips_finished_cells_and_reports_a_failing_one(grid_run):
   data = dict(grid_run['data'])
   # A cell whose evaluation must fail: its trunk source does not exist.

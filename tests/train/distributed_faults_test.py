@@ -112,13 +112,15 @@ def _kill_worker_scenario(paced_train, root, accumulate):
   assert steps['exemplar'] > seen['frozen']  # The restarted worker trained exemplar again.
 
 
-@pytest.mark.parametrize('accumulate', ['parameter_server', 'worker'])
+# The [worker] case runs on both dependency lines (TF's own recovery of a lost worker); the rest are `scenario`s.
+@pytest.mark.parametrize('accumulate', [pytest.param('parameter_server', marks=pytest.mark.scenario), 'worker'])
 def test_killed_worker_rejoins_and_counts_stay_exact(accumulate, paced_train, tmp_path):
   # (A step that finished on the worker just before the kill used to fail its fetch with
   # UnavailableError and end training; `InFlight` now re-runs it, tests/train/fetch_test.py.)
   _kill_worker_scenario(paced_train, tmp_path, accumulate)
 
 
+@pytest.mark.scenario
 def test_killed_parameter_server_restarts_from_checkpoint(tmp_path):
   cfg = two_task_config(str(tmp_path / 'world'), total_steps=30)
   model_dir = str(tmp_path / 'run')
@@ -148,6 +150,7 @@ def _counted_and_updates(path, names):
   return {n: (value(f'cost/steps/{n}/'), value(f'optimizer/iterations/{n}/')) for n in names}
 
 
+@pytest.mark.scenario
 def test_coordinator_sigkill_and_resume_count_exactly_the_applied_steps(tmp_path):
   """A resume loses no counted work: counted steps == applied steps, per task, in every checkpoint.
 

@@ -30,6 +30,7 @@ def _applied(run):
     return json.load(f)
 
 
+@pytest.mark.scenario
 @pytest.mark.parametrize('closures_per_worker', [1, 2])
 def test_without_waiting_one_closure_per_worker_reads_the_last_update(closures_per_worker, paced_train, tmp_path):
   run = tmp_path / 'run'
@@ -47,6 +48,7 @@ def test_without_waiting_one_closure_per_worker_reads_the_last_update(closures_p
     assert not all(fresh), fresh
 
 
+@pytest.mark.scenario
 def test_a_queued_step_waits_for_the_update(paced_train, tmp_path):
   # Two closures per worker, the second queued on the worker: it waits there for the update of the first.
   run = tmp_path / 'run'
@@ -56,6 +58,7 @@ def test_a_queued_step_waits_for_the_update(paced_train, tmp_path):
   assert result['relative_position']['updates'] == STEPS
 
 
+@pytest.mark.scenario
 def test_more_workers_than_places_wait_for_their_tasks_update(paced_train, tmp_path):
   # Three workers, K_t = 2: each update takes two steps, so one worker waits every round (§4: "applies the
   # accumulated update while all workers wait"). Without waiting, the third step of the first round would

@@ -7,6 +7,7 @@ on what else runs.
 """
 
 import numpy as np
+import pytest
 
 from mtssl_tf.configs import override, validate_all
 from mtssl_tf.train.experiment import ExperimentConfig
@@ -58,6 +59,7 @@ def _together(train, root, name):
   return _rate([c['end'] for c in taken if c['task'] == 0], slow[2], slow[-1])
 
 
+@pytest.mark.scenario
 def test_fast_task_keeps_its_own_speed_beside_a_5x_slower_task(paced_train, tmp_path):
   # Alone: relative position on its one worker. Rates leave out the start (the worker
   # instantiating the step, the coordinator tracing each task's first update).
