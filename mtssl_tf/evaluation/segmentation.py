@@ -94,6 +94,10 @@ class SegmentationConfig(LoopConfig, SGDConfig):
     freeze_bn_statistics: BatchNorm layers use their stored statistics while training.
     mirror: flip training images (and labels) left-right with probability 1/2.
     seed: training order, flips and new layers.
+    input_scale: images are resized by this factor before the network (bilinear; training labels nearest) and the
+      test scores are read back at each label's own size (logits resized bilinearly, then argmax), so the confusion
+      matrix always counts the dataset's own pixels. 1 = the reference (VOC's objects span several output strides);
+      a miniature's small scenes use it to bring their objects to FCN-32s's stride (docs/mini).
   """
 
   train_source: str = ''
@@ -115,6 +119,7 @@ class SegmentationConfig(LoopConfig, SGDConfig):
   freeze_bn_statistics: bool = True
   mirror: bool = False
   seed: int = 0
+  input_scale: float = 1.0
   # The shared pieces' defaults, set to voc-fcn-alexnet/solver.prototxt's.
   steps: int = 100000
   log_every_steps: int = 20
@@ -139,8 +144,9 @@ class SegmentationConfig(LoopConfig, SGDConfig):
       raise ConfigError(f'{NAME}.loss_normalization: must be one of {NORMALIZATIONS}, got {self.loss_normalization!r}')
     if self.network not in NETWORKS:
       raise ConfigError(f'{NAME}.network: must be one of {NETWORKS}, got {self.network!r}')
-    if self.alexnet_width <= 0:
-      raise ConfigError(f'{NAME}.alexnet_width: must be positive, got {self.alexnet_width}')
+    for key in ('alexnet_width', 'input_scale'):
+      if getattr(self, key) <= 0:
+        raise ConfigError(f'{NAME}.{key}: must be positive, got {getattr(self, key)}')
 
 
 # ----------------------------------------------------------------------------- scores
@@ -181,6 +187,26 @@ def segmentation_scores(hist: np.ndarray) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------- data
 
 
+def scaled_size(size: tf.Tensor, scale: float) -> tf.Tensor:
+  """int32 [2]: an image side pair times `scale`, rounded, at least 1."""
+  return tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), 1)
+
+
+def resize_uint8(image: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+  """uint8 image(s) [.., H, W, 3] resized bilinearly to `size`, rounded back to uint8."""
+  return tf.cast(tf.clip_by_value(tf.round(tf.image.resize(image, size)), 0.0, 255.0), tf.uint8)
+
+
+def rescale(image: tf.Tensor, label: tf.Tensor, scale: float) -> Tuple[tf.Tensor, tf.Tensor]:
+  """uint8 image [H, W, 3] (bilinear) and label [H, W] (nearest, so void and class ids stay exact) times `scale`."""
+  if scale == 1.0:
+    return image, label
+  size = scaled_size(tf.shape(label), scale)
+  image = resize_uint8(image, size)
+  label = tf.image.resize(label[..., None], size, method='nearest')[..., 0]
+  return image, label
+
+
 def training_dataset(spec: str, cfg: SegmentationConfig, start_step: int = 0) -> tf.data.Dataset:
   """Endless steps {'image': uint8 [iter_size, h, w, 3], 'label': uint8 [.., h, w], 'size': int32 [.., 2]}.
 
@@ -197,6 +223,7 @@ def training_dataset(spec: str, cfg: SegmentationConfig, start_step: int = 0) ->
     if cfg.mirror:
       u = tf.random.stateless_uniform([], tf.stack([tf.cast(cfg.seed, tf.int64), k + first]))
       image, label = tf.cond(u < 0.5, lambda: (tf.reverse(image, [1]), tf.reverse(label, [1])), lambda: (image, label))
+    image, label = rescale(image, label, cfg.input_scale)
     out = {'image': image, 'label': label, 'size': tf.shape(label)}
     if pipeline.SKIPPED_KEY in x:
       out[pipeline.SKIPPED_KEY] = x[pipeline.SKIPPED_KEY]
@@ -259,12 +286,21 @@ def make_train_step(model: tf.keras.Model, optimizer, cfg: SegmentationConfig, v
   return step
 
 
-def evaluate(model: tf.keras.Model, spec: str, num_classes: int) -> Tuple[np.ndarray, int]:
-  """(confusion matrix over every image of `spec`, number of images), each image whole, in file order."""
+def evaluate(model: tf.keras.Model, spec: str, num_classes: int, input_scale: float = 1.0) -> Tuple[np.ndarray, int]:
+  """(confusion matrix over every image of `spec`, number of images), each image whole, in file order.
+
+  With `input_scale` != 1 the image is resized before the network and its logits are resized back to the label's
+  size before the argmax, so the counts are always over the dataset's own pixels.
+  """
 
   @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8), tf.TensorSpec([None, None], tf.uint8)])
   def image_hist(image, label):
-    prediction = tf.argmax(model(image, training=False)[0], axis=-1, output_type=tf.int32)
+    if input_scale != 1.0:
+      image = resize_uint8(image, scaled_size(tf.shape(label), input_scale))
+    logits = model(image, training=False)[0]
+    if input_scale != 1.0:
+      logits = tf.image.resize(logits, tf.shape(label))
+    prediction = tf.argmax(logits, axis=-1, output_type=tf.int32)
     label = tf.cast(label, tf.int32)
     keep = label < num_classes
     flat = tf.boolean_mask(num_classes * label + prediction, keep)
@@ -338,7 +374,7 @@ class Voc12SegmentationProtocol(NetworkFineTuneProtocol):
 
   def score(self, ctx: Context, tune: FineTune, stats: Dict[str, Any]) -> Dict[str, Any]:
     cfg: SegmentationConfig = ctx.section
-    hist, images = evaluate(self.model, ctx.test_spec, cfg.num_classes)
+    hist, images = evaluate(self.model, ctx.test_spec, cfg.num_classes, cfg.input_scale)
     scores = segmentation_scores(hist)
     names = list(SEG_CLASSES[: cfg.num_classes]) + [str(i) for i in range(len(SEG_CLASSES), cfg.num_classes)]
     results = {
@@ -354,7 +390,9 @@ class Voc12SegmentationProtocol(NetworkFineTuneProtocol):
         'loss': f'softmax cross-entropy per pixel, void ignored, '
         f'{"/ non-void pixels" if cfg.loss_normalization == "valid" else "summed"}, averaged over {cfg.iter_size} '
         'images per step',
-        'input': 'whole images, one per pass' + (', mirrored with p=1/2' if cfg.mirror else ''),
+        'input': 'whole images, one per pass'
+        + (f', resized x{cfg.input_scale} (scored at the label size)' if cfg.input_scale != 1.0 else '')
+        + (', mirrored with p=1/2' if cfg.mirror else ''),
         'scores': 'confusion matrix over the test set (score.py fast_hist); mean IU, mean accuracy over classes with '
         'pixels',
         'solver': f'SGD momentum {cfg.momentum}, lr {cfg.learning_rate}'

@@ -135,6 +135,32 @@ def test_world_masks_match_the_objects_and_leave_images_unchanged(tmp_path):
   assert splits['val'].split() == [r['id'] for r in written if r['split'] == 'test']
 
 
+def test_input_scale_resizes_the_input_and_scores_the_dataset_pixels(tiny_world):
+  label = tf.constant([[0, 3], [VOID, 1]], tf.uint8)
+  image = tf.constant(np.arange(12, dtype=np.uint8).reshape(2, 2, 3) * 20)
+  big_image, big_label = seg.rescale(image, label, 2.0)
+  # Nearest at x2 (half-pixel centres) repeats each label: void and class ids exact, no blend of two labels.
+  np.testing.assert_array_equal(big_label.numpy(), np.repeat(np.repeat(label.numpy(), 2, 0), 2, 1))
+  assert big_image.shape == (4, 4, 3) and big_image.dtype == tf.uint8
+  assert seg.rescale(image, label, 1.0)[1] is label
+
+  class Brightness(tf.keras.Model):
+    """Class 1 where the pixel's mean is over 128, else 0: logits at the input's own size, as an FCN's."""
+
+    def call(self, images, training=None):
+      bright = tf.reduce_mean(tf.cast(images, tf.float32), -1, keepdims=True) / 255.0 - 0.5
+      return tf.concat([-bright, bright, tf.zeros_like(bright) - 10.0], -1)
+
+  spec = tiny_world['sources']['segmentation_val']
+  native, images = seg.evaluate(Brightness(), spec, 3)
+  scaled, _ = seg.evaluate(Brightness(), spec, 3, input_scale=2.5)
+  # Same pixels counted (the labels' own, void left out), whatever the network's input size.
+  np.testing.assert_array_equal(scaled.sum(1), native.sum(1))
+  assert images == 8 and native.sum() > 0
+  # Logits resized back from 2.5x: the bright/dark decision moves only along edges (a few % of the pixels).
+  assert np.abs(scaled - native).sum() <= 0.1 * native.sum()
+
+
 def _tiny_student(folder: str) -> str:
   """A tiny AlexNet student folder as `mtssl-transfer` leaves it (as voc_classification_test's)."""
   model = models.build_model('alexnet', 5, 64, width=0.125)
@@ -215,7 +241,7 @@ def test_copy_fc_and_config_errors(tmp_path, tiny_world):
   with pytest.raises(ValueError, match='copy_fc'):
     seg.build_network(runner.context(seg.NAME, cfg, str(tmp_path)))
   for override, key in (('voc12_seg.loss_normalization=mean', 'loss_normalization'), ('voc12_seg.iter_size=0',
-                        'iter_size')):  # fmt: skip
+                        'iter_size'), ('voc12_seg.input_scale=0', 'input_scale')):  # fmt: skip
     with pytest.raises(ConfigError, match=f'voc12_seg.{key}'):
       load_eval_config([], [override])
   cfg = load_eval_config([], _overrides(tiny_world['sources'], 2, ['voc12_seg.network=alexnet']), student)
