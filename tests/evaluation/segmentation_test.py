@@ -151,6 +151,16 @@ def test_input_scale_resizes_the_input_and_scores_the_dataset_pixels(tiny_world)
       bright = tf.reduce_mean(tf.cast(images, tf.float32), -1, keepdims=True) / 255.0 - 0.5
       return tf.concat([-bright, bright, tf.zeros_like(bright) - 10.0], -1)
 
+  # Training steps see the enlarged images, each with its label of the same size (padding cut off by `size`).
+  train = tiny_world['sources']['segmentation_train']
+  first = next(iter(seg.training_dataset(train, seg.SegmentationConfig(iter_size=2, input_scale=2.0))))
+  plain = next(iter(seg.training_dataset(train, seg.SegmentationConfig(iter_size=2))))
+  np.testing.assert_array_equal(first['size'].numpy(), 2 * plain['size'].numpy())
+  for i in range(2):
+    h, w = plain['size'][i].numpy()
+    np.testing.assert_array_equal(
+      first['label'][i, : 2 * h : 2, : 2 * w : 2].numpy(), plain['label'][i, :h, :w].numpy()
+    )
   spec = tiny_world['sources']['segmentation_val']
   native, images = seg.evaluate(Brightness(), spec, 3)
   scaled, _ = seg.evaluate(Brightness(), spec, 3, input_scale=2.5)
