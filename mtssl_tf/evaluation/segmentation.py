@@ -96,8 +96,9 @@ class SegmentationConfig(LoopConfig, SGDConfig):
     seed: training order, flips and new layers.
     input_scale: images are resized by this factor before the network (bilinear; training labels nearest) and the
       test scores are read back at each label's own size (logits resized bilinearly, then argmax), so the confusion
-      matrix always counts the dataset's own pixels. 1 = the reference (VOC's objects span several output strides);
-      a miniature's small scenes use it to bring their objects to FCN-32s's stride (docs/mini).
+      matrix always counts the dataset's own pixels. 1 = the reference: its data layers (VOCSegDataLayer, as
+      pascalcontext_layers.py) reshape the net to each image's own size, never resizing, and VOC's objects span
+      several output strides. Other values are our choice, for a miniature's small scenes (docs/mini, BUILD.md).
   """
 
   train_source: str = ''
