@@ -50,7 +50,7 @@ from official.vision.losses import maskrcnn_losses
 from official.vision.modeling import maskrcnn_model
 from official.vision.modeling.heads import dense_prediction_heads, instance_heads
 from official.vision.modeling.layers import detection_generator, roi_aligner, roi_generator, roi_sampler
-from official.vision.ops import anchor
+from official.vision.ops import anchor, box_ops
 
 from mtssl_tf import compat
 from mtssl_tf.trunk import lasso as lasso_lib
@@ -95,6 +95,31 @@ def make_roi_sampler(cfg: DetectionEvalConfig) -> roi_sampler.ROISampler:
     background_iou_high_threshold=cfg.roi_bg_iou_high,
     background_iou_low_threshold=cfg.roi_bg_iou_low,
   )
+
+
+def sampled_for_real(sampler: roi_sampler.ROISampler, rois: tf.Tensor, gt_boxes: tf.Tensor) -> tf.Tensor:
+  """[B, K] bool: each sampled ROI is foreground or background by `sampler`'s IoU rules, not a filler.
+
+  `ROISampler` always returns its `num_sampled_rois`; with too few candidates it fills up with
+  ROIs that are neither (IoU below the background range, or padding), labelled background.
+  Caffe's minibatch (Fast R-CNN's `roi_data_layer`, py-faster-rcnn's `proposal_target_layer`)
+  just holds fewer ROIs, so these are the ones to leave out of the class loss.
+  """
+  iou = tf.reduce_max(box_ops.bbox_overlap(rois, tf.cast(gt_boxes, rois.dtype)), axis=-1)
+  config = sampler.get_config()
+  background = (iou >= config['background_iou_low_threshold']) & (iou < config['background_iou_high_threshold'])
+  return (iou >= config['foreground_iou_threshold']) | background
+
+
+def masked_class_loss(class_outputs: tf.Tensor, class_targets: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+  """Softmax cross-entropy averaged over the valid ROIs (Caffe's SoftmaxWithLoss over the minibatch's ROIs).
+
+  With every ROI valid this is Model Garden's `FastrcnnClassLoss` (the mean over all ROIs).
+  """
+  loss = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(class_targets, tf.int32),
+                                                        tf.cast(class_outputs, tf.float32))  # fmt: skip
+  valid = tf.cast(valid, tf.float32)
+  return tf.reduce_sum(loss * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
 
 
 class DetectionBackbone(tf.keras.Model):
@@ -345,9 +370,26 @@ class FasterRCNN(maskrcnn_model.MaskRCNNModel):
     )
     self.rpn_score_loss = maskrcnn_losses.RpnScoreLoss(cfg.rpn_batch_size)
     self.rpn_box_loss = maskrcnn_losses.RpnBoxLoss(cfg.rpn_huber_delta)
-    self.frcnn_class_loss = maskrcnn_losses.FastrcnnClassLoss()
     self.frcnn_box_loss = maskrcnn_losses.FastrcnnBoxLoss(cfg.frcnn_huber_delta)
     self.weight_decay = cfg.weight_decay
+
+  def call(self, images, image_shape, anchor_boxes=None, gt_boxes=None, gt_classes=None, training=None):
+    """`MaskRCNNModel.call` (no masks), whose training outputs also hold the sampled ROIs at 'sampled_rois'.
+
+    The class loss needs them to leave the sampler's fillers out (`sampled_for_real`). Running the
+    parent's box pass here, inside Keras' `__call__`, keeps the training flag reaching every layer.
+    """
+    outputs, intermediate = self._call_box_outputs(
+      images=images,
+      image_shape=image_shape,
+      anchor_boxes=anchor_boxes,
+      gt_boxes=gt_boxes,
+      gt_classes=gt_classes,
+      training=training,
+    )
+    if training and gt_boxes is not None:
+      outputs['sampled_rois'] = intermediate['current_rois']
+    return outputs
 
   def anchors(self, height: int, width: int) -> Dict[str, tf.Tensor]:
     """Anchors of a [height, width] canvas: {'4': [ceil(h/16), ceil(w/16), A * 4]} pixel boxes."""
@@ -408,7 +450,11 @@ class FasterRCNN(maskrcnn_model.MaskRCNNModel):
     losses = {
       'rpn_score_loss': self.rpn_score_loss(outputs['rpn_scores'], score_targets),
       'rpn_box_loss': self.rpn_box_loss(outputs['rpn_boxes'], box_targets),
-      'frcnn_class_loss': self.frcnn_class_loss(outputs['class_outputs'], outputs['class_targets']),
+      'frcnn_class_loss': masked_class_loss(
+        outputs['class_outputs'],
+        outputs['class_targets'],
+        sampled_for_real(self.roi_sampler[0], outputs['sampled_rois'], batch['gt_boxes']),
+      ),
       'frcnn_box_loss': self.frcnn_box_loss(outputs['box_outputs'], outputs['class_targets'], outputs['box_targets']),
     }
     return with_regularisers(self, losses)

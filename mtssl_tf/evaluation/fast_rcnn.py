@@ -32,7 +32,13 @@ import tensorflow as tf
 from official.vision.losses import maskrcnn_losses
 from official.vision.ops import box_ops
 
-from mtssl_tf.evaluation.detection_model import BoxInputROIAligner, make_roi_sampler, with_regularisers
+from mtssl_tf.evaluation.detection_model import (
+  BoxInputROIAligner,
+  make_roi_sampler,
+  masked_class_loss,
+  sampled_for_real,
+  with_regularisers,
+)
 
 if TYPE_CHECKING:
   from mtssl_tf.evaluation.detection_config import DetectionEvalConfig
@@ -89,25 +95,14 @@ class FastRCNN(tf.keras.Model):
     box_targets = tf.where(background, tf.zeros_like(box_targets), box_targets)  # No regression for background.
     class_outputs, box_outputs = self(batch['image'], rois, training=True)
     losses = {
-      'frcnn_class_loss': self.class_loss(class_outputs, matched_classes, self.sampled_for_real(rois, batch)),
+      'frcnn_class_loss': masked_class_loss(class_outputs, matched_classes, self.sampled_for_real(rois, batch)),
       'frcnn_box_loss': self.frcnn_box_loss(box_outputs, matched_classes, box_targets),
     }
     return with_regularisers(self, losses)
 
   def sampled_for_real(self, rois: tf.Tensor, batch: Dict[str, tf.Tensor]) -> tf.Tensor:
     """[B, K] bool: the sampled ROI is foreground or background by the sampler's IoU rules (not filler)."""
-    iou = tf.reduce_max(box_ops.bbox_overlap(rois, tf.cast(batch['gt_boxes'], rois.dtype)), axis=-1)
-    sampler = self.roi_sampler.get_config()
-    background = (iou >= sampler['background_iou_low_threshold']) & (iou < sampler['background_iou_high_threshold'])
-    return (iou >= sampler['foreground_iou_threshold']) | background
-
-  @staticmethod
-  def class_loss(class_outputs: tf.Tensor, class_targets: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
-    """Softmax cross-entropy averaged over the valid ROIs (Caffe's SoftmaxWithLoss over the minibatch's ROIs)."""
-    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(class_targets, tf.int32),
-                                                          tf.cast(class_outputs, tf.float32))  # fmt: skip
-    valid = tf.cast(valid, tf.float32)
-    return tf.reduce_sum(loss * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
+    return sampled_for_real(self.roi_sampler, rois, batch['gt_boxes'])
 
   def scored_boxes(self, images: tf.Tensor, image_shape: tf.Tensor, rois: tf.Tensor) -> Dict[str, tf.Tensor]:
     """Test: every ROI's class probabilities and class-specific boxes (`im_detect`).

@@ -157,6 +157,33 @@ def test_model_outputs(lasso_model):
   assert train['class_outputs'].shape == (2, cfg.roi_batch_size, 21)
   assert train['box_outputs'].shape == (2, cfg.roi_batch_size, 21 * 4)
   assert train['backbone_features']['4'].shape == (2, 4, 6, model.backbone.output_channels)
+  assert train['sampled_rois'].shape == (2, cfg.roi_batch_size, 4)
+
+
+def test_filler_rois_are_left_out_of_the_class_loss(trunk_config, monkeypatch):
+  # As many ROI slots as candidates (40 RPN proposals + 2 ground-truth boxes an image), background from IoU 0.1
+  # (py-faster-rcnn): every candidate is sampled, and those below 0.1 (or padding) fill slots as background. Caffe's
+  # minibatch would just be smaller, so they must not enter the class loss.
+  cfg = tiny_cfg(roi_batch_size=42, roi_bg_iou_low=0.1)
+  model = detection_model.build_detector(cfg, backbone.load_trunk('random', trunk_config))
+  seen = {}
+
+  def spy(outputs, targets, valid):
+    seen.update(outputs=outputs.numpy(), targets=targets.numpy(), valid=valid.numpy())
+    return masked_class_loss(outputs, targets, valid)
+
+  masked_class_loss = detection_model.masked_class_loss
+  monkeypatch.setattr(detection_model, 'masked_class_loss', spy)
+  losses = model.train_losses(_batch())
+  valid, targets, logits = seen['valid'], seen['targets'], seen['outputs'].astype(np.float64)
+  # Image 0's padded ground-truth slot is a candidate with IoU -1, so it holds a filler whatever the proposals (32
+  # of 42 slots here, 8 in image 1).
+  assert valid.shape == (2, 42) and (~valid[0]).sum() >= 1
+  assert np.all(targets[~valid] == 0) and np.all(valid[targets > 0])  # Fillers are background; objects are real.
+  # Hand-computed: mean softmax cross-entropy over the real ROIs only (float32 logits, so rtol 1e-5).
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  ce = -np.take_along_axis(log_probs, targets[..., None].astype(int), -1)[..., 0]
+  np.testing.assert_allclose(losses['frcnn_class_loss'].numpy(), ce[valid].mean(), rtol=1e-5)
 
 
 def test_train_step_has_finite_losses_and_gradients_everywhere(lasso_model):

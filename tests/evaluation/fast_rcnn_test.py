@@ -9,7 +9,15 @@ import tensorflow as tf
 from detection_convnet_test import MS_KEY, ROOT, SS_KEY, _sources, _student, tiny_cfg
 
 from mtssl_tf.configs import ConfigError
-from mtssl_tf.evaluation import detection_convnet, detection_data, detection_scales, fast_rcnn, proposals, runner
+from mtssl_tf.evaluation import (
+  detection_convnet,
+  detection_data,
+  detection_model,
+  detection_scales,
+  fast_rcnn,
+  proposals,
+  runner,
+)
 from mtssl_tf.evaluation.runner import load_eval_config
 from mtssl_tf.evaluation.selective_search import SelectiveSearchSettings
 from mtssl_tf.transfer.student import load_student
@@ -112,7 +120,7 @@ def test_filler_rois_are_masked_out_of_the_class_loss(student_dir):
   assert 1 <= (~real).sum() and np.all(classes[~real] == 0) and np.all(real[classes > 0])
   # Hand-computed: the class loss is the mean cross-entropy over the real ROIs only.
   logits = tf.constant([[[0.0, 2.0], [1.0, 0.0], [0.0, 0.0]]])
-  loss = fast_rcnn.FastRCNN.class_loss(logits, tf.constant([[1, 0, 1]]), tf.constant([[True, True, False]]))
+  loss = detection_model.masked_class_loss(logits, tf.constant([[1, 0, 1]]), tf.constant([[True, True, False]]))
   expected = np.mean([np.log1p(np.exp(-2.0)), np.log1p(np.exp(-1.0))])
   np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-6)
   losses = model.train_losses(batch)
