@@ -15,8 +15,9 @@ import csv
 import io
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import tensorflow as tf
 
 # Doersch Table 2 (ImageNet R@5 / PASCAL mAP / NYU % < 1.25), keyed by row name.
@@ -80,17 +81,40 @@ def lookup(results: Dict, key: str) -> Optional[float]:
   return None
 
 
-def cell_text(value: Optional[float], scale: float = 100.0, reference: Optional[float] = None) -> str:
-  """One table cell: our value scaled to 2 decimals ('' if missing), the paper's in [brackets] if given."""
-  text = '' if value is None else f'{value * scale:.2f}'
+def cell_text(
+  value: Union[None, float, Sequence[float]], scale: float = 100.0, reference: Optional[float] = None
+) -> str:
+  """One table cell: our value scaled to 2 decimals ('' if missing), the paper's in [brackets] if given.
+
+  Several values (one evaluation at several seeds) show as `mean ± sample standard deviation (n=<count>)`.
+  """
+  values = [] if value is None else [value] if isinstance(value, (int, float)) else list(value)
+  if not values:
+    text = ''
+  elif len(values) == 1:
+    text = f'{values[0] * scale:.2f}'
+  else:
+    scaled = np.asarray(values, np.float64) * scale
+    text = f'{scaled.mean():.2f} ± {scaled.std(ddof=1):.2f} (n={len(values)})'
   return text if reference is None else f'{text} [{reference:.2f}]'.strip()
 
 
-def format_row(evaluations: Dict[str, Dict], columns, reference: Optional[Sequence[float]]) -> List[str]:
-  """The cells of `columns` (`columns()`-shaped tuples) from one run's results, with `reference[index]` beside."""
+def lookup_all(runs: Sequence[Dict[str, Dict]], evaluation: str, key: str) -> List[float]:
+  """`lookup` of `evaluation`'s `key` in each of `runs` (`read_run` dicts) that has it."""
+  found = (lookup(run.get(evaluation, {}), key) for run in runs)
+  return [value for value in found if value is not None]
+
+
+def format_row(
+  evaluations: Dict[str, Dict], columns, reference: Optional[Sequence[float]], more: Sequence[Dict[str, Dict]] = ()
+) -> List[str]:
+  """The cells of `columns` (`columns()`-shaped tuples) from one run's results, with `reference[index]` beside.
+
+  `more`: the same network's runs at other seeds (`read_run` dicts); a cell with several values shows their mean.
+  """
   return [
     cell_text(
-      lookup(evaluations.get(evaluation, {}), key),
+      lookup_all([evaluations, *more], evaluation, key),
       scale,
       reference[index] if reference is not None and index is not None else None,
     )

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from mtssl_tf.grid import paper
-from mtssl_tf.grid.spec import Grid
+from mtssl_tf.grid.spec import SEEDS_DIR, Grid
 
 PROBE_RESULTS = os.path.join('student', 'probe', 'results.json')
 
@@ -125,6 +125,16 @@ def read_probes(run_dir: str) -> Dict[str, float]:
   return {layer: float(scores['top1']) for layer, scores in probes.items() if 'top1' in scores}
 
 
+def seed_runs(output_dir: str, cell_name: str) -> List[Dict[str, Dict]]:
+  """`read_run` of the cell's evaluations at the grid's extra seeds (`<cell>/seeds/<seed>`), by seed."""
+  import glob
+
+  from mtssl_tf.evaluation import results_table
+
+  folders = glob.glob(os.path.join(output_dir, cell_name, SEEDS_DIR, '*'))
+  return [results_table.read_run(f) for f in sorted(folders, key=lambda f: (len(os.path.basename(f)), f))]
+
+
 def cc_table_rows(grid: Grid, output_dir: str, table: str) -> Tuple[List[str], List[List[str]]]:
   """Header and rows of a Noroozi table, the paper's numbers in [brackets].
 
@@ -149,11 +159,12 @@ def cc_table_rows(grid: Grid, output_dir: str, table: str) -> Tuple[List[str], L
     if label is None:
       continue
     found = results_table.read_run(os.path.join(output_dir, cell.name))
+    runs = [found] + seed_runs(output_dir, cell.name)
     reference = paper.CC_TABLES[table].get(label)
     row = [label, cell.name]
     if evaluated:
       for i, (_, evaluation, key) in enumerate(evaluated):
-        value = results_table.lookup(found.get(evaluation, {}), key)
+        value = results_table.lookup_all(runs, evaluation, key)
         row.append(cell_text(value, 100.0, reference[i] if reference else None))
       rows.append(row)
       continue
@@ -162,7 +173,7 @@ def cc_table_rows(grid: Grid, output_dir: str, table: str) -> Tuple[List[str], L
     row += [cell_text(probes.get(layer), 100.0, reference[i] if per_layer and reference else None)
             for i, layer in enumerate(paper.CC_LAYERS)]  # fmt: skip
     if not per_layer:
-      mean_ap = results_table.lookup(found.get('voc07_cls', {}), 'mAP')
+      mean_ap = results_table.lookup_all(runs, 'voc07_cls', 'mAP')
       row.append(cell_text(mean_ap, 100.0, reference[0] if reference else None))
     rows.append(row)
   return header, rows
@@ -189,7 +200,8 @@ def table_rows(grid: Grid, output_dir: str, table: str) -> Tuple[List[str], List
     found = results_table.read_run(os.path.join(output_dir, cell.name))
     reference = paper.paper_row(table, label)
     triple = (reference.imagenet, reference.pascal, reference.nyu) if reference else None
-    rows.append([label, cell.name] + results_table.format_row(found, columns, triple))
+    more = seed_runs(output_dir, cell.name)
+    rows.append([label, cell.name] + results_table.format_row(found, columns, triple, more))
   return header, rows
 
 

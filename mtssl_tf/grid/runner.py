@@ -35,7 +35,7 @@ from mtssl_tf.grid.outputs import (
   write_figures,
   write_tables,
 )
-from mtssl_tf.grid.spec import OUTPUT_DIR, TRANSFER_STEPS, Cell, Grid
+from mtssl_tf.grid.spec import OUTPUT_DIR, SEEDS_DIR, TRANSFER_STEPS, Cell, Grid
 
 RESULTS = 'results.json'
 TRAIN_RESULT = 'train_result.json'
@@ -136,20 +136,21 @@ class _Runner:
       return True
     return self._evaluate(cell, 'supervised', 'supervised', '', run_dir)
 
-  def _evaluate(self, cell: Cell, stage: str, kind: str, init: str, model_dir: str) -> bool:
+  def _evaluate(self, cell: Cell, stage: str, kind: str, init: str, model_dir: str, last: Sequence[str] = ()) -> bool:
     configs, overrides = self.grid.evaluations.get(kind, ([], []))
     argv = [self.python, '-m', 'mtssl_tf.bin.evaluate', f'--eval={kind}', f'--model_dir={model_dir}']
     if init:
       argv.append(f'--init={init}')
     argv += [f'--config={c}' for c in configs]
-    argv += self._overrides(overrides + cell.eval_overrides)
+    argv += self._overrides(overrides + cell.eval_overrides + list(last))
     return self._subprocess(cell, stage, argv)
 
-  def evaluate(self, cell: Cell, kind: str, init: str, model_dir: str, stage: str) -> bool:
+  def evaluate(self, cell: Cell, kind: str, init: str, model_dir: str, stage: str, last: Sequence[str] = ()) -> bool:
+    """Runs evaluation `kind` of `init` into `model_dir`/eval/`kind` unless its results exist; `last`: overrides."""
     if os.path.exists(os.path.join(model_dir, 'eval', kind, RESULTS)):
       self._skip(cell, stage, f'{RESULTS} exists')
       return True
-    return self._evaluate(cell, stage, kind, init, model_dir)
+    return self._evaluate(cell, stage, kind, init, model_dir, last)
 
   def transfer(self, cell: Cell) -> bool:
     """Knowledge transfer: `mtssl-transfer <transfer_step>`, the teacher cell's network as `extract.init`."""
@@ -204,6 +205,9 @@ class _Runner:
     ok = True
     for kind in cell.evaluate:
       ok &= self.evaluate(cell, kind, init, self.cell_dir(cell), f'eval_{kind}')
+      for seed in self.grid.eval_seeds.get(kind, []):  # Last, so no cell override can undo the seed.
+        model_dir = os.path.join(self.cell_dir(cell), SEEDS_DIR, str(seed))
+        ok &= self.evaluate(cell, kind, init, model_dir, f'eval_{kind}_seed{seed}', [f'{kind}.seed={seed}'])
     if cell.ticks:
       ticks = tick_checkpoints(self.cell_dir(cell))
       if self.grid.tick_limit:

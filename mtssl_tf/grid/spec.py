@@ -12,6 +12,7 @@ one pre-trained network (or a control) and the evaluations run on it:
     tick_limit: 0                                  # evaluate only the last N ticks (0: all)
     evaluations:                                   # per evaluation kind: configs + overrides
       linear: {configs: [configs/eval/linear_tiny.yaml], overrides: []}
+      voc07_cls: {configs: [...], seeds: [1, 2, 3, 4]}   # more runs at these `<kind>.seed`s (below)
     cells:
       - name: rp                                   # folder <output_dir>/rp
         rows: {table2: RP, table3: RP}             # paper rows this cell reproduces
@@ -31,6 +32,12 @@ one pre-trained network (or a control) and the evaluations run on it:
 
 In any override, `{output_dir}` stands for the grid's output folder (absolute), for a
 file the cells share, e.g. `detection.proposal_cache_dir={output_dir}/proposals`.
+
+An evaluation's `seeds` runs it again on every cell that evaluates it, once per seed, with
+`<kind>.seed=<seed>` as the last override (training order, views and new layers; the
+protocol's config must have a `seed`), into `<cell>/seeds/<seed>` (`SEEDS_DIR`). The tables
+then show the mean and sample standard deviation over the cell's own run and these, with
+their count: a short fine-tuning's result moves by points with the seed (docs/mini).
 
 A transfer cell is one with a `transfer` key (its files come after `transfer_configs`);
 without a `teacher` it keeps the transfer config's own `extract.init` (random network,
@@ -58,6 +65,8 @@ from mtssl_tf.grid import paper
 TRANSFER_STEPS = {'all': 'student', 'distill': 'distill', 'attention': 'attention'}
 # The one placeholder an override may name (the runner replaces it); any other `{word}` is a typo.
 OUTPUT_DIR = '{output_dir}'
+# A cell's evaluations at an evaluation's extra `seeds` run in <cell>/SEEDS_DIR/<seed>.
+SEEDS_DIR = 'seeds'
 _PLACEHOLDER = re.compile(r'\{[A-Za-z_]\w*\}')
 
 
@@ -106,6 +115,7 @@ class Grid:
   transfer_configs: List[str] = dataclasses.field(default_factory=list)
   transfer_overrides: List[str] = dataclasses.field(default_factory=list)
   evaluations: Dict[str, Tuple[List[str], List[str]]] = dataclasses.field(default_factory=dict)
+  eval_seeds: Dict[str, List[int]] = dataclasses.field(default_factory=dict)  # Kind -> its extra seeds.
   export: bool = False
   checkpoint: str = 'latest'
   tick_limit: int = 0
@@ -154,15 +164,37 @@ _GRID_KEYS = {'name', 'cells', 'train_configs', 'train_overrides', 'transfer_con
               'evaluations', 'export', 'checkpoint', 'tick_limit'}  # fmt: skip
 
 
-def _parse_evaluations(data: dict, base_dir: str) -> Dict[str, Tuple[List[str], List[str]]]:
-  evaluations = {}
+_EVALUATION_KEYS = {'configs', 'overrides', 'seeds'}
+
+
+def _seeds(value, kind: str) -> List[int]:
+  where = f'evaluations.{kind}.seeds'
+  seeds = [] if value is None else value
+  if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+    raise GridError(f'{where}: expected a list of seeds (integers >= 0), got {value!r}')
+  if len(set(seeds)) != len(seeds):
+    raise GridError(f'{where}: {seeds} repeats a seed')
+  fields = {f.name for f in dataclasses.fields(protocols.protocol_class(kind).config_class)}
+  if seeds and 'seed' not in fields:
+    raise GridError(f'{where}: the {kind} evaluation has no {kind}.seed to vary')
+  return seeds
+
+
+def _parse_evaluations(
+  data: dict, base_dir: str
+) -> Tuple[Dict[str, Tuple[List[str], List[str]]], Dict[str, List[int]]]:
+  evaluations, seeds = {}, {}
   for kind, spec in (data.get('evaluations') or {}).items():
     if kind not in protocols.names():
       raise GridError(f'evaluations.{kind}: unknown evaluation; choose from {protocols.names()}')
     spec = spec or {}
+    unknown = set(spec) - _EVALUATION_KEYS
+    if unknown:
+      raise GridError(f'evaluations.{kind}: unknown keys {sorted(unknown)}; known: {sorted(_EVALUATION_KEYS)}')
     configs = [_resolve(p, base_dir) for p in _strings(spec.get('configs'), f'evaluations.{kind}.configs')]
     evaluations[kind] = (configs, _overrides(spec.get('overrides'), f'evaluations.{kind}.overrides'))
-  return evaluations
+    seeds[kind] = _seeds(spec.get('seeds'), kind)
+  return evaluations, {kind: s for kind, s in seeds.items() if s}
 
 
 def _parse_cell(i: int, raw, base_dir: str) -> Cell:
@@ -234,6 +266,7 @@ def parse_grid(data: dict, base_dir: str = '.', name: str = 'grid') -> Grid:
   unknown = set(data) - _GRID_KEYS
   if unknown:
     raise GridError(f'unknown grid keys {sorted(unknown)}; known: {sorted(_GRID_KEYS)}')
+  evaluations, eval_seeds = _parse_evaluations(data, base_dir)
   checkpoint = str(data.get('checkpoint', 'latest'))
   if checkpoint != 'latest' and not (checkpoint.startswith('tick:') and checkpoint[5:].isdigit()):
     raise GridError(f"checkpoint: 'latest' or 'tick:<k>', got {checkpoint!r}")
@@ -244,7 +277,8 @@ def parse_grid(data: dict, base_dir: str = '.', name: str = 'grid') -> Grid:
     train_overrides=_overrides(data.get('train_overrides'), 'train_overrides'),
     transfer_configs=[_resolve(p, base_dir) for p in _strings(data.get('transfer_configs'), 'transfer_configs')],
     transfer_overrides=_overrides(data.get('transfer_overrides'), 'transfer_overrides'),
-    evaluations=_parse_evaluations(data, base_dir),
+    evaluations=evaluations,
+    eval_seeds=eval_seeds,
     export=bool(data.get('export', False)),
     checkpoint=checkpoint,
     tick_limit=int(data.get('tick_limit', 0)),

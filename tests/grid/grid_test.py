@@ -185,6 +185,14 @@ def test_parse_errors_name_the_problem(tmp_path):
       'cells': [cell], 'evaluations': {'detection': {'overrides': ['d.c={outputdir}/p']}}},
     "cell 'a': eval_overrides: .* names {cell}, {out}": {
       'cells': [dict(cell, eval_overrides=['x={out}/{cell}/{output_dir}'])]},
+    "evaluations.voc07_cls.seeds: \\[1, 2, 1\\] repeats a seed": {
+      'cells': [cell], 'evaluations': {'voc07_cls': {'seeds': [1, 2, 1]}}},
+    'evaluations.voc07_cls.seeds: expected a list of seeds': {
+      'cells': [cell], 'evaluations': {'voc07_cls': {'seeds': 3}}},
+    'evaluations.knn.seeds: the knn evaluation has no knn.seed': {
+      'cells': [cell], 'evaluations': {'knn': {'seeds': [1]}}},
+    "evaluations.voc07_cls: unknown keys \\['seed'\\]": {
+      'cells': [cell], 'evaluations': {'voc07_cls': {'seed': [1]}}},
   }  # fmt: skip
   for message, data in cases.items():
     with pytest.raises(spec.GridError, match=message.replace('(', r'\(').replace('{', r'\{')):
@@ -407,3 +415,36 @@ def test_output_dir_placeholder_reaches_every_stage_as_the_absolute_folder(tmp_p
   assert f'--override=extract.b={out}/x' in flags['transfer']
   assert flags['eval_detection'].count(f'--override=detection.proposal_cache_dir={out}/p') == 1
   assert not any('{output_dir}' in a for _, argv in calls for a in argv)
+
+
+def test_an_evaluations_seeds_run_last_in_their_folders_and_tables_show_mean_and_std(tmp_path):
+  """`seeds`: each cell's evaluation again per seed, `<kind>.seed` overriding the cell's own; tables average them."""
+  grid = spec.parse_grid({
+    'evaluations': {'voc07_cls': {'overrides': ['voc07_cls.steps=60'], 'seeds': [1, 2]}},
+    'cells': [{'name': 'random', 'init': 'random', 'rows': {'cc_table3': 'Random'}, 'evaluate': ['voc07_cls'],
+               'eval_overrides': ['voc07_cls.seed=7']}],
+  })  # fmt: skip
+  assert grid.eval_seeds == {'voc07_cls': [1, 2]}
+  out = tmp_path / 'out'
+  calls = []
+  stage_runner = runner._Runner(grid, str(out), log=lambda _: None, python=sys.executable, env={})
+  stage_runner._subprocess = lambda cell, stage, argv: calls.append((stage, argv)) or True
+  assert stage_runner.run_cell(grid.cells[0], set())
+  assert [stage for stage, _ in calls] == ['eval_voc07_cls', 'eval_voc07_cls_seed1', 'eval_voc07_cls_seed2']
+  assert f'--model_dir={out / "random"}' in calls[0][1] and '--override=voc07_cls.seed=1' not in calls[0][1]
+  for seed, (_, argv) in zip((1, 2), calls[1:]):
+    assert f'--model_dir={out / "random" / "seeds" / str(seed)}' in argv and '--init=random' in argv
+    assert argv[-1] == f'--override=voc07_cls.seed={seed}'  # After the cell's seed=7.
+  # Each seed's results.json marks it done, as the cell's own.
+  for folder, value in ((out / 'random', 0.25), (out / 'random' / 'seeds' / '1', 0.5)):
+    (folder / 'eval' / 'voc07_cls').mkdir(parents=True)
+    (folder / 'eval' / 'voc07_cls' / 'results.json').write_text(json.dumps({'mAP': value}))
+  calls.clear()
+  assert stage_runner.run_cell(grid.cells[0], set())
+  assert [stage for stage, _ in calls] == ['eval_voc07_cls_seed2']
+  # Two of three runs finished: mean 37.50, sample std of (25, 50) = 17.68; the paper's Random beside.
+  header, rows = outputs.table_rows(grid, str(out), 'cc_table3')
+  assert rows[0][2] == '37.50 ± 17.68 (n=2) [53.30]'
+  (out / 'random' / 'seeds' / '2' / 'eval' / 'voc07_cls').mkdir(parents=True)
+  (out / 'random' / 'seeds' / '2' / 'eval' / 'voc07_cls' / 'results.json').write_text(json.dumps({'mAP': 0.75}))
+  assert outputs.table_rows(grid, str(out), 'cc_table3')[1][0][2] == '50.00 ± 25.00 (n=3) [53.30]'
