@@ -89,7 +89,7 @@ reproduce-mini: $(STAMP)
 
 # Noroozi et al. 2018's Tables 3, 5 and 6 in miniature (the headline comparison: Jigsaw++ teachers on VGG16 and
 # AlexNet, their CaffeNet students, random and supervised controls, each fine-tuned for classification, detection
-# and segmentation and probed); about 2.5 h on 2 cores, see configs/grid/noroozi_mini.yaml.
+# and segmentation and probed); about 2.6 h on 2 cores, see configs/grid/noroozi_mini.yaml.
 reproduce-mini-noroozi: $(STAMP)
 	$(BIN)/python tools/run_grid.py --grid=configs/grid/noroozi_mini.yaml --output_dir=runs/noroozi_mini --parallel=2
 
