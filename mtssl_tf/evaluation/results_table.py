@@ -88,7 +88,7 @@ def cell_text(
 
   Several values (one evaluation at several seeds) show as `mean ± sample standard deviation (n=<count>)`.
   """
-  values = [] if value is None else [value] if isinstance(value, (int, float)) else list(value)
+  values = [] if value is None else [float(v) for v in np.ravel(value)]  # A number (numpy's too) or a list.
   if not values:
     text = ''
   elif len(values) == 1:

@@ -126,13 +126,13 @@ def read_probes(run_dir: str) -> Dict[str, float]:
 
 
 def seed_runs(output_dir: str, cell_name: str) -> List[Dict[str, Dict]]:
-  """`read_run` of the cell's evaluations at the grid's extra seeds (`<cell>/seeds/<seed>`), by seed."""
+  """`read_run` of the cell's evaluations at the grid's extra seeds, one per `<cell>/seeds/<seed>` folder."""
   import glob
 
   from mtssl_tf.evaluation import results_table
 
   folders = glob.glob(os.path.join(output_dir, cell_name, SEEDS_DIR, '*'))
-  return [results_table.read_run(f) for f in sorted(folders, key=lambda f: (len(os.path.basename(f)), f))]
+  return [results_table.read_run(f) for f in sorted(folders)]
 
 
 def cc_table_rows(grid: Grid, output_dir: str, table: str) -> Tuple[List[str], List[List[str]]]:
