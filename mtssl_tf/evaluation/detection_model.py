@@ -49,10 +49,11 @@ import tensorflow as tf
 from official.vision.losses import maskrcnn_losses
 from official.vision.modeling import maskrcnn_model
 from official.vision.modeling.heads import dense_prediction_heads, instance_heads
-from official.vision.modeling.layers import detection_generator, roi_aligner, roi_generator, roi_sampler
-from official.vision.ops import anchor, box_ops
+from official.vision.modeling.layers import detection_generator, roi_aligner, roi_generator
+from official.vision.ops import anchor
 
 from mtssl_tf import compat
+from mtssl_tf.evaluation import roi_training
 from mtssl_tf.trunk import lasso as lasso_lib
 from mtssl_tf.trunk.block4 import Block4, load_block4
 from mtssl_tf.trunk.lasso import LassoMix
@@ -70,56 +71,6 @@ BOX_INPUT_KEY = 'box_head_input'
 # What the box head's ROI crops are cut from: the RPN's BN-ReLU features, or the raw block-3 sum.
 BOX_HEAD_INPUTS = ('final', 'block3')
 LOSS_NAMES = ('rpn_score_loss', 'rpn_box_loss', 'frcnn_class_loss', 'frcnn_box_loss')
-
-
-def with_regularisers(model: tf.keras.Model, losses: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-  """`losses` plus 'weight_decay', 'lasso_penalty' and 'total_loss' (their sum), for either detector.
-
-  Weight decay is Caffe-style (wd * w added to the gradient) on conv and dense kernels only;
-  the lasso penalty is the backbone's (`lasso_penalty()`, 0 without a lasso mix).
-  """
-  kernels = [v for v in model.trainable_variables if 'kernel' in v.name]
-  losses = dict(losses, weight_decay=model.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in kernels]),
-                lasso_penalty=model.backbone.lasso_penalty())  # fmt: skip
-  losses['total_loss'] = tf.add_n(list(losses.values()))
-  return losses
-
-
-def make_roi_sampler(cfg: DetectionEvalConfig) -> roi_sampler.ROISampler:
-  """The box head's training ROIs: proposals plus the ground-truth boxes, sampled by the config's IoU rules."""
-  return roi_sampler.ROISampler(
-    mix_gt_boxes=True,
-    num_sampled_rois=cfg.roi_batch_size,
-    foreground_fraction=cfg.roi_fg_fraction,
-    foreground_iou_threshold=cfg.roi_fg_iou,
-    background_iou_high_threshold=cfg.roi_bg_iou_high,
-    background_iou_low_threshold=cfg.roi_bg_iou_low,
-  )
-
-
-def sampled_for_real(sampler: roi_sampler.ROISampler, rois: tf.Tensor, gt_boxes: tf.Tensor) -> tf.Tensor:
-  """[B, K] bool: each sampled ROI is foreground or background by `sampler`'s IoU rules, not a filler.
-
-  `ROISampler` always returns its `num_sampled_rois`; with too few candidates it fills up with
-  ROIs that are neither (IoU below the background range, or padding), labelled background.
-  Caffe's minibatch (Fast R-CNN's `roi_data_layer`, py-faster-rcnn's `proposal_target_layer`)
-  just holds fewer ROIs, so these are the ones to leave out of the class loss.
-  """
-  iou = tf.reduce_max(box_ops.bbox_overlap(rois, tf.cast(gt_boxes, rois.dtype)), axis=-1)
-  config = sampler.get_config()
-  background = (iou >= config['background_iou_low_threshold']) & (iou < config['background_iou_high_threshold'])
-  return (iou >= config['foreground_iou_threshold']) | background
-
-
-def masked_class_loss(class_outputs: tf.Tensor, class_targets: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
-  """Softmax cross-entropy averaged over the valid ROIs (Caffe's SoftmaxWithLoss over the minibatch's ROIs).
-
-  With every ROI valid this is Model Garden's `FastrcnnClassLoss` (the mean over all ROIs).
-  """
-  loss = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(class_targets, tf.int32),
-                                                        tf.cast(class_outputs, tf.float32))  # fmt: skip
-  valid = tf.cast(valid, tf.float32)
-  return tf.reduce_sum(loss * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
 
 
 class DetectionBackbone(tf.keras.Model):
@@ -339,7 +290,7 @@ class FasterRCNN(maskrcnn_model.MaskRCNNModel):
         test_nms_iou_threshold=cfg.rpn_nms_iou,
         test_num_proposals=cfg.rpn_test_post_nms_top_k,
       ),
-      roi_sampler=make_roi_sampler(cfg),
+      roi_sampler=roi_training.make_roi_sampler(cfg),
       roi_aligner=BoxInputROIAligner(crop_size=cfg.roi_crop_size, sample_offset=0.5),
       detection_generator=detection_generator.DetectionGenerator(
         apply_nms=True,
@@ -376,7 +327,7 @@ class FasterRCNN(maskrcnn_model.MaskRCNNModel):
   def call(self, images, image_shape, anchor_boxes=None, gt_boxes=None, gt_classes=None, training=None):
     """`MaskRCNNModel.call` (no masks), whose training outputs also hold the sampled ROIs at 'sampled_rois'.
 
-    The class loss needs them to leave the sampler's fillers out (`sampled_for_real`). Running the
+    The class loss needs them to leave the sampler's fillers out (`roi_training.sampled_for_real`). Running the
     parent's box pass here, inside Keras' `__call__`, keeps the training flag reaching every layer.
     """
     outputs, intermediate = self._call_box_outputs(
@@ -450,14 +401,14 @@ class FasterRCNN(maskrcnn_model.MaskRCNNModel):
     losses = {
       'rpn_score_loss': self.rpn_score_loss(outputs['rpn_scores'], score_targets),
       'rpn_box_loss': self.rpn_box_loss(outputs['rpn_boxes'], box_targets),
-      'frcnn_class_loss': masked_class_loss(
+      'frcnn_class_loss': roi_training.masked_class_loss(
         outputs['class_outputs'],
         outputs['class_targets'],
-        sampled_for_real(self.roi_sampler[0], outputs['sampled_rois'], batch['gt_boxes']),
+        roi_training.sampled_for_real(self.roi_sampler[0], outputs['sampled_rois'], batch['gt_boxes']),
       ),
       'frcnn_box_loss': self.frcnn_box_loss(outputs['box_outputs'], outputs['class_targets'], outputs['box_targets']),
     }
-    return with_regularisers(self, losses)
+    return roi_training.with_regularisers(self, losses)
 
   def detect(self, images: tf.Tensor, image_shape: tf.Tensor) -> Dict[str, tf.Tensor]:
     """Inference: images [B, H, W, 3] (H, W static), image_shape [B, 2] -> detections.

@@ -32,13 +32,8 @@ import tensorflow as tf
 from official.vision.losses import maskrcnn_losses
 from official.vision.ops import box_ops
 
-from mtssl_tf.evaluation.detection_model import (
-  BoxInputROIAligner,
-  make_roi_sampler,
-  masked_class_loss,
-  sampled_for_real,
-  with_regularisers,
-)
+from mtssl_tf.evaluation.detection_model import BoxInputROIAligner
+from mtssl_tf.evaluation.roi_training import make_roi_sampler, masked_class_loss, sampled_for_real, with_regularisers
 
 if TYPE_CHECKING:
   from mtssl_tf.evaluation.detection_config import DetectionEvalConfig
@@ -95,14 +90,12 @@ class FastRCNN(tf.keras.Model):
     box_targets = tf.where(background, tf.zeros_like(box_targets), box_targets)  # No regression for background.
     class_outputs, box_outputs = self(batch['image'], rois, training=True)
     losses = {
-      'frcnn_class_loss': masked_class_loss(class_outputs, matched_classes, self.sampled_for_real(rois, batch)),
+      'frcnn_class_loss': masked_class_loss(
+        class_outputs, matched_classes, sampled_for_real(self.roi_sampler, rois, batch['gt_boxes'])
+      ),
       'frcnn_box_loss': self.frcnn_box_loss(box_outputs, matched_classes, box_targets),
     }
     return with_regularisers(self, losses)
-
-  def sampled_for_real(self, rois: tf.Tensor, batch: Dict[str, tf.Tensor]) -> tf.Tensor:
-    """[B, K] bool: the sampled ROI is foreground or background by the sampler's IoU rules (not filler)."""
-    return sampled_for_real(self.roi_sampler, rois, batch['gt_boxes'])
 
   def scored_boxes(self, images: tf.Tensor, image_shape: tf.Tensor, rois: tf.Tensor) -> Dict[str, tf.Tensor]:
     """Test: every ROI's class probabilities and class-specific boxes (`im_detect`).

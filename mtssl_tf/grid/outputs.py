@@ -8,6 +8,7 @@ writes tables and figures; nothing runs a stage. Doersch's tables read each cell
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -127,8 +128,6 @@ def read_probes(run_dir: str) -> Dict[str, float]:
 
 def seed_runs(output_dir: str, cell_name: str) -> List[Dict[str, Dict]]:
   """`read_run` of the cell's evaluations at the grid's extra seeds, one per `<cell>/seeds/<seed>` folder."""
-  import glob
-
   from mtssl_tf.evaluation import results_table
 
   folders = glob.glob(os.path.join(output_dir, cell_name, SEEDS_DIR, '*'))
@@ -288,8 +287,6 @@ FIGURE3_METRICS = (
 
 def collect_ticks(grid: Grid, output_dir: str) -> Dict[str, Dict[str, List[Tuple[float, float]]]]:
   """Figure 3's data: {panel title: {cell: [(compute, metric), ...]}} from the tick evaluations."""
-  import glob
-
   from mtssl_tf.evaluation import results_table
 
   series: Dict[str, Dict[str, List[Tuple[float, float]]]] = {}

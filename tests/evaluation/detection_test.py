@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from mtssl_tf.configs import ConfigError, override
-from mtssl_tf.evaluation import backbone, detection, detection_data, detection_model
+from mtssl_tf.evaluation import backbone, detection, detection_data, detection_model, roi_training
 from mtssl_tf.evaluation.supervised import SupervisedModel
 
 # Outcomes depend on floating-point results: CI runs these again with oneDNN off.
@@ -172,8 +172,8 @@ def test_filler_rois_are_left_out_of_the_class_loss(trunk_config, monkeypatch):
     seen.update(outputs=outputs.numpy(), targets=targets.numpy(), valid=valid.numpy())
     return masked_class_loss(outputs, targets, valid)
 
-  masked_class_loss = detection_model.masked_class_loss
-  monkeypatch.setattr(detection_model, 'masked_class_loss', spy)
+  masked_class_loss = roi_training.masked_class_loss
+  monkeypatch.setattr(roi_training, 'masked_class_loss', spy)
   losses = model.train_losses(_batch())
   valid, targets, logits = seen['valid'], seen['targets'], seen['outputs'].astype(np.float64)
   # Image 0's padded ground-truth slot is a candidate with IoU -1, so it holds a filler whatever the proposals (32

@@ -12,10 +12,10 @@ from mtssl_tf.configs import ConfigError
 from mtssl_tf.evaluation import (
   detection_convnet,
   detection_data,
-  detection_model,
   detection_scales,
   fast_rcnn,
   proposals,
+  roi_training,
   runner,
 )
 from mtssl_tf.evaluation.runner import load_eval_config
@@ -116,11 +116,11 @@ def test_filler_rois_are_masked_out_of_the_class_loss(student_dir):
   rois, _, classes, _ = model.roi_sampler(batch['proposals'], gt, batch['gt_classes'])
   # Three real candidates (the proposal and the box itself, IoU 1; the background one) for 4 slots: the sampler
   # fills at least one with a ROI that is neither, labelled background. Only real ones may enter the class loss.
-  real, classes = model.sampled_for_real(rois, batch).numpy()[0], classes.numpy()[0]
+  real, classes = roi_training.sampled_for_real(model.roi_sampler, rois, gt).numpy()[0], classes.numpy()[0]
   assert 1 <= (~real).sum() and np.all(classes[~real] == 0) and np.all(real[classes > 0])
   # Hand-computed: the class loss is the mean cross-entropy over the real ROIs only.
   logits = tf.constant([[[0.0, 2.0], [1.0, 0.0], [0.0, 0.0]]])
-  loss = detection_model.masked_class_loss(logits, tf.constant([[1, 0, 1]]), tf.constant([[True, True, False]]))
+  loss = roi_training.masked_class_loss(logits, tf.constant([[1, 0, 1]]), tf.constant([[True, True, False]]))
   expected = np.mean([np.log1p(np.exp(-2.0)), np.log1p(np.exp(-1.0))])
   np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-6)
   losses = model.train_losses(batch)
