@@ -57,6 +57,9 @@ class GridReport:
   """What `run_grid` did: stages run, stages skipped as finished, failures, tables written."""
 
   ran: List[str] = dataclasses.field(default_factory=list)
+  # Seconds per stage run (`ran`'s names) and of the whole call: a grid's header quotes these as its expected time.
+  stage_seconds: Dict[str, float] = dataclasses.field(default_factory=dict)
+  wall_seconds: float = 0.0
   skipped: List[str] = dataclasses.field(default_factory=list)
   failures: List[Failure] = dataclasses.field(default_factory=list)
   tables: Dict[str, str] = dataclasses.field(default_factory=dict)
@@ -106,6 +109,7 @@ class _Runner:
                f'{_tail(log_path)}')  # fmt: skip
       return False
     self.report.ran.append(f'{cell.name}/{stage}')
+    self.report.stage_seconds[f'{cell.name}/{stage}'] = round(seconds, 1)
     self.log(f'[{self.grid.name}] {cell.name}: {stage} done in {seconds:.0f} s')
     return True
 
@@ -308,6 +312,7 @@ def run_grid(
     for future in [pool.submit(work, cell) for cell in selected]:
       future.result()
   report = runner.report
+  report.wall_seconds = round(time.time() - start, 1)
   report.tables = write_tables(grid, runner.output_dir)
   for path in report.tables.values():
     log(f'[{grid.name}] table: {path}')
@@ -318,7 +323,8 @@ def run_grid(
     for f in report.failures:
       log(f'  {f.cell}: {f.stage}: {f.message}' + (f' (log: {f.log})' if f.log else ''))
   else:
-    log(f'[{grid.name}] all {len(selected)} cell(s) done: {len(report.ran)} stage(s) run, '
+    log(f'[{grid.name}] all {len(selected)} cell(s) done: {len(report.ran)} stage(s) run '
+        f'({sum(report.stage_seconds.values()) / 60:.1f} min of stage time, {report.wall_seconds / 60:.1f} min wall), '
         f'{len(report.skipped)} skipped as finished')  # fmt: skip
   return report
 

@@ -84,6 +84,8 @@ def test_two_cells_run_end_to_end(grid_run):
   assert not report.failures, grid_run['log']
   ran = set(report.ran)
   assert {'rp_col_lasso/pretrain', 'rp_col_lasso/eval_linear', 'rp_col_lasso_eval_lasso/eval_linear'} <= ran
+  assert set(report.stage_seconds) == ran and report.wall_seconds >= max(report.stage_seconds.values()) - 0.1
+  assert 'min of stage time' in grid_run['log']
   tick_runs = [r for r in ran if r.startswith('rp_col_lasso/tick-')]
   assert len(tick_runs) == 2, ran  # tick_limit: the last two ticks.
   for cell in ('rp_col_lasso', 'rp_col_lasso_eval_lasso'):
@@ -448,3 +450,18 @@ def test_an_evaluations_seeds_run_last_in_their_folders_and_tables_show_mean_and
   (out / 'random' / 'seeds' / '2' / 'eval' / 'voc07_cls').mkdir(parents=True)
   (out / 'random' / 'seeds' / '2' / 'eval' / 'voc07_cls' / 'results.json').write_text(json.dumps({'mAP': 0.75}))
   assert outputs.table_rows(grid, str(out), 'cc_table3')[1][0][2] == '50.00 ± 25.00 (n=3) [53.30]'
+
+
+def test_the_report_times_each_stage_it_ran(tmp_path):
+  """stage_seconds holds each finished stage's time (a grid header's expected time is read off it); failures none."""
+  grid = spec.parse_grid({'cells': [{'name': 'a', 'init': 'random', 'evaluate': ['linear']}]})
+  lines = []
+  stage_runner = runner._Runner(grid, str(tmp_path), log=lines.append, python=sys.executable, env=dict(os.environ))
+  cell = grid.cells[0]
+  assert stage_runner._subprocess(cell, 'slow', [sys.executable, '-c', 'import time; time.sleep(0.3)'])
+  assert not stage_runner._subprocess(cell, 'broken', [sys.executable, '-c', 'raise SystemExit(3)'])
+  report = stage_runner.report
+  assert report.ran == ['a/slow'] and list(report.stage_seconds) == ['a/slow']
+  assert report.stage_seconds['a/slow'] >= 0.3  # The child slept that long; an upper bound would be a timing assert.
+  assert [f.stage for f in report.failures] == ['broken']
+  assert json.loads(runner.report_json(report))['stage_seconds'] == report.stage_seconds
